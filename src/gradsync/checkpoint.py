@@ -1,0 +1,113 @@
+"""Atomic checkpoints that resume a run exactly.
+
+A checkpoint holds the strategy's state (model and optimizer), the number of finished steps, the
+data position, every rank's RNG state, the resolved config and the world size. It is written by
+rank 0 to a temporary file in the same folder, flushed to disk, then renamed over the final name,
+so a crash while saving never leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradsync.config import Config, incompatible_fields
+from gradsync.errors import CheckpointError
+
+FORMAT = "gradsync-checkpoint/1"
+_NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
+REQUIRED = ("format", "step", "strategy", "data", "rng", "config", "world_size")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"ckpt_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints in ``run_dir``, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint, or raise a one-line CheckpointError."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable ({first[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' is not a gradsync checkpoint (format {FORMAT} expected)")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}' is incomplete: missing {', '.join(missing)}")
+    return state
+
+
+def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint ``--resume`` names: ``auto`` = latest in run_dir (None if there is none), a
+    folder = latest in it, a file = that file."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    p = Path(resume)
+    if p.is_dir():
+        found = list_checkpoints(p) or list_checkpoints(p.parent)
+        if not found:
+            raise CheckpointError(f"no checkpoints found in '{resume}'")
+        return found[-1]
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{resume}' does not exist")
+    return p
+
+
+def check_compatible(state: dict[str, Any], cfg: Config, path: str | Path) -> None:
+    diffs = incompatible_fields(state["config"], cfg)
+    if diffs:
+        raise CheckpointError(f"checkpoint '{path}' was written with a different config: {'; '.join(diffs)}")
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

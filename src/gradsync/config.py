@@ -1,0 +1,347 @@
+"""Typed run configuration: one frozen dataclass per component, validated on construction.
+
+A run is described by :class:`Config`, made of :class:`ModelConfig`, :class:`DataConfig`,
+:class:`OptimConfig`, :class:`ParallelConfig` and :class:`TrainConfig`. Values come, in order of
+precedence, from command-line overrides (``--train.max_steps=100`` or a friendly alias such as
+``--max-steps 100``), a TOML file (``--config run.toml`` with ``[model]``, ``[data]``, ... tables),
+and the defaults below. Every value is checked in ``__post_init__`` so that a bad value fails
+before any process is started, with a one-line :class:`~gradsync.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gradsync.errors import ConfigError
+
+STRATEGY_NAMES = ("allreduce", "bucketed", "torch-ddp")
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """GPT shape. ``preset`` fills every dimension left unset (see ``gradsync.model.gpt.PRESETS``)."""
+
+    preset: str = "small"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        from gradsync.model.gpt import PRESETS
+
+        _check(self.preset in PRESETS,
+               f"model.preset '{self.preset}' is unknown; choose one of {', '.join(PRESETS)}")
+        for name in ("n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"model.{name} must be a positive integer, got {v}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.n_embd is not None or self.n_head is not None:
+            emb = self.n_embd or PRESETS[self.preset]["n_embd"]
+            heads = self.n_head or PRESETS[self.preset]["n_head"]
+            _check(emb % heads == 0,
+                   f"model.n_embd ({emb}) must be divisible by model.n_head ({heads})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from.
+
+    ``source`` is ``stdlib`` (the running interpreter's standard library sources), ``synthetic``
+    (an order-k Markov chain with an exactly known entropy rate), or a path: a text file, a
+    folder, a glob, or pre-tokenized ``.bin`` shards (nanoGPT raw uint16, or llm.c headered).
+    """
+
+    source: str = "stdlib"
+    tokenizer: str = "byte"  # byte | bpe
+    bpe_vocab_size: int = 4096
+    seq_len: int = 128
+    val_fraction: float = 0.05
+    vocab_size: int | None = None  # only for pre-tokenized shards without a tokenizer
+    synthetic_vocab: int = 16
+    synthetic_order: int = 2
+    synthetic_tokens: int = 400_000
+    synthetic_alpha: float = 0.2
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "data.source must not be empty")
+        _check(self.tokenizer in ("byte", "bpe"),
+               f"data.tokenizer '{self.tokenizer}' is unknown; choose byte or bpe")
+        _check(260 <= self.bpe_vocab_size <= 65535,
+               f"data.bpe_vocab_size must be in [260, 65535], got {self.bpe_vocab_size}")
+        _check(self.seq_len >= 2, f"data.seq_len must be at least 2, got {self.seq_len}")
+        _check(0.0 < self.val_fraction < 0.5,
+               f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        _check(self.vocab_size is None or self.vocab_size > 0,
+               f"data.vocab_size must be positive, got {self.vocab_size}")
+        _check(2 <= self.synthetic_vocab <= 1024,
+               f"data.synthetic_vocab must be in [2, 1024], got {self.synthetic_vocab}")
+        _check(1 <= self.synthetic_order <= 4,
+               f"data.synthetic_order must be in [1, 4], got {self.synthetic_order}")
+        _check(self.synthetic_vocab ** self.synthetic_order <= 1 << 20,
+               "data.synthetic_vocab ** data.synthetic_order must be at most 2**20 contexts")
+        _check(self.synthetic_tokens >= 1000,
+               f"data.synthetic_tokens must be at least 1000, got {self.synthetic_tokens}")
+        _check(self.synthetic_alpha > 0, f"data.synthetic_alpha must be > 0, got {self.synthetic_alpha}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``; global-norm clipping."""
+
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+               f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        _check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
+        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How workers are launched and how gradients travel."""
+
+    nproc: int = 2  # workers per node
+    nnodes: int = 1
+    rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
+    rdzv_id: str = "gradsync"
+    strategy: str = "bucketed"
+    bucket_mb: float = 25.0
+    first_bucket_mb: float = 1.0
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: float = 300.0  # every collective fails after this long instead of hanging
+    threads: int = 0  # intra-op threads per worker; 0 = cores / local workers
+
+    def __post_init__(self) -> None:
+        _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
+        _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
+        _check(self.strategy in STRATEGY_NAMES,
+               f"parallel.strategy '{self.strategy}' is unknown; choose one of {', '.join(STRATEGY_NAMES)}")
+        _check(self.bucket_mb > 0 and self.first_bucket_mb > 0,
+               "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
+        _check(self.backend in BACKENDS,
+               f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
+        _check(self.timeout_s > 0, f"parallel.timeout_s must be > 0, got {self.timeout_s}")
+        _check(self.threads >= 0, f"parallel.threads must be >= 0, got {self.threads}")
+        _check(self.nnodes == 1 or bool(self.rdzv_endpoint),
+               "parallel.rdzv_endpoint (host:port) is required when parallel.nnodes > 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: batch sizes in sequences, step counts, precision, logging, checkpoints."""
+
+    micro_batch: int = 8  # sequences per worker per forward/backward
+    global_batch: int = 32  # sequences per optimizer step, summed over workers and micro-steps
+    max_steps: int = 600
+    precision: str = "fp32"
+    seed: int = 1337
+    log_interval: int = 1
+    eval_interval: int = 100
+    eval_sequences: int = 64
+    ckpt_interval: int = 200  # 0 = only at the end
+    sample_tokens: int = 300
+    sample_prompt: str = "def "
+    run_dir: str = "runs/latest"
+    resume: str = ""  # "" = fresh run; "auto" = latest checkpoint in run_dir; or a checkpoint path
+    peak_tflops: float = 0.0  # per-worker peak for MFU; 0 = measure with a matmul benchmark
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.micro_batch >= 1, f"train.micro_batch must be >= 1, got {self.micro_batch}")
+        _check(self.global_batch >= 1, f"train.global_batch must be >= 1, got {self.global_batch}")
+        _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.precision in PRECISIONS,
+               f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
+        _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")
+        _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
+        _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
+        _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
+        _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
+        _check(bool(self.run_dir), "train.run_dir must not be empty")
+        _check(self.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {self.peak_tflops}")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.check_world(self.parallel.world_size)
+
+    def check_world(self, world_size: int) -> None:
+        """Raise unless the global batch splits evenly into ``world_size`` workers' micro-batches."""
+        per_step = world_size * self.train.micro_batch
+        _check(self.train.global_batch % per_step == 0,
+               f"train.global_batch ({self.train.global_batch}) must be divisible by "
+               f"world size × train.micro_batch ({world_size} × {self.train.micro_batch} = {per_step})")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        self.check_world(world_size)
+        return self.train.global_batch // (world_size * self.train.micro_batch)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (``None`` values are left out: they mean 'use the default')."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for k, v in values.items():
+                if v is not None:
+                    lines.append(f"{k} = {_toml_value(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with dotted overrides applied, e.g. ``cfg.replace(**{"train.max_steps": 5})``."""
+        return build_config(self.to_dict(), overrides)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+    "parallel": ParallelConfig, "train": TrainConfig,
+}
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Turn ``value`` (a TOML value or a command-line string) into ``typ``, or raise ConfigError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+            return None
+        return _coerce(key, value, args[0])
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported type {typ}")
+    raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r}")
+
+
+def build_config(base: dict[str, dict[str, Any]] | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """Build a validated Config from nested ``base`` values and dotted ``overrides``."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    for section, table in (base or {}).items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown config section [{section}]; valid: {', '.join(_SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"config section [{section}] must be a table")
+        for k, v in table.items():
+            _set(values, f"{section}.{k}", v)
+    for key, v in (overrides or {}).items():
+        _set(values, key, v)
+    parts = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
+    return Config(**parts)
+
+
+def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    cls = _SECTIONS.get(section)
+    if cls is None or name not in {f.name for f in fields(cls)}:
+        raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(all_keys())}")
+    values[section][name] = _coerce(key, value, _field_type(cls, name))
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {e}") from None
+
+
+# Fields that must be equal between a checkpoint's config and the resuming run's config.
+RESUME_MUST_MATCH = (
+    "model.preset", "model.n_layer", "model.n_head", "model.n_embd",
+    "data.source", "data.tokenizer", "data.bpe_vocab_size", "data.seq_len", "data.val_fraction",
+    "data.vocab_size", "data.synthetic_vocab", "data.synthetic_order", "data.synthetic_tokens",
+    "data.synthetic_alpha", "data.synthetic_seed",
+    "train.global_batch", "train.seed", "parallel.strategy",
+)
+
+
+def incompatible_fields(saved: dict[str, dict[str, Any]], current: Config) -> list[str]:
+    """The fields in RESUME_MUST_MATCH whose values differ, formatted ``key: saved -> current``."""
+    cur = current.to_dict()
+    diffs = []
+    for key in RESUME_MUST_MATCH:
+        s, n = key.split(".")
+        a, b = saved.get(s, {}).get(n), cur[s][n]
+        if a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs

@@ -1,0 +1,199 @@
+"""Token sources: turn ``data.source`` into fixed train/validation token streams.
+
+Sources:
+- ``stdlib``: every ``.py`` file of the running interpreter's standard library (~30 MB of real
+  code written by many people, present on every machine without a download);
+- a text file, a folder (all files below it) or a glob (``'corpus/**/*.txt'``);
+- pre-tokenized ``.bin`` shards: nanoGPT's raw little-endian uint16, or llm.c's format (a
+  256 x int32 header with magic 20240520, version, token count; then uint16/uint32 tokens);
+- ``synthetic``: an order-k Markov chain with a known entropy rate (see ``markov.py``).
+
+The split is fixed and deterministic: a text document goes to validation when a CRC32 of its name
+falls in the first ``val_fraction`` of the hash range; shards whose name contains ``val`` are the
+validation set (else the last ``val_fraction`` of tokens is); synthetic data keeps its tail.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gradsync.config import DataConfig
+from gradsync.data.markov import MarkovChain
+from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
+from gradsync.errors import DataError
+
+LLMC_MAGIC = 20240520
+LLMC_HEADER_INTS = 256
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    tokenizer: Tokenizer | None
+    description: str
+    entropy_rate: float | None = None  # nats/token, when the source knows its optimum
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRADSYNC_CACHE", Path.home() / ".cache" / "gradsync"))
+
+
+def load_tokens(cfg: DataConfig) -> TokenData:
+    """Resolve ``cfg.source`` into train/validation token arrays, or raise a one-line DataError."""
+    if cfg.source == "synthetic":
+        return _synthetic(cfg)
+    paths, label = _resolve_paths(cfg.source)
+    if paths and all(p.suffix == ".bin" for p in paths):
+        return _shards(paths, cfg, label)
+    return _text(paths, cfg, label)
+
+
+def _synthetic(cfg: DataConfig) -> TokenData:
+    chain = MarkovChain.random(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_alpha,
+                               cfg.synthetic_seed)
+    tokens = chain.sample(cfg.synthetic_tokens, seed=cfg.synthetic_seed)
+    n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
+    h = chain.entropy_rate()
+    return TokenData(tokens[:-n_val], tokens[-n_val:], cfg.synthetic_vocab, None,
+                     f"synthetic order-{cfg.synthetic_order} Markov chain, V={cfg.synthetic_vocab}, "
+                     f"entropy rate {h:.4f} nats/token", entropy_rate=h)
+
+
+def _stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py")
+                  if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file())
+
+
+def _resolve_paths(source: str) -> tuple[list[Path], str]:
+    if source == "stdlib":
+        files = _stdlib_files()
+        if not files:
+            raise DataError("data source 'stdlib' found no .py files in this interpreter's standard "
+                            "library; pass --data PATH to a text corpus")
+        return files, "stdlib"
+    if any(ch in source for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"data source '{source}' matches no files; check the glob pattern")
+        return files, source
+    p = Path(source)
+    if not p.exists():
+        raise DataError(f"data path '{source}' does not exist; pass --data PATH to a file, folder, "
+                        "glob, 'stdlib' or 'synthetic'")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise DataError(f"data folder '{source}' contains no files")
+        return files, source
+    return [p], source
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read data file '{path}': {e.strerror}") from None
+
+
+def _is_val(name: str, fraction: float) -> bool:
+    return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
+
+
+def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
+    common = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
+    docs: list[tuple[str, bytes]] = []
+    for p in paths:
+        data = _read(p)
+        if data:
+            name = str(p.resolve().relative_to(common)) if len(paths) > 1 else p.name
+            docs.append((name, data))
+    n_bytes = sum(len(d) for _, d in docs)
+    if n_bytes == 0:
+        raise DataError(f"data source '{label}' is empty: {len(paths)} file(s), 0 bytes of text")
+
+    tokenizer: Tokenizer
+    if cfg.tokenizer == "bpe":
+        bpe = BPETokenizer.train_or_load([d for _, d in docs], cfg.bpe_vocab_size, cache_dir())
+        encoded = bpe.encode_batch([d for _, d in docs])
+        tokenizer = bpe
+    else:
+        tokenizer = ByteTokenizer()
+        encoded = [tokenizer.encode(d) for _, d in docs]
+
+    is_val = [_is_val(name, cfg.val_fraction) for name, _ in docs]
+    train = [e for e, v in zip(encoded, is_val) if not v]
+    val = [e for e, v in zip(encoded, is_val) if v]
+    if train and val:
+        train_arr, val_arr = np.concatenate(train), np.concatenate(val)
+        split = "by document"
+    else:  # too few documents to split by name: hold out the tail instead
+        all_tokens = np.concatenate(encoded)
+        n_val = max(int(len(all_tokens) * cfg.val_fraction), cfg.seq_len + 1)
+        train_arr, val_arr = all_tokens[:-n_val], all_tokens[-n_val:]
+        split = "by tail"
+    _check_sizes(label, train_arr, val_arr, cfg.seq_len)
+    desc = (f"{label}: {len(docs)} file(s), {n_bytes / 1e6:.1f} MB, {cfg.tokenizer} tokenizer "
+            f"(vocab {tokenizer.vocab_size}), {len(train_arr):,} train / {len(val_arr):,} val tokens "
+            f"(split {split})")
+    return TokenData(train_arr, val_arr, tokenizer.vocab_size, tokenizer, desc)
+
+
+def read_shard(path: Path) -> np.ndarray:
+    """Tokens of one ``.bin`` shard in llm.c's headered format or nanoGPT's raw uint16 format."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"shard '{path}' is empty")
+    with open(path, "rb") as f:
+        head = np.frombuffer(f.read(4 * LLMC_HEADER_INTS), dtype="<i4")
+    if len(head) >= 3 and head[0] == LLMC_MAGIC:
+        version, n = int(head[1]), int(head[2])
+        if version not in (1, 2):
+            raise DataError(f"shard '{path}' has llm.c header version {version}; expected 1 (uint16) "
+                            "or 2 (uint32)")
+        dtype = np.dtype("<u2") if version == 1 else np.dtype("<u4")
+        expected = 4 * LLMC_HEADER_INTS + n * dtype.itemsize
+        if size != expected:
+            raise DataError(f"shard '{path}' is truncated or padded: header says {n} tokens "
+                            f"({expected} bytes), file has {size} bytes")
+        return np.fromfile(path, dtype=dtype, offset=4 * LLMC_HEADER_INTS)
+    if size % 2:
+        raise DataError(f"shard '{path}' has an odd size ({size} bytes); raw shards hold uint16 tokens")
+    return np.fromfile(path, dtype="<u2")
+
+
+def _shards(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
+    val_paths = [p for p in paths if "val" in p.name]
+    train_paths = [p for p in paths if p not in val_paths]
+    if train_paths and val_paths:
+        train = np.concatenate([read_shard(p) for p in train_paths])
+        val = np.concatenate([read_shard(p) for p in val_paths])
+    else:
+        tokens = np.concatenate([read_shard(p) for p in paths])
+        n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
+        train, val = tokens[:-n_val], tokens[-n_val:]
+    _check_sizes(label, train, val, cfg.seq_len)
+    top = int(max(train.max(), val.max())) + 1
+    vocab = cfg.vocab_size or top
+    if top > vocab:
+        raise DataError(f"shards in '{label}' hold token id {top - 1}, beyond data.vocab_size {vocab}")
+    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), vocab {vocab}, {len(train):,} train / "
+            f"{len(val):,} val tokens")
+    return TokenData(train, val, vocab, None, desc)
+
+
+def _check_sizes(label: str, train: np.ndarray, val: np.ndarray, seq_len: int) -> None:
+    for name, arr in (("train", train), ("validation", val)):
+        if len(arr) < seq_len + 1:
+            raise DataError(f"data source '{label}' is too small: the {name} split has {len(arr)} "
+                            f"tokens, fewer than one sequence of {seq_len + 1}")

@@ -1,0 +1,73 @@
+"""Tokenizers: byte-level (no training, vocabulary 256) and byte-level BPE trained locally with
+HF ``tokenizers`` and cached on disk, so a corpus is tokenized the same way on every run."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: bytes) -> np.ndarray: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """Each byte is a token: no unknown tokens, no training, any file is valid input."""
+
+    vocab_size = 256
+
+    def encode(self, text: bytes) -> np.ndarray:
+        return np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """Byte-level BPE (as in GPT-2) from HF ``tokenizers``, trained on the run's own corpus."""
+
+    def __init__(self, tok: "object") -> None:
+        self._tok = tok
+        self.vocab_size: int = tok.get_vocab_size()  # type: ignore[attr-defined]
+
+    @classmethod
+    def train_or_load(cls, documents: list[bytes], vocab_size: int, cache_dir: Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        key = hashlib.sha256()
+        key.update(str(vocab_size).encode())
+        for d in documents:
+            key.update(hashlib.sha256(d).digest())
+        path = cache_dir / f"bpe-{vocab_size}-{key.hexdigest()[:16]}.json"
+        if path.is_file():
+            return cls(HFTokenizer.from_file(str(path)))
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator((d.decode("utf-8", errors="replace") for d in documents), trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+        return cls(tok)
+
+    def encode(self, text: bytes) -> np.ndarray:
+        ids = self._tok.encode(text.decode("utf-8", errors="replace")).ids  # type: ignore[attr-defined]
+        return np.asarray(ids, dtype=np.uint16)
+
+    def encode_batch(self, texts: list[bytes]) -> list[np.ndarray]:
+        encs = self._tok.encode_batch([t.decode("utf-8", errors="replace") for t in texts])  # type: ignore[attr-defined]
+        return [np.asarray(e.ids, dtype=np.uint16) for e in encs]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids])  # type: ignore[attr-defined]

@@ -1,0 +1,163 @@
+"""The process group and the collectives gradsync uses, counted.
+
+:class:`DistEnv` says who this worker is (rank, world size, device, backend). :func:`init_distributed`
+joins the group that torch's elastic agent (``gradsync train`` or ``torchrun``) describes in the
+environment, or makes a world of one when there is none. :class:`Comm` is the only door to the
+network for strategies: it counts the payload bytes of every collective and the wall time this
+worker spends blocked on them, and every collective inherits the group's timeout, so a dead peer
+is an error after ``parallel.timeout_s`` rather than a hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gradsync.config import ParallelConfig
+from gradsync.errors import DistributedError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_backend(requested: str) -> tuple[str, torch.device]:
+    """nccl on CUDA, gloo on CPU; ``requested`` may force one."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if requested == "nccl" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DistributedError("parallel.backend=nccl needs CUDA, and no GPU is visible; use gloo")
+        torch.cuda.set_device(local_rank)
+        return "nccl", torch.device("cuda", local_rank)
+    return "gloo", torch.device("cpu")
+
+
+def init_distributed(cfg: ParallelConfig) -> DistEnv:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+    ...), or create a one-process group when no launcher set them."""
+    backend, device = choose_backend(cfg.backend)
+    timeout = timedelta(seconds=cfg.timeout_s)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world)
+    else:
+        rank, world = 0, 1
+        if not dist.is_initialized():
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return DistEnv(rank, world, local_rank, local_world, device, backend)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass
+class CommStats:
+    bytes: int = 0  # payload bytes handed to collectives (the tensor sizes, not wire bytes)
+    blocked_s: float = 0.0  # wall time this worker waited on collectives
+    calls: int = 0
+
+
+class Comm:
+    """Collectives over one process group, with byte and blocked-time accounting."""
+
+    def __init__(self, env: DistEnv, group: dist.ProcessGroup | None = None) -> None:
+        self.env = env
+        self.group = group
+        self.stats = CommStats()
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    def take_stats(self) -> CommStats:
+        """Return the stats since the last call and start counting afresh."""
+        s, self.stats = self.stats, CommStats()
+        return s
+
+    def _count(self, t: torch.Tensor) -> None:
+        self.stats.bytes += t.numel() * t.element_size()
+        self.stats.calls += 1
+
+    def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
+        """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
+        self._count(t)
+        if async_op:
+            return dist.all_reduce(t, group=self.group, async_op=True)
+        t0 = time.perf_counter()
+        dist.all_reduce(t, group=self.group)
+        self.stats.blocked_s += time.perf_counter() - t0
+        return None
+
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
+        self._count(t)
+        t0 = time.perf_counter()
+        dist.broadcast(t, src=src, group=self.group)
+        self.stats.blocked_s += time.perf_counter() - t0
+
+    def wait(self, work: dist.Work) -> None:
+        t0 = time.perf_counter()
+        work.wait()
+        self.stats.blocked_s += time.perf_counter() - t0
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def mean_scalars(self, values: list[float]) -> list[float]:
+        """Average a few floats over ranks (bookkeeping: not counted in the gradient stats)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.env.device)
+        dist.all_reduce(t, group=self.group)
+        return (t / self.world_size).tolist()
+
+    def sum_scalars(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.env.device)
+        dist.all_reduce(t, group=self.group)
+        return t.tolist()
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, in order: equal iff the replicas are bitwise equal."""
+    h = hashlib.sha256()
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def replicate(module: torch.nn.Module, comm: Comm) -> None:
+    """Broadcast parameters and buffers from rank 0, then verify every rank holds the same bits."""
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            comm.broadcast(t.data, src=0)
+    verify_replicas(module, comm)
+
+
+def verify_replicas(module: torch.nn.Module, comm: Comm) -> None:
+    sums = comm.all_gather_object(state_checksum(module))
+    bad = [r for r, s in enumerate(sums) if s != sums[0]]
+    if bad:
+        raise DistributedError(f"model replicas differ from rank 0 on rank(s) {bad} "
+                               "(parameter checksum mismatch)")

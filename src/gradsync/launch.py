@@ -1,0 +1,105 @@
+"""``gradsync train``: check the inputs once, then start the workers through torch's elastic agent.
+
+Everything that can be wrong with the input (config, data path, batch divisibility, checkpoint) is
+checked here, in one process, before any worker starts, so bad input costs a second and prints one
+line. Workers are started by ``torch.distributed.launcher.api.elastic_launch``, the machinery
+behind ``torchrun``: c10d rendezvous, one agent per node, ``nproc`` workers per agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from gradsync import checkpoint as ckpt
+from gradsync.config import Config
+from gradsync.errors import ConfigError, DistributedError
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_threads(cfg: Config) -> int:
+    return cfg.parallel.threads or max(1, (os.cpu_count() or 1) // cfg.parallel.nproc)
+
+
+def prepare(cfg: Config) -> Config:
+    """Validate the run on one process and resolve what every worker must agree on: the run
+    folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
+    import torch
+
+    from gradsync.data import ShardedBatches, load_tokens
+    from gradsync.peak import peak_flops
+
+    t = cfg.train
+    updates: dict[str, object] = {}
+    run_dir = t.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    updates["train.run_dir"] = run_dir
+    existing = ckpt.list_checkpoints(run_dir)
+    if existing and not t.resume:
+        raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
+                          "it or choose another --run-dir")
+    if cfg.parallel.nnodes == 1:
+        data = load_tokens(cfg.data)
+        ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
+                       cfg.parallel.world_size, t.seed)
+    path = ckpt.resolve_resume(t.resume, run_dir)
+    if path is not None:
+        ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
+        updates["train.resume"] = str(path)
+    if t.peak_tflops == 0 and not _cuda():
+        dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+        updates["train.peak_tflops"] = peak_flops(torch.device("cpu"), dtype, worker_threads(cfg)) / 1e12
+    return cfg.replace(**updates)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def launch_workers(cfg: Config, config_path: Path) -> None:
+    """Run ``python -m gradsync.worker --config config_path`` on every worker and wait."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    p = cfg.parallel
+    os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(cfg)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    standalone = p.nnodes == 1 and not p.rdzv_endpoint
+    lc = LaunchConfig(
+        min_nodes=p.nnodes, max_nodes=p.nnodes, nproc_per_node=p.nproc,
+        run_id=str(uuid.uuid4()) if standalone else p.rdzv_id,
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
+        max_restarts=0, monitor_interval=0.1, start_method="spawn",
+    )
+    try:
+        elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise DistributedError(f"worker rank {rank} failed with exit code {failure.exitcode} "
+                               "(its error is printed above)") from None
+
+
+def train_command(cfg: Config) -> int:
+    cfg = prepare(cfg)
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.toml"
+    ckpt.atomic_write_bytes(config_path, cfg.to_toml().encode())
+    if cfg.parallel.world_size == 1:
+        from gradsync.worker import run
+
+        return run(["--config", str(config_path)])
+    launch_workers(cfg, config_path)
+    return 0

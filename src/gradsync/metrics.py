@@ -1,0 +1,59 @@
+"""Run outputs written by rank 0: metrics as JSONL (one object per line) and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged event to ``run_dir/metrics.jsonl``, flushed each line so
+    a crashed run keeps everything logged before the crash."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = open(path, "w" if fresh else "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_metrics(metrics_path: Path, out_path: Path) -> None:
+    """Loss (train and validation) and throughput against step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
+    if evals:
+        ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss (nats/token)")
+    ax1.set_title("Loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot([r["step"] for r in train], [r["tokens_per_sec"] for r in train], lw=1)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("tokens / s (all workers)")
+    ax2.set_title("Throughput")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out_path)

@@ -1,0 +1,74 @@
+"""Peak FLOP/s of this worker, measured (a short matmul benchmark, cached) rather than assumed.
+
+MFU = achieved model FLOP/s / peak FLOP/s. No accelerator's peak is hard-coded: the peak is the
+best dense-matmul rate this worker reaches with its thread count and precision, cached per
+(device, threads, dtype) in the gradsync cache folder. ``train.peak_tflops`` overrides it (e.g.
+with a datasheet number).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from gradsync.checkpoint import atomic_write_bytes
+from gradsync.data.sources import cache_dir
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Best achieved FLOP/s of an n x n matmul over a few timed repetitions."""
+    n = 4096 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    reps = 4
+    while True:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        best = max(best, 2.0 * n ** 3 * reps / dt)
+        if time.perf_counter() > deadline:
+            return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
+    """Cached :func:`measure_matmul_flops` for this device, dtype and thread count."""
+    key = f"{_device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
+    path = cache_dir() / "peak_flops.json"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key in table:
+        return float(table[key])
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        value = measure_matmul_flops(device, dtype)
+    finally:
+        torch.set_num_threads(old)
+    table[key] = value
+    atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+    return value

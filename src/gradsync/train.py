@@ -1,0 +1,262 @@
+"""The training loop, the same on every worker.
+
+One step: this rank's micro-batches (gradient accumulation derived from the global batch), forward
+and backward under the strategy's ``micro_step`` context, ``strategy.step`` (aggregate, clip,
+AdamW), then bookkeeping on rank 0: metrics, progress, periodic validation, checkpoints. The
+trainer never touches a collective for gradients; it only averages a few scalars for logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from gradsync import checkpoint as ckpt
+from gradsync.config import Config, OptimConfig
+from gradsync.data import ShardedBatches, TokenData, eval_batches, load_tokens
+from gradsync.dist import Comm, DistEnv, init_distributed
+from gradsync.metrics import MetricsWriter, plot_metrics
+from gradsync.model import build_gpt
+from gradsync.parallel import Strategy, build_strategy
+
+
+def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at the end."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def adamw_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """AdamW with weight decay on matrices only (not biases, LayerNorm gains or 1-D tensors)."""
+
+    def make(model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+    return make
+
+
+def worker_threads(cfg: Config, env: DistEnv) -> int:
+    if cfg.parallel.threads:
+        return cfg.parallel.threads
+    return max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    final_loss: float
+    val_loss: float | None
+    tokens_per_sec_median: float
+    run_dir: Path
+    sample: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds data, model and strategy for one worker, then :meth:`fit` trains."""
+
+    def __init__(self, cfg: Config, env: DistEnv | None = None, data: TokenData | None = None) -> None:
+        self.cfg = cfg
+        self.env = env or init_distributed(cfg.parallel)
+        cfg.check_world(self.env.world_size)
+        torch.set_num_threads(worker_threads(cfg, self.env))
+        self.run_dir = Path(cfg.train.run_dir)
+        self.data = data or load_tokens(cfg.data)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_gpt(cfg.model.preset, self.data.vocab_size, cfg.data.seq_len,
+                               cfg.model.dropout, n_layer=cfg.model.n_layer, n_head=cfg.model.n_head,
+                               n_embd=cfg.model.n_embd).to(self.env.device)
+        self.comm = Comm(self.env)
+        self.strategy: Strategy = build_strategy(self.model, adamw_factory(cfg.optim), self.comm,
+                                                 cfg.parallel)
+        t = cfg.train
+        self.batches = ShardedBatches(self.data.train, cfg.data.seq_len, t.global_batch, t.micro_batch,
+                                      self.env.rank, self.env.world_size, t.seed)
+        self.eval_set = eval_batches(self.data.val, cfg.data.seq_len, t.eval_sequences, t.micro_batch,
+                                     self.env.rank, self.env.world_size)
+        self.start_step = 0
+        self.resumed_from: Path | None = None
+        path = ckpt.resolve_resume(t.resume, self.run_dir)
+        if path is not None:
+            self._restore(path)
+        self.tokens_per_step = t.global_batch * cfg.data.seq_len
+        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_compatible(state, self.cfg, path)
+        self.strategy.load_state_dict(state["strategy"])
+        self.batches.load_state_dict(state["data"])
+        if state["world_size"] == self.env.world_size:
+            ckpt.set_rng_state(state["rng"][self.env.rank])
+        self.start_step = int(state["step"])
+        self.resumed_from = path
+
+    def save(self, step: int) -> Path:
+        """Write a checkpoint after ``step`` finished steps (all ranks call; rank 0 writes)."""
+        rngs = self.comm.all_gather_object(ckpt.rng_state())
+        path = ckpt.checkpoint_path(self.run_dir, step)
+        if self.env.is_main:
+            ckpt.save_checkpoint(path, {
+                "step": step, "strategy": self.strategy.state_dict(), "data": self.batches.state_dict(),
+                "rng": rngs, "config": self.cfg.to_dict(), "world_size": self.env.world_size,
+            })
+        return path
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over the fixed validation sequences, averaged across all ranks."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for x, y in self.eval_set:
+            x, y = x.to(self.env.device), y.to(self.env.device)
+            with self._autocast():
+                total += float(self.model(x, y)) * x.size(0)
+            count += x.size(0)
+        self.model.train()
+        s, n = self.comm.sum_scalars([total, float(count)])
+        return s / n
+
+    @torch.no_grad()
+    def sample(self) -> str:
+        """Rank 0's continuation of ``train.sample_prompt`` (token ids when there is no tokenizer)."""
+        tok = self.data.tokenizer
+        if tok is not None:
+            prompt = tok.encode(self.cfg.train.sample_prompt.encode()).astype("int64").tolist() or [0]
+        else:
+            prompt = self.data.val[: min(8, len(self.data.val))].astype("int64").tolist()
+        idx = torch.tensor([prompt], device=self.env.device)
+        gen = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
+        self.model.eval()
+        out = self.model.generate(idx, self.cfg.train.sample_tokens, generator=gen)[0].tolist()
+        self.model.train()
+        return tok.decode(out) if tok is not None else " ".join(map(str, out))
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimizer step; returns (this rank's mean micro-batch loss, global grad norm)."""
+        lr = lr_at(step, self.cfg.optim, self.cfg.train.max_steps)
+        for g in self.strategy.optimizer.param_groups:
+            g["lr"] = lr
+        micro = self.batches.micro_batches(step)
+        self.batches.step = step + 1
+        loss_sum = 0.0
+        for i, (x, y) in enumerate(micro):
+            x, y = x.to(self.env.device), y.to(self.env.device)
+            with self.strategy.micro_step(last=i == len(micro) - 1):
+                with self._autocast():
+                    loss = self.strategy.module(x, y)
+                (loss / len(micro)).backward()
+            loss_sum += float(loss.detach())
+        grad_norm = self.strategy.step(self.cfg.optim.grad_clip)
+        return loss_sum / len(micro), grad_norm
+
+    def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
+        t = self.cfg.train
+        main = self.env.is_main
+        writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=self.resumed_from is None) if main else None
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(self.cfg.to_toml(), encoding="utf-8")
+            self._print(f"gradsync: {self.env.world_size} worker(s), strategy {self.cfg.parallel.strategy}, "
+                        f"backend {self.env.backend}, {self.model.num_params():,} parameters, "
+                        f"accumulation {self.batches.accum_steps}, data {self.data.description}")
+            if self.resumed_from:
+                self._print(f"gradsync: resumed from {self.resumed_from} at step {self.start_step}")
+        bar = self._progress_bar() if main and t.progress else None
+        self.comm.take_stats()
+        history: list[dict[str, Any]] = []
+        loss = float("nan")
+        val: float | None = None
+        last_ckpt = -1
+        for step in range(self.start_step, t.max_steps):
+            t0 = time.perf_counter()
+            local_loss, grad_norm = self.train_step(step)
+            dt = time.perf_counter() - t0
+            stats = self.comm.take_stats()
+            done = step + 1
+            if done % t.log_interval == 0 or done == t.max_steps:
+                loss = self.comm.mean_scalars([local_loss])[0]
+                tps = self.tokens_per_step / dt
+                rec = {"kind": "train", "step": done, "loss": loss, "lr": self.strategy.optimizer.param_groups[0]["lr"],
+                       "grad_norm": grad_norm, "tokens_per_sec": tps, "step_time_s": dt,
+                       "comm_blocked_s": stats.blocked_s if self.strategy.measures_blocked_time else None,
+                       "comm_bytes": stats.bytes, "comm_calls": stats.calls,
+                       "mfu": (self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
+                               if peak_flops_per_worker > 0 else None)}
+                history.append(rec)
+                if writer:
+                    writer.write(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            if done % t.eval_interval == 0 or done == t.max_steps:
+                val = self.evaluate()
+                if writer:
+                    writer.write({"kind": "eval", "step": done, "val_loss": val})
+                if bar is not None:
+                    bar.write(f"step {done}: train loss {loss:.4f}, val loss {val:.4f}")
+            if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == t.max_steps:
+                self.save(done)
+                last_ckpt = done
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if val is None:  # resumed at the end: nothing trained, still report where the model stands
+            val = self.evaluate()
+        text = ""
+        if main and t.sample_tokens > 0:
+            text = self.sample()
+            (self.run_dir / "sample.txt").write_text(text, encoding="utf-8")
+            self._print("---- sample ----\n" + text + "\n----------------")
+        tps_all = [r["tokens_per_sec"] for r in history]
+        result = TrainResult(t.max_steps, loss, val, statistics.median(tps_all) if tps_all else 0.0,
+                             self.run_dir, text, history)
+        if writer:
+            writer.close()
+            if (self.run_dir / "metrics.jsonl").stat().st_size:
+                plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            summary = {"steps": t.max_steps, "final_train_loss": loss, "final_val_loss": val,
+                       "median_tokens_per_sec": result.tokens_per_sec_median,
+                       "entropy_rate": self.data.entropy_rate, "last_checkpoint_step": last_ckpt,
+                       "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            self._print(f"gradsync: done. val loss {val:.4f}; outputs in {self.run_dir}")
+        return result
+
+    def _progress_bar(self) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.train.max_steps, initial=self.start_step, desc="train",
+                    unit="step", dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+    @staticmethod
+    def _print(msg: str) -> None:
+        print(msg, flush=True)

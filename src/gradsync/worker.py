@@ -1,0 +1,53 @@
+"""The per-worker entry point: ``python -m gradsync.worker [train flags]``.
+
+``gradsync train`` starts it through torch's elastic agent; across nodes, run it under
+``torchrun`` yourself (see the README). It reads its rank and world from the environment the
+agent sets, trains, and exits 0, or prints one ``gradsync: error: [rank R] ...`` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import torch
+
+from gradsync.cli import _Parser, add_config_args, config_from_args, fail
+from gradsync.errors import GradsyncError
+
+
+def run(argv: Sequence[str]) -> int:
+    from gradsync.dist import init_distributed, shutdown
+    from gradsync.peak import peak_flops
+    from gradsync.train import Trainer, worker_threads
+
+    p = _Parser(prog="gradsync.worker")
+    add_config_args(p)
+    ns, extra = p.parse_known_args(argv)
+    cfg = config_from_args(ns, extra)
+    if not cfg.train.run_dir:
+        cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
+    env = init_distributed(cfg.parallel)
+    try:
+        trainer = Trainer(cfg, env)
+        peak = cfg.train.peak_tflops * 1e12
+        if peak <= 0:
+            dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+            peak = peak_flops(env.device, dtype, worker_threads(cfg, env))
+        trainer.fit(peak)
+    finally:
+        shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    rank = os.environ.get("RANK", "0")
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except GradsyncError as e:
+        fail(f"[rank {rank}] {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """``gradsync`` command line: ``train`` (the main job) and ``bench`` (strategies side by side).
 
-Every config key can be set as ``--section.key=value`` (``--train.max_steps=50``); the common ones
-also have short flags (``--max-steps 50``). Bad input exits with status 2 and one line,
+Every config key can be set as ``--section.key=value`` (``--train.max_steps=50``) or, when its name
+is unique, as ``--key value`` (``--max-steps 50``, ``--sample-tokens 100``). Bad input exits with status 2 and one line,
 ``gradsync: error: ...``, that says what to fix.
 """
 
@@ -83,9 +83,8 @@ def parse_dotted(extra: Sequence[str]) -> dict[str, str]:
     i = 0
     while i < len(items):
         arg = items[i]
-        if not arg.startswith("--") or "." not in arg.split("=")[0]:
-            raise ConfigError(f"unrecognized argument '{arg}'; config keys are set as --section.key=value "
-                              f"(valid keys: {', '.join(all_keys())})")
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}'")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
         elif i + 1 < len(items):
@@ -93,9 +92,21 @@ def parse_dotted(extra: Sequence[str]) -> dict[str, str]:
             i += 1
         else:
             raise ConfigError(f"{arg} needs a value")
-        out[key] = value
+        out[_full_key(key)] = value
         i += 1
     return out
+
+
+def _full_key(key: str) -> str:
+    """``train.max_steps`` as is; ``max-steps`` or ``max_steps`` when the name is unique."""
+    if "." in key:
+        return key
+    name = key.replace("-", "_")
+    matches = [k for k in all_keys() if k.split(".")[1] == name]
+    if len(matches) != 1:
+        raise ConfigError(f"unrecognized argument '--{key}'; config keys are set as --section.key=value "
+                          f"(valid keys: {', '.join(all_keys())})")
+    return matches[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

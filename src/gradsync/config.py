@@ -163,7 +163,8 @@ class TrainConfig:
 
     micro_batch: int = 8  # sequences per worker per forward/backward
     global_batch: int = 32  # sequences per optimizer step, summed over workers and micro-steps
-    max_steps: int = 600
+    max_steps: int = 600  # length of the run (the LR schedule spans it)
+    stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
     precision: str = "fp32"
     seed: int = 1337
     log_interval: int = 1
@@ -181,6 +182,7 @@ class TrainConfig:
         _check(self.micro_batch >= 1, f"train.micro_batch must be >= 1, got {self.micro_batch}")
         _check(self.global_batch >= 1, f"train.global_batch must be >= 1, got {self.global_batch}")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.stop_after >= 0, f"train.stop_after must be >= 0, got {self.stop_after}")
         _check(self.precision in PRECISIONS,
                f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")

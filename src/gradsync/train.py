@@ -196,13 +196,14 @@ class Trainer:
         loss = float("nan")
         val: float | None = None
         last_ckpt = -1
-        for step in range(self.start_step, t.max_steps):
+        end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
+        for step in range(self.start_step, end):
             t0 = time.perf_counter()
             local_loss, grad_norm = self.train_step(step)
             dt = time.perf_counter() - t0
             stats = self.comm.take_stats()
             done = step + 1
-            if done % t.log_interval == 0 or done == t.max_steps:
+            if done % t.log_interval == 0 or done == end:
                 loss = self.comm.mean_scalars([local_loss])[0]
                 tps = self.tokens_per_step / dt
                 rec = {"kind": "train", "step": done, "loss": loss, "lr": self.strategy.optimizer.param_groups[0]["lr"],
@@ -216,13 +217,13 @@ class Trainer:
                     writer.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            if done % t.eval_interval == 0 or done == t.max_steps:
+            if done % t.eval_interval == 0 or done == end:
                 val = self.evaluate()
                 if writer:
                     writer.write({"kind": "eval", "step": done, "val_loss": val})
                 if bar is not None:
                     bar.write(f"step {done}: train loss {loss:.4f}, val loss {val:.4f}")
-            if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == t.max_steps:
+            if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == end:
                 self.save(done)
                 last_ckpt = done
             if bar is not None:
@@ -237,13 +238,13 @@ class Trainer:
             (self.run_dir / "sample.txt").write_text(text, encoding="utf-8")
             self._print("---- sample ----\n" + text + "\n----------------")
         tps_all = [r["tokens_per_sec"] for r in history]
-        result = TrainResult(t.max_steps, loss, val, statistics.median(tps_all) if tps_all else 0.0,
+        result = TrainResult(end, loss, val, statistics.median(tps_all) if tps_all else 0.0,
                              self.run_dir, text, history)
         if writer:
             writer.close()
             if (self.run_dir / "metrics.jsonl").stat().st_size:
                 plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
-            summary = {"steps": t.max_steps, "final_train_loss": loss, "final_val_loss": val,
+            summary = {"steps": end, "final_train_loss": loss, "final_val_loss": val,
                        "median_tokens_per_sec": result.tokens_per_sec_median,
                        "entropy_rate": self.data.entropy_rate, "last_checkpoint_step": last_ckpt,
                        "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy}

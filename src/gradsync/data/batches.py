@@ -72,7 +72,7 @@ class ShardedBatches:
         T = self.seq_len
         rows = np.stack([self.tokens[c * T:c * T + T + 1] for c in chunks]).astype(np.int64)
         data = torch.from_numpy(rows)
-        return [(data[i:i + self.micro_batch, :-1], data[i:i + self.micro_batch, 1:])
+        return [(data[i:i + self.micro_batch, :-1].contiguous(), data[i:i + self.micro_batch, 1:].contiguous())
                 for i in range(0, len(chunks), self.micro_batch)]
 
     def __iter__(self) -> "ShardedBatches":
@@ -104,5 +104,5 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_sequences: int, micro_batch
     for i in range(0, len(mine), micro_batch):
         rows = np.stack([tokens[c * seq_len:c * seq_len + seq_len + 1] for c in mine[i:i + micro_batch]])
         t = torch.from_numpy(rows.astype(np.int64))
-        out.append((t[:, :-1], t[:, 1:]))
+        out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
     return out

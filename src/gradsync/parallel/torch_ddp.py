@@ -4,7 +4,7 @@ Gradient bytes are counted by wrapping torch's own default all-reduce communicat
 waits for its buckets inside an autograd callback, so the time blocked on communication is not
 observable from outside and is reported as unknown (``measures_blocked_time = False``)."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: DDP checks the hook's annotations at run time.
 
 import contextlib
 from typing import Any, Iterator
@@ -25,7 +25,7 @@ class TorchDDPStrategy(Strategy):
     def wrap(self, model: nn.Module) -> nn.Module:
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb,
-                                      broadcast_buffers=False, process_group=self.comm.group)
+                                      process_group=self.comm.group)
         ddp.register_comm_hook(self.comm, _counting_allreduce_hook)
         return ddp
 

@@ -155,7 +155,8 @@ def read_shard(path: Path) -> np.ndarray:
     if size == 0:
         raise DataError(f"shard '{path}' is empty")
     with open(path, "rb") as f:
-        head = np.frombuffer(f.read(4 * LLMC_HEADER_INTS), dtype="<i4")
+        raw = f.read(4 * LLMC_HEADER_INTS)
+    head = np.frombuffer(raw[: len(raw) // 4 * 4], dtype="<i4")
     if len(head) >= 3 and head[0] == LLMC_MAGIC:
         version, n = int(head[1]), int(head[2])
         if version not in (1, 2):

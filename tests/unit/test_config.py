@@ -1,0 +1,72 @@
+"""Config: defaults validate, overrides coerce types, bad values fail with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradsync.cli import config_from_args, build_parser, parse_dotted
+from gradsync.config import Config, build_config, incompatible_fields, load_toml
+from gradsync.errors import ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_toml(tmp_path: Path) -> None:
+    cfg = Config()
+    assert cfg.grad_accum_steps(2) == cfg.train.global_batch // (2 * cfg.train.micro_batch)
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml())
+    assert build_config(load_toml(p)) == cfg
+
+
+def test_overrides_are_coerced_to_field_types() -> None:
+    cfg = build_config(None, {"train.max_steps": "7", "optim.lr": "1e-3", "train.progress": "false",
+                              "model.n_layer": "3"})
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 1e-3 and cfg.train.progress is False
+    assert cfg.model.n_layer == 3
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("parallel.strategy", "magic", "parallel.strategy 'magic' is unknown"),
+    ("train.precision", "fp8", "train.precision"),
+    ("train.max_steps", "0", "train.max_steps must be >= 1"),
+    ("train.max_steps", "ten", "train.max_steps must be of type int"),
+    ("model.preset", "gpt5", "model.preset 'gpt5' is unknown"),
+    ("optim.lr", "-1", "optim.lr must be > 0"),
+    ("model.n_embd", "30", "divisible by model.n_head"),
+    ("nope.key", "1", "unknown config key 'nope.key'"),
+])
+def test_bad_values_name_the_key(key: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_config(None, {key: value})
+
+
+def test_global_batch_must_divide_by_world_times_micro_batch() -> None:
+    with pytest.raises(ConfigError, match=r"global_batch \(30\) must be divisible by world size × "
+                                          r"train.micro_batch \(2 × 8 = 16\)"):
+        build_config(None, {"train.global_batch": 30})
+
+
+def test_cli_flags_aliases_and_dotted_keys() -> None:
+    ns, extra = build_parser().parse_known_args(
+        ["train", "--nproc", "4", "--max-steps", "9", "--train.seed=3", "--sample-tokens", "5", "--resume"])
+    cfg = config_from_args(ns, extra)
+    assert (cfg.parallel.nproc, cfg.train.max_steps, cfg.train.seed) == (4, 9, 3)
+    assert cfg.train.sample_tokens == 5 and cfg.train.resume == "auto"
+    with pytest.raises(ConfigError, match="unrecognized argument '--bogus'"):
+        parse_dotted(["--bogus", "1"])
+
+
+def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[train\nmax_steps = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_incompatible_fields_lists_what_differs() -> None:
+    a = Config()
+    b = build_config(None, {"model.n_layer": "8", "train.max_steps": "5"})
+    assert incompatible_fields(a.to_dict(), b) == ["model.n_layer: None -> 8"]

@@ -1,0 +1,102 @@
+"""The command line, end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_FLAGS = ["--model", "tiny", "--seq-len", "32", "--micro-batch", "2", "--global-batch", "8",
+              "--eval-sequences", "8", "--sample-tokens", "40", "--no-progress"]
+
+
+def gradsync(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("gradsync")
+    assert script.exists(), "pip install should create the 'gradsync' console script"
+
+
+def test_train_two_workers_leaves_metrics_plot_checkpoint_and_sample(tmp_path: Path) -> None:
+    r = gradsync("train", "--nproc", "2", "--max-steps", "5", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in records if x["kind"] == "train"]
+    assert [x["step"] for x in train] == [1, 2, 3, 4, 5]
+    for key in ("loss", "lr", "tokens_per_sec", "step_time_s", "comm_blocked_s", "comm_bytes", "mfu"):
+        assert all(x[key] is not None for x in train), key
+    assert all(x["comm_bytes"] > 0 for x in train) and all(0 < x["mfu"] < 1 for x in train)
+    assert any(x["kind"] == "eval" for x in records)
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "checkpoints" / "ckpt_0000005.pt").is_file()
+    assert "[parallel]" in (run / "config.toml").read_text()
+    assert "---- sample ----" in r.stdout and (run / "sample.txt").read_text()
+    assert "2 worker(s), strategy bucketed, backend gloo" in r.stdout
+
+    # Continuing the same run to 8 steps appends to its metrics.
+    r2 = gradsync("train", "--nproc", "2", "--max-steps", "8", "--run-dir", "run", "--resume", *TINY_FLAGS,
+                  cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "resumed from" in r2.stdout
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"train"' in line]
+    assert steps == list(range(1, 9))
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("gradsync: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--data", "does/not/exist"], ["data path 'does/not/exist' does not exist"]),
+    (["--global-batch", "30"], ["train.global_batch (30)", "divisible"]),
+    (["--strategy", "magic"], ["parallel.strategy 'magic' is unknown", "bucketed"]),
+    (["--precision", "fp8"], ["train.precision 'fp8'"]),
+    (["--nproc", "0"], ["parallel.nproc must be >= 1"]),
+    (["--max-steps", "many"], ["train.max_steps must be of type int"]),
+    (["--frobnicate", "1"], ["unrecognized argument '--frobnicate'"]),
+])
+def test_bad_flags_give_one_line_errors(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    _one_line_error(gradsync("train", "--run-dir", "run", *TINY_FLAGS, *args, cwd=tmp_path), *needles)
+
+
+def test_empty_corpus_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    _one_line_error(gradsync("train", "--data", "empty.txt", *TINY_FLAGS, cwd=tmp_path), "is empty")
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "ckpt_0000005.pt").write_bytes(b"\x00garbage" * 100)
+    r = gradsync("train", "--run-dir", "run", "--resume", *TINY_FLAGS, cwd=tmp_path)
+    _one_line_error(r, "ckpt_0000005.pt", "corrupt")
+
+
+def test_incompatible_resume_names_the_fields(tmp_path: Path) -> None:
+    r = gradsync("train", "--nproc", "1", "--max-steps", "2", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = gradsync("train", "--nproc", "1", "--max-steps", "4", "--run-dir", "run", "--resume", *TINY_FLAGS,
+                 "--n-layer", "3", "--seed", "5", cwd=tmp_path)
+    _one_line_error(r, "different config", "model.n_layer: None -> 3", "train.seed: 1337 -> 5")
+
+
+def test_fresh_run_refuses_to_mix_with_existing_checkpoints(tmp_path: Path) -> None:
+    r = gradsync("train", "--nproc", "1", "--max-steps", "1", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = gradsync("train", "--nproc", "1", "--max-steps", "1", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
+    _one_line_error(r, "already holds checkpoints", "--resume")

@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--strategies", default="allreduce,bucketed,torch-ddp")
     b.add_argument("--worlds", default="1,2", help="comma-separated worker counts")
     b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
+    b.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    b.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     b.add_argument("--out", default="", help="write the table as Markdown to this file")
     return p
 

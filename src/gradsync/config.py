@@ -105,7 +105,7 @@ class OptimConfig:
 
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -161,19 +161,19 @@ class ParallelConfig:
 class TrainConfig:
     """The loop: batch sizes in sequences, step counts, precision, logging, checkpoints."""
 
-    micro_batch: int = 8  # sequences per worker per forward/backward
-    global_batch: int = 32  # sequences per optimizer step, summed over workers and micro-steps
-    max_steps: int = 600  # length of the run (the LR schedule spans it)
+    micro_batch: int = 16  # sequences per worker per forward/backward
+    global_batch: int = 64  # sequences per optimizer step, summed over workers and micro-steps
+    max_steps: int = 650  # length of the run (the LR schedule spans it)
     stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
     precision: str = "fp32"
     seed: int = 1337
     log_interval: int = 1
     eval_interval: int = 100
     eval_sequences: int = 64
-    ckpt_interval: int = 200  # 0 = only at the end
+    ckpt_interval: int = 250  # 0 = only at the end
     sample_tokens: int = 300
     sample_prompt: str = "def "
-    run_dir: str = "runs/latest"
+    run_dir: str = ""  # "" = a new folder runs/<date-time>
     resume: str = ""  # "" = fresh run; "auto" = latest checkpoint in run_dir; or a checkpoint path
     peak_tflops: float = 0.0  # per-worker peak for MFU; 0 = measure with a matmul benchmark
     progress: bool = True
@@ -190,7 +190,6 @@ class TrainConfig:
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
-        _check(bool(self.run_dir), "train.run_dir must not be empty")
         _check(self.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {self.peak_tflops}")
 
 

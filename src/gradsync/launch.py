@@ -42,7 +42,8 @@ def prepare(cfg: Config) -> Config:
 
     t = cfg.train
     updates: dict[str, object] = {}
-    run_dir = t.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
+        f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     updates["train.run_dir"] = run_dir
     existing = ckpt.list_checkpoints(run_dir)
     if existing and not t.resume:
@@ -53,6 +54,8 @@ def prepare(cfg: Config) -> Config:
         ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
                        cfg.parallel.world_size, t.seed)
     path = ckpt.resolve_resume(t.resume, run_dir)
+    if path is None and t.resume == "auto":
+        print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
         ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
         updates["train.resume"] = str(path)
@@ -60,6 +63,12 @@ def prepare(cfg: Config) -> Config:
         dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
         updates["train.peak_tflops"] = peak_flops(torch.device("cpu"), dtype, worker_threads(cfg)) / 1e12
     return cfg.replace(**updates)
+
+
+def _latest_run(root: str) -> str:
+    """The most recently modified run folder under ``root`` that holds a checkpoint ("" if none)."""
+    runs = [p for p in Path(root).glob("*") if ckpt.list_checkpoints(p)] if Path(root).is_dir() else []
+    return str(max(runs, key=lambda p: p.stat().st_mtime)) if runs else ""
 
 
 def _cuda() -> bool:

@@ -44,7 +44,7 @@ def test_bad_values_name_the_key(key: str, value: str, needle: str) -> None:
 def test_global_batch_must_divide_by_world_times_micro_batch() -> None:
     with pytest.raises(ConfigError, match=r"global_batch \(30\) must be divisible by world size × "
                                           r"train.micro_batch \(2 × 8 = 16\)"):
-        build_config(None, {"train.global_batch": 30})
+        build_config(None, {"train.global_batch": 30, "train.micro_batch": 8})
 
 
 def test_cli_flags_aliases_and_dotted_keys() -> None:

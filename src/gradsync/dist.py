@@ -67,9 +67,15 @@ def init_distributed(cfg: ParallelConfig) -> DistEnv:
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. On a clean exit, wait for every rank first: a rank that tears its
+    group down while a peer still works (rank 0 writing plots, say) can abort inside gloo. After an
+    error, skip the barrier, which would only wait for a peer that may never come."""
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 @dataclass

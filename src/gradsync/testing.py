@@ -33,17 +33,16 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    from gradsync.dist import shutdown
+
     try:
         buf = io.BytesIO()  # tensors travel as bytes: no shared memory that dies with the child
         torch.save(fn(rank, *args), buf)
         queue.put((rank, True, buf.getvalue()))
     except BaseException:  # report everything, including SystemExit, to the parent
         queue.put((rank, False, traceback.format_exc()))
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        return  # no teardown: peers may be stuck in a collective; the parent kills this world
+    shutdown(clean=True)
 
 
 def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: float = 240.0) -> list[Any]:

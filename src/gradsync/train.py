@@ -221,8 +221,9 @@ class Trainer:
                 val = self.evaluate()
                 if writer:
                     writer.write({"kind": "eval", "step": done, "val_loss": val})
-                if bar is not None:
-                    bar.write(f"step {done}: train loss {loss:.4f}, val loss {val:.4f}")
+                if main:
+                    msg = f"step {done}: train loss {loss:.4f}, val loss {val:.4f}"
+                    bar.write(msg) if bar is not None else self._print(msg)
             if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == end:
                 self.save(done)
                 last_ckpt = done

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from gradsync.cli import _Parser, add_config_args, config_from_args, fail
+from gradsync.cli import _Parser, add_config_args, config_from_args
 from gradsync.errors import GradsyncError
 
 
@@ -29,15 +29,13 @@ def run(argv: Sequence[str]) -> int:
     if not cfg.train.run_dir:
         cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
     env = init_distributed(cfg.parallel)
-    try:
-        trainer = Trainer(cfg, env)
-        peak = cfg.train.peak_tflops * 1e12
-        if peak <= 0:
-            dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-            peak = peak_flops(env.device, dtype, worker_threads(cfg, env))
-        trainer.fit(peak)
-    finally:
-        shutdown()
+    trainer = Trainer(cfg, env)
+    peak = cfg.train.peak_tflops * 1e12
+    if peak <= 0:
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        peak = peak_flops(env.device, dtype, worker_threads(cfg, env))
+    trainer.fit(peak)
+    shutdown()
     return 0
 
 
@@ -46,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except GradsyncError as e:
-        fail(f"[rank {rank}] {e}")
+        print(f"gradsync: error: [rank {rank}] {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Exit without interpreter teardown: tearing down a live gloo group whose peers are still
+        # inside a collective can hang or abort; the agent stops the other workers.
+        os._exit(2)
 
 
 if __name__ == "__main__":

@@ -223,7 +223,10 @@ class Trainer:
                     writer.write({"kind": "eval", "step": done, "val_loss": val})
                 if main:
                     msg = f"step {done}: train loss {loss:.4f}, val loss {val:.4f}"
-                    bar.write(msg) if bar is not None else self._print(msg)
+                    if bar is not None:
+                        bar.write(msg)
+                    else:
+                        self._print(msg)
             if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == end:
                 self.save(done)
                 last_ckpt = done

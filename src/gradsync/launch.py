@@ -90,6 +90,7 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         min_nodes=p.nnodes, max_nodes=p.nnodes, nproc_per_node=p.nproc,
         run_id=str(uuid.uuid4()) if standalone else p.rdzv_id,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
+        rdzv_configs={"join_timeout": p.timeout_s},  # a node that never comes is an error, not a hang
         max_restarts=0, monitor_interval=0.1, start_method="spawn",
     )
     try:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -24,11 +25,27 @@ def test_two_agents_rendezvous_and_train_together(tmp_path: Path) -> None:
            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "e2e", "--run-dir", "run",
            "--model", "tiny", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "4",
            "--global-batch", "8", "--sample-tokens", "0", "--no-progress", "--timeout", "60"]
-    nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outs = [n.communicate(timeout=180) for n in nodes]
+    logs = [(tmp_path / f"node{i}.out", tmp_path / f"node{i}.err") for i in range(2)]
+    nodes = []
+    for out, err in logs:
+        # On real clusters exactly one node owns the endpoint's address; on one machine both agents
+        # would, so the second starts a moment later and joins as a client, as a remote node does.
+        nodes.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out.open("w"), stderr=err.open("w")))
+        time.sleep(1.0)
+    deadline = time.monotonic() + 150
+    for n in nodes:
+        try:
+            n.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    hung = [i for i, n in enumerate(nodes) if n.poll() is None]
+    for n in nodes:
+        n.kill()
+        n.wait()
+    outs = [(o.read_text(), e.read_text()) for o, e in logs]
+    assert not hung, f"node(s) {hung} did not finish in 150 s: {[e[-2000:] for _, e in outs]}"
     for n, (out, err) in zip(nodes, outs):
-        assert n.returncode == 0, err[-3000:]
+        assert n.returncode == 0, (out[-2000:], err[-3000:])
     assert sum("2 worker(s)" in out for out, _ in outs) == 1  # rank 0 reports, on one node only
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"train"' in line]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -97,8 +98,15 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        raise DistributedError(f"worker rank {rank} failed with exit code {failure.exitcode} "
-                               "(its error is printed above)") from None
+        code = failure.exitcode
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}; its error is printed above"
+        raise DistributedError(f"worker rank {rank} {how}; the other workers were stopped") from None
 
 
 def train_command(cfg: Config) -> int:

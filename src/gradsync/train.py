@@ -151,7 +151,7 @@ class Trainer:
         if tok is not None:
             prompt = tok.encode(self.cfg.train.sample_prompt.encode()).astype("int64").tolist() or [0]
         else:
-            prompt = self.data.val[: min(8, len(self.data.val))].astype("int64").tolist()
+            prompt = self.data.val.head(8).astype("int64").tolist()
         idx = torch.tensor([prompt], device=self.env.device)
         gen = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
         self.model.eval()

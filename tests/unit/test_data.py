@@ -26,12 +26,12 @@ def test_stdlib_corpus_is_real_text_split_by_document() -> None:
     d = load_tokens(DataConfig(source="stdlib"))
     assert len(d.train) > 10_000_000 and len(d.val) > 100_000
     assert d.vocab_size == 256 and "split by document" in d.description
-    assert b"def " in bytes(d.train[:200_000].astype(np.uint8))
+    assert b"def " in bytes(d.train.head(200_000).astype(np.uint8))
 
 
 def test_stdlib_split_is_deterministic() -> None:
     a, b = load_tokens(DataConfig(source="stdlib")), load_tokens(DataConfig(source="stdlib"))
-    assert np.array_equal(a.val, b.val) and len(a.train) == len(b.train)
+    assert np.array_equal(a.val.to_numpy(), b.val.to_numpy()) and len(a.train) == len(b.train)
 
 
 def test_folder_glob_and_file_sources(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_folder_glob_and_file_sources(tmp_path: Path) -> None:
     assert len(whole.train) + len(whole.val) == len(globbed.train) + len(globbed.val) > 0
     single = load_tokens(DataConfig(source=str(folder / "doc00.txt"), seq_len=8))
     assert "split by tail" in single.description
-    assert single.tokenizer is not None and single.tokenizer.decode(single.train[:8]) == "document"
+    assert single.tokenizer is not None and single.tokenizer.decode(single.train.head(8)) == "document"
 
 
 def test_missing_empty_and_tiny_sources_are_clear_errors(tmp_path: Path) -> None:
@@ -71,12 +71,14 @@ def test_llmc_and_nanogpt_shards(tmp_path: Path) -> None:
     _write_llmc(tmp_path / "fw_train_000.bin", toks)
     _write_llmc(tmp_path / "fw_val_000.bin", toks[:1000])
     d = load_tokens(DataConfig(source=str(tmp_path / "fw_*.bin"), seq_len=16))
-    assert np.array_equal(d.train, toks) and np.array_equal(d.val, toks[:1000]) and d.vocab_size == 300
+    assert np.array_equal(d.train.to_numpy(), toks) and np.array_equal(d.val.to_numpy(), toks[:1000])
+    assert d.vocab_size == 300 and isinstance(d.train.parts[0], np.memmap)
     raw = tmp_path / "raw"
     raw.mkdir()
     toks.tofile(raw / "train.bin")
     d2 = load_tokens(DataConfig(source=str(raw / "*.bin"), seq_len=16, vocab_size=512))
-    assert np.array_equal(np.concatenate([d2.train, d2.val]), toks) and d2.vocab_size == 512
+    assert np.array_equal(np.concatenate([d2.train.to_numpy(), d2.val.to_numpy()]), toks)
+    assert d2.vocab_size == 512
 
 
 def test_damaged_shards_are_clear_errors(tmp_path: Path) -> None:
@@ -124,5 +126,5 @@ def test_bpe_is_trained_once_and_cached(tmp_path: Path, monkeypatch: pytest.Monk
     assert d.vocab_size <= 300 and len(d.train) < sum(f.stat().st_size for f in folder.iterdir())
     assert len(list((tmp_path / "cache").glob("bpe-300-*.json"))) == 1
     again = load_tokens(cfg)
-    assert np.array_equal(again.train, d.train)
+    assert np.array_equal(again.train.to_numpy(), d.train.to_numpy())
     assert d.tokenizer is not None and d.tokenizer.decode(d.tokenizer.encode(b"the quick fox")) == "the quick fox"

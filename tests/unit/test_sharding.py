@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gradsync.data import ShardedBatches
+from gradsync.data.stream import TokenStream
 from gradsync.errors import DataError
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 251
@@ -86,3 +87,28 @@ def test_indivisible_batch_and_tiny_corpus_are_errors() -> None:
         ShardedBatches(TOKENS, T, 10, 4, 0, 2, SEED)
     with pytest.raises(DataError, match="fewer than one global batch"):
         ShardedBatches(TOKENS[:100], T, G, 2, 0, 1, SEED)
+
+
+def test_stream_of_several_parts_never_crosses_a_boundary() -> None:
+    parts = [np.arange(0, 50, dtype=np.uint16), np.arange(100, 117, dtype=np.uint16),
+             np.arange(200, 240, dtype=np.uint16)]
+    stream = TokenStream(parts)
+    T = 8
+    assert stream.n_sequences(T) == 6 + 2 + 4 and len(stream) == 107
+    rows = stream.sequences(np.arange(stream.n_sequences(T)), T)
+    expected = [p[i * T:i * T + T + 1] for p in parts for i in range((len(p) - 1) // T)]
+    assert np.array_equal(rows, np.stack(expected).astype(np.int64))
+
+
+def test_sharding_over_a_multi_part_stream_matches_one_array_per_sequence() -> None:
+    parts = [TOKENS[:3000], TOKENS[3000:7001], TOKENS[7001:]]
+    b = ShardedBatches(TokenStream(parts), T, G, 2, 0, 1, SEED)
+    for x, y in b.micro_batches(4):
+        for row_x, row_y in zip(x, y):
+            assert torch.equal(row_x[1:], row_y[:-1])
+            assert any(_contains(p, row_x.numpy()) for p in parts)
+
+
+def _contains(part: np.ndarray, row: np.ndarray) -> bool:
+    starts = np.flatnonzero(part[: len(part) - len(row) + 1] == row[0])
+    return any(np.array_equal(part[s:s + len(row)], row) for s in starts)

@@ -1,7 +1,7 @@
 """Deterministic, resumable, world-size-independent sharding of a token stream into batches.
 
-The train stream is cut into ``C = (len - 1) // T`` non-overlapping sequences of ``T + 1`` tokens
-(inputs and shifted targets). Sequence number ``p = step * G + j`` of the run (G = global batch)
+The train stream is cut into C non-overlapping sequences of ``T + 1`` tokens (inputs and shifted
+targets; see ``stream.py``). Sequence number ``p = step * G + j`` of the run (G = global batch)
 is chunk ``perm_e[p mod C]`` with ``e = p // C`` the epoch and ``perm_e`` a permutation seeded by
 ``(seed, e)``. So the global batch at step s depends only on (seed, s), never on the world size;
 rank r of W takes the contiguous block ``[r*G/W, (r+1)*G/W)`` of it and splits that into
@@ -16,25 +16,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradsync.data.stream import TokenStream
 from gradsync.errors import DataError
+
+
+def as_stream(tokens: TokenStream | np.ndarray) -> TokenStream:
+    return tokens if isinstance(tokens, TokenStream) else TokenStream([tokens])
 
 
 class ShardedBatches:
     """Yields, per optimizer step, this rank's list of ``(x, y)`` micro-batches."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, micro_batch: int,
+    def __init__(self, tokens: TokenStream | np.ndarray, seq_len: int, global_batch: int, micro_batch: int,
                  rank: int, world_size: int, seed: int) -> None:
         if global_batch % (world_size * micro_batch):
             raise DataError(f"global batch {global_batch} is not divisible by world size × micro-batch "
                             f"({world_size} × {micro_batch})")
-        self.tokens = tokens
+        self.tokens = as_stream(tokens)
         self.seq_len = seq_len
         self.global_batch = global_batch
         self.micro_batch = micro_batch
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        self.n_chunks = (len(tokens) - 1) // seq_len
+        self.n_chunks = self.tokens.n_sequences(seq_len)
         if self.n_chunks < global_batch:
             raise DataError(f"the train split holds only {self.n_chunks} sequences of {seq_len + 1} "
                             f"tokens, fewer than one global batch of {global_batch}; use more data, "
@@ -68,12 +73,9 @@ class ShardedBatches:
         return self.global_chunks(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
 
     def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        chunks = self.local_chunks(step)
-        T = self.seq_len
-        rows = np.stack([self.tokens[c * T:c * T + T + 1] for c in chunks]).astype(np.int64)
-        data = torch.from_numpy(rows)
+        data = torch.from_numpy(self.tokens.sequences(self.local_chunks(step), self.seq_len))
         return [(data[i:i + self.micro_batch, :-1].contiguous(), data[i:i + self.micro_batch, 1:].contiguous())
-                for i in range(0, len(chunks), self.micro_batch)]
+                for i in range(0, len(data), self.micro_batch)]
 
     def __iter__(self) -> "ShardedBatches":
         return self
@@ -95,14 +97,13 @@ class ShardedBatches:
         self.step = int(state["step"])
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, n_sequences: int, micro_batch: int,
+def eval_batches(tokens: TokenStream | np.ndarray, seq_len: int, n_sequences: int, micro_batch: int,
                  rank: int, world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's share (strided) of the first ``n_sequences`` validation sequences."""
-    n = min(n_sequences, (len(tokens) - 1) // seq_len)
-    mine = list(range(rank, n, world_size))
+    stream = as_stream(tokens)
+    mine = np.arange(rank, min(n_sequences, stream.n_sequences(seq_len)), world_size)
     out = []
     for i in range(0, len(mine), micro_batch):
-        rows = np.stack([tokens[c * seq_len:c * seq_len + seq_len + 1] for c in mine[i:i + micro_batch]])
-        t = torch.from_numpy(rows.astype(np.int64))
+        t = torch.from_numpy(stream.sequences(mine[i:i + micro_batch], seq_len))
         out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
     return out

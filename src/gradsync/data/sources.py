@@ -26,6 +26,7 @@ import numpy as np
 
 from gradsync.config import DataConfig
 from gradsync.data.markov import MarkovChain
+from gradsync.data.stream import TokenStream
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 from gradsync.errors import DataError
 
@@ -35,8 +36,8 @@ LLMC_HEADER_INTS = 256
 
 @dataclass
 class TokenData:
-    train: np.ndarray
-    val: np.ndarray
+    train: TokenStream
+    val: TokenStream
     vocab_size: int
     tokenizer: Tokenizer | None
     description: str
@@ -63,7 +64,7 @@ def _synthetic(cfg: DataConfig) -> TokenData:
     tokens = chain.sample(cfg.synthetic_tokens, seed=cfg.synthetic_seed)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
     h = chain.entropy_rate()
-    return TokenData(tokens[:-n_val], tokens[-n_val:], cfg.synthetic_vocab, None,
+    return TokenData(TokenStream([tokens[:-n_val]]), TokenStream([tokens[-n_val:]]), cfg.synthetic_vocab, None,
                      f"synthetic order-{cfg.synthetic_order} Markov chain, V={cfg.synthetic_vocab}, "
                      f"entropy rate {h:.4f} nats/token", entropy_rate=h)
 
@@ -142,15 +143,17 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
         n_val = max(int(len(all_tokens) * cfg.val_fraction), cfg.seq_len + 1)
         train_arr, val_arr = all_tokens[:-n_val], all_tokens[-n_val:]
         split = "by tail"
-    _check_sizes(label, train_arr, val_arr, cfg.seq_len)
+    train_s, val_s = TokenStream([train_arr]), TokenStream([val_arr])
+    _check_sizes(label, train_s, val_s, cfg.seq_len)
     desc = (f"{label}: {len(docs)} file(s), {n_bytes / 1e6:.1f} MB, {cfg.tokenizer} tokenizer "
             f"(vocab {tokenizer.vocab_size}), {len(train_arr):,} train / {len(val_arr):,} val tokens "
             f"(split {split})")
-    return TokenData(train_arr, val_arr, tokenizer.vocab_size, tokenizer, desc)
+    return TokenData(train_s, val_s, tokenizer.vocab_size, tokenizer, desc)
 
 
 def read_shard(path: Path) -> np.ndarray:
-    """Tokens of one ``.bin`` shard in llm.c's headered format or nanoGPT's raw uint16 format."""
+    """Tokens of one ``.bin`` shard in llm.c's headered format or nanoGPT's raw uint16 format,
+    memory-mapped (read-only), after checking that the file's size matches its format."""
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"shard '{path}' is empty")
@@ -167,34 +170,35 @@ def read_shard(path: Path) -> np.ndarray:
         if size != expected:
             raise DataError(f"shard '{path}' is truncated or padded: header says {n} tokens "
                             f"({expected} bytes), file has {size} bytes")
-        return np.fromfile(path, dtype=dtype, offset=4 * LLMC_HEADER_INTS)
+        return np.memmap(path, dtype=dtype, mode="r", offset=4 * LLMC_HEADER_INTS, shape=(n,))
     if size % 2:
         raise DataError(f"shard '{path}' has an odd size ({size} bytes); raw shards hold uint16 tokens")
-    return np.fromfile(path, dtype="<u2")
+    return np.memmap(path, dtype="<u2", mode="r")
 
 
 def _shards(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
     val_paths = [p for p in paths if "val" in p.name]
     train_paths = [p for p in paths if p not in val_paths]
     if train_paths and val_paths:
-        train = np.concatenate([read_shard(p) for p in train_paths])
-        val = np.concatenate([read_shard(p) for p in val_paths])
-    else:
-        tokens = np.concatenate([read_shard(p) for p in paths])
-        n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
-        train, val = tokens[:-n_val], tokens[-n_val:]
+        train = TokenStream([read_shard(p) for p in train_paths])
+        val = TokenStream([read_shard(p) for p in val_paths])
+    else:  # no validation shard: hold out the tail of the last shard
+        parts = [read_shard(p) for p in paths]
+        n_val = max(int(len(parts[-1]) * cfg.val_fraction), cfg.seq_len + 1)
+        train = TokenStream(parts[:-1] + [parts[-1][:-n_val]])
+        val = TokenStream([parts[-1][-n_val:]])
     _check_sizes(label, train, val, cfg.seq_len)
-    top = int(max(train.max(), val.max())) + 1
+    top = max(train.max_token(), val.max_token()) + 1
     vocab = cfg.vocab_size or top
     if top > vocab:
         raise DataError(f"shards in '{label}' hold token id {top - 1}, beyond data.vocab_size {vocab}")
-    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), vocab {vocab}, {len(train):,} train / "
-            f"{len(val):,} val tokens")
+    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), memory-mapped, vocab {vocab}, "
+            f"{len(train):,} train / {len(val):,} val tokens")
     return TokenData(train, val, vocab, None, desc)
 
 
-def _check_sizes(label: str, train: np.ndarray, val: np.ndarray, seq_len: int) -> None:
-    for name, arr in (("train", train), ("validation", val)):
-        if len(arr) < seq_len + 1:
-            raise DataError(f"data source '{label}' is too small: the {name} split has {len(arr)} "
+def _check_sizes(label: str, train: TokenStream, val: TokenStream, seq_len: int) -> None:
+    for name, stream in (("train", train), ("validation", val)):
+        if stream.n_sequences(seq_len) == 0:
+            raise DataError(f"data source '{label}' is too small: the {name} split has {len(stream)} "
                             f"tokens, fewer than one sequence of {seq_len + 1}")

@@ -1,4 +1,5 @@
-"""``gradsync`` command line: ``train`` (the main job) and ``bench`` (strategies side by side).
+"""``gradsync`` command line: ``train`` (the main job), ``sample`` (text from a checkpoint) and
+``bench`` (strategies side by side).
 
 Every config key can be set as ``--section.key=value`` (``--train.max_steps=50``) or, when its name
 is unique, as ``--key value`` (``--max-steps 50``, ``--sample-tokens 100``). Bad input exits with status 2 and one line,
@@ -122,7 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=30, help="timed steps per run")
     b.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     b.add_argument("--out", default="", help="write the table as Markdown to this file")
+    sm = sub.add_parser("sample", help="generate text from a checkpoint")
+    sm.add_argument("checkpoint", help="checkpoint file, or a run folder (its latest checkpoint)")
+    sm.add_argument("--prompt", default="def ")
+    sm.add_argument("--tokens", type=int, default=300)
+    sm.add_argument("--temperature", type=float, default=0.8)
+    sm.add_argument("--top-k", type=int, default=40)
+    sm.add_argument("--seed", type=int, default=0)
     return p
+
+
+def sample_command(ns: argparse.Namespace) -> int:
+    from gradsync.sample import load_model, sample_text
+
+    if ns.tokens < 1 or ns.temperature <= 0 or ns.top_k < 1:
+        raise ConfigError("sample: --tokens and --top-k must be >= 1 and --temperature > 0")
+    model, data = load_model(ns.checkpoint)
+    print(sample_text(model, data, ns.prompt, ns.tokens, ns.seed, ns.temperature, ns.top_k))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gradsync.launch import train_command
 
             return train_command(config_from_args(ns, extra))
+        if ns.command == "sample":
+            return sample_command(ns)
         if ns.command == "bench":
             from gradsync.bench import bench_command
 

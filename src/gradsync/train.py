@@ -29,6 +29,7 @@ from gradsync.dist import Comm, DistEnv, init_distributed
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.model import build_gpt
 from gradsync.parallel import Strategy, build_strategy
+from gradsync.sample import sample_text
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
@@ -144,20 +145,10 @@ class Trainer:
         s, n = self.comm.sum_scalars([total, float(count)])
         return s / n
 
-    @torch.no_grad()
     def sample(self) -> str:
-        """Rank 0's continuation of ``train.sample_prompt`` (token ids when there is no tokenizer)."""
-        tok = self.data.tokenizer
-        if tok is not None:
-            prompt = tok.encode(self.cfg.train.sample_prompt.encode()).astype("int64").tolist() or [0]
-        else:
-            prompt = self.data.val.head(8).astype("int64").tolist()
-        idx = torch.tensor([prompt], device=self.env.device)
-        gen = torch.Generator(device=self.env.device).manual_seed(self.cfg.train.seed)
-        self.model.eval()
-        out = self.model.generate(idx, self.cfg.train.sample_tokens, generator=gen)[0].tolist()
-        self.model.train()
-        return tok.decode(out) if tok is not None else " ".join(map(str, out))
+        """Rank 0's continuation of ``train.sample_prompt``."""
+        t = self.cfg.train
+        return sample_text(self.model, self.data, t.sample_prompt, t.sample_tokens, t.seed)
 
     # -- the loop --------------------------------------------------------------------------------
     def train_step(self, step: int) -> tuple[float, float]:

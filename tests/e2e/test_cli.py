@@ -51,6 +51,14 @@ def test_train_two_workers_leaves_metrics_plot_checkpoint_and_sample(tmp_path: P
              if '"train"' in line]
     assert steps == list(range(1, 9))
 
+    # Text from the finished run's latest checkpoint, reproducible with the same seed.
+    s1 = gradsync("sample", "run", "--prompt", "import ", "--tokens", "30", cwd=tmp_path)
+    s2 = gradsync("sample", "run/checkpoints/ckpt_0000008.pt", "--prompt", "import ", "--tokens", "30",
+                  cwd=tmp_path)
+    assert s1.returncode == 0, s1.stderr[-2000:]
+    assert s1.stdout.startswith("import ") and s1.stdout == s2.stdout
+    _one_line_error(gradsync("sample", "nowhere", cwd=tmp_path), "'nowhere' does not exist")
+
 
 def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])

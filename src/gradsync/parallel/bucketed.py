@@ -109,6 +109,7 @@ class BucketedStrategy(Strategy):
             self._launch(self.buckets[self._next_launch])
 
     def _launch(self, b: Bucket) -> None:
+        b.flat.div_(self.comm.world_size)  # average before the sum, off the critical path after it
         b.work = self.comm.all_reduce(b.flat, async_op=True)
         self._next_launch += 1
 
@@ -124,7 +125,6 @@ class BucketedStrategy(Strategy):
         for b in self.buckets:
             assert b.work is not None
             self.comm.wait(b.work)
-            b.flat.div_(self.comm.world_size)
             b.work = None
         self._syncing = False
         for b in self.buckets:

@@ -4,8 +4,9 @@ Parameters are grouped, in reverse order of registration (roughly the order in w
 produces their gradients), into flat buckets: a small first bucket so communication starts early,
 then buckets of ``parallel.bucket_mb``. Each parameter's ``.grad`` is a view into its bucket, so
 autograd accumulates straight into the flat buffer and nothing is copied. A post-accumulate-grad
-hook counts down the bucket; when it is full its all-reduce starts asynchronously while backward
-goes on. Buckets are launched strictly in index order, so every rank issues the same collectives
+hook counts down the bucket; when it is full it is divided by the world size and its all-reduce
+(a sum) starts asynchronously while backward goes on, so nothing but the wait is left after
+backward. Buckets are launched strictly in index order, so every rank issues the same collectives
 in the same order even if some parameter is late or unused on one rank (an unused parameter
 contributes a zero gradient, with a warning, never a hang). On the non-final micro-steps of
 gradient accumulation the hooks do nothing: gradients only accumulate locally.

@@ -175,7 +175,8 @@ class Trainer:
         writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=self.resumed_from is None) if main else None
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(self.cfg.to_toml(), encoding="utf-8")
+            # atomic: on a local launch the workers may still be reading this very file
+            ckpt.atomic_write_bytes(self.run_dir / "config.toml", self.cfg.to_toml().encode())
             self._print(f"gradsync: {self.env.world_size} worker(s), strategy {self.cfg.parallel.strategy}, "
                         f"backend {self.env.backend}, {self.model.num_params():,} parameters, "
                         f"accumulation {self.batches.accum_steps}, data {self.data.description}")

@@ -11,6 +11,7 @@ before any process is started, with a one-line :class:`~gradsync.errors.ConfigEr
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -155,6 +156,10 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return self.nproc * self.nnodes
+
+    def threads_per_worker(self, local_workers: int) -> int:
+        """``threads``, or the machine's cores shared evenly among the workers on this node."""
+        return self.threads or max(1, (os.cpu_count() or 1) // max(1, local_workers))
 
 
 @dataclass(frozen=True)

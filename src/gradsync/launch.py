@@ -21,18 +21,6 @@ from gradsync.config import Config
 from gradsync.errors import ConfigError, DistributedError
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def worker_threads(cfg: Config) -> int:
-    return cfg.parallel.threads or max(1, (os.cpu_count() or 1) // cfg.parallel.nproc)
-
-
 def prepare(cfg: Config) -> Config:
     """Validate the run on one process and resolve what every worker must agree on: the run
     folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
@@ -62,7 +50,7 @@ def prepare(cfg: Config) -> Config:
         updates["train.resume"] = str(path)
     if t.peak_tflops == 0 and not _cuda():
         dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
-        updates["train.peak_tflops"] = peak_flops(torch.device("cpu"), dtype, worker_threads(cfg)) / 1e12
+        updates["train.peak_tflops"] = peak_flops(torch.device("cpu"), dtype, cfg.parallel.threads_per_worker(cfg.parallel.nproc)) / 1e12
     return cfg.replace(**updates)
 
 
@@ -84,7 +72,7 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     p = cfg.parallel
-    os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(cfg)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
     lc = LaunchConfig(

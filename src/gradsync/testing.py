@@ -21,7 +21,8 @@ from typing import Any, Callable
 import torch
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -49,7 +50,7 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
     """Run ``fn(rank, *args)`` on ``world_size`` spawned processes; return results by rank."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue), daemon=True)
              for r in range(world_size)]
     for p in procs:

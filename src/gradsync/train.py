@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -56,12 +55,6 @@ def adamw_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimiz
     return make
 
 
-def worker_threads(cfg: Config, env: DistEnv) -> int:
-    if cfg.parallel.threads:
-        return cfg.parallel.threads
-    return max(1, (os.cpu_count() or 1) // max(1, env.local_world_size))
-
-
 @dataclass
 class TrainResult:
     steps_done: int
@@ -80,7 +73,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.parallel)
         cfg.check_world(self.env.world_size)
-        torch.set_num_threads(worker_threads(cfg, self.env))
+        torch.set_num_threads(cfg.parallel.threads_per_worker(self.env.local_world_size))
         self.run_dir = Path(cfg.train.run_dir)
         self.data = data or load_tokens(cfg.data)
         torch.manual_seed(cfg.train.seed)

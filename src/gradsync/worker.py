@@ -20,7 +20,7 @@ from gradsync.errors import GradsyncError
 def run(argv: Sequence[str]) -> int:
     from gradsync.dist import init_distributed, shutdown
     from gradsync.peak import peak_flops
-    from gradsync.train import Trainer, worker_threads
+    from gradsync.train import Trainer
 
     p = _Parser(prog="gradsync.worker")
     add_config_args(p)
@@ -33,7 +33,7 @@ def run(argv: Sequence[str]) -> int:
     peak = cfg.train.peak_tflops * 1e12
     if peak <= 0:
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        peak = peak_flops(env.device, dtype, worker_threads(cfg, env))
+        peak = peak_flops(env.device, dtype, cfg.parallel.threads_per_worker(env.local_world_size))
     trainer.fit(peak)
     shutdown()
     return 0

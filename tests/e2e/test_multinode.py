@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from gradsync.testing import free_port
 
 
 def test_two_agents_rendezvous_and_train_together(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "gradsync.cli", "train", "--nnodes", "2", "--nproc", "1",
            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "e2e", "--run-dir", "run",

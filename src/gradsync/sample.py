@@ -12,7 +12,7 @@ from gradsync import checkpoint as ckpt
 from gradsync.config import build_config
 from gradsync.data import TokenData, load_tokens
 from gradsync.errors import CheckpointError
-from gradsync.model import GPT, build_gpt
+from gradsync.model import GPT, gpt_from_config
 
 
 @torch.no_grad()
@@ -43,8 +43,7 @@ def load_model(path: str | Path) -> tuple[GPT, TokenData]:
     state = ckpt.load_checkpoint(resolved)
     cfg = build_config(state["config"])
     data = load_tokens(cfg.data)
-    model = build_gpt(cfg.model.preset, data.vocab_size, cfg.data.seq_len, 0.0, n_layer=cfg.model.n_layer,
-                      n_head=cfg.model.n_head, n_embd=cfg.model.n_embd)
+    model = gpt_from_config(cfg.model, data.vocab_size, cfg.data.seq_len)
     try:
         model.load_state_dict(state["strategy"]["model"])
     except (KeyError, RuntimeError) as e:

@@ -26,7 +26,7 @@ from gradsync.config import Config, OptimConfig
 from gradsync.data import ShardedBatches, TokenData, eval_batches, load_tokens
 from gradsync.dist import Comm, DistEnv, init_distributed
 from gradsync.metrics import MetricsWriter, plot_metrics
-from gradsync.model import build_gpt
+from gradsync.model import gpt_from_config
 from gradsync.parallel import Strategy, build_strategy
 from gradsync.sample import sample_text
 
@@ -77,9 +77,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         self.data = data or load_tokens(cfg.data)
         torch.manual_seed(cfg.train.seed)
-        self.model = build_gpt(cfg.model.preset, self.data.vocab_size, cfg.data.seq_len,
-                               cfg.model.dropout, n_layer=cfg.model.n_layer, n_head=cfg.model.n_head,
-                               n_embd=cfg.model.n_embd).to(self.env.device)
+        self.model = gpt_from_config(cfg.model, self.data.vocab_size, cfg.data.seq_len).to(self.env.device)
         self.comm = Comm(self.env)
         self.strategy: Strategy = build_strategy(self.model, adamw_factory(cfg.optim), self.comm,
                                                  cfg.parallel)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gradsync.config import ModelConfig
 
 # Dimensions of named shapes. tiny/mini are for tests and laptops; the gpt2* rows are the
 # published GPT-2 shapes (124M, 350M, 774M, 1.5B parameters with the 50257-token vocabulary).
@@ -161,3 +165,9 @@ class GPT(nn.Module):
 def build_gpt(preset: str, vocab_size: int, block_size: int, dropout: float = 0.0,
               **overrides: int | None) -> GPT:
     return GPT(GPTShape.from_preset(preset, vocab_size, block_size, dropout, **overrides))
+
+
+def gpt_from_config(model: "ModelConfig", vocab_size: int, block_size: int) -> GPT:
+    """The GPT a run's ``[model]`` config describes (the trainer and ``gradsync sample`` agree)."""
+    return build_gpt(model.preset, vocab_size, block_size, model.dropout, n_layer=model.n_layer,
+                     n_head=model.n_head, n_embd=model.n_embd)

@@ -27,7 +27,7 @@ def prepare(cfg: Config) -> Config:
     import torch
 
     from gradsync.data import ShardedBatches, load_tokens
-    from gradsync.peak import peak_flops
+    from gradsync.peak import worker_peak_flops
 
     t = cfg.train
     updates: dict[str, object] = {}
@@ -48,9 +48,8 @@ def prepare(cfg: Config) -> Config:
     if path is not None:
         ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
         updates["train.resume"] = str(path)
-    if t.peak_tflops == 0 and not _cuda():
-        dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
-        updates["train.peak_tflops"] = peak_flops(torch.device("cpu"), dtype, cfg.parallel.threads_per_worker(cfg.parallel.nproc)) / 1e12
+    if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
+        updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
     return cfg.replace(**updates)
 
 

@@ -12,11 +12,15 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gradsync.checkpoint import atomic_write_bytes
 from gradsync.data.sources import cache_dir
+
+if TYPE_CHECKING:
+    from gradsync.config import Config
 
 
 def _device_name(device: torch.device) -> str:
@@ -51,6 +55,15 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
         best = max(best, 2.0 * n ** 3 * reps / dt)
         if time.perf_counter() > deadline:
             return best
+
+
+def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int) -> float:
+    """Per-worker peak FLOP/s for MFU: ``train.peak_tflops`` if given, else measured (cached) for
+    the run's precision and this worker's thread count."""
+    if cfg.train.peak_tflops > 0:
+        return cfg.train.peak_tflops * 1e12
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    return peak_flops(device, dtype, cfg.parallel.threads_per_worker(local_workers))
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:

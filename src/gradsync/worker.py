@@ -11,7 +11,6 @@ import os
 import sys
 from typing import Sequence
 
-import torch
 
 from gradsync.cli import _Parser, add_config_args, config_from_args
 from gradsync.errors import GradsyncError
@@ -19,7 +18,7 @@ from gradsync.errors import GradsyncError
 
 def run(argv: Sequence[str]) -> int:
     from gradsync.dist import init_distributed, shutdown
-    from gradsync.peak import peak_flops
+    from gradsync.peak import worker_peak_flops
     from gradsync.train import Trainer
 
     p = _Parser(prog="gradsync.worker")
@@ -30,11 +29,7 @@ def run(argv: Sequence[str]) -> int:
         cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
     env = init_distributed(cfg.parallel)
     trainer = Trainer(cfg, env)
-    peak = cfg.train.peak_tflops * 1e12
-    if peak <= 0:
-        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        peak = peak_flops(env.device, dtype, cfg.parallel.threads_per_worker(env.local_world_size))
-    trainer.fit(peak)
+    trainer.fit(worker_peak_flops(cfg, env.device, env.local_world_size))
     shutdown()
     return 0
 

@@ -132,16 +132,14 @@ class Comm:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
-    def mean_scalars(self, values: list[float]) -> list[float]:
-        """Average a few floats over ranks (bookkeeping: not counted in the gradient stats)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.env.device)
-        dist.all_reduce(t, group=self.group)
-        return (t / self.world_size).tolist()
-
     def sum_scalars(self, values: list[float]) -> list[float]:
+        """Sum a few floats over ranks (bookkeeping: not counted in the gradient stats)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.env.device)
         dist.all_reduce(t, group=self.group)
         return t.tolist()
+
+    def mean_scalars(self, values: list[float]) -> list[float]:
+        return [v / self.world_size for v in self.sum_scalars(values)]
 
 
 def state_checksum(module: torch.nn.Module) -> str:

@@ -16,17 +16,24 @@ import numpy as np
 class TokenStream:
     def __init__(self, parts: Sequence[np.ndarray]) -> None:
         self.parts = [p for p in parts if len(p)]
+        self._starts: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
+    def _first_sequence(self, seq_len: int) -> np.ndarray:
+        """Number of the first sequence of each part, plus the total at the end (cached)."""
+        if seq_len not in self._starts:
+            counts = [max(0, (len(p) - 1) // seq_len) for p in self.parts]
+            self._starts[seq_len] = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        return self._starts[seq_len]
+
     def n_sequences(self, seq_len: int) -> int:
-        return sum(max(0, (len(p) - 1) // seq_len) for p in self.parts)
+        return int(self._first_sequence(seq_len)[-1])
 
     def sequences(self, ids: np.ndarray, seq_len: int) -> np.ndarray:
         """Rows ``ids`` (sequence numbers) as an int64 array of shape (len(ids), seq_len + 1)."""
-        counts = np.array([max(0, (len(p) - 1) // seq_len) for p in self.parts])
-        starts = np.concatenate([[0], np.cumsum(counts)])
+        starts = self._first_sequence(seq_len)
         which = np.searchsorted(starts, ids, side="right") - 1
         out = np.empty((len(ids), seq_len + 1), dtype=np.int64)
         for row, (part, local) in enumerate(zip(which, ids - starts[which])):

@@ -31,27 +31,29 @@ class RunStats:
     comm_mb_per_step: float
 
 
+def _step_stats(record: dict) -> RunStats:
+    blocked = record["comm_blocked_s"]
+    return RunStats(record["tokens_per_sec"], 1e3 * record["step_time_s"],
+                    None if blocked is None else 1e3 * blocked, record["comm_bytes"] / 1e6)
+
+
+def _median(rows: list[RunStats]) -> RunStats:
+    """Field-wise median; exposed communication stays unknown if any row does not know it."""
+    exposed = [r.exposed_comm_ms for r in rows]
+    return RunStats(
+        tokens_per_sec=statistics.median(r.tokens_per_sec for r in rows),
+        step_ms=statistics.median(r.step_ms for r in rows),
+        exposed_comm_ms=None if None in exposed else statistics.median(exposed),  # type: ignore[type-var]
+        comm_mb_per_step=statistics.median(r.comm_mb_per_step for r in rows),
+    )
+
+
 def _median_run(metrics_path: Path, warmup: int) -> RunStats:
+    """Median over one run's logged steps after ``warmup``."""
     train = [r for r in read_metrics(metrics_path) if r["kind"] == "train"][warmup:]
     if not train:
         raise ConfigError("bench: --steps must exceed --warmup")
-    blocked = [r["comm_blocked_s"] for r in train]
-    return RunStats(
-        tokens_per_sec=statistics.median(r["tokens_per_sec"] for r in train),
-        step_ms=1e3 * statistics.median(r["step_time_s"] for r in train),
-        exposed_comm_ms=None if None in blocked else 1e3 * statistics.median(blocked),
-        comm_mb_per_step=statistics.median(r["comm_bytes"] for r in train) / 1e6,
-    )
-
-
-def _combine(runs: list[RunStats]) -> RunStats:
-    exposed = [r.exposed_comm_ms for r in runs]
-    return RunStats(
-        tokens_per_sec=statistics.median(r.tokens_per_sec for r in runs),
-        step_ms=statistics.median(r.step_ms for r in runs),
-        exposed_comm_ms=None if None in exposed else statistics.median(exposed),  # type: ignore[type-var]
-        comm_mb_per_step=statistics.median(r.comm_mb_per_step for r in runs),
-    )
+    return _median([_step_stats(r) for r in train])
 
 
 def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
@@ -90,7 +92,7 @@ def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
                         _median_run(run_dir / "metrics.jsonl", ns.warmup))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    table = format_table({k: _combine(v) for k, v in results.items()}, strategies, worlds, cfg, ns)
+    table = format_table({k: _median(v) for k, v in results.items()}, strategies, worlds, cfg, ns)
     print(table)
     if ns.out:
         Path(ns.out).write_text(table + "\n", encoding="utf-8")

@@ -57,7 +57,7 @@ def _median_run(metrics_path: Path, warmup: int) -> RunStats:
 
 
 def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
-    from gradsync.launch import launch_workers, prepare
+    from gradsync.launch import launch_workers, prepare, write_run_config
 
     strategies = [s.strip() for s in ns.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
@@ -83,9 +83,7 @@ def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
                         "train.max_steps": steps, "train.eval_interval": steps + 1,
                         "train.ckpt_interval": 0, "train.sample_tokens": 0, "train.progress": False,
                         "train.run_dir": str(run_dir), "train.log_interval": 1})
-                    config_path = run_dir / "config.toml"
-                    run_dir.mkdir(parents=True)
-                    config_path.write_text(run_cfg.to_toml(), encoding="utf-8")
+                    config_path = write_run_config(run_cfg)
                     print(f"bench: repeat {rep + 1}/{ns.repeats}, {world} worker(s), {strategy}", flush=True)
                     launch_workers(run_cfg, config_path)
                     results.setdefault((strategy, world), []).append(

@@ -96,12 +96,16 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         raise DistributedError(f"worker rank {rank} {how}; the other workers were stopped") from None
 
 
+def write_run_config(cfg: Config) -> Path:
+    """Write the resolved config into its run folder; the workers read their config from it."""
+    config_path = Path(cfg.train.run_dir) / "config.toml"
+    ckpt.atomic_write_bytes(config_path, cfg.to_toml().encode())  # also creates the folder
+    return config_path
+
+
 def train_command(cfg: Config) -> int:
     cfg = prepare(cfg)
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.toml"
-    ckpt.atomic_write_bytes(config_path, cfg.to_toml().encode())
+    config_path = write_run_config(cfg)
     if cfg.parallel.world_size == 1:
         from gradsync.worker import run
 

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gradsync.errors import ConfigError
+from gradsync.spec import COMPRESSORS, STRATEGIES, Spec, check_composition, parse_spec
 
-STRATEGY_NAMES = ("allreduce", "bucketed", "torch-ddp")
+STRATEGY_NAMES = tuple(STRATEGIES)
+OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -102,8 +104,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``; global-norm clipping."""
+    """AdamW (or plain SGD with momentum, for the local-SGD equivalences) with linear warmup then
+    cosine decay to ``lr * min_lr_ratio``; global-norm clipping."""
 
+    name: str = "adamw"  # adamw | sgd
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -112,8 +116,14 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
+    momentum: float = 0.0  # sgd only
 
     def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS,
+               f"optim.name '{self.name}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.name == "sgd" or self.momentum == 0,
+               "optim.momentum applies to optim.name=sgd only (AdamW uses optim.beta1)")
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -132,7 +142,8 @@ class ParallelConfig:
     nnodes: int = 1
     rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
     rdzv_id: str = "gradsync"
-    strategy: str = "bucketed"
+    strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
+    compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
     bucket_mb: float = 25.0
     first_bucket_mb: float = 1.0
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
@@ -142,8 +153,7 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
         _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
-        _check(self.strategy in STRATEGY_NAMES,
-               f"parallel.strategy '{self.strategy}' is unknown; choose one of {', '.join(STRATEGY_NAMES)}")
+        check_composition(self.strategy_spec, self.compress_spec)
         _check(self.bucket_mb > 0 and self.first_bucket_mb > 0,
                "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
         _check(self.backend in BACKENDS,
@@ -156,6 +166,14 @@ class ParallelConfig:
     @property
     def world_size(self) -> int:
         return self.nproc * self.nnodes
+
+    @property
+    def strategy_spec(self) -> Spec:
+        return parse_spec(self.strategy, STRATEGIES, "parallel.strategy")
+
+    @property
+    def compress_spec(self) -> Spec:
+        return parse_spec(self.compress, COMPRESSORS, "parallel.compress")
 
     def threads_per_worker(self, local_workers: int) -> int:
         """``threads``, or the machine's cores shared evenly among the workers on this node."""
@@ -337,7 +355,7 @@ RESUME_MUST_MATCH = (
     "data.source", "data.tokenizer", "data.bpe_vocab_size", "data.seq_len", "data.val_fraction",
     "data.vocab_size", "data.synthetic_vocab", "data.synthetic_order", "data.synthetic_tokens",
     "data.synthetic_alpha", "data.synthetic_seed",
-    "train.global_batch", "train.seed", "parallel.strategy",
+    "train.global_batch", "train.seed", "parallel.strategy", "parallel.compress", "optim.name",
 )
 
 

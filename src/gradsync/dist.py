@@ -80,13 +80,32 @@ def shutdown(clean: bool = True) -> None:
 
 @dataclass
 class CommStats:
-    bytes: int = 0  # payload bytes handed to collectives (the tensor sizes, not wire bytes)
+    bytes: int = 0  # payload bytes this worker handed to collectives (its input tensors)
+    wire_bytes: float = 0.0  # bytes this worker sends under ring algorithms (see Comm)
+    raw_bytes: int = 0  # payload the uncompressed gradient would have needed (0 = not compressing)
     blocked_s: float = 0.0  # wall time this worker waited on collectives
     calls: int = 0
 
 
+# Bytes each rank sends, per payload byte, in the ring algorithms (Patarasuk & Yuan 2009):
+# all-reduce = reduce-scatter + all-gather of the same tensor.
+def _ring_wire(op: str, nbytes: int, p: int) -> float:
+    if p == 1:
+        return 0.0
+    return {"all_reduce": 2 * (p - 1) / p, "reduce_scatter": (p - 1) / p,
+            "all_gather": float(p - 1), "broadcast": 1.0}[op] * nbytes
+
+
+_all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 class Comm:
-    """Collectives over one process group, with byte and blocked-time accounting."""
+    """Collectives over one process group, with byte and blocked-time accounting.
+
+    ``stats.bytes`` counts each call's input (for an all-gather, this rank's contribution);
+    ``stats.wire_bytes`` what the ring algorithm makes this rank send, the figure to compare
+    across strategies: a reduce-scatter plus an all-gather cost what one all-reduce costs.
+    """
 
     def __init__(self, env: DistEnv, group: dist.ProcessGroup | None = None) -> None:
         self.env = env
@@ -102,22 +121,40 @@ class Comm:
         s, self.stats = self.stats, CommStats()
         return s
 
-    def _count(self, t: torch.Tensor) -> None:
-        self.stats.bytes += t.numel() * t.element_size()
+    def count(self, op: str, t: torch.Tensor) -> None:
+        """Account one collective of ``t`` (also used for collectives that torch issues itself)."""
+        n = t.numel() * t.element_size()
+        self.stats.bytes += n
+        self.stats.wire_bytes += _ring_wire(op, n, self.world_size)
         self.stats.calls += 1
 
-    def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
-        """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
-        self._count(t)
+    def _run(self, work: Any, async_op: bool, t0: float) -> dist.Work | None:
         if async_op:
-            return dist.all_reduce(t, group=self.group, async_op=True)
-        t0 = time.perf_counter()
-        dist.all_reduce(t, group=self.group)
+            return work
         self.stats.blocked_s += time.perf_counter() - t0
         return None
 
+    def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
+        """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
+        self.count("all_reduce", t)
+        t0 = time.perf_counter()
+        return self._run(dist.all_reduce(t, group=self.group, async_op=async_op), async_op, t0)
+
+    def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
+        """Sum ``inp`` over ranks; rank r receives the r-th of ``world_size`` equal chunks in ``out``."""
+        self.count("reduce_scatter", inp)
+        t0 = time.perf_counter()
+        return self._run(dist.reduce_scatter_tensor(out, inp, group=self.group, async_op=async_op),
+                         async_op, t0)
+
+    def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
+        """Concatenate every rank's ``inp`` (equal sizes) into ``out``, in rank order."""
+        self.count("all_gather", inp)
+        t0 = time.perf_counter()
+        return self._run(_all_gather_into(out, inp, group=self.group, async_op=async_op), async_op, t0)
+
     def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
-        self._count(t)
+        self.count("broadcast", t)
         t0 = time.perf_counter()
         dist.broadcast(t, src=src, group=self.group)
         self.stats.blocked_s += time.perf_counter() - t0

@@ -88,7 +88,7 @@ def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | N
     cfg = build_config(config)
     trainer = Trainer(cfg)
     result = trainer.fit()
-    params = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    params = {k: v.detach().cpu().clone() for k, v in trainer.strategy.full_model_state().items()}
     if out and rank == 0:
         torch.save(params, Path(out))
     return {"params": params if rank == 0 else None, "history": result.history,

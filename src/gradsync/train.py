@@ -41,8 +41,9 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def adamw_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimizer]:
-    """AdamW with weight decay on matrices only (not biases, LayerNorm gains or 1-D tensors)."""
+def optimizer_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """AdamW (or SGD) with weight decay on matrices only (not biases, LayerNorm gains or 1-D
+    tensors). Strategies call the factory; sharded ones rebuild it over their shard's pieces."""
 
     def make(model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -50,6 +51,8 @@ def adamw_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimiz
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+        if cfg.name == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
     return make
@@ -79,7 +82,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = gpt_from_config(cfg.model, self.data.vocab_size, cfg.data.seq_len).to(self.env.device)
         self.comm = Comm(self.env)
-        self.strategy: Strategy = build_strategy(self.model, adamw_factory(cfg.optim), self.comm,
+        self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
                                                  cfg.parallel)
         t = cfg.train
         self.batches = ShardedBatches(self.data.train, cfg.data.seq_len, t.global_batch, t.micro_batch,
@@ -108,10 +111,11 @@ class Trainer:
     def save(self, step: int) -> Path:
         """Write a checkpoint after ``step`` finished steps (all ranks call; rank 0 writes)."""
         rngs = self.comm.all_gather_object(ckpt.rng_state())
+        strategy_state = self.strategy.state_dict()  # collective: sharded strategies gather
         path = ckpt.checkpoint_path(self.run_dir, step)
         if self.env.is_main:
             ckpt.save_checkpoint(path, {
-                "step": step, "strategy": self.strategy.state_dict(), "data": self.batches.state_dict(),
+                "step": step, "strategy": strategy_state, "data": self.batches.state_dict(),
                 "rng": rngs, "config": self.cfg.to_dict(), "world_size": self.env.world_size,
             })
         return path

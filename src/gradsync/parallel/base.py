@@ -11,6 +11,11 @@ The trainer drives a strategy like this, and knows nothing else about communicat
 ``micro_step(last=False)`` promises that no gradient leaves the worker (accumulation); on the
 last micro-step a strategy may start communicating from backward hooks. ``step`` finishes the
 aggregation, clips by the global norm (the same on every rank), updates, and zeroes gradients.
+
+Checkpoints use one format for every strategy: the full model ``state_dict`` and the optimizer
+state of torch's own optimizer over the full model (sharded strategies gather theirs into it), so
+a checkpoint does not depend on how the state was split. ``state_dict`` and
+``full_model_state`` are collective: every rank calls them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn as nn
 
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm, replicate
+from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -40,9 +46,15 @@ class Strategy(ABC):
         self.model = model
         self.comm = comm
         self.cfg = cfg
+        self.spec = cfg.strategy_spec
+        self.peak_bytes = 0
         replicate(model, comm)
         self.module: nn.Module = self.wrap(model)
-        self.optimizer = optimizer_factory(model)
+        self.optimizer = self.make_optimizer(optimizer_factory)
+
+    def make_optimizer(self, optimizer_factory: OptimizerFactory) -> torch.optim.Optimizer:
+        """The optimizer the trainer sets the learning rate on (``param_groups``)."""
+        return optimizer_factory(self.model)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the trainer calls forward on (the model itself unless a wrapper is needed)."""
@@ -69,13 +81,37 @@ class Strategy(ABC):
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         self.optimizer.step()
+        self.sample_memory()
         self.zero_grad()
         return float(norm)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume; replicated strategies save rank 0's copy."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """Everything needed to resume (collective); replicated strategies save rank 0's copy."""
+        return {"model": self.full_model_state(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's ``state_dict`` on every rank (collective for sharded strategies)."""
+        return self.model.state_dict()
+
+    # -- memory ----------------------------------------------------------------------------------
+    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+        """The tensors this rank holds, per category (see :mod:`gradsync.parallel.memory`)."""
+        params = list(self.model.parameters())
+        return {"params": list(params), "grads": [p.grad for p in params],
+                "optimizer": optimizer_tensors(self.optimizer)}
+
+    def sample_memory(self) -> int:
+        """Measure what is held now and raise the peak if it is higher; returns the total."""
+        total = sum(storage_bytes(ts) for ts in self.holdings().values())
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+    def memory_report(self) -> MemoryReport:
+        held = {k: storage_bytes(v) for k, v in self.holdings().items()}
+        self.sample_memory()
+        return MemoryReport(held["params"], held["grads"], held["optimizer"], self.peak_bytes,
+                            process_peak_bytes(self.comm.env.device))

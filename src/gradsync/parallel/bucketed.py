@@ -17,19 +17,21 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from gradsync.parallel.base import Strategy
+from gradsync.parallel.sharding import FlatUnit
 
 
 @dataclass
 class Bucket:
     index: int
     params: list[nn.Parameter]
+    unit: FlatUnit  # the layout: offsets, padding (to the world size when buckets are sharded)
     flat: torch.Tensor
     views: list[torch.Tensor]
     pending: int = 0
@@ -60,6 +62,8 @@ def plan_buckets(params: list[nn.Parameter], first_bytes: int, cap_bytes: int) -
 
 class BucketedStrategy(Strategy):
     name = "bucketed"
+    # ZeRO-1 shards each bucket's optimizer state: its buckets are padded to the world size.
+    shard_buckets: ClassVar[bool] = False
 
     def wrap(self, model: nn.Module) -> nn.Module:
         params = [p for p in model.parameters() if p.requires_grad][::-1]
@@ -67,14 +71,12 @@ class BucketedStrategy(Strategy):
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.buckets: list[Bucket] = []
         self._bucket_of: dict[int, Bucket] = {}
+        world = self.comm.world_size if self.shard_buckets else 1
         for i, group in enumerate(plan_buckets(params, int(self.cfg.first_bucket_mb * mb),
                                                int(self.cfg.bucket_mb * mb))):
-            flat = torch.zeros(sum(p.numel() for p in group), dtype=group[0].dtype, device=group[0].device)
-            views, offset = [], 0
-            for p in group:
-                views.append(flat[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-            b = Bucket(i, group, flat, views)
+            unit = FlatUnit(i, group, world, self.comm.env.rank)
+            flat = torch.zeros(unit.padded, dtype=group[0].dtype, device=group[0].device)
+            b = Bucket(i, group, unit, flat, unit.views(flat))
             self.buckets.append(b)
             for p in group:
                 self._bucket_of[id(p)] = b

@@ -41,6 +41,5 @@ class TorchDDPStrategy(Strategy):
 
 def _counting_allreduce_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     t = bucket.buffer()
-    comm.stats.bytes += t.numel() * t.element_size()
-    comm.stats.calls += 1
+    comm.count("all_reduce", t)
     return default_hooks.allreduce_hook(comm.group, bucket)

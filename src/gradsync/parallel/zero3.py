@@ -1,0 +1,229 @@
+"""ZeRO-3: parameters, gradients and optimizer state sharded (Rajbhandari et al., SC 2020,
+stage P_os+g+p; the shape of PyTorch FSDP, Zhao et al. VLDB 2023).
+
+The model is cut into units: every element of a ``nn.ModuleList`` (a transformer block) is one,
+and the parameters outside any list (embeddings, tied to the output head, and the final norm) form
+the root unit. Each unit's parameters are views into one padded flat buffer whose storage exists
+only while it is needed; at rest a rank holds just its chunk (1/N) of every unit.
+
+- forward: a pre-hook all-gathers the unit, a post-hook releases the storage (resized to zero,
+  so the views and the tensors autograd saved keep their shapes), and a hook on the unit's output
+  gradient gathers it again just before the unit's backward;
+- backward: as each parameter's gradient is accumulated it is copied into the unit's gradient
+  buffer and released; when the unit's last gradient is in, the parameters are released and the
+  buffer is reduce-scattered asynchronously (units in backward order, as ``bucketed``), and the
+  received chunk is added to the rank's gradient shard;
+- step: the sharded optimizer updates the chunks in place; nothing is gathered until the next
+  forward.
+
+At any moment a rank holds its chunks plus the units in use: one block, and the root unit, which
+the tied output head keeps gathered from the start of forward to the end of backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from gradsync.errors import ConfigError
+from gradsync.parallel.sharding import FlatUnit, ZeroStrategy, bind_params
+
+
+def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The modules that become units (elements of every ``nn.ModuleList``) and the parameters left
+    for the root unit."""
+    layers = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+    inner = {id(p) for m in layers for p in m.parameters()}
+    root = [p for p in model.parameters() if p.requires_grad and id(p) not in inner]
+    return layers, root
+
+
+class Zero3Strategy(ZeroStrategy):
+    name = "zero3"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        layers, root = layer_units(model)
+        world, rank = self.comm.world_size, self.comm.env.rank
+        owners = [(m, [p for p in m.parameters() if p.requires_grad]) for m in layers]
+        seen: set[int] = set()
+        for _, ps in owners:
+            if seen & {id(p) for p in ps}:
+                raise ConfigError("zero3: a parameter is shared between two layers; cannot shard it per layer")
+            seen |= {id(p) for p in ps}
+        # Unit order = the order in which backward finishes them: last block first, root last.
+        groups = [ps for _, ps in reversed(owners)] + ([root] if root else [])
+        self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.full: list[torch.Tensor] = []
+        self.param_chunks = []
+        self._where: dict[int, tuple[FlatUnit, int]] = {}
+        dev, dtype = groups[0][0].device, groups[0][0].dtype
+        for u in self.units:
+            full = torch.zeros(u.padded, dtype=dtype, device=dev)
+            bind_params(u, full)
+            self.full.append(full)
+            self.param_chunks.append(u.my_chunk(full).clone())
+            for p, off in zip(u.params, u.offsets):
+                self._where[id(p)] = (u, off)
+                p.register_post_accumulate_grad_hook(self._on_grad_ready)
+        self._gathered = [True] * len(self.units)
+        for u in self.units:
+            self._release(u)
+        shard = torch.zeros(sum(u.chunk for u in self.units), dtype=dtype, device=dev)
+        self.grad_chunks, at = [], 0
+        for u in self.units:
+            self.grad_chunks.append(shard[at:at + u.chunk])
+            at += u.chunk
+        for (m, _), u in zip(reversed(owners), self.units):
+            self._hook_module(m, u)
+        if root:
+            self._hook_module(model, self.units[-1])
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._pending: list[set[int]] = []
+        self._inflight: list[tuple[FlatUnit, torch.Tensor, torch.Tensor, Any]] = []
+        self._next_launch = 0
+        self._active = False
+        self._synced = False
+        return model
+
+    # -- gathering and releasing parameters ------------------------------------------------------
+    def _gather(self, u: FlatUnit) -> None:
+        if self._gathered[u.index]:
+            return
+        full = self.full[u.index]
+        full.untyped_storage().resize_(u.padded * full.element_size())
+        with torch.no_grad():
+            self.comm.all_gather(full, self.param_chunks[u.index])
+        self._gathered[u.index] = True
+        self.sample_memory()
+
+    def _release(self, u: FlatUnit) -> None:
+        if self._gathered[u.index]:
+            self.full[u.index].untyped_storage().resize_(0)
+            self._gathered[u.index] = False
+
+    def _hook_module(self, module: nn.Module, u: FlatUnit) -> None:
+        def pre(_m: nn.Module, _args: Any) -> None:
+            self._gather(u)
+
+        def post(_m: nn.Module, _args: Any, out: Any) -> None:
+            self._release(u)
+            if torch.is_grad_enabled():
+                for t in _tensors(out):
+                    if t.requires_grad:
+                        t.register_hook(lambda g: self._gather(u))
+                        break
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Every unit gathered (collective), e.g. to read or write the whole model."""
+        for u in self.units:
+            self._gather(u)
+        try:
+            yield
+        finally:
+            for u in self.units:
+                self._release(u)
+
+    # -- gradients -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def micro_step(self, last: bool) -> Iterator[None]:
+        self._pending = [{id(p) for p in u.params} for u in self.units]
+        self._next_launch = 0
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+        self._drain()
+        self._synced = last
+
+    def _on_grad_ready(self, p: torch.Tensor) -> None:
+        if not self._active:
+            raise RuntimeError("zero3: backward ran outside strategy.micro_step(); its gradients would be lost")
+        u, off = self._where[id(p)]
+        assert p.grad is not None
+        if u.index not in self._buffers:
+            self._buffers[u.index] = torch.zeros(u.padded, dtype=p.dtype, device=p.device)
+        self._buffers[u.index][off:off + p.numel()].copy_(p.grad.reshape(-1))
+        p.grad = None
+        pending = self._pending[u.index]
+        pending.discard(id(p))
+        if not pending:
+            self._release(u)  # every use of the unit's parameters in this backward is done
+        while self._next_launch < len(self.units) and not self._pending[self._next_launch]:
+            self._launch(self.units[self._next_launch])
+
+    def _launch(self, u: FlatUnit) -> None:
+        if u.index not in self._buffers:
+            self._buffers[u.index] = torch.zeros(u.padded, dtype=self.full[u.index].dtype,
+                                                 device=self.full[u.index].device)
+        buf = self._buffers[u.index].div_(self.comm.world_size)
+        out = torch.empty(u.chunk, dtype=buf.dtype, device=buf.device)
+        self._inflight.append((u, buf, out, self.comm.reduce_scatter(out, buf, async_op=True)))
+        self._next_launch += 1
+        self.sample_memory()
+
+    def _drain(self) -> None:
+        for u in self.units[self._next_launch:]:
+            if self._pending[u.index]:
+                missing = [self.names[i] for i in self._pending[u.index]]
+                warnings.warn(f"zero3: no gradient this step for {', '.join(missing)}; they contribute zeros",
+                              stacklevel=3)
+            self._launch(u)
+        for u, _, out, work in self._inflight:
+            self.comm.wait(work)
+            self.grad_chunks[u.index].add_(out)
+        self._inflight = []
+        self._buffers = {}
+        for u in self.units:
+            self._release(u)
+
+    def finish_grad_sync(self) -> None:
+        if not self._synced:
+            raise RuntimeError("zero3: step() called without a micro_step(last=True)")
+        self._synced = False
+
+    def zero_grad(self) -> None:
+        for g in self.grad_chunks:
+            g.zero_()
+
+    # -- state -----------------------------------------------------------------------------------
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        with self.gathered():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_full_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self.names.values() if n not in state]
+        if missing:
+            raise KeyError(f"model state lacks {', '.join(missing[:3])}")
+        with torch.no_grad():
+            for u, chunk in zip(self.units, self.param_chunks):
+                flat = u.flatten([state[self.names[id(p)]].to(chunk.device, chunk.dtype) for p in u.params])
+                chunk.copy_(u.my_chunk(flat))
+            for name, b in self.model.named_buffers():
+                if name in state:
+                    b.copy_(state[name])
+
+    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+        held = super().holdings()
+        held["params"] = list(self.full) + list(self.param_chunks)
+        held["grads"] += list(self._buffers.values()) + [out for _, _, out, _ in self._inflight]
+        return held
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []

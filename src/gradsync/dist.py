@@ -169,6 +169,12 @@ class Comm:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's ``obj`` on rank ``dst`` (None elsewhere)."""
+        out: list[Any] | None = [None] * self.world_size if self.env.rank == dst else None
+        dist.gather_object(obj, out, dst=dst, group=self.group)
+        return out
+
     def sum_scalars(self, values: list[float]) -> list[float]:
         """Sum a few floats over ranks (bookkeeping: not counted in the gradient stats)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.env.device)

@@ -12,8 +12,12 @@ from gradsync.dist import Comm
 from gradsync.errors import ConfigError
 from gradsync.parallel.allreduce import AllReduceStrategy
 from gradsync.parallel.base import OptimizerFactory, Strategy
+from gradsync.parallel.diloco import DiLoCoStrategy
+from gradsync.parallel.localsgd import LocalSGDStrategy
 from gradsync.parallel.bucketed import BucketedStrategy
 from gradsync.parallel.torch_ddp import TorchDDPStrategy
+from gradsync.parallel.torch_fsdp import TorchFSDPStrategy
+from gradsync.parallel.torch_zero import TorchZero1Strategy
 from gradsync.parallel.zero1 import Zero1Strategy
 from gradsync.parallel.zero2 import Zero2Strategy
 from gradsync.parallel.zero3 import Zero3Strategy
@@ -25,6 +29,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     Zero1Strategy.name: Zero1Strategy,
     Zero2Strategy.name: Zero2Strategy,
     Zero3Strategy.name: Zero3Strategy,
+    LocalSGDStrategy.name: LocalSGDStrategy,
+    DiLoCoStrategy.name: DiLoCoStrategy,
+    TorchZero1Strategy.name: TorchZero1Strategy,
+    TorchFSDPStrategy.name: TorchFSDPStrategy,
 }
 
 

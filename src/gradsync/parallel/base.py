@@ -40,6 +40,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     # False where blocked time cannot be measured (e.g. inside torch DDP's autograd callback).
     measures_blocked_time: ClassVar[bool] = True
+    # False where torch issues the collectives itself and their bytes are not observable.
+    measures_bytes: bool = True
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:

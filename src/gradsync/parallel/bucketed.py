@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from gradsync.parallel.base import Strategy
+from gradsync.parallel.compression import build_reducer
 from gradsync.parallel.sharding import FlatUnit
 
 
@@ -36,7 +36,7 @@ class Bucket:
     views: list[torch.Tensor]
     pending: int = 0
     fired: set[int] = field(default_factory=set)
-    work: dist.Work | None = None
+    work: Any = None  # the reducer's handle while the bucket is in flight
 
 
 def plan_buckets(params: list[nn.Parameter], first_bytes: int, cap_bytes: int) -> list[list[nn.Parameter]]:
@@ -83,6 +83,7 @@ class BucketedStrategy(Strategy):
                 p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self._syncing = False
         self._next_launch = 0
+        self.reducer = build_reducer(self.cfg.compress_spec, self.comm)
         self._attach_views()
         return model
 
@@ -112,8 +113,7 @@ class BucketedStrategy(Strategy):
             self._launch(self.buckets[self._next_launch])
 
     def _launch(self, b: Bucket) -> None:
-        b.flat.div_(self.comm.world_size)  # average before the sum, off the critical path after it
-        b.work = self.comm.all_reduce(b.flat, async_op=True)
+        b.work = self.reducer.start(b)
         self._next_launch += 1
 
     def finish_grad_sync(self) -> None:
@@ -127,7 +127,7 @@ class BucketedStrategy(Strategy):
             self._launch(b)
         for b in self.buckets:
             assert b.work is not None
-            self.comm.wait(b.work)
+            self.reducer.finish(b, b.work)
             b.work = None
         self._syncing = False
         for b in self.buckets:
@@ -140,3 +140,21 @@ class BucketedStrategy(Strategy):
         for b in self.buckets:
             b.flat.zero_()
         self._attach_views()
+
+    # -- compressor state: every rank's residuals, so that resuming is exact ----------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.reducer.compresses:
+            state["compressor"] = self.comm.gather_object(self.reducer.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        saved = state.get("compressor")
+        if not self.reducer.compresses or saved is None:
+            return
+        if len(saved) == self.comm.world_size:
+            self.reducer.load_state_dict(saved[self.comm.env.rank])
+        else:
+            warnings.warn(f"bucketed: checkpoint written by {len(saved)} workers; compression residuals "
+                          "start from zero", stacklevel=2)

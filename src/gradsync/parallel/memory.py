@@ -26,6 +26,8 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
     for t in tensors:
         if t is None:
             continue
+        if hasattr(t, "to_local"):  # a DTensor (FSDP2): this rank's shard
+            t = t.to_local()
         s = t.untyped_storage()
         key = (str(t.device), s.data_ptr())
         seen[key] = max(seen.get(key, 0), s.nbytes())

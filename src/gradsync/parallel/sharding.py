@@ -198,10 +198,11 @@ class ZeroStrategy(Strategy):
         sq = sum(float(g.double().pow(2).sum()) for g in self.grad_chunks)
         norm = math.sqrt(self.comm.sum_scalars([sq])[0])
         if grad_clip > 0:
-            coef = grad_clip / (norm + 1e-6)
-            if coef < 1.0:
-                for g in self.grad_chunks:
-                    g.mul_(coef)
+            # torch.nn.utils.clip_grad_norm_'s arithmetic (fp32, clamped), so that results match
+            total = torch.tensor(norm, dtype=torch.float32)
+            coef = torch.clamp(grad_clip / (total + 1e-6), max=1.0)
+            for g in self.grad_chunks:
+                g.mul_(coef)
         self.optimizer.step()
         self.after_update()
         self.sample_memory()

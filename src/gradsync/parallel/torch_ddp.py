@@ -1,8 +1,14 @@
-"""torch.nn.parallel.DistributedDataParallel, the reference every strategy is compared with.
+"""torch.nn.parallel.DistributedDataParallel, the reference every strategy is compared with, and,
+with ``--compress``, torch's own communication hooks (``fp16_compress_hook``,
+``bf16_compress_hook``, ``powerSGD_hook``): the references for gradsync's compressors.
 
-Gradient bytes are counted by wrapping torch's own default all-reduce communication hook. DDP
-waits for its buckets inside an autograd callback, so the time blocked on communication is not
-observable from outside and is reported as unknown (``measures_blocked_time = False``)."""
+Gradient bytes are counted by wrapping torch's hooks where the bytes they send are known (the
+all-reduce, the fp16/bf16 casts); torch's PowerSGD hook issues its collectives internally, so its
+bytes are reported as unknown. DDP waits for its buckets inside an autograd callback, so the time
+blocked on communication is not observable from outside either (``measures_blocked_time = False``).
+torch's PowerSGD runs plain all-reduce for its first iteration (``start_powerSGD_iter=2``, the
+least it allows with error feedback), then compresses like gradsync's ``powersgd``.
+"""
 
 # No ``from __future__ import annotations``: DDP checks the hook's annotations at run time.
 
@@ -12,7 +18,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
 from gradsync.parallel.base import Strategy
@@ -26,7 +32,18 @@ class TorchDDPStrategy(Strategy):
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb,
                                       process_group=self.comm.group)
-        ddp.register_comm_hook(self.comm, _counting_allreduce_hook)
+        compress = self.cfg.compress_spec
+        if compress.name == "none":
+            ddp.register_comm_hook(self.comm, _counting_allreduce_hook)
+        elif compress.name in ("fp16", "bf16"):
+            hook = _counting_fp16_hook if compress.name == "fp16" else _counting_bf16_hook
+            ddp.register_comm_hook(self.comm, hook)
+        else:  # powersgd
+            self.measures_bytes = False
+            self.powersgd_state = powerSGD_hook.PowerSGDState(
+                process_group=self.comm.group, matrix_approximation_rank=int(compress["rank"]),
+                start_powerSGD_iter=2, use_error_feedback=True, warm_start=bool(compress["warm_start"]))
+            ddp.register_comm_hook(self.powersgd_state, powerSGD_hook.powerSGD_hook)
         return ddp
 
     @contextlib.contextmanager
@@ -40,6 +57,21 @@ class TorchDDPStrategy(Strategy):
 
 
 def _counting_allreduce_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    t = bucket.buffer()
-    comm.count("all_reduce", t)
+    comm.count("all_reduce", bucket.buffer())
     return default_hooks.allreduce_hook(comm.group, bucket)
+
+
+def _count_low_precision(comm: Any, bucket: dist.GradBucket, dtype: torch.dtype) -> None:
+    t = bucket.buffer()
+    comm.stats.raw_bytes += t.numel() * t.element_size()
+    comm.count("all_reduce", torch.empty(t.numel(), dtype=dtype, device="meta"))
+
+
+def _counting_fp16_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    _count_low_precision(comm, bucket, torch.float16)
+    return default_hooks.fp16_compress_hook(comm.group, bucket)
+
+
+def _counting_bf16_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    _count_low_precision(comm, bucket, torch.bfloat16)
+    return default_hooks.bf16_compress_hook(comm.group, bucket)

@@ -24,10 +24,11 @@ import torch.nn as nn
 from gradsync import checkpoint as ckpt
 from gradsync.config import Config, OptimConfig
 from gradsync.data import ShardedBatches, TokenData, eval_batches, load_tokens
-from gradsync.dist import Comm, DistEnv, init_distributed
+from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.model import gpt_from_config
 from gradsync.parallel import Strategy, build_strategy
+from gradsync.parallel.memory import MemoryReport
 from gradsync.sample import sample_text
 
 
@@ -90,6 +91,7 @@ class Trainer:
         self.eval_set = eval_batches(self.data.val, cfg.data.seq_len, t.eval_sequences, t.micro_batch,
                                      self.env.rank, self.env.world_size)
         self.start_step = 0
+        self.memory: MemoryReport | None = None
         self.resumed_from: Path | None = None
         path = ckpt.resolve_resume(t.resume, self.run_dir)
         if path is not None:
@@ -172,7 +174,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # atomic: on a local launch the workers may still be reading this very file
             ckpt.atomic_write_bytes(self.run_dir / "config.toml", self.cfg.to_toml().encode())
-            self._print(f"gradsync: {self.env.world_size} worker(s), strategy {self.cfg.parallel.strategy}, "
+            self._print(f"gradsync: {self.env.world_size} worker(s), strategy {self._strategy_label()}, "
                         f"backend {self.env.backend}, {self.model.num_params():,} parameters, "
                         f"accumulation {self.batches.accum_steps}, data {self.data.description}")
             if self.resumed_from:
@@ -190,13 +192,15 @@ class Trainer:
             dt = time.perf_counter() - t0
             stats = self.comm.take_stats()
             done = step + 1
+            if step == self.start_step:  # optimizer state exists from the first step on
+                self._report_memory(writer, done)
             if done % t.log_interval == 0 or done == end:
                 loss = self.comm.mean_scalars([local_loss])[0]
                 tps = self.tokens_per_step / dt
                 rec = {"kind": "train", "step": done, "loss": loss, "lr": self.strategy.optimizer.param_groups[0]["lr"],
                        "grad_norm": grad_norm, "tokens_per_sec": tps, "step_time_s": dt,
                        "comm_blocked_s": stats.blocked_s if self.strategy.measures_blocked_time else None,
-                       "comm_bytes": stats.bytes, "comm_calls": stats.calls,
+                       **self._comm_record(stats),
                        "mfu": (self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
                                if peak_flops_per_worker > 0 else None)}
                 history.append(rec)
@@ -238,10 +242,35 @@ class Trainer:
             summary = {"steps": end, "final_train_loss": loss, "final_val_loss": val,
                        "median_tokens_per_sec": result.tokens_per_sec_median,
                        "entropy_rate": self.data.entropy_rate, "last_checkpoint_step": last_ckpt,
-                       "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy}
+                       "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy,
+                       "compress": self.cfg.parallel.compress,
+                       "memory": self.strategy.memory_report().to_dict()}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
             self._print(f"gradsync: done. val loss {val:.4f}; outputs in {self.run_dir}")
         return result
+
+    def _strategy_label(self) -> str:
+        p = self.cfg.parallel
+        return p.strategy if p.compress == "none" else f"{p.strategy} + {p.compress}"
+
+    def _comm_record(self, stats: CommStats) -> dict[str, Any]:
+        """Bytes this step: payload, ring wire bytes, and the compression ratio (uncompressed
+        gradient payload / payload sent) when a compressor ran; None where torch sends them."""
+        known = self.strategy.measures_bytes
+        return {"comm_bytes": stats.bytes if known else None,
+                "comm_wire_bytes": stats.wire_bytes if known else None,
+                "comm_ratio": stats.raw_bytes / stats.bytes if known and stats.raw_bytes and stats.bytes else None,
+                "comm_calls": stats.calls if known else None}
+
+    def _report_memory(self, writer: MetricsWriter | None, step: int) -> None:
+        """Log what this rank holds for parameters, gradients and optimizer state (rank 0's
+        numbers; every rank holds the same amount up to padding)."""
+        report = self.strategy.memory_report()
+        self.memory = report
+        if writer:
+            writer.write({"kind": "memory", "step": step, **report.to_dict()})
+        if self.env.is_main:
+            self._print(f"gradsync: memory per rank after step {step}: {report.describe()}")
 
     def _progress_bar(self) -> Any:
         from tqdm import tqdm

@@ -57,8 +57,8 @@ class Reducer(ABC):
         """This rank's compressor state (error-feedback residuals, warm-start factors)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless by default)
+        """Restore what :meth:`state_dict` returned."""
 
 
 class AllReduceMean(Reducer):
@@ -137,7 +137,7 @@ class PowerSGD(Reducer):
         self.comm.wait(work)
         first.div_(self.comm.world_size)
         at, p_hats = 0, []
-        for i, n, m, r in mats:
+        for _, n, _, r in mats:
             p = first[at:at + n * r].view(n, r)
             at += n * r
             p_hats.append(torch.linalg.qr(p, mode="reduced").Q)
@@ -152,7 +152,7 @@ class PowerSGD(Reducer):
         self.comm.all_reduce(second)
         second.div_(self.comm.world_size)
         at = 0
-        for (i, n, m, r), mat, p_hat in zip(mats, ms, p_hats):
+        for (i, _, m, r), mat, p_hat in zip(mats, ms, p_hats):
             q = second[at:at + m * r].view(m, r)
             at += m * r
             approx = p_hat @ q.T

@@ -23,14 +23,13 @@ the tied output head keeps gathered from the start of forward to the end of back
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 
 from gradsync.errors import ConfigError
-from gradsync.parallel.sharding import FlatUnit, ZeroStrategy, bind_params
+from gradsync.parallel.sharding import FlatUnit, ReduceScatterStrategy, bind_params
 
 
 def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
@@ -42,7 +41,7 @@ def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
     return layers, root
 
 
-class Zero3Strategy(ZeroStrategy):
+class Zero3Strategy(ReduceScatterStrategy):
     name = "zero3"
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -57,37 +56,22 @@ class Zero3Strategy(ZeroStrategy):
         # Unit order = the order in which backward finishes them: last block first, root last.
         groups = [ps for _, ps in reversed(owners)] + ([root] if root else [])
         self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
-        self.names = {id(p): n for n, p in model.named_parameters()}
         self.full: list[torch.Tensor] = []
         self.param_chunks = []
-        self._where: dict[int, tuple[FlatUnit, int]] = {}
         dev, dtype = groups[0][0].device, groups[0][0].dtype
         for u in self.units:
             full = torch.zeros(u.padded, dtype=dtype, device=dev)
             bind_params(u, full)
             self.full.append(full)
             self.param_chunks.append(u.my_chunk(full).clone())
-            for p, off in zip(u.params, u.offsets):
-                self._where[id(p)] = (u, off)
-                p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self._gathered = [True] * len(self.units)
         for u in self.units:
             self._release(u)
-        shard = torch.zeros(sum(u.chunk for u in self.units), dtype=dtype, device=dev)
-        self.grad_chunks, at = [], 0
-        for u in self.units:
-            self.grad_chunks.append(shard[at:at + u.chunk])
-            at += u.chunk
+        self.setup_gradients(model)
         for (m, _), u in zip(reversed(owners), self.units):
             self._hook_module(m, u)
         if root:
             self._hook_module(model, self.units[-1])
-        self._buffers: dict[int, torch.Tensor] = {}
-        self._pending: list[set[int]] = []
-        self._inflight: list[tuple[FlatUnit, torch.Tensor, torch.Tensor, Any]] = []
-        self._next_launch = 0
-        self._active = False
-        self._synced = False
         return model
 
     # -- gathering and releasing parameters ------------------------------------------------------
@@ -132,68 +116,8 @@ class Zero3Strategy(ZeroStrategy):
             for u in self.units:
                 self._release(u)
 
-    # -- gradients -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def micro_step(self, last: bool) -> Iterator[None]:
-        self._pending = [{id(p) for p in u.params} for u in self.units]
-        self._next_launch = 0
-        self._active = True
-        try:
-            yield
-        finally:
-            self._active = False
-        self._drain()
-        self._synced = last
-
-    def _on_grad_ready(self, p: torch.Tensor) -> None:
-        if not self._active:
-            raise RuntimeError("zero3: backward ran outside strategy.micro_step(); its gradients would be lost")
-        u, off = self._where[id(p)]
-        assert p.grad is not None
-        if u.index not in self._buffers:
-            self._buffers[u.index] = torch.zeros(u.padded, dtype=p.dtype, device=p.device)
-        self._buffers[u.index][off:off + p.numel()].copy_(p.grad.reshape(-1))
-        p.grad = None
-        pending = self._pending[u.index]
-        pending.discard(id(p))
-        if not pending:
-            self._release(u)  # every use of the unit's parameters in this backward is done
-        while self._next_launch < len(self.units) and not self._pending[self._next_launch]:
-            self._launch(self.units[self._next_launch])
-
-    def _launch(self, u: FlatUnit) -> None:
-        if u.index not in self._buffers:
-            self._buffers[u.index] = torch.zeros(u.padded, dtype=self.full[u.index].dtype,
-                                                 device=self.full[u.index].device)
-        buf = self._buffers[u.index].div_(self.comm.world_size)
-        out = torch.empty(u.chunk, dtype=buf.dtype, device=buf.device)
-        self._inflight.append((u, buf, out, self.comm.reduce_scatter(out, buf, async_op=True)))
-        self._next_launch += 1
-        self.sample_memory()
-
-    def _drain(self) -> None:
-        for u in self.units[self._next_launch:]:
-            if self._pending[u.index]:
-                missing = [self.names[i] for i in self._pending[u.index]]
-                warnings.warn(f"zero3: no gradient this step for {', '.join(missing)}; they contribute zeros",
-                              stacklevel=3)
-            self._launch(u)
-        for u, _, out, work in self._inflight:
-            self.comm.wait(work)
-            self.grad_chunks[u.index].add_(out)
-        self._inflight = []
-        self._buffers = {}
-        for u in self.units:
-            self._release(u)
-
-    def finish_grad_sync(self) -> None:
-        if not self._synced:
-            raise RuntimeError("zero3: step() called without a micro_step(last=True)")
-        self._synced = False
-
-    def zero_grad(self) -> None:
-        for g in self.grad_chunks:
-            g.zero_()
+    def unit_grads_done(self, u: FlatUnit) -> None:
+        self._release(u)  # every use of the unit's parameters in this backward is done
 
     # -- state -----------------------------------------------------------------------------------
     def full_model_state(self) -> dict[str, torch.Tensor]:
@@ -215,7 +139,6 @@ class Zero3Strategy(ZeroStrategy):
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
         held["params"] = list(self.full) + list(self.param_chunks)
-        held["grads"] += list(self._buffers.values()) + [out for _, _, out, _ in self._inflight]
         return held
 
 

@@ -114,7 +114,8 @@ COMPRESSORS: Schema = {
         "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
         "warm_start": Param(bool, True),
     },
-    "topk": {"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")},
+    "topk": {"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
+             "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
 }
 
 # Strategies that a --compress other than 'none' composes with, and the compressors each takes.

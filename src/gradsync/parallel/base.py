@@ -50,6 +50,7 @@ class Strategy(ABC):
         self.cfg = cfg
         self.spec = cfg.strategy_spec
         self.peak_bytes = 0
+        self._steady: dict[str, int] | None = None
         replicate(model, comm)
         self.module: nn.Module = self.wrap(model)
         self.optimizer = self.make_optimizer(optimizer_factory)
@@ -83,7 +84,7 @@ class Strategy(ABC):
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         self.optimizer.step()
-        self.sample_memory()
+        self.sample_memory(steady=True)
         self.zero_grad()
         return float(norm)
 
@@ -106,14 +107,17 @@ class Strategy(ABC):
         return {"params": list(params), "grads": [p.grad for p in params],
                 "optimizer": optimizer_tensors(self.optimizer)}
 
-    def sample_memory(self) -> int:
-        """Measure what is held now and raise the peak if it is higher; returns the total."""
-        total = sum(storage_bytes(ts) for ts in self.holdings().values())
-        self.peak_bytes = max(self.peak_bytes, total)
-        return total
+    def sample_memory(self, steady: bool = False) -> dict[str, int]:
+        """Measure what is held now and raise the peak if it is higher. ``steady`` marks the
+        moment the report describes: after the update, before gradients are zeroed, when every
+        strategy holds its parameters, gradients and optimizer state and nothing transient."""
+        held = {k: storage_bytes(v) for k, v in self.holdings().items()}
+        self.peak_bytes = max(self.peak_bytes, sum(held.values()))
+        if steady:
+            self._steady = held
+        return held
 
     def memory_report(self) -> MemoryReport:
-        held = {k: storage_bytes(v) for k, v in self.holdings().items()}
-        self.sample_memory()
+        held = self._steady or self.sample_memory()
         return MemoryReport(held["params"], held["grads"], held["optimizer"], self.peak_bytes,
                             process_peak_bytes(self.comm.env.device))

@@ -173,12 +173,23 @@ class TopK(Reducer):
     def __init__(self, spec: Spec, comm: Comm) -> None:
         super().__init__(spec, comm)
         self.ratio = float(spec["ratio"])
+        self.warmup = int(spec["warmup"])
         self.errors: dict[int, torch.Tensor] = {}
+        self.steps = 0
+
+    def current_ratio(self) -> float:
+        """DGC's sparsity warm-up (Lin et al. 2018, section 3.3): the kept fraction falls
+        exponentially from 1 to ``ratio`` over the first ``warmup`` steps."""
+        if self.warmup <= 0 or self.steps >= self.warmup:
+            return self.ratio
+        return self.ratio ** (self.steps / self.warmup)
 
     def start(self, b: Bucket) -> Any:
         self._raw(b)
+        if b.index == 0:
+            self.steps += 1
         n = b.flat.numel()
-        k = max(1, math.ceil(self.ratio * n))
+        k = max(1, math.ceil(self.current_ratio() * n))
         acc = b.flat + self.errors.get(b.index, 0)
         idx = acc.abs().topk(k, sorted=False).indices
         vals = acc[idx]
@@ -200,10 +211,11 @@ class TopK(Reducer):
         b.flat.div_(self.comm.world_size)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"errors": dict(self.errors)}
+        return {"errors": dict(self.errors), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.errors = dict(state["errors"])
+        self.steps = int(state["steps"])
 
 
 REDUCERS: dict[str, type[Reducer]] = {"none": AllReduceMean, "fp16": LowPrecision, "bf16": LowPrecision,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from gradsync.parallel.localsgd import LocalSGDStrategy
 
@@ -31,7 +31,7 @@ class DiLoCoStrategy(LocalSGDStrategy):
         self.outer.grad = self.outer.detach() - self.averaged_parameters()  # the pseudo-gradient
         self.outer_optimizer.step()
         self.outer.grad = None
-        vector_to_parameters(self.outer.detach(), self._params)
+        self.set_parameters(self.outer.detach())
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -14,7 +14,7 @@ import warnings
 from typing import Any
 
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from gradsync.parallel.base import Strategy
 
@@ -49,7 +49,15 @@ class LocalSGDStrategy(Strategy):
         return flat.div_(self.comm.world_size)
 
     def synchronize(self) -> None:
-        vector_to_parameters(self.averaged_parameters(), self._params)
+        self.set_parameters(self.averaged_parameters())
+
+    def set_parameters(self, flat: torch.Tensor) -> None:
+        """Copy ``flat`` into the parameters (torch's ``vector_to_parameters`` would make them
+        views of ``flat`` instead, aliasing whatever else uses that buffer)."""
+        at = 0
+        for p in self._params:
+            p.copy_(flat[at:at + p.numel()].view_as(p))
+            at += p.numel()
 
     # -- state: every rank's, since they differ between averages ---------------------------------
     def local_state(self) -> dict[str, Any]:

@@ -207,7 +207,7 @@ class ZeroStrategy(Strategy):
                 g.mul_(coef)
         self.optimizer.step()
         self.after_update()
-        self.sample_memory()
+        self.sample_memory(steady=True)
         self.zero_grad()
         return norm
 

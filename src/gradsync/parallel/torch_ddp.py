@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from gradsync.errors import DistributedError
 from gradsync.parallel.base import Strategy
 
 
@@ -43,7 +44,7 @@ class TorchDDPStrategy(Strategy):
             self.powersgd_state = powerSGD_hook.PowerSGDState(
                 process_group=self.comm.group, matrix_approximation_rank=int(compress["rank"]),
                 start_powerSGD_iter=2, use_error_feedback=True, warm_start=bool(compress["warm_start"]))
-            ddp.register_comm_hook(self.powersgd_state, powerSGD_hook.powerSGD_hook)
+            ddp.register_comm_hook(self.powersgd_state, _checked_powersgd_hook)
         return ddp
 
     @contextlib.contextmanager
@@ -75,3 +76,22 @@ def _counting_fp16_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Fut
 def _counting_bf16_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     _count_low_precision(comm, bucket, torch.bfloat16)
     return default_hooks.bf16_compress_hook(comm.group, bucket)
+
+
+def _checked_powersgd_hook(state: powerSGD_hook.PowerSGDState,
+                           bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """torch's PowerSGD hook, refusing the one bucket shape that hangs it on gloo: when every tensor
+    of a bucket is compressed, it all-reduces an empty tensor, which gloo rejects inside a future
+    callback, and the step never completes. Fail with a message instead of hanging."""
+    if dist.get_backend(state.process_group) == "gloo" and state.iter >= state.start_powerSGD_iter:
+        def compressed(t: torch.Tensor) -> bool:
+            if t.dim() < 2:
+                return False
+            n, m = t.shape[0], t.numel() // t.shape[0]
+            r = min(n, m, state.matrix_approximation_rank)
+            return (n + m) * r * state.min_compression_rate < n * m
+        if all(compressed(t) for t in bucket.gradients()):
+            raise DistributedError("torch's PowerSGD hook hangs on gloo when a DDP bucket holds only "
+                                   "compressible matrices; use a larger --bucket-mb so that every bucket "
+                                   "also holds a bias or norm vector")
+    return powerSGD_hook.powerSGD_hook(state, bucket)

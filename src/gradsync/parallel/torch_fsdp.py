@@ -43,7 +43,7 @@ class TorchFSDPStrategy(Strategy):
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self.optimizer.step()
-        self.sample_memory()
+        self.sample_memory(steady=True)
         self.zero_grad()
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 

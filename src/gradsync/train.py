@@ -143,9 +143,16 @@ class Trainer:
         return s / n
 
     def sample(self) -> str:
-        """Rank 0's continuation of ``train.sample_prompt``."""
+        """Rank 0's continuation of ``train.sample_prompt`` ("" elsewhere). Collective: every rank
+        calls it, since sharded strategies must gather the model; rank 0 then generates from a
+        plain copy, so that generation issues no collective on one rank alone."""
+        state = self.strategy.full_model_state()
+        if not self.env.is_main:
+            return ""
         t = self.cfg.train
-        return sample_text(self.model, self.data, t.sample_prompt, t.sample_tokens, t.seed)
+        model = gpt_from_config(self.cfg.model, self.data.vocab_size, self.cfg.data.seq_len).to(self.env.device)
+        model.load_state_dict(state)
+        return sample_text(model, self.data, t.sample_prompt, t.sample_tokens, t.seed)
 
     # -- the loop --------------------------------------------------------------------------------
     def train_step(self, step: int) -> tuple[float, float]:
@@ -228,8 +235,9 @@ class Trainer:
         if val is None:  # resumed at the end: nothing trained, still report where the model stands
             val = self.evaluate()
         text = ""
-        if main and t.sample_tokens > 0:
+        if t.sample_tokens > 0:
             text = self.sample()
+        if main and t.sample_tokens > 0:
             (self.run_dir / "sample.txt").write_text(text, encoding="utf-8")
             self._print("---- sample ----\n" + text + "\n----------------")
         tps_all = [r["tokens_per_sec"] for r in history]

@@ -73,6 +73,12 @@ def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     (["--data", "does/not/exist"], ["data path 'does/not/exist' does not exist"]),
     (["--global-batch", "30"], ["train.global_batch (30)", "divisible"]),
     (["--strategy", "magic"], ["parallel.strategy 'magic' is unknown", "bucketed"]),
+    (["--strategy", "localsgd:0"], ["H must be a positive number of steps, got 0"]),
+    (["--strategy", "diloco:8,outer_lr=fast"], ["outer_lr must be of type float"]),
+    (["--compress", "powersgd:rank=4,colour=red"], ["unknown option 'colour' for powersgd"]),
+    (["--strategy", "zero2", "--compress", "fp16"], ["fp16 is not implemented for strategy zero2"]),
+    (["--strategy", "torch-ddp", "--compress", "topk"], ["topk is not implemented for strategy torch-ddp"]),
+    (["--optimizer", "lion"], ["optim.name 'lion' is unknown"]),
     (["--precision", "fp8"], ["train.precision 'fp8'"]),
     (["--nproc", "0"], ["parallel.nproc must be >= 1"]),
     (["--max-steps", "many"], ["train.max_steps must be of type int"]),
@@ -108,3 +114,16 @@ def test_fresh_run_refuses_to_mix_with_existing_checkpoints(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr[-2000:]
     r = gradsync("train", "--nproc", "1", "--max-steps", "1", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
     _one_line_error(r, "already holds checkpoints", "--resume")
+
+
+def test_zero3_trains_checkpoints_samples_and_resumes_from_the_cli(tmp_path: Path) -> None:
+    """ZeRO-3 shards the parameters: sampling and checkpoints must gather them on every rank."""
+    args = ["--nproc", "2", "--strategy", "zero3", "--run-dir", "run", "--ckpt-interval", "3", *TINY_FLAGS]
+    r = gradsync("train", "--max-steps", "3", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "memory per rank after step 1" in r.stdout and "---- sample ----" in r.stdout
+    r2 = gradsync("train", "--max-steps", "6", "--resume", *args, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "resumed from" in r2.stdout
+    s = gradsync("sample", "run", "--tokens", "10", cwd=tmp_path)
+    assert s.returncode == 0 and s.stdout.strip(), s.stderr[-2000:]

@@ -1,10 +1,13 @@
 """``gradsync bench``: the same model and global batch under each strategy and world size.
 
 Every run is a real ``gradsync train`` launch (elastic agent, gloo/NCCL, one thread per worker on
-CPU) for a few dozen steps. Per run we take the median over the steps after ``--warmup``; per
-(strategy, workers) the median over ``--repeats`` runs, interleaved so that drift in a shared
-machine's speed hits every strategy alike. Ratios are against torch DDP measured in the same
-invocation, and scaling efficiency is tokens/s with W workers / (W x tokens/s with 1).
+CPU) for a few dozen steps, with one validation at the end (the same number of tokens for every
+strategy). Per run we take the median over the steps after ``--warmup``; per (entry, workers) the
+median over ``--repeats`` runs, interleaved so that drift in a shared machine's speed hits every
+strategy alike. An entry is a strategy spec, optionally with a compressor: ``zero2``,
+``localsgd:8``, ``bucketed+powersgd:rank=4``. Each entry is compared with its torch reference
+measured in the same invocation (see :data:`REFERENCE`) and with ``bucketed``; scaling efficiency
+is tokens/s with W workers / (W x tokens/s with 1).
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from gradsync.config import STRATEGY_NAMES, Config
+from gradsync.config import Config
 from gradsync.errors import ConfigError
 from gradsync.metrics import read_metrics
+
+# Every strategy and its torch reference (``--strategies all``).
+ALL = ("allreduce,bucketed,torch-ddp,zero1,torch-zero1,zero2,zero3,torch-fsdp,bucketed+fp16,torch-ddp+fp16,"
+       "bucketed+powersgd:rank=4,torch-ddp+powersgd:rank=4,bucketed+topk:ratio=0.01,localsgd:8,diloco:8")
+
+REFERENCE = {  # the torch implementation each of ours is measured against
+    "zero1": "torch-zero1", "zero2": "torch-fsdp", "zero3": "torch-fsdp",
+    "bucketed+fp16": "torch-ddp+fp16", "bucketed+bf16": "torch-ddp+bf16",
+    "bucketed+powersgd:rank=4": "torch-ddp+powersgd:rank=4",
+}
 
 
 @dataclass
@@ -28,41 +42,75 @@ class RunStats:
     tokens_per_sec: float
     step_ms: float
     exposed_comm_ms: float | None
-    comm_mb_per_step: float
+    comm_mb_per_step: float | None  # payload handed to collectives
+    wire_mb_per_step: float | None = None  # what the ring algorithm sends per rank
+    compression: float | None = None  # uncompressed gradient payload / payload sent
+    peak_mib: float | None = None  # measured peak of parameters + gradients + optimizer state
+    grads_opt_mib: float | None = None  # gradients + optimizer state held per rank
+    val_loss: float | None = None
 
 
-def _step_stats(record: dict) -> RunStats:
+def _mb(v: float | None) -> float | None:
+    return None if v is None else v / 1e6
+
+
+def _step_stats(record: dict[str, Any]) -> RunStats:
     blocked = record["comm_blocked_s"]
     return RunStats(record["tokens_per_sec"], 1e3 * record["step_time_s"],
-                    None if blocked is None else 1e3 * blocked, record["comm_bytes"] / 1e6)
+                    None if blocked is None else 1e3 * blocked, _mb(record["comm_bytes"]),
+                    _mb(record.get("comm_wire_bytes")), record.get("comm_ratio"))
 
 
 def _median(rows: list[RunStats]) -> RunStats:
-    """Field-wise median; exposed communication stays unknown if any row does not know it."""
-    exposed = [r.exposed_comm_ms for r in rows]
-    return RunStats(
-        tokens_per_sec=statistics.median(r.tokens_per_sec for r in rows),
-        step_ms=statistics.median(r.step_ms for r in rows),
-        exposed_comm_ms=None if None in exposed else statistics.median(exposed),  # type: ignore[type-var]
-        comm_mb_per_step=statistics.median(r.comm_mb_per_step for r in rows),
-    )
+    """Field-wise median; a field stays unknown (None) if any row does not know it."""
+    values = {}
+    for f in fields(RunStats):
+        col = [getattr(r, f.name) for r in rows]
+        values[f.name] = None if any(v is None for v in col) else statistics.median(col)
+    return RunStats(**values)
 
 
 def _median_run(metrics_path: Path, warmup: int) -> RunStats:
-    """Median over one run's logged steps after ``warmup``."""
-    train = [r for r in read_metrics(metrics_path) if r["kind"] == "train"][warmup:]
+    """Median over one run's logged steps after ``warmup``, with its memory and final validation."""
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r["kind"] == "train"][warmup:]
     if not train:
         raise ConfigError("bench: --steps must exceed --warmup")
-    return _median([_step_stats(r) for r in train])
+    stats = _median([_step_stats(r) for r in train])
+    mem = [r for r in records if r["kind"] == "memory"]
+    if mem:
+        stats.peak_mib = mem[-1]["peak"] / 2**20
+        stats.grads_opt_mib = (mem[-1]["grads"] + mem[-1]["optimizer"]) / 2**20
+    evals = [r for r in records if r["kind"] == "eval"]
+    stats.val_loss = evals[-1]["val_loss"] if evals else None
+    return stats
+
+
+def split_entries(text: str) -> list[str]:
+    """``a,b:1,k=v,c`` -> ``["a", "b:1,k=v", "c"]``: a comma starts a new entry unless what follows
+    is a ``key=value`` option of the previous spec."""
+    if text.strip() == "all":
+        text = ALL
+    entries: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if entries and "=" in part and ":" not in part.split("=")[0] and "+" not in part:
+            entries[-1] += "," + part
+        else:
+            entries.append(part)
+    return entries
+
+
+def entry_overrides(entry: str) -> dict[str, str]:
+    strategy, _, compress = entry.partition("+")
+    return {"parallel.strategy": strategy, "parallel.compress": compress or "none"}
 
 
 def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
     from gradsync.launch import launch_workers, prepare, write_run_config
 
-    strategies = [s.strip() for s in ns.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
-    if unknown:
-        raise ConfigError(f"bench: unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    entries = split_entries(ns.strategies)
     try:
         worlds = [int(w) for w in ns.worlds.split(",")]
     except ValueError:
@@ -70,55 +118,67 @@ def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
     if ns.repeats < 1 or ns.warmup < 0 or any(w < 1 for w in worlds):
         raise ConfigError("bench: --repeats must be >= 1, --warmup >= 0 and every world size >= 1")
     steps = ns.warmup + ns.steps
+    for entry in entries:  # every entry is a valid config before anything runs
+        cfg.replace(**entry_overrides(entry))
     root = Path(tempfile.mkdtemp(prefix="gradsync-bench-"))
     base = prepare(cfg.replace(**{"train.run_dir": str(root / "check"), "train.resume": ""}))
     results: dict[tuple[str, int], list[RunStats]] = {}
     try:
         for rep in range(ns.repeats):
             for world in worlds:
-                for strategy in strategies:
-                    run_dir = root / f"{strategy}-w{world}-r{rep}"
+                for i, entry in enumerate(entries):
+                    run_dir = root / f"{i}-w{world}-r{rep}"
                     run_cfg = base.replace(**{
-                        "parallel.strategy": strategy, "parallel.nproc": world, "parallel.threads": 1,
-                        "train.max_steps": steps, "train.eval_interval": steps + 1,
+                        **entry_overrides(entry), "parallel.nproc": world, "parallel.threads": 1,
+                        "train.max_steps": steps, "train.eval_interval": steps,
                         "train.ckpt_interval": 0, "train.sample_tokens": 0, "train.progress": False,
                         "train.run_dir": str(run_dir), "train.log_interval": 1})
                     config_path = write_run_config(run_cfg)
-                    print(f"bench: repeat {rep + 1}/{ns.repeats}, {world} worker(s), {strategy}", flush=True)
+                    print(f"bench: repeat {rep + 1}/{ns.repeats}, {world} worker(s), {entry}", flush=True)
                     launch_workers(run_cfg, config_path)
-                    results.setdefault((strategy, world), []).append(
+                    results.setdefault((entry, world), []).append(
                         _median_run(run_dir / "metrics.jsonl", ns.warmup))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    table = format_table({k: _median(v) for k, v in results.items()}, strategies, worlds, cfg, ns)
+    table = format_table({k: _median(v) for k, v in results.items()}, entries, worlds, cfg, ns)
     print(table)
     if ns.out:
         Path(ns.out).write_text(table + "\n", encoding="utf-8")
     return 0
 
 
-def format_table(res: dict[tuple[str, int], RunStats], strategies: list[str], worlds: list[int],
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int],
                  cfg: Config, ns: argparse.Namespace) -> str:
     import torch
 
+    tokens = (ns.warmup + ns.steps) * cfg.train.global_batch * cfg.data.seq_len
     head = (f"model {cfg.model.preset}, seq {cfg.data.seq_len}, global batch {cfg.train.global_batch} x "
             f"micro {cfg.train.micro_batch}, {cfg.train.precision}, one thread per worker; "
             f"median of {ns.repeats} runs x {ns.steps} steps (after {ns.warmup} warm-up); "
-            f"torch {torch.__version__}, {platform.machine()}, python {platform.python_version()}")
+            f"val loss after {tokens:,} tokens; torch {torch.__version__}, {platform.machine()}, "
+            f"python {platform.python_version()}")
     lines = [head, "",
-             "| strategy | workers | tokens/s | step ms | exposed comm ms | comm MB/step | vs torch-ddp | scaling eff. |",
-             "|---|---|---|---|---|---|---|---|"]
-    for strategy in strategies:
+             "| strategy | workers | tokens/s | step ms | exposed comm ms | wire MB/step | compression | "
+             "peak state MiB | grads+opt MiB | val loss | vs reference | vs bucketed | scaling eff. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in entries:
         for world in worlds:
-            r = res[(strategy, world)]
-            ref = res.get(("torch-ddp", world))
-            ratio = f"{r.tokens_per_sec / ref.tokens_per_sec:.3f}" if ref else "-"
-            one = res.get((strategy, 1))
+            r = res[(entry, world)]
+            ref_name = REFERENCE.get(entry, "torch-ddp")
+            ref = res.get((ref_name, world))
+            vs_ref = f"{r.tokens_per_sec / ref.tokens_per_sec:.3f} ({ref_name})" if ref and ref_name != entry else "-"
+            buck = res.get(("bucketed", world))
+            vs_b = f"{r.tokens_per_sec / buck.tokens_per_sec:.3f}" if buck and entry != "bucketed" else "-"
+            one = res.get((entry, 1))
             eff = f"{r.tokens_per_sec / (world * one.tokens_per_sec):.1%}" if one and world > 1 else "-"
-            exposed = f"{r.exposed_comm_ms:.1f}" if r.exposed_comm_ms is not None else "n/a"
-            lines.append(f"| {strategy} | {world} | {r.tokens_per_sec:,.0f} | {r.step_ms:.1f} | {exposed} | "
-                         f"{r.comm_mb_per_step:.2f} | {ratio} | {eff} |")
+            lines.append(
+                f"| {entry} | {world} | {r.tokens_per_sec:,.0f} | {r.step_ms:.1f} | {_fmt(r.exposed_comm_ms, '.1f')} | "
+                f"{_fmt(r.wire_mb_per_step, '.3f')} | {_fmt(r.compression, '.1f')} | {_fmt(r.peak_mib, '.2f')} | "
+                f"{_fmt(r.grads_opt_mib, '.2f')} | {_fmt(r.val_loss, '.4f')} | {vs_ref} | {vs_b} | {eff} |")
     lines.append("")
     lines.append("command: gradsync " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     return "\n".join(lines)
-

@@ -1,4 +1,5 @@
-"""The benchmark's arithmetic: medians over steps and runs, ratios to torch DDP, scaling efficiency."""
+"""The benchmark's arithmetic: medians over steps and runs, ratios to the torch references and to
+bucketed, scaling efficiency, and the parsing of ``--strategies``."""
 
 from __future__ import annotations
 
@@ -8,22 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.bench import RunStats, _median, _median_run, format_table
+from gradsync.bench import RunStats, _median, _median_run, entry_overrides, format_table, split_entries
 from gradsync.config import Config
 from gradsync.errors import ConfigError
 
 
 def _write(path: Path, blocked: float | None) -> Path:
     recs = [{"kind": "train", "step": i, "tokens_per_sec": 100 + i, "step_time_s": 0.1 * i,
-             "comm_blocked_s": None if blocked is None else blocked * i, "comm_bytes": 2e6}
-            for i in range(1, 8)] + [{"kind": "eval", "step": 7, "val_loss": 1.0}]
+             "comm_blocked_s": None if blocked is None else blocked * i, "comm_bytes": 2e6,
+             "comm_wire_bytes": 2e6, "comm_ratio": None}
+            for i in range(1, 8)]
+    recs.insert(1, {"kind": "memory", "step": 1, "params": 4 * 2**20, "grads": 2**20, "optimizer": 2**21,
+                    "peak": 8 * 2**20, "process_peak": 0})
+    recs.append({"kind": "eval", "step": 7, "val_loss": 1.5})
     path.write_text("\n".join(json.dumps(r) for r in recs))
     return path
 
 
 def test_run_median_skips_warmup_and_keeps_unknown_comm_unknown(tmp_path: Path) -> None:
     r = _median_run(_write(tmp_path / "a.jsonl", 0.01), warmup=2)  # steps 3..7
-    assert r == RunStats(105, pytest.approx(500.0), pytest.approx(50.0), 2.0)
+    assert r == RunStats(105, pytest.approx(500.0), pytest.approx(50.0), 2.0, 2.0, None, 8.0, 3.0, 1.5)
     assert _median_run(_write(tmp_path / "b.jsonl", None), warmup=2).exposed_comm_ms is None
     with pytest.raises(ConfigError, match="--steps must exceed --warmup"):
         _median_run(tmp_path / "a.jsonl", warmup=7)
@@ -31,9 +36,21 @@ def test_run_median_skips_warmup_and_keeps_unknown_comm_unknown(tmp_path: Path) 
 
 def test_table_ratios_and_scaling_efficiency() -> None:
     res = {("bucketed", 1): RunStats(100, 10, 0.0, 1), ("bucketed", 2): RunStats(180, 6, 1.0, 1),
-           ("torch-ddp", 1): RunStats(100, 10, None, 1), ("torch-ddp", 2): RunStats(200, 5, None, 1)}
+           ("torch-ddp", 1): RunStats(100, 10, None, 1), ("torch-ddp", 2): RunStats(200, 5, None, 1),
+           ("zero1", 2): RunStats(171, 6, 1.0, 1), ("torch-zero1", 2): RunStats(150, 6, None, None)}
     ns = argparse.Namespace(repeats=3, steps=30, warmup=5)
     table = format_table(res, ["bucketed", "torch-ddp"], [1, 2], Config(), ns)
-    assert "| bucketed | 2 | 180 | 6.0 | 1.0 | 1.00 | 0.900 | 90.0% |" in table
-    assert "| torch-ddp | 2 | 200 | 5.0 | n/a | 1.00 | 1.000 | 100.0% |" in table
+    assert "| bucketed | 2 | 180 | 6.0 | 1.0 | n/a | n/a | n/a | n/a | n/a | 0.900 (torch-ddp) | - | 90.0% |" in table
+    assert "| torch-ddp | 2 | 200 | 5.0 | n/a | n/a | n/a | n/a | n/a | n/a | - | 1.111 | 100.0% |" in table
+    table = format_table(res, ["zero1"], [2], Config(), ns)
+    assert "| 1.140 (torch-zero1) | 0.950 | - |" in table
     assert _median([res[("bucketed", 1)], res[("bucketed", 2)], res[("torch-ddp", 2)]]).exposed_comm_ms is None
+
+
+def test_strategy_entries_keep_spec_options_together() -> None:
+    assert split_entries("bucketed, diloco:8,outer_lr=0.5,momentum=0,zero2,bucketed+powersgd:rank=4,min_numel=0") == [
+        "bucketed", "diloco:8,outer_lr=0.5,momentum=0", "zero2", "bucketed+powersgd:rank=4,min_numel=0"]
+    assert len(split_entries("all")) == 15
+    assert entry_overrides("bucketed+topk:ratio=0.1") == {"parallel.strategy": "bucketed",
+                                                           "parallel.compress": "topk:ratio=0.1"}
+    assert entry_overrides("zero3") == {"parallel.strategy": "zero3", "parallel.compress": "none"}

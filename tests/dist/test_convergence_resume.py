@@ -62,8 +62,12 @@ def test_reduced_communication_still_converges(reduced: dict[str, Any], name: st
 
 RESUMED = {  # strategy, compression: each with state that must survive a restart
     "bucketed": ("bucketed", "none"),
+    "zero1": ("zero1", "none"),
     "zero2": ("zero2", "none"),  # sharded optimizer state, gathered into the checkpoint
     "zero3": ("zero3", "none"),
+    "localsgd": ("localsgd:4", "none"),
+    "torch-zero1": ("torch-zero1", "none"),
+    "torch-fsdp": ("torch-fsdp", "none"),
     "diloco": ("diloco:4", "none"),  # outer momentum, per-rank inner state, stopped mid-period
     "powersgd": ("bucketed", "powersgd:rank=2"),  # per-rank error feedback and warm-start factors
     "topk": ("bucketed", "topk:ratio=0.1"),

@@ -187,16 +187,24 @@ class ZeroStrategy(Strategy):
     units: list[FlatUnit]
     param_chunks: list[torch.Tensor]
     grad_chunks: list[torch.Tensor]
+    _gathers: dict[int, tuple[Any, torch.Tensor]] = {}  # ZeRO-3 gathers on demand: never any here
     optimizer: ShardedOptimizer  # type: ignore[assignment]
 
     def make_optimizer(self, optimizer_factory: OptimizerFactory) -> ShardedOptimizer:  # type: ignore[override]
         return ShardedOptimizer(optimizer_factory(self.model), self.units, self.param_chunks, self.grad_chunks)
 
-    def after_update(self) -> None:
-        """Bring the updated chunks to every rank (ZeRO-1/2); ZeRO-3 gathers on demand instead."""
+    def bind_unit_buffers(self) -> list[torch.Tensor]:
+        """A padded flat buffer per unit, holding the unit's parameters, which become views into it."""
+        flats = []
+        for u in self.units:
+            flat = torch.zeros(u.padded, dtype=u.params[0].dtype, device=u.params[0].device)
+            bind_params(u, flat)
+            flats.append(flat)
+        return flats
 
     def step(self, grad_clip: float) -> float:
         self.finish_grad_sync()
+        self.await_params()  # a parameter no forward used still has its gather in flight
         sq = sum(float(g.double().pow(2).sum()) for g in self.grad_chunks)
         norm = math.sqrt(self.comm.sum_scalars([sq])[0])
         if grad_clip > 0:
@@ -211,19 +219,42 @@ class ZeroStrategy(Strategy):
         self.zero_grad()
         return norm
 
-    def gather_units(self, flats: list[torch.Tensor]) -> None:
-        """All-gather every unit's chunks into ``flats`` (one async call per unit, then wait)."""
-        works = []
-        for chunk, flat in zip(self.param_chunks, flats):
-            send = chunk.clone()  # the input must not alias the output
-            works.append((self.comm.all_gather(flat, send, async_op=True), send))
-        for w, _ in works:
-            self.comm.wait(w)
+    # -- replicated parameters (ZeRO-1/2): gathered after the step, awaited in the next forward --
+    def setup_param_gathers(self, model: nn.Module) -> None:
+        """Make the parameters views into per-unit flat buffers that :meth:`after_update` refills
+        by all-gather, and hook every module to wait, in its forward, only for the units holding
+        its own parameters: the gathers of later layers overlap the forward of earlier ones."""
+        self.param_flats = self.bind_unit_buffers()
+        self.param_chunks = [u.my_chunk(f) for u, f in zip(self.units, self.param_flats)]
+        self._gathers: dict[int, tuple[Any, torch.Tensor]] = {}
+        unit_of = {id(p): u.index for u in self.units for p in u.params}
+        for m in model.modules():
+            mine = sorted({unit_of[id(p)] for p in m.parameters(recurse=False) if id(p) in unit_of})
+            if mine:
+                m.register_forward_pre_hook(lambda _m, _a, mine=mine: self.await_params(mine))
+
+    def after_update(self) -> None:
+        # Units are in backward order; launch in forward order, so the first layers arrive first.
+        for u in reversed(self.units):
+            send = self.param_chunks[u.index].clone()  # the input must not alias the output
+            self._gathers[u.index] = (self.comm.all_gather(self.param_flats[u.index], send, async_op=True), send)
+
+    def await_params(self, units: list[int] | None = None) -> None:
+        """Wait for the parameter all-gathers of ``units`` (all when None) still in flight."""
+        for i in list(self._gathers) if units is None else units:
+            pending = self._gathers.pop(i, None)
+            if pending is not None:
+                self.comm.wait(pending[0])
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        self.await_params()
+        return super().full_model_state()
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.full_model_state(), "optimizer": self.optimizer.full_state_dict(self.comm)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.await_params()
         self.load_full_model_state(state["model"])
         self.optimizer.load_full_state_dict(state["optimizer"])
 

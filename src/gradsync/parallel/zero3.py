@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from gradsync.errors import ConfigError
-from gradsync.parallel.sharding import FlatUnit, ReduceScatterStrategy, bind_params
+from gradsync.parallel.sharding import FlatUnit, ReduceScatterStrategy
 
 
 def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
@@ -47,7 +47,7 @@ class Zero3Strategy(ReduceScatterStrategy):
     def wrap(self, model: nn.Module) -> nn.Module:
         layers, root = layer_units(model)
         world, rank = self.comm.world_size, self.comm.env.rank
-        owners = [(m, [p for p in m.parameters() if p.requires_grad]) for m in layers]
+        owners = [(m, ps) for m in layers if (ps := [p for p in m.parameters() if p.requires_grad])]
         seen: set[int] = set()
         for _, ps in owners:
             if seen & {id(p) for p in ps}:
@@ -56,14 +56,8 @@ class Zero3Strategy(ReduceScatterStrategy):
         # Unit order = the order in which backward finishes them: last block first, root last.
         groups = [ps for _, ps in reversed(owners)] + ([root] if root else [])
         self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
-        self.full: list[torch.Tensor] = []
-        self.param_chunks = []
-        dev, dtype = groups[0][0].device, groups[0][0].dtype
-        for u in self.units:
-            full = torch.zeros(u.padded, dtype=dtype, device=dev)
-            bind_params(u, full)
-            self.full.append(full)
-            self.param_chunks.append(u.my_chunk(full).clone())
+        self.full = self.bind_unit_buffers()
+        self.param_chunks = [u.my_chunk(full).clone() for u, full in zip(self.units, self.full)]
         self._gathered = [True] * len(self.units)
         for u in self.units:
             self._release(u)
@@ -115,6 +109,9 @@ class Zero3Strategy(ReduceScatterStrategy):
         finally:
             for u in self.units:
                 self._release(u)
+
+    def after_update(self) -> None:
+        pass  # nothing to gather after the step: the next forward gathers each unit when it runs
 
     def unit_grads_done(self, u: FlatUnit) -> None:
         self._release(u)  # every use of the unit's parameters in this backward is done

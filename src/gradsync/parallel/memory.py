@@ -35,7 +35,8 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return [v for state in opt.state.values() if isinstance(state, dict)  # torch's ZeRO keeps None
+            for v in state.values() if isinstance(v, torch.Tensor)]
 
 
 def process_peak_bytes(device: torch.device) -> int:

@@ -2,9 +2,10 @@
 
 Every run is a real ``gradsync train`` launch (elastic agent, gloo/NCCL, one thread per worker on
 CPU) for a few dozen steps, with one validation at the end (the same number of tokens for every
-strategy). Per run we take the median over the steps after ``--warmup``; per (entry, workers) the
-median over ``--repeats`` runs, interleaved so that drift in a shared machine's speed hits every
-strategy alike. An entry is a strategy spec, optionally with a compressor: ``zero2``,
+strategy). Each run is amortized over its steps after ``--warmup`` (tokens/s = tokens / time, the
+rest per-step means, so periodic costs count); per (entry, workers) we take the median over
+``--repeats`` runs, interleaved so that drift in a shared machine's speed hits every strategy
+alike. An entry is a strategy spec, optionally with a compressor: ``zero2``,
 ``localsgd:8``, ``bucketed+powersgd:rank=4``. Each entry is compared with its torch reference
 measured in the same invocation (see :data:`REFERENCE`) and with ``bucketed``; scaling efficiency
 is tokens/s with W workers / (W x tokens/s with 1).
@@ -70,13 +71,26 @@ def _median(rows: list[RunStats]) -> RunStats:
     return RunStats(**values)
 
 
-def _median_run(metrics_path: Path, warmup: int) -> RunStats:
-    """Median over one run's logged steps after ``warmup``, with its memory and final validation."""
+def _mean(rows: list[RunStats]) -> RunStats:
+    """Amortized over a run's steps: tokens/s is total tokens over total time, every other field
+    the mean per step, so that a cost paid every H steps (local SGD, DiLoCo) is spread over them
+    rather than hidden by a median."""
+    values: dict[str, Any] = {}
+    for f in fields(RunStats):
+        col = [getattr(r, f.name) for r in rows]
+        values[f.name] = None if any(v is None for v in col) else statistics.fmean(col)
+    values["tokens_per_sec"] = len(rows) / sum(1 / r.tokens_per_sec for r in rows)  # equal tokens per step
+    return RunStats(**values)
+
+
+def _run_stats(metrics_path: Path, warmup: int) -> RunStats:
+    """One run, amortized over its logged steps after ``warmup``, with its memory and final
+    validation loss."""
     records = read_metrics(metrics_path)
     train = [r for r in records if r["kind"] == "train"][warmup:]
     if not train:
         raise ConfigError("bench: --steps must exceed --warmup")
-    stats = _median([_step_stats(r) for r in train])
+    stats = _mean([_step_stats(r) for r in train])
     mem = [r for r in records if r["kind"] == "memory"]
     if mem:
         stats.peak_mib = mem[-1]["peak"] / 2**20
@@ -137,7 +151,7 @@ def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
                     print(f"bench: repeat {rep + 1}/{ns.repeats}, {world} worker(s), {entry}", flush=True)
                     launch_workers(run_cfg, config_path)
                     results.setdefault((entry, world), []).append(
-                        _median_run(run_dir / "metrics.jsonl", ns.warmup))
+                        _run_stats(run_dir / "metrics.jsonl", ns.warmup))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = format_table({k: _median(v) for k, v in results.items()}, entries, worlds, cfg, ns)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.bench import RunStats, _median, _median_run, entry_overrides, format_table, split_entries
+from gradsync.bench import RunStats, _median, _run_stats, entry_overrides, format_table, split_entries
 from gradsync.config import Config
 from gradsync.errors import ConfigError
 
@@ -26,12 +26,23 @@ def _write(path: Path, blocked: float | None) -> Path:
     return path
 
 
-def test_run_median_skips_warmup_and_keeps_unknown_comm_unknown(tmp_path: Path) -> None:
-    r = _median_run(_write(tmp_path / "a.jsonl", 0.01), warmup=2)  # steps 3..7
-    assert r == RunStats(105, pytest.approx(500.0), pytest.approx(50.0), 2.0, 2.0, None, 8.0, 3.0, 1.5)
-    assert _median_run(_write(tmp_path / "b.jsonl", None), warmup=2).exposed_comm_ms is None
+def test_run_is_amortized_over_its_steps_after_warmup(tmp_path: Path) -> None:
+    r = _run_stats(_write(tmp_path / "a.jsonl", 0.01), warmup=2)  # steps 3..7
+    tps = 5 / sum(1 / (100 + i) for i in range(3, 8))  # total tokens / total time
+    assert r == RunStats(pytest.approx(tps), pytest.approx(500.0), pytest.approx(50.0), 2.0, 2.0, None,
+                         8.0, 3.0, 1.5)
+    assert _run_stats(_write(tmp_path / "b.jsonl", None), warmup=2).exposed_comm_ms is None
     with pytest.raises(ConfigError, match="--steps must exceed --warmup"):
-        _median_run(tmp_path / "a.jsonl", warmup=7)
+        _run_stats(tmp_path / "a.jsonl", warmup=7)
+
+
+def test_periodic_communication_is_spread_over_the_steps(tmp_path: Path) -> None:
+    recs = [{"kind": "train", "step": i, "tokens_per_sec": 100.0 if i % 4 else 50.0, "step_time_s": 0.1,
+             "comm_blocked_s": 0.0, "comm_bytes": 0 if i % 4 else 4e6} for i in range(1, 9)]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    r = _run_stats(tmp_path / "m.jsonl", warmup=0)
+    assert r.comm_mb_per_step == pytest.approx(1.0)  # 2 x 4 MB over 8 steps, not the median 0
+    assert r.tokens_per_sec == pytest.approx(8 / (6 / 100 + 2 / 50))
 
 
 def test_table_ratios_and_scaling_efficiency() -> None:

@@ -2,6 +2,7 @@
 or saves on the compute path. Strategies run interleaved, step by step, on the same data.
 
     .venv/bin/python benchmarks/step_overhead.py [--steps 12] [--micro-batch 16] [--global-batch 32]
+        [--strategies allreduce,bucketed,torch-ddp,zero1,zero2,zero3]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import torch
 
-from gradsync.config import STRATEGY_NAMES, build_config
+from gradsync.config import build_config
 from gradsync.data import load_tokens
 from gradsync.train import Trainer
 
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=2, help="first steps left out of the median")
     ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--global-batch", type=int, default=32)
+    ap.add_argument("--strategies", default="allreduce,bucketed,torch-ddp,zero1,zero2,zero3")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = build_config(None, {
@@ -31,7 +33,7 @@ def main() -> None:
         "train.run_dir": tempfile.mkdtemp(prefix="gradsync-overhead-"),
         "train.micro_batch": args.micro_batch, "train.global_batch": args.global_batch})
     data = load_tokens(base.data)
-    trainers = {s: Trainer(base.replace(**{"parallel.strategy": s}), data=data) for s in STRATEGY_NAMES}
+    trainers = {s: Trainer(base.replace(**{"parallel.strategy": s}), data=data) for s in args.strategies.split(",")}
     times: dict[str, list[float]] = {s: [] for s in trainers}
     for step in range(args.steps):
         for name, trainer in trainers.items():

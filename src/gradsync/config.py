@@ -22,7 +22,6 @@ from typing import Any
 from gradsync.errors import ConfigError
 from gradsync.spec import COMPRESSORS, STRATEGIES, Spec, check_composition, parse_spec
 
-STRATEGY_NAMES = tuple(STRATEGIES)
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")

@@ -28,7 +28,6 @@ from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.model import gpt_from_config
 from gradsync.parallel import Strategy, build_strategy
-from gradsync.parallel.memory import MemoryReport
 from gradsync.sample import sample_text
 
 
@@ -91,7 +90,6 @@ class Trainer:
         self.eval_set = eval_batches(self.data.val, cfg.data.seq_len, t.eval_sequences, t.micro_batch,
                                      self.env.rank, self.env.world_size)
         self.start_step = 0
-        self.memory: MemoryReport | None = None
         self.resumed_from: Path | None = None
         path = ckpt.resolve_resume(t.resume, self.run_dir)
         if path is not None:
@@ -274,7 +272,6 @@ class Trainer:
         """Log what this rank holds for parameters, gradients and optimizer state (rank 0's
         numbers; every rank holds the same amount up to padding)."""
         report = self.strategy.memory_report()
-        self.memory = report
         if writer:
             writer.write({"kind": "memory", "step": step, **report.to_dict()})
         if self.env.is_main:

@@ -1,16 +1,21 @@
-"""Atomic checkpoints that resume a run exactly.
+"""Atomic, checksummed checkpoints that resume a run exactly.
 
 A checkpoint holds the strategy's state (model and optimizer), the number of finished steps, the
 data position, every rank's RNG state, the resolved config and the world size. It is written by
 rank 0 to a temporary file in the same folder, flushed to disk, then renamed over the final name,
-so a crash while saving never leaves a half-written checkpoint under a real name.
+so a crash while saving never leaves a half-written checkpoint under a real name. The file starts
+with a magic line and the SHA-256 of the rest, so a truncated or damaged file is recognised
+before unpickling; resuming from a folder then falls back to the newest checkpoint that is intact,
+with a warning. Only the newest ``train.keep_checkpoints`` are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,8 @@ import torch
 from gradsync.config import Config, incompatible_fields
 from gradsync.errors import CheckpointError
 
-FORMAT = "gradsync-checkpoint/1"
+FORMAT = "gradsync-checkpoint/1"  # the dict inside; the file around it is MAGIC + sha256 + payload
+MAGIC = b"GRADSYNC-CHECKPOINT v2\n"
 _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
 REQUIRED = ("format", "step", "strategy", "data", "rng", "config", "world_size")
 
@@ -51,10 +57,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
+    """Write ``state`` atomically with its checksum; then keep only the newest ``keep``
+    checkpoints in the folder (0 = all) and remove temporary files that dead writers left."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    payload = buf.getvalue()
+    try:
+        atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint '{path}' ({e.strerror or e}); "
+                              "the previous checkpoints are intact") from None
+    _prune(path.parent, keep, path)
+
+
+def _prune(folder: Path, keep: int, newest: Path) -> None:
+    for stale in folder.glob(".ckpt_*.pt.tmp-*"):
+        if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
+            stale.unlink(missing_ok=True)
+    if keep > 0:
+        for old in list_checkpoints(folder.parent)[:-keep]:
+            if old != newest:
+                old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -63,7 +87,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint '{path}' is unreadable ({e.strerror or e})") from None
+    if raw.startswith(MAGIC):
+        digest, payload = raw[len(MAGIC):len(MAGIC) + 32], raw[len(MAGIC) + 32:]
+        if hashlib.sha256(payload).digest() != digest:
+            raise CheckpointError(f"checkpoint '{path}' is corrupt (checksum mismatch: truncated or damaged)")
+        raw = payload
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable ({first[:160]})") from None
@@ -76,22 +109,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
-    """The checkpoint ``--resume`` names: ``auto`` = latest in run_dir (None if there is none), a
-    folder = latest in it, a file = that file."""
+    """The checkpoint ``--resume`` names: ``auto`` = the newest intact one in run_dir (None if
+    there is none), a folder = the newest intact one in it, a file = that file (strictly)."""
     if not resume:
         return None
     if resume == "auto":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
+        return newest_intact(list_checkpoints(run_dir), run_dir)
     p = Path(resume)
     if p.is_dir():
         found = list_checkpoints(p) or list_checkpoints(p.parent)
         if not found:
             raise CheckpointError(f"no checkpoints found in '{resume}'")
-        return found[-1]
+        return newest_intact(found, resume)
     if not p.exists():
         raise CheckpointError(f"checkpoint '{resume}' does not exist")
     return p
+
+
+def newest_intact(found: list[Path], where: str | Path) -> Path | None:
+    """The newest of ``found`` that loads, warning about each damaged one skipped on the way."""
+    for path in reversed(found):
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            print(f"gradsync: warning: {e}; trying the previous one", file=sys.stderr, flush=True)
+            continue
+        return path
+    if found:
+        raise CheckpointError(f"no intact checkpoint in '{where}': all {len(found)} are damaged")
+    return None
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, path: str | Path) -> None:

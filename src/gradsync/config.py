@@ -193,6 +193,7 @@ class TrainConfig:
     eval_interval: int = 100
     eval_sequences: int = 64
     ckpt_interval: int = 250  # 0 = only at the end
+    keep_checkpoints: int = 5  # keep the newest K checkpoints of a run; 0 = keep all
     sample_tokens: int = 300
     sample_prompt: str = "def "
     run_dir: str = ""  # "" = a new folder runs/<date-time>
@@ -211,6 +212,8 @@ class TrainConfig:
         _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
+        _check(self.keep_checkpoints >= 0,
+               f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
         _check(self.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {self.peak_tflops}")
 

@@ -117,7 +117,7 @@ class Trainer:
             ckpt.save_checkpoint(path, {
                 "step": step, "strategy": strategy_state, "data": self.batches.state_dict(),
                 "rng": rngs, "config": self.cfg.to_dict(), "world_size": self.env.world_size,
-            })
+            }, keep=self.cfg.train.keep_checkpoints)
         return path
 
     # -- evaluation ------------------------------------------------------------------------------

@@ -127,3 +127,15 @@ def test_zero3_trains_checkpoints_samples_and_resumes_from_the_cli(tmp_path: Pat
     assert "resumed from" in r2.stdout
     s = gradsync("sample", "run", "--tokens", "10", cwd=tmp_path)
     assert s.returncode == 0 and s.stdout.strip(), s.stderr[-2000:]
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(tmp_path: Path) -> None:
+    args = ["--nproc", "1", "--run-dir", "run", "--ckpt-interval", "2", *TINY_FLAGS]
+    r = gradsync("train", "--max-steps", "4", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    latest = tmp_path / "run" / "checkpoints" / "ckpt_0000004.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated behind our back
+    r2 = gradsync("train", "--max-steps", "6", "--resume", *args, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "ckpt_0000004.pt' is corrupt (checksum mismatch" in r2.stderr
+    assert "resumed from run/checkpoints/ckpt_0000002.pt at step 2" in r2.stdout

@@ -56,8 +56,13 @@ def test_corrupt_truncated_and_foreign_checkpoints_are_refused(tmp_path: Path) -
     data = good.read_bytes()
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+    with pytest.raises(CheckpointError, match="corrupt \\(checksum mismatch"):
         ckpt.load_checkpoint(bad)
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF  # one damaged byte in the payload, same length
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        ckpt.load_checkpoint(tmp_path / "flipped.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
         ckpt.load_checkpoint(tmp_path / "garbage.pt")

@@ -194,6 +194,7 @@ class TrainConfig:
     eval_sequences: int = 64
     ckpt_interval: int = 250  # 0 = only at the end
     keep_checkpoints: int = 5  # keep the newest K checkpoints of a run; 0 = keep all
+    max_bad_steps: int = 5  # consecutive steps with non-finite loss/gradients skipped before stopping
     sample_tokens: int = 300
     sample_prompt: str = "def "
     run_dir: str = ""  # "" = a new folder runs/<date-time>
@@ -212,6 +213,7 @@ class TrainConfig:
         _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
+        _check(self.max_bad_steps >= 0, f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")
         _check(self.keep_checkpoints >= 0,
                f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")

@@ -24,3 +24,7 @@ class CheckpointError(GradsyncError):
 
 class DistributedError(GradsyncError):
     """The process group is inconsistent (e.g. replicas differ) or a peer failed."""
+
+
+class TrainingError(GradsyncError):
+    """Training cannot go on (e.g. the loss stays non-finite); saved checkpoints are intact."""

@@ -25,10 +25,15 @@ from gradsync import checkpoint as ckpt
 from gradsync.config import Config, OptimConfig
 from gradsync.data import ShardedBatches, TokenData, eval_batches, load_tokens
 from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
+from gradsync.errors import TrainingError
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.model import gpt_from_config
 from gradsync.parallel import Strategy, build_strategy
 from gradsync.sample import sample_text
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
@@ -190,6 +195,7 @@ class Trainer:
         loss = float("nan")
         val: float | None = None
         last_ckpt = -1
+        bad_streak = 0
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
         for step in range(self.start_step, end):
             t0 = time.perf_counter()
@@ -197,13 +203,16 @@ class Trainer:
             dt = time.perf_counter() - t0
             stats = self.comm.take_stats()
             done = step + 1
+            bad_streak = self._check_finite(done, bad_streak, last_ckpt)
             if step == self.start_step:  # optimizer state exists from the first step on
                 self._report_memory(writer, done)
-            if done % t.log_interval == 0 or done == end:
+            if done % t.log_interval == 0 or done == end or bad_streak:
                 loss = self.comm.mean_scalars([local_loss])[0]
                 tps = self.tokens_per_step / dt
-                rec = {"kind": "train", "step": done, "loss": loss, "lr": self.strategy.optimizer.param_groups[0]["lr"],
-                       "grad_norm": grad_norm, "tokens_per_sec": tps, "step_time_s": dt,
+                rec = {"kind": "train", "step": done, "loss": _finite_or_none(loss),
+                       "lr": self.strategy.optimizer.param_groups[0]["lr"],
+                       "grad_norm": _finite_or_none(grad_norm), "skipped": self.strategy.last_step_skipped,
+                       "tokens_per_sec": tps, "step_time_s": dt,
                        "comm_blocked_s": stats.blocked_s if self.strategy.measures_blocked_time else None,
                        **self._comm_record(stats),
                        "mfu": (self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
@@ -254,6 +263,23 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
             self._print(f"gradsync: done. val loss {val:.4f}; outputs in {self.run_dir}")
         return result
+
+    def _check_finite(self, step: int, streak: int, last_ckpt: int) -> int:
+        """Count consecutive skipped (non-finite) steps; stop the run after ``train.max_bad_steps``
+        of them, before any checkpoint could be written from a poisoned state."""
+        if not self.strategy.last_step_skipped:
+            return 0
+        streak += 1
+        limit = self.cfg.train.max_bad_steps
+        if self.env.is_main:
+            self._print(f"gradsync: warning: step {step} skipped: non-finite loss or gradients "
+                        f"({streak} in a row, at most {limit})")
+        if streak > limit:
+            kept = (f"the last checkpoint, {ckpt.checkpoint_path(self.run_dir, last_ckpt)}, is intact"
+                    if last_ckpt > 0 else "no checkpoint was written in this invocation")
+            raise TrainingError(f"{streak} consecutive steps had non-finite loss or gradients (up to step "
+                                f"{step}); stopping: {kept}. Lower --lr or raise --train.max_bad_steps")
+        return streak
 
     def _strategy_label(self) -> str:
         p = self.cfg.parallel

@@ -21,6 +21,7 @@ a checkpoint does not depend on how the state was split. ``state_dict`` and
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -42,6 +43,9 @@ class Strategy(ABC):
     measures_blocked_time: ClassVar[bool] = True
     # False where torch issues the collectives itself and their bytes are not observable.
     measures_bytes: bool = True
+    # True where each rank steps on its own gradient (local SGD): finiteness must be agreed on.
+    local_gradients: ClassVar[bool] = False
+    last_step_skipped: bool = False
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:
@@ -83,10 +87,29 @@ class Strategy(ABC):
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if self.skip_if_not_finite(float(norm)):
+            return float(norm)
         self.optimizer.step()
         self.sample_memory(steady=True)
         self.zero_grad()
         return float(norm)
+
+    def skip_if_not_finite(self, norm: float) -> bool:
+        """Skip this update on every rank if any rank's gradient norm is NaN or infinite: zero the
+        gradients, leave parameters and optimizer state as they were, and say so in
+        ``last_step_skipped``. Synchronous strategies compute the norm after aggregation, so every
+        rank already sees the same value; strategies with local gradients agree by one all-reduce."""
+        bad = not math.isfinite(norm)
+        if self.local_gradients:
+            bad = self.comm.sum_scalars([float(bad)])[0] > 0
+        self.last_step_skipped = bad
+        if bad:
+            self.zero_grad()
+            self.on_skipped_step()
+        return bad
+
+    def on_skipped_step(self) -> None:  # noqa: B027 (most strategies hold no such state)
+        """Drop state that a non-finite gradient has poisoned (e.g. compression residuals)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (collective); replicated strategies save rank 0's copy."""

@@ -141,6 +141,10 @@ class BucketedStrategy(Strategy):
             b.flat.zero_()
         self._attach_views()
 
+    def on_skipped_step(self) -> None:
+        if self.reducer.compresses:  # residuals and warm-start factors may hold NaN now
+            self.reducer = build_reducer(self.cfg.compress_spec, self.comm)
+
     # -- compressor state: every rank's residuals, so that resuming is exact ----------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

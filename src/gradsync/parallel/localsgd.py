@@ -21,6 +21,7 @@ from gradsync.parallel.base import Strategy
 
 class LocalSGDStrategy(Strategy):
     name = "localsgd"
+    local_gradients = True
 
     @property
     def period(self) -> int:

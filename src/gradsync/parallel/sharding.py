@@ -207,6 +207,8 @@ class ZeroStrategy(Strategy):
         self.await_params()  # a parameter no forward used still has its gather in flight
         sq = sum(float(g.double().pow(2).sum()) for g in self.grad_chunks)
         norm = math.sqrt(self.comm.sum_scalars([sq])[0])
+        if self.skip_if_not_finite(norm):
+            return norm
         if grad_clip > 0:
             # torch.nn.utils.clip_grad_norm_'s arithmetic (fp32, clamped), so that results match
             total = torch.tensor(norm, dtype=torch.float32)

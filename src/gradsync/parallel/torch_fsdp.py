@@ -42,10 +42,13 @@ class TorchFSDPStrategy(Strategy):
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if self.skip_if_not_finite(value):
+            return value
         self.optimizer.step()
         self.sample_memory(steady=True)
         self.zero_grad()
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        return value
 
     def _options(self) -> StateDictOptions:
         return StateDictOptions(full_state_dict=True, cpu_offload=True)

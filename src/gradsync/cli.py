@@ -27,6 +27,7 @@ ALIASES: dict[str, str] = {
     "--backend": "parallel.backend",
     "--timeout": "parallel.timeout_s",
     "--threads": "parallel.threads",
+    "--max-restarts": "parallel.max_restarts",
     "--model": "model.preset",
     "--n-layer": "model.n_layer",
     "--n-head": "model.n_head",

@@ -148,6 +148,7 @@ class ParallelConfig:
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
     timeout_s: float = 300.0  # every collective fails after this long instead of hanging
     threads: int = 0  # intra-op threads per worker; 0 = cores / local workers
+    max_restarts: int = 0  # restart all workers from the newest checkpoint up to N times when one dies
 
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
@@ -159,6 +160,7 @@ class ParallelConfig:
                f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
         _check(self.timeout_s > 0, f"parallel.timeout_s must be > 0, got {self.timeout_s}")
         _check(self.threads >= 0, f"parallel.threads must be >= 0, got {self.threads}")
+        _check(self.max_restarts >= 0, f"parallel.max_restarts must be >= 0, got {self.max_restarts}")
         _check(self.nnodes == 1 or bool(self.rdzv_endpoint),
                "parallel.rdzv_endpoint (host:port) is required when parallel.nnodes > 1")
 

@@ -57,7 +57,8 @@ def init_distributed(cfg: ParallelConfig) -> DistEnv:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world)
+            dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world,
+                                    store=_attempt_store(world, timeout))
     else:
         rank, world = 0, 1
         if not dist.is_initialized():
@@ -65,6 +66,18 @@ def init_distributed(cfg: ParallelConfig) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     return DistEnv(rank, world, local_rank, local_world, device, backend)
+
+
+def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """Under torch's elastic agent with its own store (``gradsync train``'s standalone launch), a
+    store whose keys are private to this restart attempt: the agent's store outlives a failed
+    attempt, and gloo would otherwise read the dead workers' addresses from it and fail to
+    connect. None (torch's env:// default) everywhere else."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"gradsync/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown(clean: bool = True) -> None:

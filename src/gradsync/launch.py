@@ -79,7 +79,7 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         run_id=str(uuid.uuid4()) if standalone else p.rdzv_id,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
         rdzv_configs={"join_timeout": p.timeout_s},  # a node that never comes is an error, not a hang
-        max_restarts=0, monitor_interval=0.1, start_method="spawn",
+        max_restarts=p.max_restarts, monitor_interval=0.1, start_method="spawn",
     )
     try:
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
@@ -93,7 +93,8 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}; its error is printed above"
-        raise DistributedError(f"worker rank {rank} {how}; the other workers were stopped") from None
+        restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
+        raise DistributedError(f"worker rank {rank} {how}; the other workers were stopped{restarts}") from None
 
 
 def write_run_config(cfg: Config) -> Path:

@@ -11,9 +11,16 @@ class MetricsWriter:
     """Appends one JSON object per logged event to ``run_dir/metrics.jsonl``, flushed each line so
     a crashed run keeps everything logged before the crash."""
 
-    def __init__(self, path: Path, fresh: bool) -> None:
+    def __init__(self, path: Path, fresh: bool, resume_step: int = 0) -> None:
+        """``fresh`` starts an empty file; otherwise the records logged after ``resume_step`` (by a
+        run that died after its last checkpoint) are dropped, since those steps run again."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if not fresh and path.exists():
+            kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(path)
         self._f = open(path, "w" if fresh else "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:

@@ -179,7 +179,8 @@ class Trainer:
     def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
         t = self.cfg.train
         main = self.env.is_main
-        writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=self.resumed_from is None) if main else None
+        writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=self.resumed_from is None,
+                               resume_step=self.start_step) if main else None
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # atomic: on a local launch the workers may still be reading this very file

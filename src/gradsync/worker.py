@@ -27,6 +27,12 @@ def run(argv: Sequence[str]) -> int:
     cfg = config_from_args(ns, extra)
     if not cfg.train.run_dir:
         cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart > 0:  # the agent restarted every worker after one died: continue from the newest checkpoint
+        cfg = cfg.replace(**{"train.resume": "auto"})
+        if os.environ.get("RANK", "0") == "0":
+            print(f"gradsync: restart {restart}: resuming from the newest checkpoint in {cfg.train.run_dir}",
+                  flush=True)
     env = init_distributed(cfg.parallel)
     trainer = Trainer(cfg, env)
     trainer.fit(worker_peak_flops(cfg, env.device, env.local_world_size))

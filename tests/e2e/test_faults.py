@@ -1,0 +1,88 @@
+"""Workers die for real (SIGKILL) under ``gradsync train --max-restarts``: the elastic agent
+restarts every worker, they continue from the newest checkpoint, and the run ends with exactly the
+parameters of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gradsync import checkpoint as ckpt
+
+ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
+        "--global-batch", "8", "--max-steps", "300", "--ckpt-interval", "50", "--eval-interval", "1000",
+        "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress", "--model.dropout=0.1"]
+
+
+def _start(cwd: Path, run: str, *extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", run, *extra],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _workers(agent: int) -> list[int]:
+    """PIDs of the agent's worker processes (children running gradsync.worker)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent and b"gradsync.worker" in cmd:
+            pids.append(int(d.name))
+    return sorted(pids)
+
+
+def _final_params(run: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["strategy"]["model"]
+
+
+def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_path: Path) -> None:
+    straight = _start(tmp_path, "straight")
+    out, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err[-3000:]
+
+    faulty = _start(tmp_path, "faulty", "--max-restarts", "1")
+    first = tmp_path / "faulty" / "checkpoints" / "ckpt_0000100.pt"
+    deadline = time.time() + 180
+    while not first.exists() and time.time() < deadline and faulty.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), "the run never reached its second checkpoint"
+    victims = _workers(faulty.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[1], signal.SIGKILL)
+    out, err = faulty.communicate(timeout=300)
+    assert faulty.returncode == 0, err[-3000:]
+    assert "gradsync: restart 1: resuming from the newest checkpoint" in out
+    assert "resumed from" in out
+
+    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "faulty")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the restarted run ended with different parameters"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "faulty" / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "train"' in line]
+    assert steps == list(range(1, 301)), "metrics after the last checkpoint were logged twice"
+
+
+def test_without_restarts_a_killed_worker_is_one_clear_error(tmp_path: Path) -> None:
+    run = _start(tmp_path, "run")
+    first = tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt"
+    deadline = time.time() + 180
+    while not first.exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    victims = _workers(run.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[0], signal.SIGKILL)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2
+    assert "gradsync: error: worker rank 0 was killed by SIGKILL; the other workers were stopped" in err
+    assert ckpt.load_checkpoint(first)["step"] == 50  # what was saved is intact

@@ -10,12 +10,13 @@ is an error after ``parallel.timeout_s`` rather than a hang.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -120,10 +121,12 @@ class Comm:
     across strategies: a reduce-scatter plus an all-gather cost what one all-reduce costs.
     """
 
-    def __init__(self, env: DistEnv, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, env: DistEnv, group: dist.ProcessGroup | None = None, timeout_s: float = 300.0) -> None:
         self.env = env
         self.group = group
+        self.timeout_s = timeout_s  # the group's collective timeout, for messages
         self.stats = CommStats()
+        self._ops: dict[int, str] = {}  # in-flight async work -> the collective's name
 
     @property
     def world_size(self) -> int:
@@ -141,8 +144,24 @@ class Comm:
         self.stats.wire_bytes += _ring_wire(op, n, self.world_size)
         self.stats.calls += 1
 
-    def _run(self, work: Any, async_op: bool, t0: float) -> dist.Work | None:
+    @contextlib.contextmanager
+    def _guard(self, op: str) -> Iterator[None]:
+        """Turn a collective that failed because a peer stalled, died or lost its network into
+        one line naming this rank, the collective and the timeout."""
+        try:
+            yield
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistributedError(
+                f"rank {self.env.rank}: {op} failed while waiting up to {self.timeout_s:.0f}s for the other "
+                f"ranks: a peer stalled, died or lost its network ({first[:200]})") from None
+
+    def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
+        t0 = time.perf_counter()
+        with self._guard(op):
+            work = launch()
         if async_op:
+            self._ops[id(work)] = op
             return work
         self.stats.blocked_s += time.perf_counter() - t0
         return None
@@ -150,48 +169,48 @@ class Comm:
     def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
         self.count("all_reduce", t)
-        t0 = time.perf_counter()
-        return self._run(dist.all_reduce(t, group=self.group, async_op=async_op), async_op, t0)
+        return self._run("all_reduce", lambda: dist.all_reduce(t, group=self.group, async_op=async_op), async_op)
 
     def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``inp`` over ranks; rank r receives the r-th of ``world_size`` equal chunks in ``out``."""
         self.count("reduce_scatter", inp)
-        t0 = time.perf_counter()
-        return self._run(dist.reduce_scatter_tensor(out, inp, group=self.group, async_op=async_op),
-                         async_op, t0)
+        return self._run("reduce_scatter", lambda: dist.reduce_scatter_tensor(
+            out, inp, group=self.group, async_op=async_op), async_op)
 
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Concatenate every rank's ``inp`` (equal sizes) into ``out``, in rank order."""
         self.count("all_gather", inp)
-        t0 = time.perf_counter()
-        return self._run(_all_gather_into(out, inp, group=self.group, async_op=async_op), async_op, t0)
+        return self._run("all_gather", lambda: _all_gather_into(out, inp, group=self.group, async_op=async_op),
+                         async_op)
 
     def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
         self.count("broadcast", t)
-        t0 = time.perf_counter()
-        dist.broadcast(t, src=src, group=self.group)
-        self.stats.blocked_s += time.perf_counter() - t0
+        self._run("broadcast", lambda: dist.broadcast(t, src=src, group=self.group), False)
 
     def wait(self, work: dist.Work) -> None:
         t0 = time.perf_counter()
-        work.wait()
+        with self._guard(self._ops.pop(id(work), "collective")):
+            work.wait()
         self.stats.blocked_s += time.perf_counter() - t0
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.group)
+        with self._guard("all_gather_object"):
+            dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
         """Every rank's ``obj`` on rank ``dst`` (None elsewhere)."""
         out: list[Any] | None = [None] * self.world_size if self.env.rank == dst else None
-        dist.gather_object(obj, out, dst=dst, group=self.group)
+        with self._guard("gather_object"):
+            dist.gather_object(obj, out, dst=dst, group=self.group)
         return out
 
     def sum_scalars(self, values: list[float]) -> list[float]:
         """Sum a few floats over ranks (bookkeeping: not counted in the gradient stats)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.env.device)
-        dist.all_reduce(t, group=self.group)
+        with self._guard("all_reduce"):
+            dist.all_reduce(t, group=self.group)
         return t.tolist()
 
     def mean_scalars(self, values: list[float]) -> list[float]:

@@ -86,7 +86,7 @@ class Trainer:
         self.data = data or load_tokens(cfg.data)
         torch.manual_seed(cfg.train.seed)
         self.model = gpt_from_config(cfg.model, self.data.vocab_size, cfg.data.seq_len).to(self.env.device)
-        self.comm = Comm(self.env)
+        self.comm = Comm(self.env, timeout_s=cfg.parallel.timeout_s)
         self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
                                                  cfg.parallel)
         t = cfg.train

@@ -86,3 +86,28 @@ def test_without_restarts_a_killed_worker_is_one_clear_error(tmp_path: Path) -> 
     assert run.returncode == 2
     assert "gradsync: error: worker rank 0 was killed by SIGKILL; the other workers were stopped" in err
     assert ckpt.load_checkpoint(first)["step"] == 50  # what was saved is intact
+
+
+def test_a_stalled_worker_is_an_error_within_the_timeout_not_a_hang(tmp_path: Path) -> None:
+    """SIGSTOP one worker: its peer's next collective times out after --timeout seconds and the
+    run ends with a line naming the rank and the collective."""
+    run = _start(tmp_path, "run", "--timeout", "6", "--max-steps", "100000")
+    first = tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt"
+    deadline = time.time() + 180
+    while not first.exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    victims = _workers(run.pid)
+    assert len(victims) == 2, victims
+    os.kill(victims[1], signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        _, err = run.communicate(timeout=120)
+    finally:
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert run.returncode == 2, err[-3000:]
+    assert time.time() - t0 < 60
+    assert "gradsync: error: [rank 0] rank 0: all_reduce failed while waiting up to 6s for the other ranks" in err

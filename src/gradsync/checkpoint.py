@@ -128,15 +128,19 @@ def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
 
 def newest_intact(found: list[Path], where: str | Path) -> Path | None:
     """The newest of ``found`` that loads, warning about each damaged one skipped on the way."""
+    damaged: list[CheckpointError] = []
     for path in reversed(found):
         try:
             load_checkpoint(path)
         except CheckpointError as e:
-            print(f"gradsync: warning: {e}; trying the previous one", file=sys.stderr, flush=True)
+            damaged.append(e)
             continue
+        for e in damaged:
+            print(f"gradsync: warning: {e}; using an older one", file=sys.stderr, flush=True)
         return path
     if found:
-        raise CheckpointError(f"no intact checkpoint in '{where}': all {len(found)} are damaged")
+        raise CheckpointError(f"no intact checkpoint in '{where}': all {len(found)} are damaged; "
+                              f"the newest: {damaged[0]}")
     return None
 
 

@@ -9,6 +9,10 @@ with status 2, without a traceback. The message must say what to fix.
 class GradsyncError(Exception):
     """Base class for errors that are reported to the user as one line."""
 
+    def __init__(self, message: str) -> None:
+        # User text quoted in a message (a flag, a path) may hold line breaks: keep it one line.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class ConfigError(GradsyncError):
     """A configuration value is invalid or inconsistent."""

@@ -110,6 +110,10 @@ def _ring_wire(op: str, nbytes: int, p: int) -> float:
             "all_gather": float(p - 1), "broadcast": 1.0}[op] * nbytes
 
 
+# How gloo and NCCL report a peer that stalled, died or became unreachable.
+_PEER_FAILURE = ("imed out", "Connection reset", "Connection closed", "Connection refused", "Broken pipe",
+                 "connectFullMesh", "was aborted", "Socket Timeout")
+
 _all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
@@ -151,7 +155,9 @@ class Comm:
         try:
             yield
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not any(sign in str(e) for sign in _PEER_FAILURE):
+                raise  # a bug (a shape, a dtype), not the network: keep the traceback
+            first = str(e).strip().splitlines()[0]
             raise DistributedError(
                 f"rank {self.env.rank}: {op} failed while waiting up to {self.timeout_s:.0f}s for the other "
                 f"ranks: a peer stalled, died or lost its network ({first[:200]})") from None

@@ -43,6 +43,17 @@ def _workers(agent: int) -> list[int]:
     return sorted(pids)
 
 
+def _workers_after(proc: subprocess.Popen[str], checkpoint: Path) -> list[int]:
+    """Wait until ``checkpoint`` is written, then return the run's two worker PIDs."""
+    deadline = time.time() + 180
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), f"the run never wrote {checkpoint.name}"
+    victims = _workers(proc.pid)
+    assert len(victims) == 2, victims
+    return victims
+
+
 def _final_params(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["strategy"]["model"]
 
@@ -53,13 +64,7 @@ def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_p
     assert straight.returncode == 0, err[-3000:]
 
     faulty = _start(tmp_path, "faulty", "--max-restarts", "1")
-    first = tmp_path / "faulty" / "checkpoints" / "ckpt_0000100.pt"
-    deadline = time.time() + 180
-    while not first.exists() and time.time() < deadline and faulty.poll() is None:
-        time.sleep(0.05)
-    assert first.exists(), "the run never reached its second checkpoint"
-    victims = _workers(faulty.pid)
-    assert len(victims) == 2, victims
+    victims = _workers_after(faulty, tmp_path / "faulty" / "checkpoints" / "ckpt_0000100.pt")
     os.kill(victims[1], signal.SIGKILL)
     out, err = faulty.communicate(timeout=300)
     assert faulty.returncode == 0, err[-3000:]
@@ -76,11 +81,7 @@ def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_p
 def test_without_restarts_a_killed_worker_is_one_clear_error(tmp_path: Path) -> None:
     run = _start(tmp_path, "run")
     first = tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt"
-    deadline = time.time() + 180
-    while not first.exists() and time.time() < deadline and run.poll() is None:
-        time.sleep(0.05)
-    victims = _workers(run.pid)
-    assert len(victims) == 2, victims
+    victims = _workers_after(run, first)
     os.kill(victims[0], signal.SIGKILL)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2
@@ -92,12 +93,7 @@ def test_a_stalled_worker_is_an_error_within_the_timeout_not_a_hang(tmp_path: Pa
     """SIGSTOP one worker: its peer's next collective times out after --timeout seconds and the
     run ends with a line naming the rank and the collective."""
     run = _start(tmp_path, "run", "--timeout", "6", "--max-steps", "100000")
-    first = tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt"
-    deadline = time.time() + 180
-    while not first.exists() and time.time() < deadline and run.poll() is None:
-        time.sleep(0.05)
-    victims = _workers(run.pid)
-    assert len(victims) == 2, victims
+    victims = _workers_after(run, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
     os.kill(victims[1], signal.SIGSTOP)
     t0 = time.time()
     try:

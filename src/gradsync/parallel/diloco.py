@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from gradsync.parallel.localsgd import LocalSGDStrategy
+from gradsync.parallel.memory import optimizer_tensors
 
 
 class DiLoCoStrategy(LocalSGDStrategy):
@@ -47,6 +48,5 @@ class DiLoCoStrategy(LocalSGDStrategy):
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
         held["params"].append(self.outer)
-        held["optimizer"] += [v for st in self.outer_optimizer.state.values() for v in st.values()
-                              if isinstance(v, torch.Tensor)]
+        held["optimizer"] += optimizer_tensors(self.outer_optimizer)
         return held

@@ -27,6 +27,7 @@ import torch.nn as nn
 from gradsync.dist import Comm
 from gradsync.errors import ConfigError
 from gradsync.parallel.base import OptimizerFactory, Strategy
+from gradsync.parallel.memory import optimizer_tensors
 
 ELEMENTWISE = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
 
@@ -120,9 +121,6 @@ class ShardedOptimizer:
 
     def step(self) -> None:
         self.optimizer.step()
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        return [v for st in self.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
     # -- the full-model format -------------------------------------------------------------------
     def full_state_dict(self, comm: Comm) -> dict[str, Any]:
@@ -265,7 +263,7 @@ class ZeroStrategy(Strategy):
 
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         return {"params": list(self.model.parameters()), "grads": list(self.grad_chunks),
-                "optimizer": list(self.optimizer.state_tensors())}
+                "optimizer": optimizer_tensors(self.optimizer.optimizer)}
 
 
 class ReduceScatterStrategy(ZeroStrategy):

@@ -93,3 +93,15 @@ def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | N
         torch.save(params, Path(out))
     return {"params": params if rank == 0 else None, "history": result.history,
             "val_loss": result.val_loss, "entropy_rate": trainer.data.entropy_rate}
+
+
+def train_each(rank: int, configs: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """:func:`train_and_collect` for each config in turn, in this one world (saves a world per run)."""
+    return [train_and_collect(rank, c) for c in configs]
+
+
+def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max |a - b| over all tensors, divided by the parameter scale max |a|: how the equivalence
+    tests compare two runs' parameters."""
+    scale = max(t.abs().max().item() for t in a.values())
+    return max((a[k] - b[k]).abs().max().item() for k in a) / scale

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from gradsync.testing import run_world, train_and_collect
+from gradsync.testing import run_world, train_and_collect, train_each
 
 MARKOV = {
     "model.preset": "mini", "data.seq_len": 32, "data.synthetic_vocab": 8, "data.synthetic_order": 2,
@@ -37,10 +37,6 @@ REDUCED = {
 }
 
 
-def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
-    return [train_and_collect(rank, c) for c in configs]
-
-
 @pytest.fixture(scope="module")
 def reduced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from conftest import TINY, merge
@@ -48,7 +44,7 @@ def reduced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("reduced")
     configs = [merge(TINY, {**MARKOV, **over, "train.run_dir": str(root / str(i))})
                for i, over in enumerate(REDUCED.values())]
-    return dict(zip(REDUCED, run_world(2, _run_all, configs, timeout=600)[0]))
+    return dict(zip(REDUCED, run_world(2, train_each, configs, timeout=600)[0]))
 
 
 @pytest.mark.parametrize("name", list(REDUCED))

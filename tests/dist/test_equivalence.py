@@ -8,15 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from gradsync.testing import run_world, train_and_collect
+from gradsync.testing import max_rel_diff, run_world, train_and_collect
 
 STEPS = 20
-
-
-def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """max |a - b| over all parameters, divided by the parameter scale max |a|."""
-    scale = max(t.abs().max().item() for t in a.values())
-    return max((a[k] - b[k]).abs().max().item() for k in a) / scale
 
 
 def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
@@ -46,14 +40,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, tor
 @pytest.mark.parametrize("strategy", ["allreduce", "bucketed"])
 @pytest.mark.parametrize("micro", [4, 2])
 def test_matches_single_process(results: dict[str, Any], strategy: str, micro: int) -> None:
-    diff = _max_rel_diff(results["single"], results[f"{strategy}/micro{micro}"])
+    diff = max_rel_diff(results["single"], results[f"{strategy}/micro{micro}"])
     assert diff <= 1e-5, f"{strategy} micro={micro}: {diff:.3g} of the parameter scale"
 
 
 @pytest.mark.parametrize("strategy", ["allreduce", "bucketed"])
 @pytest.mark.parametrize("micro", [4, 2])
 def test_matches_torch_ddp(results: dict[str, Any], strategy: str, micro: int) -> None:
-    diff = _max_rel_diff(results[f"torch-ddp/micro{micro}"], results[f"{strategy}/micro{micro}"])
+    diff = max_rel_diff(results[f"torch-ddp/micro{micro}"], results[f"{strategy}/micro{micro}"])
     assert diff <= 1e-6, f"{strategy} micro={micro} vs torch DDP: {diff:.3g} of the parameter scale"
 
 
@@ -65,4 +59,4 @@ def test_training_moved_the_parameters(results: dict[str, Any], tiny_config: Any
     cfg = build_config(tiny_config())
     torch.manual_seed(cfg.train.seed)
     init = build_gpt("tiny", cfg.data.synthetic_vocab, cfg.data.seq_len).state_dict()
-    assert _max_rel_diff(results["single"], init) > 1e-2
+    assert max_rel_diff(results["single"], init) > 1e-2

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gradsync.testing import run_world, train_and_collect
+from gradsync.testing import max_rel_diff, run_world, train_each
 
 RUNS = {
     "sync": "bucketed",
@@ -17,10 +17,6 @@ RUNS = {
     "localsgd-4": "localsgd:4",
     "diloco-4": "diloco:4",
 }
-
-
-def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
-    return [train_and_collect(rank, c) for c in configs]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +29,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
                             "train.micro_batch": 4, "train.global_batch": 8, "train.max_steps": 20,
                             "train.run_dir": str(root / name)})
                for name, s in RUNS.items()]
-    return dict(zip(RUNS, run_world(2, _run_all, configs)[0]))
+    return dict(zip(RUNS, run_world(2, train_each, configs)[0]))
 
 
 def _diff(runs: dict[str, Any], a: str, b: str) -> float:
-    pa, pb = runs[a]["params"], runs[b]["params"]
-    scale = max(t.abs().max().item() for t in pa.values())
-    return max((pa[k] - pb[k]).abs().max().item() for k in pa) / scale
+    return max_rel_diff(runs[a]["params"], runs[b]["params"])
 
 
 @pytest.mark.parametrize("name", ["localsgd-1", "diloco-1"])

@@ -11,13 +11,9 @@ from typing import Any
 
 import pytest
 
-from gradsync.testing import run_world, train_and_collect
+from gradsync.testing import max_rel_diff, run_world, train_each
 
 STRATEGIES = ["bucketed", "zero2", "zero3"]
-
-
-def _each(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
-    return [train_and_collect(rank, c) for c in configs]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +27,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
     for s in STRATEGIES:  # 20 straight steps, and 10 steps that stop with a checkpoint
         first.append(merge(base[s], {"train.run_dir": str(root / f"{s}-straight")}))
         first.append(merge(base[s], {"train.run_dir": str(root / f"{s}-split"), "train.stop_after": 10}))
-    out = run_world(2, _each, first)[0]
+    out = run_world(2, train_each, first)[0]
     results = {(s, "straight"): out[2 * i] for i, s in enumerate(STRATEGIES)}
     for world in (1, 4):
         resumed = []
@@ -40,7 +36,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
             shutil.copytree(root / f"{s}-split", target)
             resumed.append(merge(base[s], {"parallel.nproc": world, "train.resume": "auto",
                                            "train.run_dir": str(Path(target))}))
-        for s, r in zip(STRATEGIES, run_world(world, _each, resumed)[0]):
+        for s, r in zip(STRATEGIES, run_world(world, train_each, resumed)[0]):
             results[(s, f"w{world}")] = r
     return results
 
@@ -53,6 +49,5 @@ def test_resume_on_another_world_size_continues_the_run(runs: dict[Any, Any], st
     a = [r["loss"] for r in full["history"][10:]]
     b = [r["loss"] for r in rest["history"]]
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)  # measured: equal to 5 decimals
-    scale = max(t.abs().max().item() for t in full["params"].values())
-    diff = max((full["params"][k] - rest["params"][k]).abs().max().item() for k in full["params"]) / scale
+    diff = max_rel_diff(full["params"], rest["params"])
     assert diff < 1e-4, f"{strategy} on {world} worker(s): {diff:.3g} of the parameter scale"

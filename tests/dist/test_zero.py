@@ -10,16 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from gradsync.testing import run_world, train_and_collect
+from gradsync.testing import max_rel_diff, run_world, train_and_collect
 
 STEPS = 20
 ZERO = ["zero1", "zero2", "zero3"]
 REFS = ["torch-zero1", "torch-fsdp"]
-
-
-def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    scale = max(t.abs().max().item() for t in a.values())
-    return max((a[k] - b[k]).abs().max().item() for k in a) / scale
 
 
 def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
@@ -54,14 +49,14 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int
 @pytest.mark.parametrize("accum", [1, 2])
 @pytest.mark.parametrize("strategy", ZERO)
 def test_zero_matches_bucketed(params: dict[Any, Any], strategy: str, world: int, accum: int) -> None:
-    diff = _max_rel_diff(params[("bucketed", world, accum)], params[(strategy, world, accum)])
+    diff = max_rel_diff(params[("bucketed", world, accum)], params[(strategy, world, accum)])
     assert diff <= 1e-5, f"{strategy} world {world} accum {accum}: {diff:.3g} of the parameter scale"
 
 
 @pytest.mark.parametrize("accum", [1, 2])
 @pytest.mark.parametrize("strategy", REFS)
 def test_torch_references_match_bucketed(params: dict[Any, Any], strategy: str, accum: int) -> None:
-    diff = _max_rel_diff(params[("bucketed", 2, accum)], params[(strategy, 2, accum)])
+    diff = max_rel_diff(params[("bucketed", 2, accum)], params[(strategy, 2, accum)])
     assert diff <= 1e-5, f"{strategy} accum {accum}: {diff:.3g} of the parameter scale"
 
 

@@ -9,6 +9,7 @@ is unique, as ``--key value`` (``--max-steps 50``, ``--sample-tokens 100``). Bad
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -21,6 +22,7 @@ ALIASES: dict[str, str] = {
     "--nnodes": "parallel.nnodes",
     "--rdzv-endpoint": "parallel.rdzv_endpoint",
     "--rdzv-id": "parallel.rdzv_id",
+    "--local-addr": "parallel.local_addr",
     "--strategy": "parallel.strategy",
     "--compress": "parallel.compress",
     "--bucket-mb": "parallel.bucket_mb",
@@ -147,6 +149,9 @@ def sample_command(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch's C++ warnings (store reconnects, reverse-DNS misses) print C++ stack frames that bury the
+    # one line gradsync prints; errors still show. Set TORCH_CPP_LOG_LEVEL=INFO to see them all.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     try:

@@ -141,6 +141,7 @@ class ParallelConfig:
     nnodes: int = 1
     rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
     rdzv_id: str = "gradsync"
+    local_addr: str = ""  # this node's address as the other nodes reach it; "" = from the hostname
     strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
     compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
     bucket_mb: float = 25.0

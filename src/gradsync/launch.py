@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from gradsync import checkpoint as ckpt
-from gradsync.config import Config
+from gradsync.config import Config, ParallelConfig
 from gradsync.errors import ConfigError, DistributedError
 
 
@@ -68,19 +68,25 @@ def _cuda() -> bool:
 def launch_workers(cfg: Config, config_path: Path) -> None:
     """Run ``python -m gradsync.worker --config config_path`` on every worker and wait."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     p = cfg.parallel
     os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
+    # A node that never comes, or a store that is gone, is an error after the timeout, not a hang.
+    rdzv_configs: dict[str, object] = {"join_timeout": p.timeout_s, "read_timeout": p.timeout_s}
+    if not standalone:
+        rdzv_configs.update(_multinode_setup(p))
     lc = LaunchConfig(
         min_nodes=p.nnodes, max_nodes=p.nnodes, nproc_per_node=p.nproc,
         run_id=str(uuid.uuid4()) if standalone else p.rdzv_id,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
-        rdzv_configs={"join_timeout": p.timeout_s},  # a node that never comes is an error, not a hang
+        rdzv_configs=rdzv_configs, local_addr=p.local_addr or None,
         max_restarts=p.max_restarts, monitor_interval=0.1, start_method="spawn",
     )
+    restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
     try:
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
     except ChildFailedError as e:
@@ -93,8 +99,62 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}; its error is printed above"
-        restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
         raise DistributedError(f"worker rank {rank} {how}; the other workers were stopped{restarts}") from None
+    except RendezvousTimeoutError:
+        raise DistributedError(
+            f"not all {p.nnodes} nodes joined the rendezvous at {p.rdzv_endpoint or 'localhost'} within "
+            f"{p.timeout_s:g}s (parallel.timeout_s); start the missing node(s), with --resume "
+            "if the run has checkpoints") from None
+    except RendezvousError as e:
+        why = str(e.__cause__ or e).splitlines()[0] if str(e.__cause__ or e) else type(e).__name__
+        raise DistributedError(f"lost the rendezvous at {p.rdzv_endpoint} (the node hosting it may have died or "
+                               f"be unreachable): {why}") from None
+
+
+def _multinode_setup(p: ParallelConfig) -> dict[str, object]:
+    """Settings for a job that meets at ``p.rdzv_endpoint``: the extra rendezvous configs, and the
+    environment its workers need.
+
+    * Every round of the rendezvous (each restart, each node that comes back) gets a fresh store
+      for the workers (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``): with the agent's shared store,
+      torch publishes the master address once, and a node that joins a later round waits forever
+      for it.
+    * With ``parallel.local_addr``, this node hosts the rendezvous exactly when the endpoint is
+      its address, advertises that address to the other nodes, and gloo binds to the interface
+      that holds it (several nodes may share one hostname: containers, namespaces).
+    """
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    if not p.local_addr:
+        return {}
+    host = p.rdzv_endpoint.rsplit(":", 1)[0]
+    iface = interface_with_address(p.local_addr)
+    if iface is None:
+        raise ConfigError(f"parallel.local_addr '{p.local_addr}' is not an address of any network interface "
+                          "of this machine; give this node's own IP address")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+    return {"is_host": host == p.local_addr}
+
+
+def interface_with_address(addr: str) -> str | None:
+    """The name of the network interface that holds IPv4 address ``addr`` (a host name is
+    resolved first), or None. Linux only (SIOCGIFADDR); elsewhere always None."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        ip = socket.gethostbyname(addr)
+    except OSError:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+            except OSError:
+                continue  # no IPv4 address on this interface
+            if socket.inet_ntoa(packed[20:24]) == ip:
+                return name
+    return None
 
 
 def write_run_config(cfg: Config) -> Path:

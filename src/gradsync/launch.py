@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from gradsync import checkpoint as ckpt
 from gradsync.config import Config, ParallelConfig
 from gradsync.errors import ConfigError, DistributedError
+from gradsync.watchdog import StoreWatchdog
 
 
 def prepare(cfg: Config) -> Config:
@@ -87,6 +89,10 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         max_restarts=p.max_restarts, monitor_interval=0.1, start_method="spawn",
     )
     restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
+    watchdog = None
+    if not standalone:
+        watchdog = StoreWatchdog(threading.main_thread(), p.timeout_s, p.rdzv_endpoint)
+        watchdog.start()
     try:
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
     except ChildFailedError as e:
@@ -109,6 +115,9 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         why = str(e.__cause__ or e).splitlines()[0] if str(e.__cause__ or e) else type(e).__name__
         raise DistributedError(f"lost the rendezvous at {p.rdzv_endpoint} (the node hosting it may have died or "
                                f"be unreachable): {why}") from None
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
 
 
 def _multinode_setup(p: ParallelConfig) -> dict[str, object]:

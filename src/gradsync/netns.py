@@ -99,6 +99,10 @@ class Cluster:
                 if r.returncode != 0:
                     raise NetnsError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
 
+    def set_link(self, node: int, up: bool) -> None:
+        """Take node ``node``'s link down (its peers see silence, not a closed connection) or up."""
+        _ip("link", "set", self.IFNAME, "up" if up else "down", ns=self.nodes[node])
+
     def command(self, node: int, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside node ``node``'s namespace."""
         return ["ip", "netns", "exec", self.nodes[node], *argv]

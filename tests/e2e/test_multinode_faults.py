@@ -7,6 +7,9 @@ dies for real (every process in its namespace gets SIGKILL).
   continues from the newest checkpoint to parameters bitwise equal to an uninterrupted run.
 * Node 1 dies for good: node 0 stops within the timeout with one line saying which nodes are missing.
 * Node 0, which hosts the rendezvous, dies: node 1 stops with one line saying the rendezvous is lost.
+* Node 1's link goes down (silence, no closed connection): both nodes' workers stop within the
+  collective timeout with a line naming the rank and the collective, and node 1's agent, stuck in
+  a call to the store on node 0, is stopped by gradsync's watchdog: never a hang.
 
 Skipped, with the reason, where network namespaces cannot be made (not root, no iproute2).
 """
@@ -130,3 +133,20 @@ def test_a_node_that_stays_dead_stops_the_other_with_one_line(cluster: netns.Clu
         assert "lost the rendezvous at" in line, line
     assert time.monotonic() - t_kill < 90
     assert ckpt.resolve_resume("auto", tmp_path / "run") is not None  # what was saved is still there
+
+
+def test_a_link_that_goes_silent_fails_both_nodes_within_the_timeout(cluster: netns.Cluster, tmp_path: Path) -> None:
+    nodes = [Node(cluster, 0, tmp_path, timeout=6)]
+    time.sleep(0.5)
+    nodes.append(Node(cluster, 1, tmp_path, timeout=6))
+    _wait_for(tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt", nodes[0])
+    t_cut = time.monotonic()
+    cluster.set_link(1, up=False)
+    for rank, node in enumerate(nodes):
+        code, _, err = node.finish(90)
+        assert code == 2
+        first = next((ln for ln in err.splitlines() if ln.startswith("gradsync: error: [rank")), err[-3000:])
+        assert f"rank {rank}:" in first and "failed while waiting up to 6s" in first, first
+        if rank == 1:  # its agent was inside a call to the store on node 0 when the link went silent
+            assert "the rendezvous store at" in _error_line(err) and "has not answered for 6s" in _error_line(err)
+    assert time.monotonic() - t_cut < 60

@@ -1,0 +1,73 @@
+"""A backstop for the one hang torch's elastic agent can still fall into.
+
+The agent talks to the rendezvous store with blocking TCP calls. When the link to the node that
+hosts the store goes silent (cable pulled, node frozen: no reset, so no error), such a call waits
+for TCP to give up, which takes many minutes, whatever ``read_timeout`` says. gradsync's workers
+already fail within ``parallel.timeout_s`` (see :class:`gradsync.dist.Comm`); this thread makes the
+agent do the same: it watches the launcher's main thread, and when one call into the store has
+lasted longer than the limit, it stops this node's workers and exits with one line.
+
+Healthy store calls (set, get, compare-and-set on the rendezvous state) answer in milliseconds;
+the rendezvous itself waits by polling, so a long wait for other nodes is many short calls, not
+one long one, and is bounded separately by the join timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+STORE_CALL = "_call_store"  # C10dRendezvousBackend._call_store: every store call of the rendezvous
+
+
+def store_call_frame(frame: FrameType | None) -> FrameType | None:
+    """The innermost frame of ``frame``'s stack that is a rendezvous store call, if any."""
+    while frame is not None:
+        if frame.f_code.co_name == STORE_CALL and "rendezvous" in frame.f_code.co_filename:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+class StoreWatchdog(threading.Thread):
+    """Exit the process (status 2, one line) if ``thread`` spends more than ``limit_s`` in a single
+    rendezvous store call. ``what`` names the store in the message."""
+
+    def __init__(self, thread: threading.Thread, limit_s: float, what: str, poll_s: float = 0.5) -> None:
+        super().__init__(name="gradsync-store-watchdog", daemon=True)
+        self.target, self.limit_s, self.what, self.poll_s = thread, limit_s, what, poll_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        current: FrameType | None = None
+        since = 0.0
+        while not self._stop.wait(self.poll_s):
+            frame = store_call_frame(sys._current_frames().get(self.target.ident or -1))
+            if frame is not current:  # holding ``current`` keeps its identity from being reused
+                current, since = frame, time.monotonic()
+            elif frame is not None and time.monotonic() - since > self.limit_s:
+                _kill_children()
+                print(f"gradsync: error: the rendezvous store at {self.what} has not answered for "
+                      f"{self.limit_s:g}s (parallel.timeout_s): the link to the node hosting it is down or that "
+                      "node is frozen; this node's workers were stopped", file=sys.stderr, flush=True)
+                os._exit(2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (the agent starts workers in sessions of their own, so they
+    would outlive it)."""
+    me = str(os.getpid())
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue

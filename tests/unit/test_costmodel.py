@@ -1,0 +1,128 @@
+"""The cost model on cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gradsync import costmodel as cm
+from gradsync.model.gpt import GPT, PRESETS, GPTShape
+
+NET = cm.Network.uniform("test", cm.Link(alpha_s=1e-5, beta_s_per_byte=1e-9))  # 10 us, 1 GB/s
+
+
+def test_ring_all_reduce_formula_by_hand() -> None:
+    # p = 4, n = 1e6 bytes: 2*3/4 * 1e6 * 1e-9 + 2*3 * 1e-5 = 1.5e-3 + 6e-5
+    assert NET.time("all_reduce", 1e6, 4) == pytest.approx(1.5e-3 + 6e-5, rel=1e-12)
+    # reduce-scatter and all-gather: half the bandwidth term, half the steps
+    assert NET.time("reduce_scatter", 1e6, 4) == pytest.approx(0.75e-3 + 3e-5, rel=1e-12)
+    assert NET.time("all_gather", 1e6, 4) == pytest.approx(0.75e-3 + 3e-5, rel=1e-12)
+    assert NET.time("all_reduce", 1e6, 1) == 0.0  # nobody to talk to
+    # all-reduce = reduce-scatter + all-gather, for any p
+    for p in (2, 3, 8, 1024):
+        assert NET.time("all_reduce", 5e7, p) == pytest.approx(
+            NET.time("reduce_scatter", 5e7, p) + NET.time("all_gather", 5e7, p))
+
+
+def test_link_from_bandwidth() -> None:
+    link = cm.Link.from_bandwidth(100.0, 20.0)  # 100 Gbit/s = 12.5 GB/s
+    assert link.beta_s_per_byte == pytest.approx(1 / 12.5e9)
+    assert link.alpha_s == pytest.approx(20e-6)
+
+
+def test_overlap_limits() -> None:
+    # A collective launched with more backward left than it lasts is hidden completely.
+    assert cm.exposed_after([0.2], [0.5], compute_end=1.0) == 0.0
+    assert cm.exposed_after([0.1, 0.3, 0.5], [0.1, 0.1, 0.1], compute_end=1.0) == 0.0
+    # One bucket, ready only at the end of backward: fully exposed.
+    assert cm.exposed_after([1.0], [0.3], compute_end=1.0) == pytest.approx(0.3)
+    # The link is serial: three 0.4 s collectives ready at 0.1 finish at 1.3.
+    assert cm.exposed_after([0.1, 0.1, 0.1], [0.4, 0.4, 0.4], compute_end=1.0) == pytest.approx(0.3)
+    # Gathers before compute: the first always waits; later ones hide behind earlier compute.
+    assert cm.exposed_before([0.2, 0.1, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2)
+    assert cm.exposed_before([0.2, 0.9, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2 + 0.4)
+
+
+def test_gpt_workload_matches_the_real_model() -> None:
+    for preset in ("tiny", "small", "base"):
+        d = PRESETS[preset]
+        model = GPT(GPTShape.from_preset(preset, vocab_size=256, block_size=64))
+        w = cm.gpt_workload(d["n_layer"], d["n_head"], d["n_embd"], 256, 64, micro_batch=4)
+        assert w.n_params == model.num_params()
+        assert w.flops_per_token == model.flops_per_token(64)
+        assert [t.shape for t in w.tensors] == [tuple(p.shape) for p in model.parameters()]
+
+
+def test_buckets_follow_plan_buckets() -> None:
+    import torch.nn as nn
+
+    from gradsync.parallel.bucketed import plan_buckets
+
+    d = PRESETS["small"]
+    model = GPT(GPTShape.from_preset("small", vocab_size=256, block_size=64))
+    w = cm.gpt_workload(d["n_layer"], d["n_head"], d["n_embd"], 256, 64, 4, bucket_mb=0.5, first_bucket_mb=0.1)
+    params: list[nn.Parameter] = list(model.parameters())[::-1]
+    groups = plan_buckets(params, int(0.1 * 2**20), int(0.5 * 2**20))
+    assert [b for b, _ in cm.buckets(w)] == [sum(4 * p.numel() for p in g) for g in groups]
+    ready = [r for _, r in cm.buckets(w)]
+    assert ready == sorted(ready) and ready[-1] == 1.0  # the tied embedding is final last
+
+
+def _gpt2(accum: int = 1) -> cm.Workload:
+    d = PRESETS["gpt2"]
+    return cm.gpt_workload(d["n_layer"], d["n_head"], d["n_embd"], 50257, 1024, micro_batch=8, accum=accum)
+
+
+def test_step_time_adds_up_and_strategies_rank_sensibly() -> None:
+    w, hw = _gpt2(), cm.device_preset("a100-80gb")
+    net = cm.network_preset("100gbe")
+    preds = {s: cm.predict(s, w, 8, hw, net) for s in ("allreduce", "bucketed", "zero1", "zero2", "zero3",
+                                                        "localsgd:8")}
+    for p in preds.values():
+        assert p.step_s == pytest.approx(p.compute_s + p.exposed_comm_s + p.optimizer_s + p.compression_s)
+        assert 0 <= p.exposed_comm_s <= p.comm_s + 1e-12
+        assert p.tokens_per_s == pytest.approx(8 * 8 * 1024 / p.step_s)
+    # compute: 6N+attention FLOPs per token at 45% of 312 TFLOP/s
+    assert preds["bucketed"].compute_s == pytest.approx(w.flops_per_token * 8 * 1024 / (0.45 * 312e12))
+    assert preds["bucketed"].step_s < preds["allreduce"].step_s  # overlap helps
+    assert preds["localsgd:8"].comm_s == pytest.approx(NETWORK_AR(net, 4 * w.n_params, 8) / 8)
+    # ZeRO memory: 16 bytes/param replicated vs 4 + 12/p for ZeRO-1's optimizer shards
+    m_b, m_1 = cm.memory("bucketed", w, 8), cm.memory("zero1", w, 8)
+    assert m_b["optimizer"] == 8 * w.n_params and m_1["optimizer"] == pytest.approx(w.n_params)
+    # ZeRO-3 holds 1/p of everything plus the root unit (embeddings, final norm) and one block
+    h, root, block = 768, 4 * (50257 * 768 + 1024 * 768 + 2 * 768), 4 * (12 * 768 * 768 + 13 * 768)
+    assert cm.memory("zero3", w, 8)["params"] == pytest.approx(4 * w.n_params / 8 + root + block)
+
+
+def NETWORK_AR(net: cm.Network, nbytes: float, p: int) -> float:
+    return 2 * (p - 1) / p * nbytes * net.links["all_reduce"].beta_s_per_byte + 2 * (p - 1) * net.links[
+        "all_reduce"].alpha_s
+
+
+def test_one_device_scales_perfectly_and_more_devices_do_not_help_per_device() -> None:
+    w, hw, net = _gpt2(), cm.device_preset("h100"), cm.network_preset("10gbe")
+    eff = cm.scaling_efficiency("bucketed", w, [1, 2, 8, 64], hw, net)
+    assert eff[0] == 1.0 and all(0 < e <= 1 for e in eff) and eff == sorted(eff, reverse=True)
+    assert cm.predict("bucketed", w, 1, hw, net).exposed_comm_s == 0.0
+
+
+def test_compression_sends_fewer_bytes() -> None:
+    w, hw, net = _gpt2(), cm.device_preset("a100-40gb"), cm.network_preset("10gbe")
+    base = cm.predict("bucketed", w, 8, hw, net)
+    half = cm.predict("bucketed", w, 8, hw, net, "fp16")
+    assert half.comm_s == pytest.approx(base.comm_s / 2, rel=0.05)
+    assert half.compression_s > 0
+    assert cm.predict("bucketed", w, 8, hw, net, "powersgd:rank=4").comm_s < half.comm_s / 10
+
+
+def test_bad_input_is_one_clear_error() -> None:
+    with pytest.raises(cm.CostModelError, match="bandwidth must be > 0"):
+        cm.Link.from_bandwidth(-1, 10)
+    with pytest.raises(cm.CostModelError, match="unknown device 'tpu'"):
+        cm.device_preset("tpu")
+    with pytest.raises(cm.CostModelError, match="unknown network"):
+        cm.network_preset("carrier-pigeon")
+    with pytest.raises(cm.CostModelError, match="must be >= 1"):
+        cm.predict("bucketed", _gpt2(), 0, cm.device_preset("h100"), NET)
+    assert math.isfinite(cm.predict("diloco:4", _gpt2(), 2, cm.device_preset("h100"), NET).step_s)

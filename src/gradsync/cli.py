@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=30, help="timed steps per run")
     b.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     b.add_argument("--out", default="", help="write the table as Markdown to this file")
+    c = sub.add_parser("calibrate", help="measure collectives (alpha, beta), compute and optimizer speed "
+                       "for the cost model; writes a JSON profile")
+    add_config_args(c)
+    c.add_argument("--out", default="", help="profile path (default: profile.json in the gradsync cache)")
+    c.add_argument("--max-mb", type=float, default=256.0, help="largest message, MiB (from 4 KiB up)")
     sm = sub.add_parser("sample", help="generate text from a checkpoint")
     sm.add_argument("checkpoint", help="checkpoint file, or a run folder (its latest checkpoint)")
     sm.add_argument("--prompt", default="def ")
@@ -161,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_command(config_from_args(ns, extra))
         if ns.command == "sample":
             return sample_command(ns)
+        if ns.command == "calibrate":
+            from gradsync.calibrate import calibrate_command
+
+            return calibrate_command(config_from_args(ns, extra), ns)
         if ns.command == "bench":
             from gradsync.bench import bench_command
 

@@ -67,8 +67,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launch_workers(cfg: Config, config_path: Path) -> None:
-    """Run ``python -m gradsync.worker --config config_path`` on every worker and wait."""
+def launch_workers(cfg: Config, config_path: Path, module: str = "gradsync.worker",
+                   args: tuple[str, ...] = ()) -> None:
+    """Run ``python -m MODULE --config config_path ARGS`` on every worker and wait (the trainer by
+    default; ``gradsync calibrate`` runs its measurements the same way)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -94,7 +96,7 @@ def launch_workers(cfg: Config, config_path: Path) -> None:
         watchdog = StoreWatchdog(threading.main_thread(), p.timeout_s, p.rdzv_endpoint)
         watchdog.start()
     try:
-        elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--config", str(config_path))
+        elastic_launch(lc, sys.executable)("-u", "-m", module, "--config", str(config_path), *args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode

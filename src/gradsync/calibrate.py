@@ -1,0 +1,318 @@
+"""``gradsync calibrate``: measure what the cost model needs, on this machine and process group.
+
+Run like ``gradsync train`` (same launcher, same flags: ``--nproc``, ``--nnodes``, the model,
+sequence length, micro-batch, precision), every worker measures, and rank 0 writes a JSON profile:
+
+* per collective (all-reduce, reduce-scatter, all-gather, broadcast): the median time of each
+  message size from 4 KiB to ``--max-mb`` (the slowest rank counts), and latency alpha and inverse
+  bandwidth beta fitted to the ring formulas by least squares on relative error, with the fit's
+  residual;
+* the model's forward and backward time at the configured micro-batch (all workers computing at
+  once, as in training) and the FLOP/s that achieves;
+* the optimizer update (clipping + step + zeroing) per parameter, and one element-wise pass per
+  element (prices casts and error feedback);
+* this worker's matmul peak (for MFU).
+
+``gradsync plan --device PROFILE.json`` and ``gradsync train --strategy auto`` read the profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from gradsync.config import Config
+from gradsync.costmodel import OPS, CostModelError, Hardware, Link, Network, ring_factors
+from gradsync.errors import ConfigError
+
+DEFAULT_PROFILE = "profile.json"  # in the gradsync cache folder
+
+
+def default_profile_path() -> Path:
+    from gradsync.data.sources import cache_dir
+
+    return cache_dir() / DEFAULT_PROFILE
+
+
+def message_sizes(max_mb: float, min_bytes: int = 4096) -> list[int]:
+    """4 KiB, 16 KiB, ... (powers of 4) up to ``max_mb`` MiB."""
+    out, n = [], min_bytes
+    while n <= max_mb * 2**20:
+        out.append(n)
+        n *= 4
+    return out
+
+
+def fit_alpha_beta(points: Sequence[tuple[float, float]], op: str, p: int) -> dict[str, float]:
+    """Fit time = f_a * alpha + f_b * n * beta (ring factors of ``op`` at ``p`` ranks) to
+    ``points`` of (bytes, seconds), minimising the squared *relative* error so that 4 KiB and
+    256 MiB messages count alike. Returns alpha, beta and the RMS relative residual."""
+    if len(points) < 2:
+        raise CostModelError("fitting alpha and beta needs at least two message sizes")
+    fb, fa = ring_factors(op, p)
+    if fb == 0:
+        raise CostModelError("a world of one rank has no collectives to fit")
+    # weighted least squares of t = a + b*n with weights 1/t
+    sw = swn = swnn = swt = swnt = 0.0
+    for n, t in points:
+        w = 1.0 / (t * t)
+        sw, swn, swnn, swt, swnt = sw + w, swn + w * n, swnn + w * n * n, swt + w * t, swnt + w * n * t
+    det = sw * swnn - swn * swn
+    a = (swnn * swt - swn * swnt) / det
+    b = (sw * swnt - swn * swt) / det
+    if a < 0:  # latency cannot be negative: refit the bandwidth alone
+        a, b = 0.0, swnt / swnn
+    b = max(b, 1e-18)
+    resid = math.sqrt(statistics.fmean(((a + b * n) / t - 1) ** 2 for n, t in points))
+    return {"alpha_s": a / fa, "beta_s_per_byte": b / fb, "residual": resid}
+
+
+def profile_hardware(profile: dict[str, Any]) -> Hardware:
+    """The :class:`Hardware` a calibration profile describes (its measured times, not presets)."""
+    c = profile["compute"]
+    achieved = c["flops_per_token"] * c["tokens"] / (c["forward_s"] + c["backward_s"])
+    peak = max(profile["peak_flops"], achieved)
+    return Hardware(f"{profile['device']} (calibrated, {profile['threads']} thread(s))", peak,
+                    profile["memory_bytes"], 8.0 / profile["elementwise_s_per_elem"], achieved / peak,
+                    c["backward_s"] / c["forward_s"], profile["optimizer_s_per_param"],
+                    profile["elementwise_s_per_elem"])
+
+
+def profile_network(profile: dict[str, Any]) -> Network:
+    coll = profile.get("collectives") or {}
+    if not coll:
+        raise CostModelError(f"the profile was measured with {profile['world_size']} worker(s) and has no "
+                             "collectives; calibrate with --nproc 2 or more")
+    return Network(f"calibrated ({profile['world_size']} workers)",
+                   {op: Link(v["alpha_s"], v["beta_s_per_byte"]) for op, v in coll.items()})
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"calibration profile '{path}' does not exist; run `gradsync calibrate` first")
+    try:
+        profile = json.loads(p.read_text())
+        profile_hardware(profile)
+    except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        raise ConfigError(f"'{path}' is not a gradsync calibration profile ({type(e).__name__}: {e})") from None
+    return profile
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring (on every worker)
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Callable[[], None],
+                        budget_s: float = 2.0) -> dict[str, list[tuple[int, float]]]:
+    """Median over repetitions of each collective and size; each repetition's time is the slowest
+    rank's (all ranks start together after a barrier)."""
+    import torch
+    import torch.distributed as dist
+
+    p = comm.world_size
+    out: dict[str, list[tuple[int, float]]] = {}
+    for op in OPS:
+        points = []
+        for nbytes in sizes:
+            n = max(p, nbytes // 4 // p * p)
+            buf = torch.ones(n, device=device)
+            chunk = torch.ones(n // p, device=device)
+            run = {"all_reduce": lambda: comm.all_reduce(buf),
+                   "reduce_scatter": lambda: comm.reduce_scatter(chunk, buf),
+                   "all_gather": lambda: comm.all_gather(buf, chunk),
+                   "broadcast": lambda: comm.broadcast(buf)}[op]
+            inner = 16 if nbytes < 2**20 else 4 if nbytes < 2**24 else 1  # average out scheduling noise
+            times: list[float] = []
+            spent = 0.0
+            while len(times) < 3 or (len(times) < 9 and spent < budget_s):
+                dist.barrier()
+                dt = _timed(lambda: [run() for _ in range(inner)], sync) / inner
+                slowest = torch.tensor([dt], dtype=torch.float64)
+                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+                times.append(float(slowest))
+                spent += float(slowest) * inner
+            points.append((4 * n, statistics.median(times[1:])))  # the first repetition warms up
+        out[op] = points
+    return out
+
+
+def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], None],
+                    reps: int = 6) -> dict[str, float]:
+    """Forward and backward of the configured GPT on random tokens at the configured micro-batch,
+    the optimizer update (clip + step + zero) per parameter, and one element-wise pass per element."""
+    import contextlib
+
+    import torch
+
+    from gradsync.model.gpt import gpt_from_config
+    from gradsync.train import optimizer_factory
+
+    torch.manual_seed(0)
+    model = gpt_from_config(cfg.model, vocab, cfg.data.seq_len).to(device)
+    opt = optimizer_factory(cfg.optim)(model)
+    b, t = cfg.train.micro_batch, cfg.data.seq_len
+    x = torch.randint(0, vocab, (b, t), device=device)
+    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+            else contextlib.nullcontext())
+    fwd, bwd, upd = [], [], []
+    for _ in range(reps + 2):
+        sync()
+        t0 = time.perf_counter()
+        with cast:
+            loss = model(x, x)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        sync()
+        t3 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+        upd.append(t3 - t2)
+    big = torch.ones(1 << 22, device=device)
+    ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
+    return {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
+            "optimizer_s_per_param": statistics.median(upd[2:]) / model.num_params(),
+            "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
+            "n_params": model.num_params()}
+
+
+def _memory_bytes(device: Any) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16e9
+
+
+def run_worker(cfg: Config, out: Path, max_mb: float) -> dict[str, Any]:
+    """Measure on this worker (collectively with the others); rank 0 writes and returns the profile."""
+    import torch
+
+    from gradsync.checkpoint import atomic_write_bytes
+    from gradsync.data import load_tokens
+    from gradsync.dist import Comm, init_distributed
+    from gradsync.peak import _device_name, worker_peak_flops
+
+    env = init_distributed(cfg.parallel)
+    torch.set_num_threads(cfg.parallel.threads_per_worker(env.local_world_size))
+
+    def sync() -> None:
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+
+    comm = Comm(env, timeout_s=cfg.parallel.timeout_s)
+    vocab = load_tokens(cfg.data).vocab_size
+    compute = measure_compute(cfg, vocab, env.device, sync)
+    coll_points = measure_collectives(comm, message_sizes(max_mb), env.device, sync) if env.world_size > 1 else {}
+    profile: dict[str, Any] = {
+        "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
+        "device": _device_name(env.device), "backend": env.backend, "world_size": env.world_size,
+        "nnodes": cfg.parallel.nnodes, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(),
+        "peak_flops": worker_peak_flops(cfg, env.device, env.local_world_size),
+        "memory_bytes": _memory_bytes(env.device),
+        "optimizer": cfg.optim.name,
+        "optimizer_s_per_param": compute.pop("optimizer_s_per_param"),
+        "elementwise_s_per_elem": compute.pop("elementwise_s_per_elem"),
+        "compute": {"model": {"preset": cfg.model.preset, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
+                              "n_embd": cfg.model.n_embd, "vocab": vocab},
+                    "seq_len": cfg.data.seq_len, "micro_batch": cfg.train.micro_batch,
+                    "precision": cfg.train.precision, **compute},
+        "collectives": {op: {**fit_alpha_beta(pts, op, env.world_size), "points": pts}
+                        for op, pts in coll_points.items()},
+    }
+    if env.is_main:
+        atomic_write_bytes(out, json.dumps(profile, indent=1).encode())
+    return profile
+
+
+def summary(profile: dict[str, Any]) -> str:
+    c = profile["compute"]
+    lines = [f"calibrated {profile['world_size']} worker(s) on {profile['device']}, {profile['backend']}, "
+             f"{profile['threads']} thread(s) each",
+             f"  compute: forward {1e3 * c['forward_s']:.2f} ms + backward {1e3 * c['backward_s']:.2f} ms for "
+             f"{c['tokens']} tokens = {c['flops_per_token'] * c['tokens'] / (c['forward_s'] + c['backward_s']) / 1e9:.2f}"
+             f" GFLOP/s achieved (matmul peak {profile['peak_flops'] / 1e9:.1f} GFLOP/s)",
+             f"  optimizer: {1e9 * profile['optimizer_s_per_param']:.2f} ns/parameter; element-wise pass "
+             f"{1e9 * profile['elementwise_s_per_elem']:.3f} ns/element"]
+    for op, v in profile["collectives"].items():
+        lines.append(f"  {op:14s} alpha {1e6 * v['alpha_s']:8.1f} us   beta {v['beta_s_per_byte'] * 1e9:.4f} ns/B "
+                     f"({8 / v['beta_s_per_byte'] / 1e9:.2f} Gbit/s)   fit residual {v['residual']:.1%} over "
+                     f"{len(v['points'])} sizes")
+    return "\n".join(lines)
+
+
+def calibrate_command(cfg: Config, ns: argparse.Namespace) -> int:
+    """Launch the workers (as ``gradsync train`` does) and print the profile rank 0 wrote."""
+    from gradsync.launch import launch_workers, write_run_config
+
+    if ns.max_mb <= 0 or ns.max_mb > 4096:
+        raise ConfigError(f"calibrate: --max-mb must be in (0, 4096], got {ns.max_mb}")
+    if not message_sizes(ns.max_mb)[1:]:
+        raise ConfigError("calibrate: --max-mb must allow at least two message sizes (>= 0.016)")
+    out = Path(ns.out) if ns.out else default_profile_path()
+    run_dir = Path(cfg.train.run_dir or f"runs/calibrate-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = cfg.replace(**{"train.run_dir": str(run_dir), "train.resume": "", "train.progress": False})
+    if cfg.parallel.world_size == 1:
+        profile = run_worker(cfg, out, ns.max_mb)
+    else:
+        config_path = write_run_config(cfg)
+        launch_workers(cfg, config_path, module="gradsync.calibrate",
+                       args=("--out", str(out.resolve()), "--max-mb", str(ns.max_mb)))
+        if not out.is_file():  # another node's rank 0 wrote it
+            print(f"gradsync: calibration done; rank 0 wrote the profile on its node ({out})")
+            return 0
+        profile = json.loads(out.read_text())
+    print(summary(profile))
+    print(f"gradsync: profile written to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry point: ``python -m gradsync.calibrate --config RUN/config.toml --out F --max-mb M``."""
+    from gradsync.cli import _Parser, add_config_args, config_from_args
+    from gradsync.dist import shutdown
+    from gradsync.errors import GradsyncError
+
+    p = _Parser(prog="gradsync.calibrate")
+    add_config_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-mb", type=float, default=256.0)
+    ns, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run_worker(config_from_args(ns, extra), Path(ns.out), ns.max_mb)
+    except GradsyncError as e:
+        print(f"gradsync: error: [rank {os.environ.get('RANK', '0')}] {e}", file=sys.stderr, flush=True)
+        os._exit(2)
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

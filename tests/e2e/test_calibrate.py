@@ -1,0 +1,55 @@
+"""``gradsync calibrate`` on a real 2-process gloo world, and the fit it relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradsync import costmodel as cm
+from gradsync.calibrate import fit_alpha_beta, message_sizes, profile_hardware, profile_network
+
+
+def test_fit_recovers_alpha_and_beta_of_exact_ring_times() -> None:
+    alpha, beta, p = 50e-6, 1e-9, 4
+    net = cm.Network.uniform("x", cm.Link(alpha, beta))
+    for op in cm.OPS:
+        pts = [(n, net.time(op, n, p)) for n in message_sizes(64)]
+        fit = fit_alpha_beta(pts, op, p)
+        assert fit["alpha_s"] == pytest.approx(alpha, rel=1e-6)
+        assert fit["beta_s_per_byte"] == pytest.approx(beta, rel=1e-6)
+        assert fit["residual"] < 1e-9
+
+
+def test_message_sizes_span_4k_to_max() -> None:
+    assert message_sizes(256) == [4096 * 4**i for i in range(9)]  # 4 KiB ... 256 MiB
+    assert message_sizes(256)[-1] == 256 * 2**20
+
+
+def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "gradsync.cli", "calibrate", "--nproc", "2", "--threads", "1",
+                        "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
+                        "--global-batch", "8", "--max-mb", "16", "--out", str(out), "--run-dir", "cal"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "all_reduce" in r.stdout and "profile written to" in r.stdout
+    profile = json.loads(out.read_text())
+    assert profile["world_size"] == 2 and set(profile["collectives"]) == set(cm.OPS)
+    pts = [tuple(x) for x in profile["collectives"]["all_reduce"]["points"]]
+    assert [n for n, _ in pts] == message_sizes(16)
+    # Fit without the 4 MiB measurement; the line must predict it within 30%.
+    held = next(pt for pt in pts if pt[0] == 4 * 2**20)
+    fit = fit_alpha_beta([pt for pt in pts if pt is not held], "all_reduce", 2)
+    predicted = cm.Network.uniform("fit", cm.Link(fit["alpha_s"], fit["beta_s_per_byte"])).time(
+        "all_reduce", held[0], 2)
+    assert abs(predicted / held[1] - 1) <= 0.30, (predicted, held, pts)
+    # The profile turns into the cost model's inputs.
+    hw, net = profile_hardware(profile), profile_network(profile)
+    assert 0 < hw.efficiency <= 1 and hw.backward_ratio > 0.5 and hw.optimizer_cost > 0
+    assert net.time("all_reduce", 1e6, 2) > 0

@@ -119,6 +119,21 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _repeat(comm: Any, op: str, buf: Any, chunk: Any, times: int) -> Callable[[], None]:
+    """``op`` on ``buf`` (the full buffer) / ``chunk`` (this rank's part), ``times`` times."""
+    def run() -> None:
+        for _ in range(times):
+            if op == "all_reduce":
+                comm.all_reduce(buf)
+            elif op == "reduce_scatter":
+                comm.reduce_scatter(chunk, buf)
+            elif op == "all_gather":
+                comm.all_gather(buf, chunk)
+            else:
+                comm.broadcast(buf)
+    return run
+
+
 def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Callable[[], None],
                         budget_s: float = 2.0) -> dict[str, list[tuple[int, float]]]:
     """Median over repetitions of each collective and size; each repetition's time is the slowest
@@ -134,16 +149,13 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
             n = max(p, nbytes // 4 // p * p)
             buf = torch.ones(n, device=device)
             chunk = torch.ones(n // p, device=device)
-            run = {"all_reduce": lambda: comm.all_reduce(buf),
-                   "reduce_scatter": lambda: comm.reduce_scatter(chunk, buf),
-                   "all_gather": lambda: comm.all_gather(buf, chunk),
-                   "broadcast": lambda: comm.broadcast(buf)}[op]
             inner = 16 if nbytes < 2**20 else 4 if nbytes < 2**24 else 1  # average out scheduling noise
+            run = _repeat(comm, op, buf, chunk, inner)
             times: list[float] = []
             spent = 0.0
             while len(times) < 3 or (len(times) < 9 and spent < budget_s):
                 dist.barrier()
-                dt = _timed(lambda: [run() for _ in range(inner)], sync) / inner
+                dt = _timed(run, sync) / inner
                 slowest = torch.tensor([dt], dtype=torch.float64)
                 dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
                 times.append(float(slowest))

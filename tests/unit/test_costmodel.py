@@ -91,7 +91,7 @@ def test_step_time_adds_up_and_strategies_rank_sensibly() -> None:
     m_b, m_1 = cm.memory("bucketed", w, 8), cm.memory("zero1", w, 8)
     assert m_b["optimizer"] == 8 * w.n_params and m_1["optimizer"] == pytest.approx(w.n_params)
     # ZeRO-3 holds 1/p of everything plus the root unit (embeddings, final norm) and one block
-    h, root, block = 768, 4 * (50257 * 768 + 1024 * 768 + 2 * 768), 4 * (12 * 768 * 768 + 13 * 768)
+    root, block = 4 * (50257 * 768 + 1024 * 768 + 2 * 768), 4 * (12 * 768 * 768 + 13 * 768)
     assert cm.memory("zero3", w, 8)["params"] == pytest.approx(4 * w.n_params / 8 + root + block)
 
 

@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(c)
     c.add_argument("--out", default="", help="profile path (default: profile.json in the gradsync cache)")
     c.add_argument("--max-mb", type=float, default=256.0, help="largest message, MiB (from 4 KiB up)")
+    pl = sub.add_parser("plan", help="predict step time, tokens/s, MFU and memory of every strategy on a "
+                        "cluster, recommend one, plot scaling (the cost model; no GPUs needed)")
+    from gradsync.plan import add_plan_args
+
+    add_plan_args(pl)
     sm = sub.add_parser("sample", help="generate text from a checkpoint")
     sm.add_argument("checkpoint", help="checkpoint file, or a run folder (its latest checkpoint)")
     sm.add_argument("--prompt", default="def ")
@@ -166,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_command(config_from_args(ns, extra))
         if ns.command == "sample":
             return sample_command(ns)
+        if ns.command == "plan":
+            from gradsync.plan import plan_command
+
+            if extra:
+                raise ConfigError(f"plan: unrecognized argument(s) {' '.join(extra)}")
+            return plan_command(ns)
         if ns.command == "calibrate":
             from gradsync.calibrate import calibrate_command
 

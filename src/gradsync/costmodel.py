@@ -19,13 +19,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+from gradsync.errors import ConfigError
 from gradsync.spec import COMPRESSORS, STRATEGIES, Spec, parse_spec
 
 OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast")
 
 
-class CostModelError(ValueError):
-    pass
+class CostModelError(ConfigError):
+    """Input the model cannot price (a bad link, an unknown device): one line for the user."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +304,11 @@ class Prediction:
     tokens_per_step: int = 0
     flops_per_token: float = 0.0
     peak_flops: float = 0.0
-    fits: bool = True
+    device_memory: float = math.inf
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.get("total", 0.0) <= self.device_memory
 
     @property
     def step_s(self) -> float:
@@ -391,7 +396,7 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
             opt += 4 * hw.elementwise_cost * w.n_params / h  # pseudo-gradient, Nesterov outer step
     mem = memory(name, w, p, c)
     return Prediction(str(s), world, compute, comm, exposed, opt, compression, mem,
-                      tok_micro * w.accum * p, w.flops_per_token, hw.peak_flops, mem["total"] <= hw.memory_bytes)
+                      tok_micro * w.accum * p, w.flops_per_token, hw.peak_flops, hw.memory_bytes)
 
 
 def _cumulative(xs: Sequence[float]) -> list[float]:

@@ -60,7 +60,13 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> None:
     ax2.set_title("Throughput")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, out_path)
     plt.close(fig)
+
+
+def save_figure(fig: Any, out_path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically (temp file + rename)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
     tmp.replace(out_path)

@@ -1,0 +1,51 @@
+"""``gradsync plan``: the cost model as a user asks it, and its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _plan(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gradsync.cli", "plan", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_plan_124m_on_8_a100_over_100gbe(tmp_path: Path) -> None:
+    r = _plan("--model", "124m", "--devices", "8", "--device", "a100-80gb", "--network", "100gbe",
+              "--plot", "scaling.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "124.4M parameters" in r.stdout and "8 x A100 80GB" in r.stdout
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| strategy")]
+    assert {ln.split("|")[1].strip() for ln in rows} >= {"allreduce", "bucketed", "zero1", "zero2", "zero3"}
+    rec = next(ln for ln in r.stdout.splitlines() if ln.startswith("recommendation:"))
+    assert rec.split(":")[1].strip() in ("bucketed", "zero1", "zero2", "zero3"), rec
+    assert "fastest exact strategy that fits" in rec
+    png = tmp_path / "scaling.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_says_when_nothing_fits(tmp_path: Path) -> None:
+    r = _plan("--params", "7e10", "--devices", "2", "--global-batch", "2", "--device", "a100-40gb", "--plot", "",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "recommendation: none: nothing fits" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--device", "tpu-v9"), "unknown device 'tpu-v9'"),
+    (("--devices", "0"), "--devices must be >= 1"),
+    (("--bandwidth-gbps", "-10", "--latency-us", "5"), "bandwidth must be > 0"),
+    (("--network", "carrier-pigeon"), "unknown network 'carrier-pigeon'"),
+    (("--model", "gpt5"), "unknown model 'gpt5'"),
+    (("--global-batch", "100", "--devices", "8"), "must be divisible by the number of devices"),
+    (("--device", "missing.json"), "calibration profile 'missing.json' does not exist"),
+])
+def test_plan_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    r = _plan(*args, "--plot", "", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradsync: error:") and message in lines[0], r.stderr

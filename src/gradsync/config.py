@@ -150,11 +150,14 @@ class ParallelConfig:
     timeout_s: float = 300.0  # every collective fails after this long instead of hanging
     threads: int = 0  # intra-op threads per worker; 0 = cores / local workers
     max_restarts: int = 0  # restart all workers from the newest checkpoint up to N times when one dies
+    profile: str = ""  # calibration profile for strategy=auto; "" = profile.json in the gradsync cache
 
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
         _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
         check_composition(self.strategy_spec, self.compress_spec)
+        _check(self.strategy != "auto" or self.compress == "none",
+               "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy")
         _check(self.bucket_mb > 0 and self.first_bucket_mb > 0,
                "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
         _check(self.backend in BACKENDS,

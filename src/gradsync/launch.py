@@ -40,11 +40,14 @@ def prepare(cfg: Config) -> Config:
     if existing and not t.resume:
         raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
                           "it or choose another --run-dir")
+    data = None
     if cfg.parallel.nnodes == 1:
         data = load_tokens(cfg.data)
         ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
                        cfg.parallel.world_size, t.seed)
     path = ckpt.resolve_resume(t.resume, run_dir)
+    if cfg.parallel.strategy == "auto":
+        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, data)})
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
@@ -53,6 +56,21 @@ def prepare(cfg: Config) -> Config:
     if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
         updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
     return cfg.replace(**updates)
+
+
+def _resolve_auto(cfg: Config, resume: Path | None, data: object) -> str:
+    """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
+    from gradsync.data import load_tokens
+    from gradsync.plan import auto_strategy
+
+    if resume is not None:
+        chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
+        print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
+        return chosen
+    vocab = (data or load_tokens(cfg.data)).vocab_size  # type: ignore[attr-defined]
+    chosen, why = auto_strategy(cfg, vocab)
+    print(f"gradsync: --strategy auto chose {why}", flush=True)
+    return chosen
 
 
 def _latest_run(root: str) -> str:

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from gradsync import costmodel as cm
 from gradsync.errors import ConfigError
@@ -23,6 +23,9 @@ from gradsync.metrics import save_figure
 ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
 DEFAULT_STRATEGIES = ("allreduce", "bucketed", "zero1", "zero2", "zero3", "torch-fsdp", "bucketed+fp16",
                       "bucketed+powersgd:rank=4", "localsgd:8", "diloco:8")
+if TYPE_CHECKING:
+    from gradsync.config import Config
+
 SCALING_DEVICES = [2**i for i in range(13)]  # 1 .. 4096
 
 
@@ -146,7 +149,7 @@ def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
     others = sorted((r for r in fitting if r is not best), key=lambda r: -r.pred.tokens_per_s)
     p = best.pred
     why = (f"{best.entry}: the fastest exact strategy that fits ({p.tokens_per_s:,.0f} tokens/s, "
-           f"{p.memory['total'] / 1e9:.1f} of {p.device_memory / 1e9:.0f} GB per device")
+           f"{_size(p.memory['total'])} of {_size(p.device_memory)} per device")
     if others:
         why += f"; next {others[0].entry} at {others[0].pred.tokens_per_s / p.tokens_per_s:.2f}x"
     why += f"; communication exposed {p.exposed_comm_s / p.step_s:.0%} of the step)"
@@ -160,6 +163,10 @@ def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
         why += (f". {fast.entry} would be {fast.pred.tokens_per_s / p.tokens_per_s:.2f}x faster but changes the "
                 "optimization (compressed or infrequent synchronization): validate its loss first")
     return best, why
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def format_plan(rows: Sequence[Row], header: str, eff: dict[str, float]) -> str:
@@ -195,6 +202,36 @@ def plot_scaling(curves: dict[str, list[float]], devices: Sequence[int], title: 
     fig.tight_layout()
     save_figure(fig, Path(path))
     plt.close(fig)
+
+
+def workload_of(cfg: "Config", vocab: int) -> cm.Workload:
+    """The cost model's workload for a run's config (its GPT, micro-batch, accumulation, buckets)."""
+    from gradsync.model.gpt import GPTShape
+
+    m = cfg.model
+    s = GPTShape.from_preset(m.preset, vocab, cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
+    return cm.gpt_workload(s.n_layer, s.n_head, s.n_embd, vocab, cfg.data.seq_len, cfg.train.micro_batch,
+                           cfg.grad_accum_steps(cfg.parallel.world_size), cfg.train.precision,
+                           cfg.parallel.bucket_mb, cfg.parallel.first_bucket_mb)
+
+
+def auto_strategy(cfg: "Config", vocab: int) -> tuple[str, str]:
+    """``--strategy auto``: the exact strategy the cost model, fed this machine's calibration
+    profile, predicts fastest for this run (and that fits in memory), with the reason."""
+    from gradsync.calibrate import default_profile_path, load_profile, profile_hardware, profile_network
+
+    world = cfg.parallel.world_size
+    if world == 1:
+        return "bucketed", "one worker: there is no communication to optimize"
+    path = cfg.parallel.profile or str(default_profile_path())
+    profile = load_profile(path)
+    hw, net = profile_hardware(profile), profile_network(profile)
+    w = workload_of(cfg, vocab)
+    rows = [Row(s, w.micro_batch, w.accum, cm.predict(s, w, world, hw, net)) for s in cm.EXACT]
+    best, why = choose(rows)
+    if best is None:
+        raise ConfigError(f"--strategy auto: {why}")
+    return best.entry, f"{why} [profile {path}: {profile['world_size']} workers, {profile['device']}]"
 
 
 def plan_command(ns: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ def _positive(v: Any) -> bool:
 
 
 STRATEGIES: Schema = {
+    "auto": {},  # chosen by the cost model at launch (gradsync train), never run as such
     "allreduce": {},
     "bucketed": {},
     "torch-ddp": {},

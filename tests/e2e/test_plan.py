@@ -49,3 +49,36 @@ def test_plan_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], messa
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradsync: error:") and message in lines[0], r.stderr
+
+
+def _profile(path: Path, beta: float) -> None:
+    """A calibration profile with chosen numbers (the format `gradsync calibrate` writes)."""
+    import json
+
+    coll = {op: {"alpha_s": 1e-4, "beta_s_per_byte": beta, "residual": 0.0, "points": []}
+            for op in ("all_reduce", "reduce_scatter", "all_gather", "broadcast")}
+    path.write_text(json.dumps({
+        "version": 1, "device": "test CPU", "backend": "gloo", "world_size": 2, "threads": 1,
+        "peak_flops": 5e10, "memory_bytes": 8e9, "optimizer_s_per_param": 5e-9, "elementwise_s_per_elem": 1e-10,
+        "compute": {"flops_per_token": 3e5, "tokens": 128, "forward_s": 1e-3, "backward_s": 2e-3},
+        "collectives": coll}))
+
+
+def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
+    import os
+
+    _profile(tmp_path / "p.json", beta=1e-8)  # a slow link: 100 MB/s
+    env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    args = [sys.executable, "-m", "gradsync.cli", "train", "--nproc", "2", "--model", "tiny", "--data", "synthetic",
+            "--seq-len", "16", "--micro-batch", "4", "--global-batch", "8", "--max-steps", "3",
+            "--sample-tokens", "0", "--no-progress", "--strategy", "auto"]
+    r = subprocess.run([*args, "--parallel.profile", "p.json", "--run-dir", "a"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    chosen = r.stdout.split("--strategy auto chose ", 1)[1].split(":", 1)[0]
+    assert chosen in ("bucketed", "zero1", "zero2", "zero3")
+    assert f"strategy {chosen}," in r.stdout  # the workers ran what was chosen
+    missing = subprocess.run([*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert missing.returncode == 2
+    assert "does not exist; run `gradsync calibrate` first" in missing.stderr.strip().splitlines()[-1]

@@ -39,6 +39,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
 def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                    cfg: ParallelConfig) -> Strategy:
     name = cfg.strategy_spec.name
+    if name == "auto":
+        raise ConfigError("parallel.strategy=auto is resolved by `gradsync train` before the workers start; "
+                          "under torchrun, name the strategy")
     if name not in STRATEGIES:
         raise ConfigError(f"parallel.strategy {name} is not implemented yet")
     return STRATEGIES[cfg.strategy_spec.name](model, optimizer_factory, comm, cfg)

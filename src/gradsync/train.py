@@ -198,10 +198,14 @@ class Trainer:
         last_ckpt = -1
         bad_streak = 0
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
+        # A step's time runs from the end of the previous step: it includes that step's logging,
+        # and so the collectives a strategy leaves in flight after its update (ZeRO's parameter
+        # all-gathers), which the next collective waits for. Evaluation and checkpoints restart it.
+        t_mark = time.perf_counter()
         for step in range(self.start_step, end):
-            t0 = time.perf_counter()
             local_loss, grad_norm = self.train_step(step)
-            dt = time.perf_counter() - t0
+            now = time.perf_counter()
+            dt, t_mark = now - t_mark, now
             stats = self.comm.take_stats()
             done = step + 1
             bad_streak = self._check_finite(done, bad_streak, last_ckpt)
@@ -236,6 +240,8 @@ class Trainer:
             if (t.ckpt_interval and done % t.ckpt_interval == 0) or done == end:
                 self.save(done)
                 last_ckpt = done
+            if done % t.eval_interval == 0 or last_ckpt == done:
+                t_mark = time.perf_counter()
             if bar is not None:
                 bar.update(1)
         if bar is not None:

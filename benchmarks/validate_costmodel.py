@@ -1,0 +1,294 @@
+"""Is the cost model right? Calibrate, predict, measure, compare: on loopback and on real links.
+
+For every setting (1 and 2 workers on loopback; 2 and 4 "nodes" in network namespaces joined by
+veth links shaped with ``tc ... tbf`` to 1 Gbit/s and 100 Mbit/s, one worker per node, meeting at
+torchrun's c10d rendezvous across the namespaces) this script
+
+1. runs ``gradsync calibrate`` in exactly that setting (same nodes, links, model, micro-batch),
+2. predicts each strategy's step time with ``gradsync.costmodel`` from that profile,
+3. runs ``gradsync train`` for real and takes the amortized step time (mean over the steps after
+   the warm-up, so local SGD's periodic averaging counts),
+4. prints predicted vs measured and the error, and writes a JSON of everything, a Markdown table
+   and three plots (measured vs predicted, a stacked bar of predicted step time, and scaling).
+
+Needs root for the namespaces; where they cannot be made it says why and runs the loopback part.
+
+    python benchmarks/validate_costmodel.py --out-dir docs/validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gradsync import costmodel as cm
+from gradsync import netns
+from gradsync.calibrate import profile_hardware, profile_network
+from gradsync.config import build_config
+from gradsync.metrics import read_metrics, save_figure
+from gradsync.plan import workload_of
+
+STRATEGIES = ("allreduce,bucketed,zero1,zero2,zero3,localsgd:4,diloco:4,bucketed+fp16,"
+              "bucketed+powersgd:rank=4")
+SETTINGS = ("loopback-1", "loopback-2", "netns-2x1gbit", "netns-2x100mbit", "netns-4x1gbit", "netns-4x100mbit")
+
+
+def parse_setting(name: str) -> tuple[str, int, str]:
+    """``loopback-2`` -> ("loopback", 2, ""); ``netns-4x100mbit`` -> ("netns", 4, "100mbit")."""
+    kind, _, rest = name.partition("-")
+    if kind == "loopback":
+        return kind, int(rest), ""
+    n, _, rate = rest.partition("x")
+    return kind, int(n), rate
+
+
+class Runner:
+    """Runs gradsync commands in one setting: locally, or one node per namespace."""
+
+    def __init__(self, setting: str, work: Path, common: list[str]) -> None:
+        self.kind, self.world, self.rate = parse_setting(setting)
+        self.work, self.common = work, common
+        self.cluster: netns.Cluster | None = None
+        self.env = dict(os.environ, GRADSYNC_CACHE=str(work / "cache"), PYTHONUNBUFFERED="1")
+        if self.kind == "netns":
+            self.cluster = netns.Cluster(self.world)
+            self.cluster.shape(self.rate)
+        self._port = 29500
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def run(self, command: str, args: list[str], timeout: float = 900) -> None:
+        base = [sys.executable, "-m", "gradsync.cli", command, *self.common, *args]
+        if self.cluster is None:
+            r = subprocess.run([*base, "--nproc", str(self.world), "--threads", "1"], cwd=self.work, env=self.env,
+                               capture_output=True, text=True, timeout=timeout)
+            if r.returncode != 0:
+                raise RuntimeError(f"{command} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+            return
+        self._port += 1
+        c = self.cluster
+        procs = []
+        for i in range(self.world):
+            argv = [*base, "--nnodes", str(self.world), "--nproc", "1", "--threads", "1",
+                    "--rdzv-endpoint", f"{c.addrs[0]}:{self._port}", "--rdzv-id", f"v{self._port}",
+                    "--local-addr", c.addrs[i], "--timeout", "120"]
+            err = (self.work / f"node{i}.err").open("w")
+            procs.append(c.popen(i, argv, cwd=self.work, env=self.env, stdout=subprocess.DEVNULL, stderr=err))
+            if i == 0:
+                time.sleep(0.5)  # node 0 hosts the rendezvous
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        if any(p.returncode for p in procs):
+            errs = "\n".join((self.work / f"node{i}.err").read_text()[-1500:] for i in range(self.world))
+            raise RuntimeError(f"{command} {' '.join(args)} failed on a node:\n{errs}")
+
+
+def measured_step(metrics: Path, warmup: int) -> dict[str, float]:
+    train = [r for r in read_metrics(metrics) if r["kind"] == "train"][warmup:]
+    blocked = [r["comm_blocked_s"] for r in train if r.get("comm_blocked_s") is not None]
+    return {"step_s": statistics.fmean(r["step_time_s"] for r in train),
+            "median_step_s": statistics.median(r["step_time_s"] for r in train),
+            "blocked_s": statistics.fmean(blocked) if blocked else float("nan")}
+
+
+def validate_setting(setting: str, ns: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    kind, world, rate = parse_setting(setting)
+    gb = ns.micro_batch * world
+    common = ["--model", ns.model, "--data", "synthetic", "--seq-len", str(ns.seq_len), "--micro-batch",
+              str(ns.micro_batch), "--global-batch", str(gb)]
+    runner = Runner(setting, work, common)
+    rows = []
+    try:
+        profile_path = work / f"profile-{setting}.json"
+        t0 = time.monotonic()
+        runner.run("calibrate", ["--out", str(profile_path), "--max-mb", str(ns.max_mb), "--run-dir",
+                                 str(work / f"cal-{setting}")])
+        profile = json.loads(profile_path.read_text())
+        print(f"[{setting}] calibrated in {time.monotonic() - t0:.0f}s", flush=True)
+        hw = profile_hardware(profile)
+        net = profile_network(profile) if world > 1 else cm.Network.uniform("none", cm.Link(0.0, 0.0))
+        cfg = build_config({}, {"model.preset": ns.model, "data.source": "synthetic", "data.seq_len": ns.seq_len,
+                                "train.micro_batch": ns.micro_batch, "train.global_batch": gb,
+                                "parallel.nproc": world})
+        w = workload_of(cfg, profile["compute"]["model"]["vocab"])
+        entries = ["bucketed"] if world == 1 else ns.strategies.split(";")
+        for entry in entries:
+            strategy, _, compress = entry.partition("+")
+            pred = cm.predict(strategy, w, world, hw, net, compress or "none")
+            run_dir = work / f"run-{setting}-{entry.replace(':', '_').replace('=', '')}"
+            steps = ns.warmup + ns.steps
+            runner.run("train", ["--strategy", strategy, "--compress", compress or "none", "--max-steps", str(steps),
+                                 "--eval-interval", str(steps), "--eval-sequences", "8", "--ckpt-interval", "0",
+                                 "--sample-tokens", "0", "--no-progress", "--run-dir", str(run_dir)])
+            meas = measured_step(run_dir / "metrics.jsonl", ns.warmup)
+            err = pred.step_s / meas["step_s"] - 1
+            rows.append({"setting": setting, "kind": kind, "world": world, "rate": rate or "loopback",
+                         "strategy": entry, "predicted_s": pred.step_s, "measured_s": meas["step_s"],
+                         "measured_median_s": meas["median_step_s"], "measured_blocked_s": meas["blocked_s"],
+                         "error": err, "compute_s": pred.compute_s, "exposed_comm_s": pred.exposed_comm_s,
+                         "comm_s": pred.comm_s, "optimizer_s": pred.optimizer_s + pred.compression_s})
+            print(f"[{setting}] {entry:26s} predicted {1e3 * pred.step_s:8.1f} ms  measured {1e3 * meas['step_s']:8.1f}"
+                  f" ms  error {err:+.1%}", flush=True)
+        rows_profile = {"setting": setting, "profile": profile}
+        (work / f"profile-{setting}.used.json").write_text(json.dumps(rows_profile))
+    finally:
+        runner.close()
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    errs = [abs(r["error"]) for r in rows]
+    lines = ["| setting | strategy | predicted ms | measured ms | error | predicted compute / exposed comm / "
+             "optimizer ms |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['strategy']} | {1e3 * r['predicted_s']:.1f} | {1e3 * r['measured_s']:.1f} "
+                     f"| {r['error']:+.1%} | {1e3 * r['compute_s']:.1f} / {1e3 * r['exposed_comm_s']:.1f} / "
+                     f"{1e3 * r['optimizer_s']:.1f} |")
+    lines += ["", f"{len(rows)} runs: median |error| {statistics.median(errs):.1%}, worst {max(errs):.1%} "
+              f"({max(rows, key=lambda r: abs(r['error']))['setting']}, "
+              f"{max(rows, key=lambda r: abs(r['error']))['strategy']})"]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        e = [abs(r["error"]) for r in rows if r["setting"] == setting]
+        lines.append(f"- {setting}: median |error| {statistics.median(e):.1%}, worst {max(e):.1%}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], out: Path, profiles: dict[str, dict[str, Any]], ns: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # 1. measured vs predicted, per strategy (marker) and link (colour)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    markers = "os^vD<>pP*hX"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r in rows:
+        ax.scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"], color=colours[settings.index(r["setting"]) % 10],
+                   marker=markers[strategies.index(r["strategy"]) % len(markers)], s=40)
+    lo = min(min(r["measured_s"], r["predicted_s"]) for r in rows) * 1e3 * 0.8
+    hi = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1e3 * 1.25
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.2, label="±10%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured step time (ms)")
+    ax.set_ylabel("predicted step time (ms)")
+    for i, s in enumerate(settings):
+        ax.scatter([], [], color=colours[i % 10], label=s)
+    for i, s in enumerate(strategies):
+        ax.scatter([], [], color="grey", marker=markers[i % len(markers)], label=s)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(f"cost model vs measured: {ns.model} GPT, seq {ns.seq_len}, micro-batch {ns.micro_batch}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    save_figure(fig, out / "predicted-vs-measured.png")
+    plt.close(fig)
+
+    # 2. stacked bars of predicted step time, with the measured time, for the slowest link setting
+    setting = next((s for s in reversed(settings) if "100mbit" in s), settings[-1])
+    sel = [r for r in rows if r["setting"] == setting]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = range(len(sel))
+    comp = [1e3 * r["compute_s"] for r in sel]
+    expo = [1e3 * r["exposed_comm_s"] for r in sel]
+    opt = [1e3 * r["optimizer_s"] for r in sel]
+    ax.bar(x, comp, label="compute")
+    ax.bar(x, expo, bottom=comp, label="exposed communication")
+    ax.bar(x, opt, bottom=[a + b for a, b in zip(comp, expo)], label="optimizer + compression")
+    ax.scatter(x, [1e3 * r["measured_s"] for r in sel], color="k", marker="_", s=400, zorder=3, label="measured")
+    ax.set_xticks(list(x), [r["strategy"] for r in sel], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("step time (ms)")
+    ax.set_title(f"predicted step time, split, vs measured: {setting}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "step-breakdown.png")
+    plt.close(fig)
+
+    # 3. scaling: predicted efficiency from the 4-node profile of each link, measured points on top
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    one = {r["strategy"]: r["measured_s"] for r in rows if r["setting"] == "loopback-1"}
+    devices = [1, 2, 4, 8, 16, 32, 64]
+    for i, rate in enumerate(("1gbit", "100mbit")):
+        prof = profiles.get(f"netns-4x{rate}")
+        if prof is None or "bucketed" not in one:
+            continue
+        hw, net = profile_hardware(prof), profile_network(prof)
+        cfg = build_config({}, {"model.preset": ns.model, "data.source": "synthetic", "data.seq_len": ns.seq_len,
+                                "train.micro_batch": ns.micro_batch, "train.global_batch": ns.micro_batch})
+        w = workload_of(cfg, prof["compute"]["model"]["vocab"])
+        for j, strategy in enumerate(("bucketed", "zero2", "localsgd:4")):
+            eff = cm.scaling_efficiency(strategy, w, devices, hw, net)
+            ax.plot(devices, [100 * e for e in eff], ls="-" if i == 0 else "--", color=colours[j],
+                    label=f"{strategy}, {rate} (predicted)")
+            meas = [(r["world"], one["bucketed"] / r["measured_s"]) for r in rows
+                    if r["strategy"] == strategy and r["rate"] == rate]
+            if meas:
+                ax.scatter([m[0] for m in meas], [100 * m[1] for m in meas], color=colours[j],
+                           marker="o" if i == 0 else "s", zorder=3)
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("nodes (one worker each)")
+    ax.set_ylabel("scaling efficiency (%)")
+    ax.set_title("weak scaling: predicted (lines, from the 4-node profile) and measured (markers)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, out / "scaling.png")
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--strategies", default=STRATEGIES, help="comma-separated entries (strategy[+compressor])")
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--max-mb", type=float, default=16.0, help="largest calibration message")
+    ap.add_argument("--out-dir", default="", help="write results.json, results.md and plots here")
+    ns = ap.parse_args()
+    from gradsync.bench import split_entries
+
+    ns.strategies = ";".join(split_entries(ns.strategies))
+    settings = ns.settings.split(",")
+    why = netns.unavailable_reason()
+    if why is not None and any(s.startswith("netns") for s in settings):
+        print(f"validate_costmodel: network namespaces are not available ({why}); running the loopback part only")
+        settings = [s for s in settings if not s.startswith("netns")]
+    work = Path(tempfile.mkdtemp(prefix="gradsync-validate-"))
+    rows: list[dict[str, Any]] = []
+    profiles: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        rows += validate_setting(setting, ns, work)
+        profiles[setting] = json.loads((work / f"profile-{setting}.json").read_text())
+    table = summarize(rows)
+    print(table)
+    if ns.out_dir:
+        out = Path(ns.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"rows": rows, "profiles": profiles,
+                                                      "command": " ".join(sys.argv)}, indent=1))
+        (out / "results.md").write_text(f"command: `python {' '.join(sys.argv)}`\n\n{table}\n")
+        plot(rows, out, profiles, ns)
+        print(f"wrote {out}/results.json, results.md, predicted-vs-measured.png, step-breakdown.png, scaling.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

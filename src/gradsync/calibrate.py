@@ -84,7 +84,7 @@ def profile_hardware(profile: dict[str, Any]) -> Hardware:
     return Hardware(f"{profile['device']} (calibrated, {profile['threads']} thread(s))", peak,
                     profile["memory_bytes"], 8.0 / profile["elementwise_s_per_elem"], achieved / peak,
                     c["backward_s"] / c["forward_s"], profile["optimizer_s_per_param"],
-                    profile["elementwise_s_per_elem"])
+                    profile["elementwise_s_per_elem"], c.get("overlap_penalty", 0.0))
 
 
 def profile_network(profile: dict[str, Any]) -> Network:
@@ -166,15 +166,32 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
 
 
 def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], None],
-                    reps: int = 6) -> dict[str, float]:
+                    reps: int = 8) -> dict[str, float]:
     """Forward and backward of the configured GPT on random tokens at the configured micro-batch,
-    the optimizer update (clip + step + zero) per parameter, and one element-wise pass per element."""
+    the optimizer update (clip + step + zero) per parameter, one element-wise pass per element,
+    and, with several workers, what communication overlapped with compute costs.
+
+    Every worker computes at once, as in training, and each repetition counts the slowest rank's
+    time (a synchronous step waits for it); the mean over repetitions is what a run pays."""
     import contextlib
 
     import torch
+    import torch.distributed as dist
 
     from gradsync.model.gpt import gpt_from_config
     from gradsync.train import optimizer_factory
+
+    multi = dist.is_initialized() and dist.get_world_size() > 1
+
+    def slowest(*values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if multi:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def barrier() -> None:
+        if multi:
+            dist.barrier()
 
     torch.manual_seed(0)
     model = gpt_from_config(cfg.model, vocab, cfg.data.seq_len).to(device)
@@ -185,6 +202,7 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
             else contextlib.nullcontext())
     fwd, bwd, upd = [], [], []
     for _ in range(reps + 2):
+        barrier()
         sync()
         t0 = time.perf_counter()
         with cast:
@@ -200,15 +218,54 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
         opt.zero_grad(set_to_none=False)
         sync()
         t3 = time.perf_counter()
-        fwd.append(t1 - t0)
-        bwd.append(t2 - t1)
-        upd.append(t3 - t2)
+        f, g, u = slowest(t1 - t0, t2 - t1, t3 - t2)
+        fwd.append(f)
+        bwd.append(g)
+        upd.append(u)
     big = torch.ones(1 << 22, device=device)
     ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
-    return {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
-            "optimizer_s_per_param": statistics.median(upd[2:]) / model.num_params(),
-            "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
-            "n_params": model.num_params()}
+    out = {"forward_s": statistics.fmean(fwd[2:]), "backward_s": statistics.fmean(bwd[2:]),
+           "optimizer_s_per_param": statistics.fmean(upd[2:]) / model.num_params(),
+           "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
+           "n_params": model.num_params(), "overlap_penalty": 0.0}
+    if multi:
+        out["overlap_penalty"] = _overlap_penalty(model, x, cast, sync, slowest, barrier)
+    return out
+
+
+def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
+                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 5) -> float:
+    """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
+    the model's gradient size is timed alone, forward+backward alone, then both at once.
+    0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
+    competes for the same cores (gloo over loopback on a busy CPU)."""
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.ones(sum(p.numel() for p in model.parameters()), device=x.device)
+
+    def compute() -> None:
+        with cast:
+            loss = model(x, x)
+        loss.backward()
+        model.zero_grad(set_to_none=False)
+
+    def timed(with_comm: bool, with_compute: bool) -> float:
+        barrier()
+        sync()
+        t0 = time.perf_counter()
+        work = dist.all_reduce(buf, async_op=True) if with_comm else None
+        if with_compute:
+            compute()
+        if work is not None:
+            work.wait()
+        sync()
+        return slowest(time.perf_counter() - t0)[0]
+
+    tm = statistics.fmean(timed(True, False) for _ in range(reps))
+    tc = statistics.fmean(timed(False, True) for _ in range(reps))
+    both = statistics.fmean(timed(True, True) for _ in range(reps))
+    return max(0.0, (both - max(tc, tm)) / min(tc, tm))
 
 
 def _memory_bytes(device: Any) -> float:
@@ -272,7 +329,8 @@ def summary(profile: dict[str, Any]) -> str:
              f"{c['tokens']} tokens = {c['flops_per_token'] * c['tokens'] / (c['forward_s'] + c['backward_s']) / 1e9:.2f}"
              f" GFLOP/s achieved (matmul peak {profile['peak_flops'] / 1e9:.1f} GFLOP/s)",
              f"  optimizer: {1e9 * profile['optimizer_s_per_param']:.2f} ns/parameter; element-wise pass "
-             f"{1e9 * profile['elementwise_s_per_elem']:.3f} ns/element"]
+             f"{1e9 * profile['elementwise_s_per_elem']:.3f} ns/element; communication behind compute costs "
+             f"{c.get('overlap_penalty', 0.0):.2f} s per s"]
     for op, v in profile["collectives"].items():
         lines.append(f"  {op:14s} alpha {1e6 * v['alpha_s']:8.1f} us   beta {v['beta_s_per_byte'] * 1e9:.4f} ns/B "
                      f"({8 / v['beta_s_per_byte'] / 1e9:.2f} Gbit/s)   fit residual {v['residual']:.1%} over "

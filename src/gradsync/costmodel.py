@@ -126,6 +126,7 @@ class Hardware:
     backward_ratio: float = 2.0  # backward time / forward time
     optimizer_s_per_param: float | None = None  # measured; else priced from mem_bw
     elementwise_s_per_elem: float | None = None  # one read-modify-write pass over fp32 elements
+    overlap_penalty: float = 0.0  # step seconds lost per second of communication hidden behind compute
 
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.memory_bytes > 0 and self.mem_bw > 0 and 0 < self.efficiency <= 1):
@@ -394,6 +395,11 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
         comm = exposed = net.time("all_reduce", grads, p) / h
         if name == "diloco":
             opt += 4 * hw.elementwise_cost * w.n_params / h  # pseudo-gradient, Nesterov outer step
+    # Communication hidden behind compute is free only if it uses no cores the compute needs.
+    exposed += hw.overlap_penalty * max(0.0, comm - exposed)
+    if p > 1:  # the trainer's one scalar all-reduce per step (the logged loss)
+        log = net.time("all_reduce", 8.0, p)
+        comm, exposed = comm + log, exposed + log
     mem = memory(name, w, p, c)
     return Prediction(str(s), world, compute, comm, exposed, opt, compression, mem,
                       tok_micro * w.accum * p, w.flops_per_token, hw.peak_flops, hw.memory_bytes)

@@ -228,7 +228,8 @@ def plot(rows: list[dict[str, Any]], out: Path, profiles: dict[str, dict[str, An
             continue
         hw, net = profile_hardware(prof), profile_network(prof)
         cfg = build_config({}, {"model.preset": ns.model, "data.source": "synthetic", "data.seq_len": ns.seq_len,
-                                "train.micro_batch": ns.micro_batch, "train.global_batch": ns.micro_batch})
+                                "train.micro_batch": ns.micro_batch, "train.global_batch": ns.micro_batch,
+                                "parallel.nproc": 1})
         w = workload_of(cfg, prof["compute"]["model"]["vocab"])
         for j, strategy in enumerate(("bucketed", "zero2", "localsgd:4")):
             eff = cm.scaling_efficiency(strategy, w, devices, hw, net)

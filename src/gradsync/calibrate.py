@@ -166,13 +166,14 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
 
 
 def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], None],
-                    reps: int = 8) -> dict[str, float]:
+                    reps: int = 10) -> dict[str, float]:
     """Forward and backward of the configured GPT on random tokens at the configured micro-batch,
     the optimizer update (clip + step + zero) per parameter, one element-wise pass per element,
     and, with several workers, what communication overlapped with compute costs.
 
     Every worker computes at once, as in training, and each repetition counts the slowest rank's
-    time (a synchronous step waits for it); the mean over repetitions is what a run pays."""
+    time (a synchronous step waits for it); the median over repetitions resists the outliers of
+    a shared machine."""
     import contextlib
 
     import torch
@@ -224,8 +225,8 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
         upd.append(u)
     big = torch.ones(1 << 22, device=device)
     ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
-    out = {"forward_s": statistics.fmean(fwd[2:]), "backward_s": statistics.fmean(bwd[2:]),
-           "optimizer_s_per_param": statistics.fmean(upd[2:]) / model.num_params(),
+    out = {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
+           "optimizer_s_per_param": statistics.median(upd[2:]) / model.num_params(),
            "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
            "n_params": model.num_params(), "overlap_penalty": 0.0}
     if multi:
@@ -234,7 +235,7 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
 
 
 def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
-                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 5) -> float:
+                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 7) -> float:
     """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
@@ -262,9 +263,8 @@ def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
         sync()
         return slowest(time.perf_counter() - t0)[0]
 
-    tm = statistics.fmean(timed(True, False) for _ in range(reps))
-    tc = statistics.fmean(timed(False, True) for _ in range(reps))
-    both = statistics.fmean(timed(True, True) for _ in range(reps))
+    tm, tc, both = (statistics.median([timed(c, k) for _ in range(reps)])
+                    for c, k in ((True, False), (False, True), (True, True)))
     return max(0.0, (both - max(tc, tm)) / min(tc, tm))
 
 

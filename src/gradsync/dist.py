@@ -115,6 +115,8 @@ _PEER_FAILURE = ("imed out", "Connection reset", "Connection closed", "Connectio
                  "connectFullMesh", "was aborted", "Socket Timeout")
 
 _all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+# torch 2.13 deprecates reduce_scatter_tensor for reduce_scatter_single (same arguments); older torch has only the former.
+_reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 class Comm:
@@ -180,7 +182,7 @@ class Comm:
     def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``inp`` over ranks; rank r receives the r-th of ``world_size`` equal chunks in ``out``."""
         self.count("reduce_scatter", inp)
-        return self._run("reduce_scatter", lambda: dist.reduce_scatter_tensor(
+        return self._run("reduce_scatter", lambda: _reduce_scatter_into(
             out, inp, group=self.group, async_op=async_op), async_op)
 
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -111,7 +110,7 @@ def launch_workers(cfg: Config, config_path: Path, module: str = "gradsync.worke
     restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
     watchdog = None
     if not standalone:
-        watchdog = StoreWatchdog(threading.main_thread(), p.timeout_s, p.rdzv_endpoint)
+        watchdog = StoreWatchdog(p.timeout_s, p.rdzv_endpoint)
         watchdog.start()
     try:
         elastic_launch(lc, sys.executable)("-u", "-m", module, "--config", str(config_path), *args)

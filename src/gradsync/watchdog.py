@@ -4,7 +4,7 @@ The agent talks to the rendezvous store with blocking TCP calls. When the link t
 hosts the store goes silent (cable pulled, node frozen: no reset, so no error), such a call waits
 for TCP to give up, which takes many minutes, whatever ``read_timeout`` says. gradsync's workers
 already fail within ``parallel.timeout_s`` (see :class:`gradsync.dist.Comm`); this thread makes the
-agent do the same: it watches the launcher's main thread, and when one call into the store has
+agent do the same: it watches the launcher's threads, and when one call into the store has
 lasted longer than the limit, it stops this node's workers and exits with one line.
 
 Healthy store calls (set, get, compare-and-set on the rendezvous state) answer in milliseconds;
@@ -35,27 +35,39 @@ def store_call_frame(frame: FrameType | None) -> FrameType | None:
 
 
 class StoreWatchdog(threading.Thread):
-    """Exit the process (status 2, one line) if ``thread`` spends more than ``limit_s`` in a single
-    rendezvous store call. ``what`` names the store in the message."""
+    """Exit the process (status 2, one line) if any thread (the agent's main loop, or its
+    rendezvous keep-alive timer, which holds a lock the main loop then waits on) spends more than
+    ``limit_s`` in a single rendezvous store call. ``what`` names the store in the message."""
 
-    def __init__(self, thread: threading.Thread, limit_s: float, what: str, poll_s: float = 0.5) -> None:
+    def __init__(self, limit_s: float, what: str, poll_s: float = 0.5) -> None:
         super().__init__(name="gradsync-store-watchdog", daemon=True)
-        self.target, self.limit_s, self.what, self.poll_s = thread, limit_s, what, poll_s
+        self.limit_s, self.what, self.poll_s = limit_s, what, poll_s
         self._stop = threading.Event()
 
     def run(self) -> None:
-        current: FrameType | None = None
-        since = 0.0
+        # thread id -> (the store-call frame it is in, since when); holding the frame keeps its
+        # identity from being reused by a later call
+        current: dict[int, tuple[FrameType, float]] = {}
         while not self._stop.wait(self.poll_s):
-            frame = store_call_frame(sys._current_frames().get(self.target.ident or -1))
-            if frame is not current:  # holding ``current`` keeps its identity from being reused
-                current, since = frame, time.monotonic()
-            elif frame is not None and time.monotonic() - since > self.limit_s:
-                _kill_children()
-                print(f"gradsync: error: the rendezvous store at {self.what} has not answered for "
-                      f"{self.limit_s:g}s (parallel.timeout_s): the link to the node hosting it is down or that "
-                      "node is frozen; this node's workers were stopped", file=sys.stderr, flush=True)
-                os._exit(2)
+            now = time.monotonic()
+            for tid, top in sys._current_frames().items():
+                if tid == self.ident:
+                    continue
+                frame = store_call_frame(top)
+                seen = current.get(tid)
+                if frame is None:
+                    current.pop(tid, None)
+                elif seen is None or seen[0] is not frame:
+                    current[tid] = (frame, now)
+                elif now - seen[1] > self.limit_s:
+                    self._fail()
+
+    def _fail(self) -> None:
+        _kill_children()
+        print(f"gradsync: error: the rendezvous store at {self.what} has not answered for "
+              f"{self.limit_s:g}s (parallel.timeout_s): the link to the node hosting it is down or that node is "
+              "frozen; this node's workers were stopped", file=sys.stderr, flush=True)
+        os._exit(2)
 
     def stop(self) -> None:
         self._stop.set()

@@ -140,8 +140,6 @@ def validate_setting(setting: str, ns: argparse.Namespace, work: Path) -> list[d
                          "comm_s": pred.comm_s, "optimizer_s": pred.optimizer_s + pred.compression_s})
             print(f"[{setting}] {entry:26s} predicted {1e3 * pred.step_s:8.1f} ms  measured {1e3 * meas['step_s']:8.1f}"
                   f" ms  error {err:+.1%}", flush=True)
-        rows_profile = {"setting": setting, "profile": profile}
-        (work / f"profile-{setting}.used.json").write_text(json.dumps(rows_profile))
     finally:
         runner.close()
     return rows

@@ -103,8 +103,8 @@ def network_preset(name: str) -> Network:
     if name not in NETWORKS:
         raise CostModelError(f"unknown network '{name}'; choose one of {', '.join(NETWORKS)} "
                              "or give --bandwidth-gbps and --latency-us")
-    gbps, lat, _ = NETWORKS[name]
-    return Network.uniform(name, Link.from_bandwidth(gbps, lat))
+    gbps, lat, what = NETWORKS[name]
+    return Network.uniform(what, Link.from_bandwidth(gbps, lat))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +324,9 @@ class Prediction:
         return self.flops_per_token * self.tokens_per_s / (self.world * self.peak_flops)
 
 
-EXACT = ("bucketed", "zero1", "zero2", "zero3")  # synchronous, same math as one big batch
+EXACT = ("bucketed", "zero1", "zero2", "zero3")
+# torch's references that move the same bytes at the same moments as one of ours
+SAME_AS = {"torch-ddp": "bucketed", "torch-zero1": "zero1"}  # synchronous, same math as one big batch
 MODELLED = ("allreduce", "bucketed", "torch-ddp", "zero1", "torch-zero1", "zero2", "zero3", "torch-fsdp",
             "localsgd", "diloco")
 
@@ -348,7 +350,7 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
     opt_full = hw.optimizer_cost * w.n_params
     comm = exposed = compression = 0.0
     opt = opt_full
-    name = {"torch-ddp": "bucketed", "torch-zero1": "zero1"}.get(s.name, s.name)
+    name = SAME_AS.get(s.name, s.name)
     if c.name != "none" and name != "bucketed":
         raise CostModelError(f"the cost model prices compression with bucketed/torch-ddp only, not '{s.name}'")
 
@@ -453,7 +455,7 @@ def memory(strategy: str, w: Workload, p: int, compress: str | Spec = "none") ->
     per layer in 16-bit; the s^2 attention term is absent with fused attention), doubled in fp32,
     plus the logits and their gradient."""
     c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSORS, "compress")
-    name = {"torch-ddp": "bucketed", "torch-zero1": "zero1", "torch-fsdp": "zero3"}.get(strategy, strategy)
+    name = {**SAME_AS, "torch-fsdp": "zero3"}.get(strategy, strategy)  # FSDP holds what ZeRO-3 holds
     psi = 4.0 * w.n_params
     params, grads, opt = psi, psi, 2 * psi
     extra = 0.0

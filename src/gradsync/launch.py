@@ -15,11 +15,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradsync import checkpoint as ckpt
 from gradsync.config import Config, ParallelConfig
 from gradsync.errors import ConfigError, DistributedError
 from gradsync.watchdog import StoreWatchdog
+
+if TYPE_CHECKING:
+    from gradsync.data import TokenData
 
 
 def prepare(cfg: Config) -> Config:
@@ -57,7 +61,7 @@ def prepare(cfg: Config) -> Config:
     return cfg.replace(**updates)
 
 
-def _resolve_auto(cfg: Config, resume: Path | None, data: object) -> str:
+def _resolve_auto(cfg: Config, resume: Path | None, data: TokenData | None) -> str:
     """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
     from gradsync.data import load_tokens
     from gradsync.plan import auto_strategy
@@ -66,7 +70,7 @@ def _resolve_auto(cfg: Config, resume: Path | None, data: object) -> str:
         chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
         print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
         return chosen
-    vocab = (data or load_tokens(cfg.data)).vocab_size  # type: ignore[attr-defined]
+    vocab = (data or load_tokens(cfg.data)).vocab_size
     chosen, why = auto_strategy(cfg, vocab)
     print(f"gradsync: --strategy auto chose {why}", flush=True)
     return chosen

@@ -82,7 +82,7 @@ def _shape(ns: argparse.Namespace) -> tuple[int, int, int]:
     return d["n_layer"], d["n_head"], d["n_embd"]
 
 
-def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Network, str]:
+def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Network]:
     from gradsync.calibrate import load_profile, profile_hardware, profile_network
 
     profile = None
@@ -95,17 +95,19 @@ def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Networ
         if not 0 < ns.efficiency <= 1:
             raise ConfigError(f"plan: --efficiency must be in (0, 1], got {ns.efficiency}")
         hw = dataclasses.replace(hw, efficiency=ns.efficiency)
-    if ns.bandwidth_gbps is not None or ns.latency_us is not None:
-        link = cm.Link.from_bandwidth(ns.bandwidth_gbps if ns.bandwidth_gbps is not None else -1,
-                                      ns.latency_us if ns.latency_us is not None else 0.0)
-        net = cm.Network.uniform(f"{ns.bandwidth_gbps:g} Gbit/s, {ns.latency_us or 0:g} us", link)
+    if ns.latency_us is not None and ns.bandwidth_gbps is None:
+        raise ConfigError("plan: --latency-us needs --bandwidth-gbps")
+    if ns.bandwidth_gbps is not None:
+        latency = ns.latency_us if ns.latency_us is not None else 0.0
+        net = cm.Network.uniform(f"{ns.bandwidth_gbps:g} Gbit/s, {latency:g} us",
+                                 cm.Link.from_bandwidth(ns.bandwidth_gbps, latency))
     elif ns.network == "profile":
         if profile is None:
             raise ConfigError("plan: --network profile needs --device PROFILE.json")
         net = profile_network(profile)
     else:
         net = cm.network_preset(ns.network)
-    return hw, net, cm.NETWORKS.get(ns.network, ("", "", net.name))[2] if ns.bandwidth_gbps is None else net.name
+    return hw, net
 
 
 def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int) -> cm.Network:
@@ -243,7 +245,7 @@ def plan_command(ns: argparse.Namespace) -> int:
     if ns.micro_batch < 0 or ns.gpus_per_node < 1:
         raise ConfigError("plan: --micro-batch must be >= 0 and --gpus-per-node >= 1")
     n_layer, n_head, n_embd = _shape(ns)
-    hw, net, net_desc = hardware_and_network(ns)
+    hw, net = hardware_and_network(ns)
     intra = cm.network_preset(ns.intra_network) if ns.gpus_per_node > 1 else None
     entries = split_entries(ns.strategies)
     w = cm.gpt_workload(n_layer, n_head, n_embd, ns.vocab, ns.seq_len, 1, precision=ns.precision)
@@ -267,14 +269,14 @@ def plan_command(ns: argparse.Namespace) -> int:
     header = (f"plan: GPT {n_layer} layers x {n_embd} wide ({params / 1e6:,.1f}M parameters), seq {ns.seq_len}, "
               f"global batch {ns.global_batch} sequences on {ns.devices} x {hw.name} "
               f"({hw.peak_flops / 1e12:,.1f} TFLOP/s peak at {hw.efficiency:.0%} efficiency, "
-              f"{hw.memory_bytes / 1e9:.0f} GB) over {net_desc}"
+              f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
               + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else ""))
     print(format_plan(rows, header, eff))
     best, why = choose(rows)
     print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")
     if ns.plot:
         title = (f"{params / 1e6:,.0f}M-parameter GPT, seq {ns.seq_len}, {ns.global_batch // ns.devices} sequences per "
-                 f"device; {hw.name} over {net_desc}\nweak scaling (per-device batch fixed), ring collectives: "
+                 f"device; {hw.name} over {net.name}\nweak scaling (per-device batch fixed), ring collectives: "
                  "the latency term grows with devices")
         plot_scaling(curves, SCALING_DEVICES, title, ns.plot)
         print(f"scaling plot: {ns.plot}")

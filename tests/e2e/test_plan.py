@@ -39,6 +39,7 @@ def test_plan_says_when_nothing_fits(tmp_path: Path) -> None:
     (("--device", "tpu-v9"), "unknown device 'tpu-v9'"),
     (("--devices", "0"), "--devices must be >= 1"),
     (("--bandwidth-gbps", "-10", "--latency-us", "5"), "bandwidth must be > 0"),
+    (("--latency-us", "5"), "--latency-us needs --bandwidth-gbps"),
     (("--network", "carrier-pigeon"), "unknown network 'carrier-pigeon'"),
     (("--model", "gpt5"), "unknown model 'gpt5'"),
     (("--global-batch", "100", "--devices", "8"), "must be divisible by the number of devices"),

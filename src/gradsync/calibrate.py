@@ -3,8 +3,9 @@
 Run like ``gradsync train`` (same launcher, same flags: ``--nproc``, ``--nnodes``, the model,
 sequence length, micro-batch, precision), every worker measures, and rank 0 writes a JSON profile:
 
-* per collective (all-reduce, reduce-scatter, all-gather, broadcast): the median time of each
-  message size from 4 KiB to ``--max-mb`` (the slowest rank counts), and latency alpha and inverse
+* per collective (all-reduce, reduce-scatter, all-gather, broadcast): the time of each message
+  size from 4 KiB to ``--max-mb`` (trimmed mean of many operations, each the slowest rank's; see
+  :func:`measure_collectives`), and latency alpha and inverse
   bandwidth beta fitted to the ring formulas by least squares on relative error, with the fit's
   residual;
 * the model's forward and backward time at the configured micro-batch (all workers computing at
@@ -119,27 +120,46 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def _repeat(comm: Any, op: str, buf: Any, chunk: Any, times: int) -> Callable[[], None]:
-    """``op`` on ``buf`` (the full buffer) / ``chunk`` (this rank's part), ``times`` times."""
+def _collective(comm: Any, op: str, buf: Any, chunk: Any) -> Callable[[], None]:
+    """One ``op`` on ``buf`` (the full buffer) / ``chunk`` (this rank's part)."""
     def run() -> None:
-        for _ in range(times):
-            if op == "all_reduce":
-                comm.all_reduce(buf)
-            elif op == "reduce_scatter":
-                comm.reduce_scatter(chunk, buf)
-            elif op == "all_gather":
-                comm.all_gather(buf, chunk)
-            else:
-                comm.broadcast(buf)
+        if op == "all_reduce":
+            comm.all_reduce(buf)
+        elif op == "reduce_scatter":
+            comm.reduce_scatter(chunk, buf)
+        elif op == "all_gather":
+            comm.all_gather(buf, chunk)
+        else:
+            comm.broadcast(buf)
     return run
 
 
+def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
+    """Mean of ``values`` without the lowest and highest ``cut`` fraction of them."""
+    v = sorted(values)
+    k = int(len(v) * cut)
+    return statistics.fmean(v[k:len(v) - k] or v)
+
+
 def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Callable[[], None],
-                        budget_s: float = 2.0) -> dict[str, list[tuple[int, float]]]:
-    """Median over repetitions of each collective and size; each repetition's time is the slowest
-    rank's (all ranks start together after a barrier)."""
+                        budget_s: float = 1.0, min_ops: int = 5, max_ops: int = 400
+                        ) -> dict[str, list[tuple[int, float]]]:
+    """Time of each collective and size: every operation is timed on its own, its time is the
+    slowest rank's, and the estimate is the 10%-trimmed mean over ``min_ops`` ... ``max_ops``
+    operations (about ``budget_s`` seconds of them).
+
+    Why this estimator: on a busy host a small fraction of operations wait for a scheduler tick
+    (on a 2-core box about a third of 4 KiB all-reduces take 4 ms instead of 0.4 ms). Training pays
+    the *mean* over many operations, tails included, so the mean is what the cost model needs;
+    trimming the extremes keeps it from following a single stall, and hundreds of operations
+    (rather than a median of a few batches) make it repeatable from one calibration to the next."""
     import torch
     import torch.distributed as dist
+
+    def slowest(times: list[float]) -> list[float]:
+        t = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
 
     p = comm.world_size
     out: dict[str, list[tuple[int, float]]] = {}
@@ -147,20 +167,15 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
         points = []
         for nbytes in sizes:
             n = max(p, nbytes // 4 // p * p)
-            buf = torch.ones(n, device=device)
-            chunk = torch.ones(n // p, device=device)
-            inner = 16 if nbytes < 2**20 else 4 if nbytes < 2**24 else 1  # average out scheduling noise
-            run = _repeat(comm, op, buf, chunk, inner)
-            times: list[float] = []
-            spent = 0.0
-            while len(times) < 3 or (len(times) < 9 and spent < budget_s):
-                dist.barrier()
-                dt = _timed(run, sync) / inner
-                slowest = torch.tensor([dt], dtype=torch.float64)
-                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-                times.append(float(slowest))
-                spent += float(slowest) * inner
-            points.append((4 * n, statistics.median(times[1:])))  # the first repetition warms up
+            run = _collective(comm, op, torch.ones(n, device=device), torch.ones(n // p, device=device))
+            run()  # warm up (connections, buffers)
+            dist.barrier()
+            # every rank must run the same number of operations: size it from a shared probe
+            probe = max(slowest([_timed(run, sync) for _ in range(2)]))
+            count = min(max_ops, max(min_ops, int(budget_s / max(probe, 1e-9))))
+            dist.barrier()
+            times = slowest([_timed(run, sync) for _ in range(count)])
+            points.append((4 * n, trimmed_mean(times)))
         out[op] = points
     return out
 

@@ -142,17 +142,19 @@ def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
 
 
 def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Callable[[], None],
-                        budget_s: float = 1.0, min_ops: int = 5, max_ops: int = 400
+                        budget_s: float = 1.0, rounds: int = 4, min_ops: int = 6, max_ops: int = 400
                         ) -> dict[str, list[tuple[int, float]]]:
     """Time of each collective and size: every operation is timed on its own, its time is the
     slowest rank's, and the estimate is the 10%-trimmed mean over ``min_ops`` ... ``max_ops``
-    operations (about ``budget_s`` seconds of them).
+    operations (about ``budget_s`` seconds of them), taken in ``rounds`` interleaved passes over
+    all collectives and sizes.
 
-    Why this estimator: on a busy host a small fraction of operations wait for a scheduler tick
-    (on a 2-core box about a third of 4 KiB all-reduces take 4 ms instead of 0.4 ms). Training pays
-    the *mean* over many operations, tails included, so the mean is what the cost model needs;
-    trimming the extremes keeps it from following a single stall, and hundreds of operations
-    (rather than a median of a few batches) make it repeatable from one calibration to the next."""
+    Why this estimator: on a busy host a share of operations wait for a scheduler tick (on a
+    2-core box up to a third of 4 KiB all-reduces take 4 ms instead of 0.4 ms), and that share
+    drifts over seconds. Training pays the *mean* over many operations, tails included, so the
+    mean is what the cost model needs; trimming the extremes keeps it from following one stall;
+    hundreds of operations make it repeatable; and interleaving makes a slow phase of the machine
+    touch every size alike instead of bending the line that alpha and beta are fitted to."""
     import torch
     import torch.distributed as dist
 
@@ -162,21 +164,28 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
         return t.tolist()
 
     p = comm.world_size
-    out: dict[str, list[tuple[int, float]]] = {}
-    for op in OPS:
-        points = []
-        for nbytes in sizes:
-            n = max(p, nbytes // 4 // p * p)
-            run = _collective(comm, op, torch.ones(n, device=device), torch.ones(n // p, device=device))
-            run()  # warm up (connections, buffers)
+    runs: dict[tuple[str, int], Callable[[], None]] = {}
+    for nbytes in sizes:
+        n = max(p, nbytes // 4 // p * p)
+        buf, chunk = torch.ones(n, device=device), torch.ones(n // p, device=device)
+        for op in OPS:
+            runs[op, 4 * n] = _collective(comm, op, buf, chunk)
+    per_round: dict[tuple[str, int], int] = {}
+    for key, run in runs.items():
+        run()  # warm up (connections, buffers)
+        dist.barrier()
+        # every rank must run the same number of operations: size it from a shared probe
+        probe = max(slowest([_timed(run, sync) for _ in range(2)]))
+        count = min(max_ops, max(min_ops, int(budget_s / max(probe, 1e-9))))
+        per_round[key] = max(1, math.ceil(count / rounds))
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
             dist.barrier()
-            # every rank must run the same number of operations: size it from a shared probe
-            probe = max(slowest([_timed(run, sync) for _ in range(2)]))
-            count = min(max_ops, max(min_ops, int(budget_s / max(probe, 1e-9))))
-            dist.barrier()
-            times = slowest([_timed(run, sync) for _ in range(count)])
-            points.append((4 * n, trimmed_mean(times)))
-        out[op] = points
+            times[key] += [_timed(run, sync) for _ in range(per_round[key])]
+    out: dict[str, list[tuple[int, float]]] = {op: [] for op in OPS}
+    for (op, nbytes), ts in times.items():
+        out[op].append((nbytes, trimmed_mean(slowest(ts))))
     return out
 
 
@@ -250,7 +259,7 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
 
 
 def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
-                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 7) -> float:
+                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 15) -> float:
     """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
@@ -278,8 +287,9 @@ def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
         sync()
         return slowest(time.perf_counter() - t0)[0]
 
-    tm, tc, both = (statistics.median([timed(c, k) for _ in range(reps)])
-                    for c, k in ((True, False), (False, True), (True, True)))
+    # interleaved, so that a slow phase of a shared machine hits the three alike
+    samples = [[timed(c, k) for c, k in ((True, False), (False, True), (True, True))] for _ in range(reps)]
+    tm, tc, both = (statistics.median(column) for column in zip(*samples))
     return max(0.0, (both - max(tc, tm)) / min(tc, tm))
 
 

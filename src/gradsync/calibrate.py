@@ -120,6 +120,18 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
+def _slowest(times: Sequence[float]) -> list[float]:
+    """Each of ``times`` replaced by its maximum over the ranks (a synchronous step waits for the
+    slowest); unchanged in a world of one."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(list(times), dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def _collective(comm: Any, op: str, buf: Any, chunk: Any) -> Callable[[], None]:
     """One ``op`` on ``buf`` (the full buffer) / ``chunk`` (this rank's part)."""
     def run() -> None:
@@ -158,11 +170,6 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
     import torch
     import torch.distributed as dist
 
-    def slowest(times: list[float]) -> list[float]:
-        t = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
-
     p = comm.world_size
     runs: dict[tuple[str, int], Callable[[], None]] = {}
     for nbytes in sizes:
@@ -175,7 +182,7 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
         run()  # warm up (connections, buffers)
         dist.barrier()
         # every rank must run the same number of operations: size it from a shared probe
-        probe = max(slowest([_timed(run, sync) for _ in range(2)]))
+        probe = max(_slowest([_timed(run, sync) for _ in range(2)]))
         count = min(max_ops, max(min_ops, int(budget_s / max(probe, 1e-9))))
         per_round[key] = max(1, math.ceil(count / rounds))
     times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
@@ -185,7 +192,7 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
             times[key] += [_timed(run, sync) for _ in range(per_round[key])]
     out: dict[str, list[tuple[int, float]]] = {op: [] for op in OPS}
     for (op, nbytes), ts in times.items():
-        out[op].append((nbytes, trimmed_mean(slowest(ts))))
+        out[op].append((nbytes, trimmed_mean(_slowest(ts))))
     return out
 
 
@@ -207,12 +214,6 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
     from gradsync.train import optimizer_factory
 
     multi = dist.is_initialized() and dist.get_world_size() > 1
-
-    def slowest(*values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
-        if multi:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
 
     def barrier() -> None:
         if multi:
@@ -243,7 +244,7 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
         opt.zero_grad(set_to_none=False)
         sync()
         t3 = time.perf_counter()
-        f, g, u = slowest(t1 - t0, t2 - t1, t3 - t2)
+        f, g, u = _slowest([t1 - t0, t2 - t1, t3 - t2])
         fwd.append(f)
         bwd.append(g)
         upd.append(u)
@@ -254,12 +255,12 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
            "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
            "n_params": model.num_params(), "overlap_penalty": 0.0}
     if multi:
-        out["overlap_penalty"] = _overlap_penalty(model, x, cast, sync, slowest, barrier)
+        out["overlap_penalty"] = _overlap_penalty(model, x, cast, sync, barrier)
     return out
 
 
 def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
-                     slowest: Callable[..., list[float]], barrier: Callable[[], None], reps: int = 15) -> float:
+                     barrier: Callable[[], None], reps: int = 15) -> float:
     """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
@@ -285,7 +286,7 @@ def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
         if work is not None:
             work.wait()
         sync()
-        return slowest(time.perf_counter() - t0)[0]
+        return _slowest([time.perf_counter() - t0])[0]
 
     # interleaved, so that a slow phase of a shared machine hits the three alike
     samples = [[timed(c, k) for c, k in ((True, False), (False, True), (True, True))] for _ in range(reps)]

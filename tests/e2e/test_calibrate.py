@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradsync import costmodel as cm
-from gradsync.calibrate import fit_alpha_beta, message_sizes, profile_hardware, profile_network
+from gradsync.calibrate import fit_alpha_beta, message_sizes, profile_hardware, profile_network, trimmed_mean
 
 
 def test_fit_recovers_alpha_and_beta_of_exact_ring_times() -> None:
@@ -28,6 +28,14 @@ def test_fit_recovers_alpha_and_beta_of_exact_ring_times() -> None:
 def test_message_sizes_span_4k_to_max() -> None:
     assert message_sizes(256) == [4096 * 4**i for i in range(9)]  # 4 KiB ... 256 MiB
     assert message_sizes(256)[-1] == 256 * 2**20
+
+
+def test_trimmed_mean_drops_a_tenth_at_each_end() -> None:
+    # 20 values: 2 dropped at each end, so the two stalls (40 ms) and the two fastest do not count
+    values = [0.001, 0.002] + [0.005] * 16 + [0.040, 0.040]
+    assert trimmed_mean(values) == pytest.approx(0.005)
+    assert trimmed_mean([0.003, 0.001]) == pytest.approx(0.002)  # too few to trim: the plain mean
+    assert trimmed_mean(list(range(10)), cut=0.2) == pytest.approx(4.5)
 
 
 def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:

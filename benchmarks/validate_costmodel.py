@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from gradsync import costmodel as cm
-from gradsync import netns
-from gradsync.calibrate import profile_hardware, profile_network
+from gradsync.catalog import split_entries
+from gradsync.testing import netns
+from gradsync.profile import profile_hardware, profile_network
 from gradsync.config import build_config
 from gradsync.metrics import read_metrics, save_figure
 from gradsync.plan import workload_of
@@ -272,8 +273,6 @@ def main() -> int:
         saved = json.loads(Path(ns.replot).read_text())
         plot(saved["rows"], Path(ns.out_dir or Path(ns.replot).parent), saved["profiles"], ns)
         return 0
-    from gradsync.bench import split_entries
-
     ns.strategies = ";".join(split_entries(ns.strategies))
     settings = ns.settings.split(",")
     why = netns.unavailable_reason()

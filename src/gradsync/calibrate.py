@@ -19,30 +19,30 @@ sequence length, micro-batch, precision), every worker measures, and rank 0 writ
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import math
 import os
 import platform
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+import torch.distributed as dist
+
+from gradsync.args import ArgParser
 from gradsync.config import Config
-from gradsync.costmodel import OPS, CostModelError, Hardware, Link, Network, ring_factors
-from gradsync.errors import ConfigError
-
-DEFAULT_PROFILE = "profile.json"  # in the gradsync cache folder
-
-
-def default_profile_path() -> Path:
-    from gradsync.data.sources import cache_dir
-
-    return cache_dir() / DEFAULT_PROFILE
-
+from gradsync.costmodel import CostModelError
+from gradsync.data import load_tokens
+from gradsync.dist import Comm, DistEnv
+from gradsync.files import atomic_write_bytes
+from gradsync.model.gpt import gpt_from_config
+from gradsync.optim import optimizer_factory
+from gradsync.peak import device_name, worker_peak_flops
+from gradsync.ring import OPS, ring_factors
 
 def message_sizes(max_mb: float, min_bytes: int = 4096) -> list[int]:
     """4 KiB, 16 KiB, ... (powers of 4) up to ``max_mb`` MiB."""
@@ -77,38 +77,6 @@ def fit_alpha_beta(points: Sequence[tuple[float, float]], op: str, p: int) -> di
     return {"alpha_s": a / fa, "beta_s_per_byte": b / fb, "residual": resid}
 
 
-def profile_hardware(profile: dict[str, Any]) -> Hardware:
-    """The :class:`Hardware` a calibration profile describes (its measured times, not presets)."""
-    c = profile["compute"]
-    achieved = c["flops_per_token"] * c["tokens"] / (c["forward_s"] + c["backward_s"])
-    peak = max(profile["peak_flops"], achieved)
-    return Hardware(f"{profile['device']} (calibrated, {profile['threads']} thread(s))", peak,
-                    profile["memory_bytes"], 8.0 / profile["elementwise_s_per_elem"], achieved / peak,
-                    c["backward_s"] / c["forward_s"], profile["optimizer_s_per_param"],
-                    profile["elementwise_s_per_elem"], c.get("overlap_penalty", 0.0))
-
-
-def profile_network(profile: dict[str, Any]) -> Network:
-    coll = profile.get("collectives") or {}
-    if not coll:
-        raise CostModelError(f"the profile was measured with {profile['world_size']} worker(s) and has no "
-                             "collectives; calibrate with --nproc 2 or more")
-    return Network(f"calibrated ({profile['world_size']} workers)",
-                   {op: Link(v["alpha_s"], v["beta_s_per_byte"]) for op, v in coll.items()})
-
-
-def load_profile(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"calibration profile '{path}' does not exist; run `gradsync calibrate` first")
-    try:
-        profile = json.loads(p.read_text())
-        profile_hardware(profile)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
-        raise ConfigError(f"'{path}' is not a gradsync calibration profile ({type(e).__name__}: {e})") from None
-    return profile
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring (on every worker)
 
@@ -123,9 +91,6 @@ def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
 def _slowest(times: Sequence[float]) -> list[float]:
     """Each of ``times`` replaced by its maximum over the ranks (a synchronous step waits for the
     slowest); unchanged in a world of one."""
-    import torch
-    import torch.distributed as dist
-
     t = torch.tensor(list(times), dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -167,9 +132,6 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
     mean is what the cost model needs; trimming the extremes keeps it from following one stall;
     hundreds of operations make it repeatable; and interleaving makes a slow phase of the machine
     touch every size alike instead of bending the line that alpha and beta are fitted to."""
-    import torch
-    import torch.distributed as dist
-
     p = comm.world_size
     runs: dict[tuple[str, int], Callable[[], None]] = {}
     for nbytes in sizes:
@@ -205,14 +167,6 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
     Every worker computes at once, as in training, and each repetition counts the slowest rank's
     time (a synchronous step waits for it); the median over repetitions resists the outliers of
     a shared machine."""
-    import contextlib
-
-    import torch
-    import torch.distributed as dist
-
-    from gradsync.model.gpt import gpt_from_config
-    from gradsync.train import optimizer_factory
-
     multi = dist.is_initialized() and dist.get_world_size() > 1
 
     def barrier() -> None:
@@ -265,9 +219,6 @@ def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
     competes for the same cores (gloo over loopback on a busy CPU)."""
-    import torch
-    import torch.distributed as dist
-
     buf = torch.ones(sum(p.numel() for p in model.parameters()), device=x.device)
 
     def compute() -> None:
@@ -295,8 +246,6 @@ def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
 
 
 def _memory_bytes(device: Any) -> float:
-    import torch
-
     if device.type == "cuda":
         return float(torch.cuda.get_device_properties(device).total_memory)
     try:
@@ -305,16 +254,8 @@ def _memory_bytes(device: Any) -> float:
         return 16e9
 
 
-def run_worker(cfg: Config, out: Path, max_mb: float) -> dict[str, Any]:
+def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str, Any]:
     """Measure on this worker (collectively with the others); rank 0 writes and returns the profile."""
-    import torch
-
-    from gradsync.checkpoint import atomic_write_bytes
-    from gradsync.data import load_tokens
-    from gradsync.dist import Comm, init_distributed
-    from gradsync.peak import _device_name, worker_peak_flops
-
-    env = init_distributed(cfg.parallel)
     torch.set_num_threads(cfg.parallel.threads_per_worker(env.local_world_size))
 
     def sync() -> None:
@@ -327,7 +268,7 @@ def run_worker(cfg: Config, out: Path, max_mb: float) -> dict[str, Any]:
     coll_points = measure_collectives(comm, message_sizes(max_mb), env.device, sync) if env.world_size > 1 else {}
     profile: dict[str, Any] = {
         "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
-        "device": _device_name(env.device), "backend": env.backend, "world_size": env.world_size,
+        "device": device_name(env.device), "backend": env.backend, "world_size": env.world_size,
         "nnodes": cfg.parallel.nnodes, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(),
         "peak_flops": worker_peak_flops(cfg, env.device, env.local_world_size),
@@ -347,68 +288,11 @@ def run_worker(cfg: Config, out: Path, max_mb: float) -> dict[str, Any]:
     return profile
 
 
-def summary(profile: dict[str, Any]) -> str:
-    c = profile["compute"]
-    lines = [f"calibrated {profile['world_size']} worker(s) on {profile['device']}, {profile['backend']}, "
-             f"{profile['threads']} thread(s) each",
-             f"  compute: forward {1e3 * c['forward_s']:.2f} ms + backward {1e3 * c['backward_s']:.2f} ms for "
-             f"{c['tokens']} tokens = {c['flops_per_token'] * c['tokens'] / (c['forward_s'] + c['backward_s']) / 1e9:.2f}"
-             f" GFLOP/s achieved (matmul peak {profile['peak_flops'] / 1e9:.1f} GFLOP/s)",
-             f"  optimizer: {1e9 * profile['optimizer_s_per_param']:.2f} ns/parameter; element-wise pass "
-             f"{1e9 * profile['elementwise_s_per_elem']:.3f} ns/element; communication behind compute costs "
-             f"{c.get('overlap_penalty', 0.0):.2f} s per s"]
-    for op, v in profile["collectives"].items():
-        lines.append(f"  {op:14s} alpha {1e6 * v['alpha_s']:8.1f} us   beta {v['beta_s_per_byte'] * 1e9:.4f} ns/B "
-                     f"({8 / v['beta_s_per_byte'] / 1e9:.2f} Gbit/s)   fit residual {v['residual']:.1%} over "
-                     f"{len(v['points'])} sizes")
-    return "\n".join(lines)
-
-
-def calibrate_command(cfg: Config, ns: argparse.Namespace) -> int:
-    """Launch the workers (as ``gradsync train`` does) and print the profile rank 0 wrote."""
-    from gradsync.launch import launch_workers, write_run_config
-
-    if ns.max_mb <= 0 or ns.max_mb > 4096:
-        raise ConfigError(f"calibrate: --max-mb must be in (0, 4096], got {ns.max_mb}")
-    if not message_sizes(ns.max_mb)[1:]:
-        raise ConfigError("calibrate: --max-mb must allow at least two message sizes (>= 0.016)")
-    out = Path(ns.out) if ns.out else default_profile_path()
-    run_dir = Path(cfg.train.run_dir or f"runs/calibrate-{time.strftime('%Y%m%d-%H%M%S')}")
-    cfg = cfg.replace(**{"train.run_dir": str(run_dir), "train.resume": "", "train.progress": False})
-    if cfg.parallel.world_size == 1:
-        profile = run_worker(cfg, out, ns.max_mb)
-    else:
-        config_path = write_run_config(cfg)
-        launch_workers(cfg, config_path, module="gradsync.calibrate",
-                       args=("--out", str(out.resolve()), "--max-mb", str(ns.max_mb)))
-        if not out.is_file():  # another node's rank 0 wrote it
-            print(f"gradsync: calibration done; rank 0 wrote the profile on its node ({out})")
-            return 0
-        profile = json.loads(out.read_text())
-    print(summary(profile))
-    print(f"gradsync: profile written to {out}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Worker entry point: ``python -m gradsync.calibrate --config RUN/config.toml --out F --max-mb M``."""
-    from gradsync.cli import _Parser, add_config_args, config_from_args
-    from gradsync.dist import shutdown
-    from gradsync.errors import GradsyncError
-
-    p = _Parser(prog="gradsync.calibrate")
-    add_config_args(p)
+def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
+    """The job ``gradsync calibrate`` starts on every worker (through :mod:`gradsync.worker`):
+    ``--out PROFILE.json --max-mb M``."""
+    p = ArgParser(prog="gradsync calibrate (worker)")
     p.add_argument("--out", required=True)
     p.add_argument("--max-mb", type=float, default=256.0)
-    ns, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run_worker(config_from_args(ns, extra), Path(ns.out), ns.max_mb)
-    except GradsyncError as e:
-        print(f"gradsync: error: [rank {os.environ.get('RANK', '0')}] {e}", file=sys.stderr, flush=True)
-        os._exit(2)
-    shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ns = p.parse_args(argv)
+    run_worker(cfg, env, Path(ns.out), ns.max_mb)

@@ -23,6 +23,7 @@ import torch
 
 from gradsync.config import Config, incompatible_fields
 from gradsync.errors import CheckpointError
+from gradsync.files import atomic_write_bytes
 
 FORMAT = "gradsync-checkpoint/1"  # the dict inside; the file around it is MAGIC + sha256 + payload
 MAGIC = b"GRADSYNC-CHECKPOINT v2\n"
@@ -41,20 +42,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:

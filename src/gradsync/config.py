@@ -19,8 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gradsync.catalog import AUTO, COMPRESSOR_SCHEMA, STRATEGY_SCHEMA, check_composition
 from gradsync.errors import ConfigError
-from gradsync.spec import COMPRESSORS, STRATEGIES, Spec, check_composition, parse_spec
+from gradsync.shapes import PRESETS
+from gradsync.spec import Spec, parse_spec
+from gradsync.values import coerce
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
@@ -34,7 +37,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """GPT shape. ``preset`` fills every dimension left unset (see ``gradsync.model.gpt.PRESETS``)."""
+    """GPT shape. ``preset`` fills every dimension left unset (see ``gradsync.shapes.PRESETS``)."""
 
     preset: str = "small"
     n_layer: int | None = None
@@ -43,8 +46,6 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        from gradsync.model.gpt import PRESETS
-
         _check(self.preset in PRESETS,
                f"model.preset '{self.preset}' is unknown; choose one of {', '.join(PRESETS)}")
         for name in ("n_layer", "n_head", "n_embd"):
@@ -156,7 +157,7 @@ class ParallelConfig:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
         _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
         check_composition(self.strategy_spec, self.compress_spec)
-        _check(self.strategy != "auto" or self.compress == "none",
+        _check(self.strategy != AUTO or self.compress == "none",
                "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy")
         _check(self.bucket_mb > 0 and self.first_bucket_mb > 0,
                "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
@@ -174,11 +175,11 @@ class ParallelConfig:
 
     @property
     def strategy_spec(self) -> Spec:
-        return parse_spec(self.strategy, STRATEGIES, "parallel.strategy")
+        return parse_spec(self.strategy, STRATEGY_SCHEMA, "parallel.strategy")
 
     @property
     def compress_spec(self) -> Spec:
-        return parse_spec(self.compress, COMPRESSORS, "parallel.compress")
+        return parse_spec(self.compress, COMPRESSOR_SCHEMA, "parallel.compress")
 
     def threads_per_worker(self, local_workers: int) -> int:
         """``threads``, or the machine's cores shared evenly among the workers on this node."""
@@ -294,30 +295,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
             return None
         return _coerce(key, value, args[0])
-    try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if typ is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
+    if typ not in (bool, int, float, str):
         raise ConfigError(f"{key}: unsupported type {typ}")
-    raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r}")
+    try:
+        return coerce(value, typ)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r}") from None
 
 
 def build_config(base: dict[str, dict[str, Any]] | None = None,

@@ -19,10 +19,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+from gradsync import catalog
+from gradsync.buckets import plan_buckets
+from gradsync.catalog import COMPRESSOR_SCHEMA, STRATEGY_SCHEMA
 from gradsync.errors import ConfigError
-from gradsync.spec import COMPRESSORS, STRATEGIES, Spec, parse_spec
-
-OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast")
+from gradsync.ring import OPS, ring_factors
+from gradsync.shapes import GPTShape
+from gradsync.spec import Spec, parse_spec
 
 
 class CostModelError(ConfigError):
@@ -53,19 +56,6 @@ class Link:
         return cls(latency_us * 1e-6, 8.0 / (gbit_per_s * 1e9))
 
 
-def ring_factors(op: str, p: int) -> tuple[float, float]:
-    """(bandwidth factor, latency factor) of ``op`` over a ring of ``p``: time = f_b*n*beta + f_a*alpha."""
-    if p <= 1:
-        return 0.0, 0.0
-    if op == "all_reduce":
-        return 2 * (p - 1) / p, 2.0 * (p - 1)
-    if op in ("reduce_scatter", "all_gather"):
-        return (p - 1) / p, float(p - 1)
-    if op == "broadcast":  # pipelined along the ring
-        return 1.0, float(p - 1)
-    raise CostModelError(f"unknown collective '{op}'; known: {', '.join(OPS)}")
-
-
 @dataclass(frozen=True)
 class Network:
     """The link each collective sees: one for all (presets) or one per collective (calibrated)."""
@@ -79,6 +69,8 @@ class Network:
 
     def time(self, op: str, nbytes: float, p: int) -> float:
         """Seconds for one ``op`` on an ``nbytes`` buffer among ``p`` ranks (ring algorithm)."""
+        if op not in OPS:
+            raise CostModelError(f"unknown collective '{op}'; known: {', '.join(OPS)}")
         fb, fa = ring_factors(op, p)
         if p <= 1:
             return 0.0
@@ -208,55 +200,49 @@ class Workload:
         return self.seq_len * self.micro_batch * self.accum
 
 
-def gpt_tensors(n_layer: int, n_embd: int, vocab: int, block: int, seq_len: int) -> list[TensorInfo]:
-    """gradsync's GPT (``model/gpt.py``: tied head, biases, pre-LN) in registration order, each with
+def gpt_tensors(shape: GPTShape, seq_len: int) -> list[TensorInfo]:
+    """The GPT's tensors (:meth:`gradsync.shapes.GPTShape.tensors`, registration order), each with
     the fraction of backward FLOPs done when its gradient is final: backward runs head, then blocks
     last to first; the tied embedding's gradient is final only at the very end."""
-    h = n_embd
-    head = 4.0 * vocab * h  # backward FLOPs per token of the tied head
+    h, n_layer = shape.n_embd, shape.n_layer
+    head = 4.0 * shape.vocab_size * h  # backward FLOPs per token of the tied head
     blk = 4.0 * 12 * h * h + 8.0 * seq_len * h  # matmuls + attention scores, per token
     total = head + n_layer * blk
-    out = [TensorInfo("wte", (vocab, h), -1, 1.0), TensorInfo("wpe", (block, h), -1, 1.0)]
-    for i in range(n_layer):
-        ready = (head + (n_layer - i) * blk) / total
-        for name, shape in (("ln1.w", (h,)), ("ln1.b", (h,)), ("qkv.w", (3 * h, h)), ("qkv.b", (3 * h,)),
-                            ("attn.proj.w", (h, h)), ("attn.proj.b", (h,)), ("ln2.w", (h,)), ("ln2.b", (h,)),
-                            ("fc.w", (4 * h, h)), ("fc.b", (4 * h,)), ("mlp.proj.w", (h, 4 * h)),
-                            ("mlp.proj.b", (h,))):
-            out.append(TensorInfo(f"blocks.{i}.{name}", shape, i, ready))
-    out += [TensorInfo("ln_f.w", (h,), -1, head / total), TensorInfo("ln_f.b", (h,), -1, head / total)]
+    out = []
+    for t in shape.tensors():
+        if t.name.startswith("ln_f."):
+            ready = head / total
+        elif t.unit >= 0:
+            ready = (head + (n_layer - t.unit) * blk) / total
+        else:
+            ready = 1.0
+        out.append(TensorInfo(t.name, t.shape, t.unit, ready))
     return out
 
 
 def gpt_workload(n_layer: int, n_head: int, n_embd: int, vocab: int, seq_len: int, micro_batch: int,
                  accum: int = 1, precision: str = "fp32", bucket_mb: float = 25.0,
                  first_bucket_mb: float = 1.0) -> Workload:
-    """The workload of gradsync's GPT; FLOPs per token as ``GPT.flops_per_token`` (6N + 12*L*C*T)."""
+    """The workload of gradsync's GPT at block size ``seq_len``; FLOPs per token from its shape."""
     if min(n_layer, n_head, n_embd, vocab) < 1 or n_embd % n_head:
         raise CostModelError(f"bad GPT shape: {n_layer} layers, {n_head} heads, width {n_embd}, vocab {vocab}")
-    tensors = gpt_tensors(n_layer, n_embd, vocab, seq_len, seq_len)
-    non_embedding = sum(t.numel for t in tensors if t.name != "wpe")
-    fpt = 6.0 * non_embedding + 12.0 * n_layer * n_embd * seq_len
-    return Workload(tuple(tensors), fpt, seq_len, micro_batch, accum, n_layer, n_embd, vocab, precision,
-                    int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
+    shape = GPTShape(vocab, seq_len, n_layer, n_head, n_embd)
+    return Workload(tuple(gpt_tensors(shape, seq_len)), shape.flops_per_token(seq_len), seq_len, micro_batch,
+                    accum, n_layer, n_embd, vocab, precision, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
 
 
 def buckets(w: Workload, pad_to: int = 1) -> list[tuple[int, float]]:
-    """(bytes, ready fraction) of each gradient bucket, in launch order, as ``bucketed.plan_buckets``
-    groups the fp32 gradients (reverse registration order); ``pad_to`` pads each to a multiple of
-    that many elements (ZeRO-1/2 pad to the world size)."""
-    out: list[tuple[int, float]] = []
-    size, ready = 0, 0.0
-    for t in reversed(w.tensors):
-        nbytes = 4 * t.numel
-        cap = w.first_bucket_bytes if not out else w.bucket_bytes
-        if size and size + nbytes > cap:
-            out.append((size, ready))
-            size = 0
-        size += nbytes
-        ready = max(ready, t.ready)
-    out.append((size, ready))
-    return [(4 * (-(-(b // 4) // pad_to) * pad_to), r) for b, r in out]
+    """(bytes, ready fraction) of each gradient bucket, in launch order, planned by
+    :func:`gradsync.buckets.plan_buckets` on the fp32 gradients in reverse registration order, as
+    the strategies plan them; ``pad_to`` pads each to a multiple of that many elements (ZeRO-1/2
+    pad to the world size)."""
+    tensors = w.tensors[::-1]
+    groups = plan_buckets([4 * t.numel for t in tensors], w.first_bucket_bytes, w.bucket_bytes)
+    out = []
+    for g in groups:
+        elems = sum(tensors[i].numel for i in g)
+        out.append((4 * (-(-elems // pad_to) * pad_to), max(tensors[i].ready for i in g)))
+    return out
 
 
 def units(w: Workload) -> list[int]:
@@ -324,93 +310,144 @@ class Prediction:
         return self.flops_per_token * self.tokens_per_s / (self.world * self.peak_flops)
 
 
-EXACT = ("bucketed", "zero1", "zero2", "zero3")
-# torch's references that move the same bytes at the same moments as one of ours
-SAME_AS = {"torch-ddp": "bucketed", "torch-zero1": "zero1"}  # synchronous, same math as one big batch
-MODELLED = ("allreduce", "bucketed", "torch-ddp", "zero1", "torch-zero1", "zero2", "zero3", "torch-fsdp",
-            "localsgd", "diloco")
+@dataclass(frozen=True)
+class StepContext:
+    """What a price function needs: the workload on ``p`` ranks, the device and the network, the
+    forward and backward time of one micro-step, and the full (unsharded) optimizer time."""
+
+    w: Workload
+    p: int
+    hw: Hardware
+    net: Network
+    fwd: float
+    bwd: float
+    opt_full: float
+    strategy: Spec
+    compress: Spec
+
+
+@dataclass(frozen=True)
+class Priced:
+    """One step's communication (all of it, and the part compute does not hide), optimizer and
+    compression time."""
+
+    comm: float
+    exposed: float
+    opt: float
+    compression: float = 0.0
 
 
 def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Network,
             compress: str | Spec = "none") -> Prediction:
     """Predict one optimizer step of ``strategy`` (a spec such as ``zero2`` or ``localsgd:8``) with
-    ``world`` ranks. Raises CostModelError for strategies the model does not cover."""
-    s = strategy if isinstance(strategy, Spec) else parse_spec(strategy, STRATEGIES, "strategy")
-    c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSORS, "compress")
+    ``world`` ranks: the strategy's catalog entry names its price function. Raises
+    CostModelError for what the model does not cover."""
+    s = strategy if isinstance(strategy, Spec) else parse_spec(strategy, STRATEGY_SCHEMA, "strategy")
+    c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSOR_SCHEMA, "compress")
     if world < 1:
         raise CostModelError(f"the number of devices must be >= 1, got {world}")
-    if s.name not in MODELLED:
+    entry = catalog.STRATEGIES.get(s.name)
+    if entry is None:
         raise CostModelError(f"the cost model does not cover strategy '{s.name}'")
-    p = world
+    if c.name != "none" and c.name not in entry.compressors:
+        raise CostModelError(f"the cost model prices compression with bucketed/torch-ddp only, not '{s.name}'")
     tok_micro = w.seq_len * w.micro_batch
     fwd = w.flops_per_token * tok_micro / hw.achieved_flops / (1.0 + hw.backward_ratio)
     bwd = fwd * hw.backward_ratio
     compute = w.accum * (fwd + bwd)
-    grads = 4.0 * w.n_params
-    opt_full = hw.optimizer_cost * w.n_params
-    comm = exposed = compression = 0.0
-    opt = opt_full
-    name = SAME_AS.get(s.name, s.name)
-    if c.name != "none" and name != "bucketed":
-        raise CostModelError(f"the cost model prices compression with bucketed/torch-ddp only, not '{s.name}'")
-
-    if name == "allreduce":  # every tensor, one by one, after backward
-        times = [net.time("all_reduce", 4.0 * t.numel, p) for t in w.tensors]
-        comm = exposed = sum(times)
-    elif name in ("bucketed", "zero1"):
-        bks = buckets(w, pad_to=p if name == "zero1" else 1)
-        sizes = [b for b, _ in bks]
-        durs, compression = _bucket_comm(sizes, w, p, hw, net, c)
-        comm = sum(durs)
-        exposed = exposed_after([r * bwd for _, r in bks], durs, bwd)
-        if name == "zero1":
-            opt = opt_full / p
-            gathers = [net.time("all_gather", b, p) for b in sizes]
-            comm += sum(gathers)
-            exposed += exposed_before(gathers[::-1], _forward_split(sizes[::-1], fwd))
-    elif name == "zero2":
-        bks = buckets(w, pad_to=p)
-        sizes = [b for b, _ in bks]
-        rs = [net.time("reduce_scatter", b, p) for b in sizes]
-        gathers = [net.time("all_gather", b, p) for b in sizes]
-        comm = w.accum * sum(rs) + sum(gathers)
-        exposed = w.accum * exposed_after([r * bwd for _, r in bks], rs, bwd)
-        exposed += exposed_before(gathers[::-1], _forward_split(sizes[::-1], fwd))
-        opt = opt_full / p
-    elif name in ("zero3", "torch-fsdp"):
-        us = [-(-b // (4 * p)) * 4 * p for b in units(w)]
-        ag = [net.time("all_gather", b, p) for b in us]
-        rs = [net.time("reduce_scatter", b, p) for b in us]
-        layer_bwd = [bwd * b / sum(us) for b in us]
-        if name == "zero3":  # gathers wait in the hooks (no prefetch): forward and backward see them all
-            per_micro = sum(ag) + sum(ag[:-1]) + exposed_after(
-                _cumulative(layer_bwd[-2::-1]) + [bwd], rs[-2::-1] + rs[-1:], bwd)
-        else:  # FSDP2 prefetches the next unit's gather behind the current unit's compute
-            per_micro = exposed_before(ag, _forward_split(us, fwd)) + exposed_before(
-                ag[-2::-1], layer_bwd[-2::-1]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [bwd],
-                                                              rs[-2::-1] + rs[-1:], bwd)
-        comm = w.accum * (2 * sum(ag) - ag[-1] + sum(rs))
-        exposed = w.accum * per_micro
-        opt = opt_full / p
-    elif name in ("localsgd", "diloco"):
-        h = int(s.options["H"])
-        comm = exposed = net.time("all_reduce", grads, p) / h
-        if name == "diloco":
-            opt += 4 * hw.elementwise_cost * w.n_params / h  # pseudo-gradient, Nesterov outer step
+    ctx = StepContext(w, world, hw, net, fwd, bwd, hw.optimizer_cost * w.n_params, s, c)
+    priced: Priced = catalog.resolve(entry.price)(ctx)
+    comm, exposed = priced.comm, priced.exposed
     # Communication hidden behind compute is free only if it uses no cores the compute needs.
     exposed += hw.overlap_penalty * max(0.0, comm - exposed)
-    if p > 1:  # the trainer's one scalar all-reduce per step (the logged loss)
-        log = net.time("all_reduce", 8.0, p)
+    if world > 1:  # the trainer's one scalar all-reduce per step (the logged loss)
+        log = net.time("all_reduce", 8.0, world)
         comm, exposed = comm + log, exposed + log
-    mem = memory(name, w, p, c)
-    return Prediction(str(s), world, compute, comm, exposed, opt, compression, mem,
-                      tok_micro * w.accum * p, w.flops_per_token, hw.peak_flops, hw.memory_bytes)
+    return Prediction(str(s), world, compute, comm, exposed, priced.opt, priced.compression,
+                      memory(s.name, w, world, c), tok_micro * w.accum * world, w.flops_per_token,
+                      hw.peak_flops, hw.memory_bytes)
+
+
+# -- price functions, one per catalog entry (gradsync.catalog names them) ------------------------
+
+def price_allreduce(x: StepContext) -> Priced:
+    """Every tensor, one by one, after backward: nothing hidden."""
+    comm = sum(x.net.time("all_reduce", 4.0 * t.numel, x.p) for t in x.w.tensors)
+    return Priced(comm, comm, x.opt_full)
+
+
+def price_bucketed(x: StepContext) -> Priced:
+    """Bucket all-reduces (or their compressed form) launched as backward fills them."""
+    bks = buckets(x.w)
+    durs, compression = bucket_comm(x, [b for b, _ in bks])
+    return Priced(sum(durs), exposed_after([r * x.bwd for _, r in bks], durs, x.bwd), x.opt_full, compression)
+
+
+def price_zero1(x: StepContext) -> Priced:
+    """``bucketed``'s all-reduces on padded buckets, a sharded update, and parameter all-gathers
+    that the next forward waits for, unit by unit."""
+    bks = buckets(x.w, pad_to=x.p)
+    sizes = [b for b, _ in bks]
+    durs = [x.net.time("all_reduce", b, x.p) for b in sizes]
+    gathers = [x.net.time("all_gather", b, x.p) for b in sizes]
+    exposed = exposed_after([r * x.bwd for _, r in bks], durs, x.bwd)
+    exposed += exposed_before(gathers[::-1], _forward_split(sizes[::-1], x.fwd))
+    return Priced(sum(durs) + sum(gathers), exposed, x.opt_full / x.p)
+
+
+def price_zero2(x: StepContext) -> Priced:
+    """Reduce-scatters of the buckets on every micro-step, a sharded update, parameter gathers."""
+    bks = buckets(x.w, pad_to=x.p)
+    sizes = [b for b, _ in bks]
+    rs = [x.net.time("reduce_scatter", b, x.p) for b in sizes]
+    gathers = [x.net.time("all_gather", b, x.p) for b in sizes]
+    exposed = x.w.accum * exposed_after([r * x.bwd for _, r in bks], rs, x.bwd)
+    exposed += exposed_before(gathers[::-1], _forward_split(sizes[::-1], x.fwd))
+    return Priced(x.w.accum * sum(rs) + sum(gathers), exposed, x.opt_full / x.p)
+
+
+def _zero3_collectives(x: StepContext) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per unit (blocks, then the root): padded bytes' all-gather and reduce-scatter times, and
+    each unit's share of backward."""
+    us = [-(-b // (4 * x.p)) * 4 * x.p for b in units(x.w)]
+    ag = [x.net.time("all_gather", b, x.p) for b in us]
+    rs = [x.net.time("reduce_scatter", b, x.p) for b in us]
+    return [float(b) for b in us], ag, rs, [x.bwd * b / sum(us) for b in us]
+
+
+def price_zero3(x: StepContext) -> Priced:
+    """gradsync's ZeRO-3: each unit gathered in its forward hook and again before its backward,
+    without prefetch, so forward and backward wait for every gather; reduce-scatters overlap."""
+    us, ag, rs, layer_bwd = _zero3_collectives(x)
+    per_micro = sum(ag) + sum(ag[:-1]) + exposed_after(
+        _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
+    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.p)
+
+
+def price_fsdp(x: StepContext) -> Priced:
+    """FSDP2: as ZeRO-3, but the next unit's gather is prefetched behind the current unit's compute."""
+    us, ag, rs, layer_bwd = _zero3_collectives(x)
+    per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_before(
+        ag[-2::-1], layer_bwd[-2::-1]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd],
+                                                       rs[-2::-1] + rs[-1:], x.bwd)
+    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.p)
+
+
+def price_local(x: StepContext) -> Priced:
+    """Local SGD and DiLoCo: one blocking all-reduce of the parameters every H steps; DiLoCo adds
+    the pseudo-gradient and the outer Nesterov step (~4 element-wise passes)."""
+    h = int(x.strategy.options["H"])
+    comm = x.net.time("all_reduce", 4.0 * x.w.n_params, x.p) / h
+    opt = x.opt_full
+    if x.strategy.name == "diloco":
+        opt += 4 * x.hw.elementwise_cost * x.w.n_params / h
+    return Priced(comm, comm, opt)
 
 
 def _cumulative(xs: Sequence[float]) -> list[float]:
     out, t = [], 0.0
-    for x in xs:
-        t += x
+    for v in xs:
+        t += v
         out.append(t)
     return out
 
@@ -421,63 +458,94 @@ def _forward_split(sizes: Sequence[float], fwd: float) -> list[float]:
     return [fwd * b / total for b in sizes]
 
 
-def _bucket_comm(sizes: Sequence[int], w: Workload, p: int, hw: Hardware, net: Network,
-                 c: Spec) -> tuple[list[float], float]:
-    """Per-bucket communication time and the compression compute, for ``bucketed`` + ``c``."""
-    if c.name == "none":
-        return [net.time("all_reduce", b, p) for b in sizes], 0.0
-    elems = sum(sizes) / 4
-    if c.name in ("fp16", "bf16"):  # divide + cast down, cast up: ~3 passes
-        return [net.time("all_reduce", b / 2, p) for b in sizes], 3 * hw.elementwise_cost * elems
-    if c.name == "powersgd":
-        r = int(c.options["rank"])
-        sent = flops = 0.0
-        for t in w.tensors:
-            if len(t.shape) == 2 and t.numel >= int(c.options["min_numel"]):
-                m, n = t.shape
-                sent += 4.0 * r * (m + n)
-                flops += 2.0 * 3 * m * n * r + 2.0 * 2 * m * r * r  # P=MQ, Q=M^T P, M~=PQ^T; Gram-Schmidt
-            else:
-                sent += 4.0 * t.numel
-        scale = sent / sum(sizes)
-        work = flops / hw.achieved_flops + 3 * hw.elementwise_cost * elems  # error feedback
-        return [net.time("all_reduce", b * scale / 2, p) * 2 for b in sizes], work
-    if c.name == "topk":
-        k = float(c.options["ratio"])
-        return ([net.time("all_gather", p * k * b * 2, p) for b in sizes],
-                (4 + 2) * hw.elementwise_cost * elems)  # select (|g| + partial sort) + error feedback
-    raise CostModelError(f"the cost model does not cover compression '{c.name}'")
+# -- compressors on the bucketed path: per-bucket communication time and compression compute ---
 
+def bucket_comm(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    """Per-bucket communication time and the compression compute, for the run's compressor."""
+    return catalog.resolve(catalog.compressor(x.compress.name).price)(x, sizes)
+
+
+def bucket_comm_none(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    return [x.net.time("all_reduce", b, x.p) for b in sizes], 0.0
+
+
+def bucket_comm_low_precision(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    """Half the bytes; divide + cast down, cast up: ~3 element-wise passes."""
+    elems = sum(sizes) / 4
+    return [x.net.time("all_reduce", b / 2, x.p) for b in sizes], 3 * x.hw.elementwise_cost * elems
+
+
+def bucket_comm_powersgd(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    """Rank-r factors P and Q (two all-reduces) for matrices, the rest uncompressed."""
+    r = int(x.compress.options["rank"])
+    elems = sum(sizes) / 4
+    sent = flops = 0.0
+    for t in x.w.tensors:
+        if len(t.shape) == 2 and t.numel >= int(x.compress.options["min_numel"]):
+            m, n = t.shape
+            sent += 4.0 * r * (m + n)
+            flops += 2.0 * 3 * m * n * r + 2.0 * 2 * m * r * r  # P=MQ, Q=M^T P, M~=PQ^T; Gram-Schmidt
+        else:
+            sent += 4.0 * t.numel
+    scale = sent / sum(sizes)
+    work = flops / x.hw.achieved_flops + 3 * x.hw.elementwise_cost * elems  # error feedback
+    return [x.net.time("all_reduce", b * scale / 2, x.p) * 2 for b in sizes], work
+
+
+def bucket_comm_topk(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    """Values and indices of the top ratio*n entries, all-gathered; select + error feedback."""
+    k = float(x.compress.options["ratio"])
+    elems = sum(sizes) / 4
+    return [x.net.time("all_gather", x.p * k * b * 2, x.p) for b in sizes], (4 + 2) * x.hw.elementwise_cost * elems
+
+
+# -- memory ----------------------------------------------------------------------------------------
 
 def memory(strategy: str, w: Workload, p: int, compress: str | Spec = "none") -> dict[str, float]:
-    """Bytes per rank: fp32 parameters, gradients, AdamW moments (ZeRO shards them over ``p``),
-    strategy extras, and activations of one micro-batch (Korthikanti et al. 2022: 34*s*b*h bytes
-    per layer in 16-bit; the s^2 attention term is absent with fused attention), doubled in fp32,
-    plus the logits and their gradient."""
-    c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSORS, "compress")
-    name = {**SAME_AS, "torch-fsdp": "zero3"}.get(strategy, strategy)  # FSDP holds what ZeRO-3 holds
-    psi = 4.0 * w.n_params
-    params, grads, opt = psi, psi, 2 * psi
-    extra = 0.0
-    if name == "zero1":
-        opt /= p
-    elif name == "zero2":
-        opt /= p
-        grads = psi / p + 2 * w.bucket_bytes  # two buckets in flight
-    elif name == "zero3":
-        opt /= p
-        grads = psi / p + 2 * max(units(w))
-        params = psi / p + units(w)[-1] + max(units(w)[:-1] or [0])  # root + the block in use
-    elif name == "diloco":
-        extra = 2 * psi  # the outer parameters and the outer momentum
-    if c.name in ("powersgd", "topk"):
-        extra += psi  # error feedback
+    """Bytes per rank: fp32 parameters, gradients, AdamW moments and strategy extras (the catalog
+    entry's memory function), error feedback of a compressor, and activations of one micro-batch
+    (Korthikanti et al. 2022: 34*s*b*h bytes per layer in 16-bit; the s^2 attention term is absent
+    with fused attention), doubled in fp32, plus the logits and their gradient."""
+    c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSOR_SCHEMA, "compress")
+    params, grads, opt, extra = catalog.resolve(catalog.strategy(strategy).memory)(w, p)
+    if catalog.compressor(c.name).error_feedback:
+        extra += 4.0 * w.n_params
     act_bytes = 2.0 if w.precision == "bf16" else 4.0
     b, s, h = w.micro_batch, w.seq_len, w.n_embd
     activations = w.n_layer * 34 * s * b * h * act_bytes / 2 + 2 * b * s * w.vocab * 4.0
     total = params + grads + opt + extra + activations
     return {"params": params, "grads": grads, "optimizer": opt, "extra": extra,
             "activations": activations, "total": total}
+
+
+Held = tuple[float, float, float, float]  # params, grads, optimizer, extra: bytes per rank
+
+
+def memory_replicated(w: Workload, p: int) -> Held:
+    """The ZeRO paper's yardstick (Rajbhandari et al. 2020): 4Ψ + 4Ψ + 8Ψ bytes for fp32 AdamW."""
+    psi = 4.0 * w.n_params
+    return psi, psi, 2 * psi, 0.0
+
+
+def memory_zero1(w: Workload, p: int) -> Held:
+    psi = 4.0 * w.n_params
+    return psi, psi, 2 * psi / p, 0.0
+
+
+def memory_zero2(w: Workload, p: int) -> Held:
+    psi = 4.0 * w.n_params
+    return psi, psi / p + 2 * w.bucket_bytes, 2 * psi / p, 0.0  # two buckets in flight
+
+
+def memory_zero3(w: Workload, p: int) -> Held:
+    psi, us = 4.0 * w.n_params, units(w)
+    params = psi / p + us[-1] + max(us[:-1] or [0])  # root + the block in use
+    return params, psi / p + 2 * max(us), 2 * psi / p, 0.0
+
+
+def memory_diloco(w: Workload, p: int) -> Held:
+    psi = 4.0 * w.n_params
+    return psi, psi, 2 * psi, 2 * psi  # the outer parameters and the outer momentum
 
 
 def scaling_efficiency(strategy: str, w: Workload, worlds: Sequence[int], hw: Hardware, net: Network,

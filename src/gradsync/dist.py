@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from gradsync.config import ParallelConfig
 from gradsync.errors import DistributedError
+from gradsync.ring import wire_bytes
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,12 @@ def choose_backend(requested: str) -> tuple[str, torch.device]:
     return "gloo", torch.device("cpu")
 
 
-def init_distributed(cfg: ParallelConfig) -> DistEnv:
+def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
-    ...), or create a one-process group when no launcher set them."""
-    backend, device = choose_backend(cfg.backend)
-    timeout = timedelta(seconds=cfg.timeout_s)
+    ...), or create a one-process group when no launcher set them. ``backend`` is
+    ``parallel.backend`` (auto, gloo, nccl); every collective fails after ``timeout_s``."""
+    backend, device = choose_backend(backend)
+    timeout = timedelta(seconds=timeout_s)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if not dist.is_initialized():
@@ -95,19 +96,10 @@ def shutdown(clean: bool = True) -> None:
 @dataclass
 class CommStats:
     bytes: int = 0  # payload bytes this worker handed to collectives (its input tensors)
-    wire_bytes: float = 0.0  # bytes this worker sends under ring algorithms (see Comm)
+    wire_bytes: float = 0.0  # bytes this worker sends under ring algorithms (gradsync.ring)
     raw_bytes: int = 0  # payload the uncompressed gradient would have needed (0 = not compressing)
     blocked_s: float = 0.0  # wall time this worker waited on collectives
     calls: int = 0
-
-
-# Bytes each rank sends, per payload byte, in the ring algorithms (Patarasuk & Yuan 2009):
-# all-reduce = reduce-scatter + all-gather of the same tensor.
-def _ring_wire(op: str, nbytes: int, p: int) -> float:
-    if p == 1:
-        return 0.0
-    return {"all_reduce": 2 * (p - 1) / p, "reduce_scatter": (p - 1) / p,
-            "all_gather": float(p - 1), "broadcast": 1.0}[op] * nbytes
 
 
 # How gloo and NCCL report a peer that stalled, died or became unreachable.
@@ -147,7 +139,7 @@ class Comm:
         """Account one collective of ``t`` (also used for collectives that torch issues itself)."""
         n = t.numel() * t.element_size()
         self.stats.bytes += n
-        self.stats.wire_bytes += _ring_wire(op, n, self.world_size)
+        self.stats.wire_bytes += wire_bytes(op, n, self.world_size)
         self.stats.calls += 1
 
     @contextlib.contextmanager

@@ -1,9 +1,9 @@
-"""``gradsync train``: check the inputs once, then start the workers through torch's elastic agent.
+"""Start the workers through torch's elastic agent, the machinery behind ``torchrun``.
 
-Everything that can be wrong with the input (config, data path, batch divisibility, checkpoint) is
-checked here, in one process, before any worker starts, so bad input costs a second and prints one
-line. Workers are started by ``torch.distributed.launcher.api.elastic_launch``, the machinery
-behind ``torchrun``: c10d rendezvous, one agent per node, ``nproc`` workers per agent.
+:func:`launch_workers` runs ``python -m gradsync.worker --job JOB`` on ``nproc`` workers per node
+with ``torch.distributed.launcher.api.elastic_launch``: c10d rendezvous, one agent per node,
+restarts, and one-line errors for a dead worker, a node that never joins, or a lost rendezvous.
+Commands check their input before they call it (:mod:`gradsync.prepare`).
 """
 
 from __future__ import annotations
@@ -12,90 +12,23 @@ import logging
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gradsync import checkpoint as ckpt
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
 from gradsync.config import Config, ParallelConfig
 from gradsync.errors import ConfigError, DistributedError
+from gradsync.files import atomic_write_bytes
 from gradsync.watchdog import StoreWatchdog
-
-if TYPE_CHECKING:
-    from gradsync.data import TokenData
+from gradsync.worker import TRAIN_JOB
 
 
-def prepare(cfg: Config) -> Config:
-    """Validate the run on one process and resolve what every worker must agree on: the run
-    folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
-    import torch
-
-    from gradsync.data import ShardedBatches, load_tokens
-    from gradsync.peak import worker_peak_flops
-
-    t = cfg.train
-    updates: dict[str, object] = {}
-    run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
-        f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    updates["train.run_dir"] = run_dir
-    existing = ckpt.list_checkpoints(run_dir)
-    if existing and not t.resume:
-        raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
-                          "it or choose another --run-dir")
-    data = None
-    if cfg.parallel.nnodes == 1:
-        data = load_tokens(cfg.data)
-        ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
-                       cfg.parallel.world_size, t.seed)
-    path = ckpt.resolve_resume(t.resume, run_dir)
-    if cfg.parallel.strategy == "auto":
-        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, data)})
-    if path is None and t.resume == "auto":
-        print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
-    if path is not None:
-        ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
-        updates["train.resume"] = str(path)
-    if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
-        updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
-    return cfg.replace(**updates)
-
-
-def _resolve_auto(cfg: Config, resume: Path | None, data: TokenData | None) -> str:
-    """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
-    from gradsync.data import load_tokens
-    from gradsync.plan import auto_strategy
-
-    if resume is not None:
-        chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
-        print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
-        return chosen
-    vocab = (data or load_tokens(cfg.data)).vocab_size
-    chosen, why = auto_strategy(cfg, vocab)
-    print(f"gradsync: --strategy auto chose {why}", flush=True)
-    return chosen
-
-
-def _latest_run(root: str) -> str:
-    """The most recently modified run folder under ``root`` that holds a checkpoint ("" if none)."""
-    runs = [p for p in Path(root).glob("*") if ckpt.list_checkpoints(p)] if Path(root).is_dir() else []
-    return str(max(runs, key=lambda p: p.stat().st_mtime)) if runs else ""
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def launch_workers(cfg: Config, config_path: Path, module: str = "gradsync.worker",
-                   args: tuple[str, ...] = ()) -> None:
-    """Run ``python -m MODULE --config config_path ARGS`` on every worker and wait (the trainer by
-    default; ``gradsync calibrate`` runs its measurements the same way)."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
+def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: tuple[str, ...] = ()) -> None:
+    """Run ``python -m gradsync.worker --job JOB --config config_path -- ARGS`` on every worker
+    and wait (the trainer by default; ``gradsync calibrate`` runs its measurements the same way)."""
     p = cfg.parallel
     os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
@@ -117,7 +50,8 @@ def launch_workers(cfg: Config, config_path: Path, module: str = "gradsync.worke
         watchdog = StoreWatchdog(p.timeout_s, p.rdzv_endpoint)
         watchdog.start()
     try:
-        elastic_launch(lc, sys.executable)("-u", "-m", module, "--config", str(config_path), *args)
+        elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--job", job, "--config", str(config_path),
+                                           "--", *args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code = failure.exitcode
@@ -192,16 +126,5 @@ def interface_with_address(addr: str) -> str | None:
 def write_run_config(cfg: Config) -> Path:
     """Write the resolved config into its run folder; the workers read their config from it."""
     config_path = Path(cfg.train.run_dir) / "config.toml"
-    ckpt.atomic_write_bytes(config_path, cfg.to_toml().encode())  # also creates the folder
+    atomic_write_bytes(config_path, cfg.to_toml().encode())  # also creates the folder
     return config_path
-
-
-def train_command(cfg: Config) -> int:
-    cfg = prepare(cfg)
-    config_path = write_run_config(cfg)
-    if cfg.parallel.world_size == 1:
-        from gradsync.worker import run
-
-        return run(["--config", str(config_path)])
-    launch_workers(cfg, config_path)
-    return 0

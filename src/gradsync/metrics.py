@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gradsync.files import save_figure
+
 
 class MetricsWriter:
     """Appends one JSON object per logged event to ``run_dir/metrics.jsonl``, flushed each line so
@@ -62,11 +64,3 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, out_path)
     plt.close(fig)
-
-
-def save_figure(fig: Any, out_path: Path, dpi: int = 100) -> None:
-    """Write a matplotlib figure as PNG atomically (temp file + rename)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    tmp.replace(out_path)

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradsync.checkpoint import atomic_write_bytes
-from gradsync.data.sources import cache_dir
+from gradsync.files import atomic_write_bytes, cache_dir
 
 if TYPE_CHECKING:
     from gradsync.config import Config
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -68,7 +67,7 @@ def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int) -
 
 def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
     """Cached :func:`measure_matmul_flops` for this device, dtype and thread count."""
-    key = f"{_device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
+    key = f"{device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     try:
         table = json.loads(path.read_text())

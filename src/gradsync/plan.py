@@ -1,30 +1,26 @@
-"""``gradsync plan``: which strategy, how fast, and does it fit, before anyone buys or books GPUs.
+"""Planning a job with the cost model: which strategy, how fast, and does it fit.
 
 Given a model (a preset or a parameter count), sequence length, global batch, a number of devices,
 a device (datasheet presets or a ``gradsync calibrate`` profile) and a network (presets or
 bandwidth + latency), it prints the cost model's prediction for every strategy, recommends one
 with its reason, and plots predicted scaling efficiency from 1 to 4096 devices.
-:func:`choose` is also what ``gradsync train --strategy auto`` uses.
+:func:`choose` is also what ``gradsync train --strategy auto`` uses (:func:`auto_strategy`). The
+command around it is :mod:`gradsync.commands.plan`. Torch-free: plans run anywhere.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from gradsync import catalog
 from gradsync import costmodel as cm
+from gradsync.config import Config
 from gradsync.errors import ConfigError
-from gradsync.metrics import save_figure
-
-ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
-DEFAULT_STRATEGIES = ("allreduce", "bucketed", "zero1", "zero2", "zero3", "torch-fsdp", "bucketed+fp16",
-                      "bucketed+powersgd:rank=4", "localsgd:8", "diloco:8")
-if TYPE_CHECKING:
-    from gradsync.config import Config
+from gradsync.files import save_figure
+from gradsync.profile import default_profile_path, load_profile, profile_hardware, profile_network
+from gradsync.shapes import GPTShape
 
 SCALING_DEVICES = [2**i for i in range(13)]  # 1 .. 4096
 
@@ -35,79 +31,6 @@ class Row:
     micro_batch: int
     accum: int
     pred: cm.Prediction
-
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="gpt2", help="GPT preset (tiny ... gpt2-xl; 124m = gpt2) unless --params")
-    p.add_argument("--params", type=float, default=0, help="parameter count (e.g. 7e9) instead of a preset")
-    p.add_argument("--n-layer", type=int, default=0, help="layers (with --params; else a preset's)")
-    p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--global-batch", type=int, default=512, help="sequences per optimizer step")
-    p.add_argument("--micro-batch", type=int, default=0, help="per device (default: the largest that fits)")
-    p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--device", default="a100-80gb",
-                   help=f"{', '.join(cm.DEVICES)}, or a profile written by `gradsync calibrate`")
-    p.add_argument("--efficiency", type=float, default=0.0,
-                   help="fraction of peak FLOP/s the model reaches (presets: 0.45; profiles: measured)")
-    p.add_argument("--network", default="100gbe", help=f"{', '.join(cm.NETWORKS)}, or 'profile'")
-    p.add_argument("--bandwidth-gbps", type=float, default=None, help="instead of --network: Gbit/s per device")
-    p.add_argument("--latency-us", type=float, default=None, help="with --bandwidth-gbps")
-    p.add_argument("--gpus-per-node", type=int, default=1, help="devices joined by --intra-network")
-    p.add_argument("--intra-network", default="nvlink", help="the link inside a node")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="activation precision")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    p.add_argument("--plot", default="plan-scaling.png", help="scaling plot (PNG); '' for none")
-
-
-def _shape(ns: argparse.Namespace) -> tuple[int, int, int]:
-    """(n_layer, n_head, n_embd) of a preset, or of a GPT with about ``--params`` parameters at
-    the GPT-2/3 aspect ratio (width = 128 * layers, up to 96 layers) unless --n-layer is given."""
-    from gradsync.model.gpt import PRESETS
-
-    if ns.params:
-        if ns.params < 1e5 or ns.params > 1e13:
-            raise ConfigError(f"plan: --params must be between 1e5 and 1e13, got {ns.params:g}")
-        layers = ns.n_layer or next(L for L in range(1, 200) if 12 * L * (128 * L) ** 2 >= ns.params or L >= 96)
-        # 12 L h^2 + V h = N  ->  h
-        a, b = 12.0 * layers, float(ns.vocab)
-        h = (-b + math.sqrt(b * b + 4 * a * ns.params)) / (2 * a)
-        n_embd = max(64, int(round(h / 64)) * 64)
-        return layers, n_embd // 64, n_embd
-    name = ALIASES.get(ns.model.lower(), ns.model)
-    if name not in PRESETS:
-        raise ConfigError(f"plan: unknown model '{ns.model}'; choose one of {', '.join([*PRESETS, *ALIASES])} "
-                          "or give --params")
-    d = PRESETS[name]
-    return d["n_layer"], d["n_head"], d["n_embd"]
-
-
-def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Network]:
-    from gradsync.calibrate import load_profile, profile_hardware, profile_network
-
-    profile = None
-    if ns.device.endswith(".json") or Path(ns.device).is_file():
-        profile = load_profile(ns.device)
-        hw = profile_hardware(profile)
-    else:
-        hw = cm.device_preset(ns.device)
-    if ns.efficiency:
-        if not 0 < ns.efficiency <= 1:
-            raise ConfigError(f"plan: --efficiency must be in (0, 1], got {ns.efficiency}")
-        hw = dataclasses.replace(hw, efficiency=ns.efficiency)
-    if ns.latency_us is not None and ns.bandwidth_gbps is None:
-        raise ConfigError("plan: --latency-us needs --bandwidth-gbps")
-    if ns.bandwidth_gbps is not None:
-        latency = ns.latency_us if ns.latency_us is not None else 0.0
-        net = cm.Network.uniform(f"{ns.bandwidth_gbps:g} Gbit/s, {latency:g} us",
-                                 cm.Link.from_bandwidth(ns.bandwidth_gbps, latency))
-    elif ns.network == "profile":
-        if profile is None:
-            raise ConfigError("plan: --network profile needs --device PROFILE.json")
-        net = profile_network(profile)
-    else:
-        net = cm.network_preset(ns.network)
-    return hw, net
 
 
 def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int) -> cm.Network:
@@ -128,10 +51,10 @@ def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch:
     candidates = [micro_batch] if micro_batch else [b for b in range(per_device, 0, -1) if per_device % b == 0]
     rows = []
     for entry in entries:
-        strategy, _, compress = entry.partition("+")
+        strategy, compress = catalog.split_entry(entry)
         pred, mb = None, candidates[-1]
         for mb in candidates:
-            pred = cm.predict(strategy, cm.with_accum(w, mb, per_device // mb), devices, hw, net, compress or "none")
+            pred = cm.predict(strategy, cm.with_accum(w, mb, per_device // mb), devices, hw, net, compress)
             if pred.fits:
                 break
         assert pred is not None
@@ -142,7 +65,7 @@ def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch:
 def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
     """The fastest exact (synchronous) strategy that fits, and why. Strategies that change the
     optimization (compression, local SGD, DiLoCo) are mentioned, never chosen silently."""
-    exact = [r for r in rows if r.entry in cm.EXACT]
+    exact = [r for r in rows if r.entry in catalog.exact_strategies()]
     fitting = [r for r in exact if r.pred.fits]
     if not fitting:
         return None, ("nothing fits in device memory even at micro-batch 1: use more devices, a bigger device, "
@@ -158,7 +81,7 @@ def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
     unfit = [r.entry for r in exact if not r.pred.fits]
     if unfit:
         why += f"; {', '.join(unfit)} {'does' if len(unfit) == 1 else 'do'} not fit"
-    approx = [r for r in rows if r.entry not in cm.EXACT and r.entry not in ("allreduce", "torch-fsdp", "torch-ddp")
+    approx = [r for r in rows if catalog.changes_optimization(r.entry)
               and r.pred.fits and r.pred.tokens_per_s > 1.2 * p.tokens_per_s]
     if approx:
         fast = max(approx, key=lambda r: r.pred.tokens_per_s)
@@ -206,10 +129,8 @@ def plot_scaling(curves: dict[str, list[float]], devices: Sequence[int], title: 
     plt.close(fig)
 
 
-def workload_of(cfg: "Config", vocab: int) -> cm.Workload:
+def workload_of(cfg: Config, vocab: int) -> cm.Workload:
     """The cost model's workload for a run's config (its GPT, micro-batch, accumulation, buckets)."""
-    from gradsync.model.gpt import GPTShape
-
     m = cfg.model
     s = GPTShape.from_preset(m.preset, vocab, cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
     return cm.gpt_workload(s.n_layer, s.n_head, s.n_embd, vocab, cfg.data.seq_len, cfg.train.micro_batch,
@@ -217,11 +138,9 @@ def workload_of(cfg: "Config", vocab: int) -> cm.Workload:
                            cfg.parallel.bucket_mb, cfg.parallel.first_bucket_mb)
 
 
-def auto_strategy(cfg: "Config", vocab: int) -> tuple[str, str]:
+def auto_strategy(cfg: Config, vocab: int) -> tuple[str, str]:
     """``--strategy auto``: the exact strategy the cost model, fed this machine's calibration
     profile, predicts fastest for this run (and that fits in memory), with the reason."""
-    from gradsync.calibrate import default_profile_path, load_profile, profile_hardware, profile_network
-
     world = cfg.parallel.world_size
     if world == 1:
         return "bucketed", "one worker: there is no communication to optimize"
@@ -229,55 +148,8 @@ def auto_strategy(cfg: "Config", vocab: int) -> tuple[str, str]:
     profile = load_profile(path)
     hw, net = profile_hardware(profile), profile_network(profile)
     w = workload_of(cfg, vocab)
-    rows = [Row(s, w.micro_batch, w.accum, cm.predict(s, w, world, hw, net)) for s in cm.EXACT]
+    rows = [Row(s, w.micro_batch, w.accum, cm.predict(s, w, world, hw, net)) for s in catalog.exact_strategies()]
     best, why = choose(rows)
     if best is None:
         raise ConfigError(f"--strategy auto: {why}")
     return best.entry, f"{why} [profile {path}: {profile['world_size']} workers, {profile['device']}]"
-
-
-def plan_command(ns: argparse.Namespace) -> int:
-    from gradsync.bench import split_entries
-
-    for name in ("seq_len", "global_batch", "devices", "vocab"):
-        if getattr(ns, name) < 1:
-            raise ConfigError(f"plan: --{name.replace('_', '-')} must be >= 1, got {getattr(ns, name)}")
-    if ns.micro_batch < 0 or ns.gpus_per_node < 1:
-        raise ConfigError("plan: --micro-batch must be >= 0 and --gpus-per-node >= 1")
-    n_layer, n_head, n_embd = _shape(ns)
-    hw, net = hardware_and_network(ns)
-    intra = cm.network_preset(ns.intra_network) if ns.gpus_per_node > 1 else None
-    entries = split_entries(ns.strategies)
-    w = cm.gpt_workload(n_layer, n_head, n_embd, ns.vocab, ns.seq_len, 1, precision=ns.precision)
-    rows = evaluate(entries, w, ns.devices, ns.global_batch, hw,
-                    network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch)
-    eff: dict[str, float] = {}
-    curves: dict[str, list[float]] = {}
-    for r in rows:
-        strategy, _, compress = r.entry.partition("+")
-        wr = cm.with_accum(w, r.micro_batch, r.accum)
-        one = cm.predict(strategy, wr, 1, hw, net, compress or "none").tokens_per_s
-
-        def at(p: int, strategy: str = strategy, compress: str = compress, wr: cm.Workload = wr,
-               one: float = one) -> float:
-            net_p = network_for(p, net, intra, ns.gpus_per_node)
-            return cm.predict(strategy, wr, p, hw, net_p, compress or "none").tokens_per_s / (p * one)
-
-        eff[r.entry] = at(ns.devices)
-        curves[r.entry] = [at(p) for p in SCALING_DEVICES]
-    params = w.n_params
-    header = (f"plan: GPT {n_layer} layers x {n_embd} wide ({params / 1e6:,.1f}M parameters), seq {ns.seq_len}, "
-              f"global batch {ns.global_batch} sequences on {ns.devices} x {hw.name} "
-              f"({hw.peak_flops / 1e12:,.1f} TFLOP/s peak at {hw.efficiency:.0%} efficiency, "
-              f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
-              + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else ""))
-    print(format_plan(rows, header, eff))
-    best, why = choose(rows)
-    print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")
-    if ns.plot:
-        title = (f"{params / 1e6:,.0f}M-parameter GPT, seq {ns.seq_len}, {ns.global_batch // ns.devices} sequences per "
-                 f"device; {hw.name} over {net.name}\nweak scaling (per-device batch fixed), ring collectives: "
-                 "the latency term grows with devices")
-        plot_scaling(curves, SCALING_DEVICES, title, ns.plot)
-        print(f"scaling plot: {ns.plot}")
-    return 0

@@ -3,7 +3,8 @@
 ``--strategy localsgd:8`` is local SGD averaging every 8 steps, ``--strategy diloco:8,outer_lr=0.5``
 DiLoCo with a custom outer learning rate, ``--compress powersgd:rank=4`` PowerSGD of rank 4. A bare
 value sets the spec's first parameter. Every spec is checked against a schema when the config is
-built, so a typo fails with one line before any worker starts.
+built, so a typo fails with one line before any worker starts. The schemas are the options of the
+entries of :mod:`gradsync.catalog`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from gradsync.errors import ConfigError
+from gradsync.values import coerce
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,7 @@ Schema = Mapping[str, Mapping[str, Param]]
 
 def _convert(what: str, key: str, raw: str, p: Param) -> Any:
     try:
-        if p.type is bool:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError
-            value: Any = raw.lower() in ("1", "true", "yes", "on")
-        elif p.type is int:
-            value = int(raw)
-        else:
-            value = p.type(raw)
+        value = coerce(raw, p.type)
     except ValueError:
         raise ConfigError(f"{what}: {key} must be of type {p.type.__name__}, got {raw!r}") from None
     if not p.check(value):
@@ -83,55 +78,5 @@ def parse_spec(text: str, schema: Schema, what: str) -> Spec:
     return Spec(name, values)
 
 
-def _positive(v: Any) -> bool:
+def positive(v: Any) -> bool:
     return v > 0
-
-
-STRATEGIES: Schema = {
-    "auto": {},  # chosen by the cost model at launch (gradsync train), never run as such
-    "allreduce": {},
-    "bucketed": {},
-    "torch-ddp": {},
-    "zero1": {},
-    "zero2": {},
-    "zero3": {},
-    "localsgd": {"H": Param(int, 8, _positive, "a positive number of steps")},
-    "diloco": {
-        "H": Param(int, 8, _positive, "a positive number of steps"),
-        "outer_lr": Param(float, 0.7, _positive, "> 0"),
-        "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
-        "nesterov": Param(bool, True),
-    },
-    "torch-zero1": {},
-    "torch-fsdp": {},
-}
-
-COMPRESSORS: Schema = {
-    "none": {},
-    "fp16": {},
-    "bf16": {},
-    "powersgd": {
-        "rank": Param(int, 4, _positive, "a positive integer"),
-        "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
-        "warm_start": Param(bool, True),
-    },
-    "topk": {"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
-             "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
-}
-
-# Strategies that a --compress other than 'none' composes with, and the compressors each takes.
-COMPOSES = {
-    "bucketed": ("fp16", "bf16", "powersgd", "topk"),
-    "torch-ddp": ("fp16", "bf16", "powersgd"),  # torch's own communication hooks: the references
-}
-
-
-def check_composition(strategy: Spec, compress: Spec) -> None:
-    """Raise unless ``compress`` can run under ``strategy``."""
-    if compress.name == "none":
-        return
-    allowed = COMPOSES.get(strategy.name, ())
-    if compress.name not in allowed:
-        where = ", ".join(f"{s} ({'/'.join(c)})" for s, c in COMPOSES.items())
-        raise ConfigError(f"parallel.compress {compress.name} is not implemented for strategy "
-                          f"{strategy.name}; compression composes with {where}")

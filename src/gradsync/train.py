@@ -11,56 +11,31 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
-import torch.nn as nn
 
 from gradsync import checkpoint as ckpt
-from gradsync.config import Config, OptimConfig
+from gradsync.config import Config
 from gradsync.data import ShardedBatches, TokenData, eval_batches, load_tokens
 from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
-from gradsync.errors import TrainingError
+from gradsync.errors import ConfigError, TrainingError
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.model import gpt_from_config
+from gradsync.optim import lr_at, optimizer_factory
+from gradsync.peak import worker_peak_flops
 from gradsync.parallel import Strategy, build_strategy
 from gradsync.sample import sample_text
 
 
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
-
-
-def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at the end."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def optimizer_factory(cfg: OptimConfig) -> Callable[[nn.Module], torch.optim.Optimizer]:
-    """AdamW (or SGD) with weight decay on matrices only (not biases, LayerNorm gains or 1-D
-    tensors). Strategies call the factory; sharded ones rebuild it over their shard's pieces."""
-
-    def make(model: nn.Module) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        if cfg.name == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-
-    return make
 
 
 @dataclass
@@ -79,7 +54,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, env: DistEnv | None = None, data: TokenData | None = None) -> None:
         self.cfg = cfg
-        self.env = env or init_distributed(cfg.parallel)
+        self.env = env or init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
         cfg.check_world(self.env.world_size)
         torch.set_num_threads(cfg.parallel.threads_per_worker(self.env.local_world_size))
         self.run_dir = Path(cfg.train.run_dir)
@@ -319,3 +294,21 @@ class Trainer:
     @staticmethod
     def _print(msg: str) -> None:
         print(msg, flush=True)
+
+
+def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
+    """What ``python -m gradsync.worker`` runs by default: train this worker's part of the run.
+
+    Under ``torchrun`` without ``--run-dir`` the run folder is ``runs/<rdzv id>``; after the agent
+    restarted the workers (one died), every worker continues from the newest checkpoint."""
+    if argv:
+        raise ConfigError(f"train: unexpected argument(s) {' '.join(argv)}")
+    if not cfg.train.run_dir:
+        cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart > 0:
+        cfg = cfg.replace(**{"train.resume": "auto"})
+        if env.is_main:
+            print(f"gradsync: restart {restart}: resuming from the newest checkpoint in {cfg.train.run_dir}",
+                  flush=True)
+    Trainer(cfg, env).fit(worker_peak_flops(cfg, env.device, env.local_world_size))

@@ -1,8 +1,12 @@
-"""The per-worker entry point: ``python -m gradsync.worker [train flags]``.
+"""The per-worker entry point: ``python -m gradsync.worker [--job MODULE:FUNCTION] [run flags] [-- JOB ARGS]``.
 
-``gradsync train`` starts it through torch's elastic agent; across nodes, run it under
-``torchrun`` yourself (see the README). It reads its rank and world from the environment the
-agent sets, trains, and exits 0, or prints one ``gradsync: error: [rank R] ...`` line and exits 2.
+``gradsync train`` and ``gradsync calibrate`` start it through torch's elastic agent
+(:func:`gradsync.launch.launch_workers`); across nodes, run it under ``torchrun`` yourself (see
+the README). It reads its rank and world from the environment the agent sets, builds the run's
+config, joins the process group, runs the job ``function(cfg, env, job_args)`` (the trainer by
+default), and exits 0, or prints one ``gradsync: error: [rank R] ...`` line and exits 2.
+
+The job is named, not imported here: the runtime layer knows nothing of what runs on it.
 """
 
 from __future__ import annotations
@@ -11,31 +15,25 @@ import os
 import sys
 from typing import Sequence
 
-
-from gradsync.cli import _Parser, add_config_args, config_from_args
+from gradsync.args import ArgParser, add_config_args, config_from_args
+from gradsync.catalog import resolve
+from gradsync.dist import init_distributed, shutdown
 from gradsync.errors import GradsyncError
+
+TRAIN_JOB = "gradsync.train:worker_job"
 
 
 def run(argv: Sequence[str]) -> int:
-    from gradsync.dist import init_distributed, shutdown
-    from gradsync.peak import worker_peak_flops
-    from gradsync.train import Trainer
-
-    p = _Parser(prog="gradsync.worker")
+    argv = list(argv)
+    job_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = ArgParser(prog="gradsync.worker")
     add_config_args(p)
+    p.add_argument("--job", default=TRAIN_JOB, help="module:function(cfg, env, job_args) to run")
     ns, extra = p.parse_known_args(argv)
     cfg = config_from_args(ns, extra)
-    if not cfg.train.run_dir:
-        cfg = cfg.replace(**{"train.run_dir": f"runs/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"})
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restart > 0:  # the agent restarted every worker after one died: continue from the newest checkpoint
-        cfg = cfg.replace(**{"train.resume": "auto"})
-        if os.environ.get("RANK", "0") == "0":
-            print(f"gradsync: restart {restart}: resuming from the newest checkpoint in {cfg.train.run_dir}",
-                  flush=True)
-    env = init_distributed(cfg.parallel)
-    trainer = Trainer(cfg, env)
-    trainer.fit(worker_peak_flops(cfg, env.device, env.local_world_size))
+    env = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
+    resolve(ns.job)(cfg, env, job_args)
     shutdown()
     return 0
 

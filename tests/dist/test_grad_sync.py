@@ -38,7 +38,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _synced_grads(rank: int, strategy: str, accum: int) -> dict[str, torch.Tensor]:
     cfg = ParallelConfig(nproc=2, strategy=strategy, bucket_mb=0.01, first_bucket_mb=0.002)
-    env = init_distributed(cfg)
+    env = init_distributed(cfg.backend, cfg.timeout_s)
     torch.manual_seed(rank)  # different init on each rank: replication must fix it
     model = build_gpt("tiny", V, T)
     s = STRATEGIES[strategy](model, _sgd, Comm(env), cfg)
@@ -103,7 +103,7 @@ class _WithUnused(nn.Module):
 
 def _unused_param_step(rank: int) -> list[str]:
     cfg = ParallelConfig(nproc=2, strategy="bucketed", bucket_mb=1e-4, first_bucket_mb=1e-4, timeout_s=20)
-    env = init_distributed(cfg)
+    env = init_distributed(cfg.backend, cfg.timeout_s)
     torch.manual_seed(0)
     model = _WithUnused()
     s = STRATEGIES["bucketed"](model, _sgd, Comm(env), cfg)
@@ -122,7 +122,7 @@ def test_bucketed_unused_parameter_warns_instead_of_hanging() -> None:
 
 
 def _diverged_replicas(rank: int) -> str:
-    env = init_distributed(ParallelConfig(nproc=2))
+    env = init_distributed()
     torch.manual_seed(rank)
     try:
         verify_replicas(nn.Linear(3, 3), Comm(env))

@@ -73,7 +73,7 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for strategy in ["bucketed", *ZERO]:
         cfg = ParallelConfig(nproc=world, strategy=strategy, bucket_mb=0.02, first_bucket_mb=0.005)
-        env = init_distributed(cfg)
+        env = init_distributed(cfg.backend, cfg.timeout_s)
         torch.manual_seed(0)
         model = build_gpt("tiny", 16, 16)
         s = STRATEGIES[strategy](model, optimizer_factory(OptimConfig()), Comm(env), cfg)

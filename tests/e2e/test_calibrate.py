@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gradsync import costmodel as cm
-from gradsync.calibrate import fit_alpha_beta, message_sizes, profile_hardware, profile_network, trimmed_mean
+from gradsync.calibrate import fit_alpha_beta, message_sizes, trimmed_mean
+from gradsync.profile import profile_hardware, profile_network
 
 
 def test_fit_recovers_alpha_and_beta_of_exact_ring_times() -> None:

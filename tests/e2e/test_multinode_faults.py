@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from gradsync import checkpoint as ckpt
-from gradsync import netns
+from gradsync.testing import netns
 
 _why = netns.unavailable_reason()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"multi-node tests need network namespaces: {_why}")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.bench import RunStats, _median, _run_stats, entry_overrides, format_table, split_entries
+from gradsync.catalog import split_entries
+from gradsync.commands.bench import RunStats, _median, _run_stats, entry_overrides, format_table
 from gradsync.config import Config
 from gradsync.errors import ConfigError
 

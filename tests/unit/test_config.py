@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.cli import config_from_args, build_parser, parse_dotted
+from gradsync.args import config_from_args, parse_dotted
+from gradsync.cli import build_parser
 from gradsync.config import Config, build_config, incompatible_fields, load_toml
 from gradsync.errors import ConfigError
 
@@ -48,8 +49,8 @@ def test_global_batch_must_divide_by_world_times_micro_batch() -> None:
 
 
 def test_cli_flags_aliases_and_dotted_keys() -> None:
-    ns, extra = build_parser().parse_known_args(
-        ["train", "--nproc", "4", "--max-steps", "9", "--train.seed=3", "--sample-tokens", "5", "--resume"])
+    ns, extra = build_parser("train").parse_known_args(
+        ["--nproc", "4", "--max-steps", "9", "--train.seed=3", "--sample-tokens", "5", "--resume"])
     cfg = config_from_args(ns, extra)
     assert (cfg.parallel.nproc, cfg.train.max_steps, cfg.train.seed) == (4, 9, 3)
     assert cfg.train.sample_tokens == 5 and cfg.train.resume == "auto"

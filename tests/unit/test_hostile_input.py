@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradsync.cli import parse_dotted
+from gradsync.args import parse_dotted
 from gradsync.config import all_keys, build_config
 from gradsync.data import ShardedBatches, load_tokens
 from gradsync.errors import GradsyncError

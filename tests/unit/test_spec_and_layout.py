@@ -8,7 +8,10 @@ import torch.nn as nn
 
 from gradsync.errors import ConfigError
 from gradsync.parallel.sharding import FlatUnit
-from gradsync.spec import COMPRESSORS, STRATEGIES, check_composition, parse_spec
+from gradsync.catalog import COMPRESSOR_SCHEMA as COMPRESSORS
+from gradsync.catalog import STRATEGY_SCHEMA as STRATEGIES
+from gradsync.catalog import check_composition
+from gradsync.spec import parse_spec
 
 
 def test_spec_defaults_positional_and_named_options() -> None:

@@ -12,8 +12,9 @@ import torch.nn as nn
 from gradsync import checkpoint as ckpt
 from gradsync.config import OptimConfig
 from gradsync.errors import CheckpointError
+from gradsync.files import atomic_write_bytes
 from gradsync.parallel.bucketed import plan_buckets
-from gradsync.train import lr_at
+from gradsync.optim import lr_at
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:
@@ -75,12 +76,12 @@ def test_corrupt_truncated_and_foreign_checkpoints_are_refused(tmp_path: Path) -
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "f.bin"
-    ckpt.atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     def boom(*a: object, **k: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.os, "fsync", boom)
     with pytest.raises(OSError):
-        ckpt.atomic_write_bytes(target, b"new")
+        atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]

@@ -29,6 +29,7 @@ from gradsync.data.markov import MarkovChain
 from gradsync.data.stream import TokenStream
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 from gradsync.errors import DataError
+from gradsync.files import cache_dir
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256
@@ -42,10 +43,6 @@ class TokenData:
     tokenizer: Tokenizer | None
     description: str
     entropy_rate: float | None = None  # nats/token, when the source knows its optimum
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRADSYNC_CACHE", Path.home() / ".cache" / "gradsync"))
 
 
 def load_tokens(cfg: DataConfig) -> TokenData:

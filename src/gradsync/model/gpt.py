@@ -8,45 +8,18 @@ The model computes its own loss so that every strategy calls it the same way:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradsync.shapes import PRESETS, GPTShape
+
+__all__ = ["GPT", "GPTShape", "PRESETS", "build_gpt", "gpt_from_config"]
+
 if TYPE_CHECKING:
     from gradsync.config import ModelConfig
-
-# Dimensions of named shapes. tiny/mini are for tests and laptops; the gpt2* rows are the
-# published GPT-2 shapes (124M, 350M, 774M, 1.5B parameters with the 50257-token vocabulary).
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(n_layer=2, n_head=2, n_embd=32),
-    "mini": dict(n_layer=2, n_head=4, n_embd=64),
-    "small": dict(n_layer=4, n_head=4, n_embd=128),
-    "base": dict(n_layer=6, n_head=6, n_embd=384),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-}
-
-
-@dataclass(frozen=True)
-class GPTShape:
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float = 0.0
-
-    @classmethod
-    def from_preset(cls, preset: str, vocab_size: int, block_size: int, dropout: float = 0.0,
-                    **overrides: int | None) -> "GPTShape":
-        dims = dict(PRESETS[preset])
-        dims.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(vocab_size=vocab_size, block_size=block_size, dropout=dropout, **dims)
 
 
 class CausalSelfAttention(nn.Module):
@@ -140,12 +113,8 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), as in PaLM's appendix B / nanoGPT:
-        6N for the matmuls with N non-embedding parameters (the tied head counts once, as it is a
-        matmul), plus 12 * L * C * T for attention scores and their weighted sums."""
-        s = self.shape
-        T = seq_len or s.block_size
-        return 6.0 * self.num_params(non_embedding=True) + 12.0 * s.n_layer * s.n_embd * T
+        """Training FLOPs per token (see :meth:`gradsync.shapes.GPTShape.flops_per_token`)."""
+        return self.shape.flops_per_token(seq_len)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,

@@ -6,9 +6,10 @@ strategy). Each run is amortized over its steps after ``--warmup`` (tokens/s = t
 rest per-step means, so periodic costs count); per (entry, workers) we take the median over
 ``--repeats`` runs, interleaved so that drift in a shared machine's speed hits every strategy
 alike. An entry is a strategy spec, optionally with a compressor: ``zero2``,
-``localsgd:8``, ``bucketed+powersgd:rank=4``. Each entry is compared with its torch reference
-measured in the same invocation (see :data:`REFERENCE`) and with ``bucketed``; scaling efficiency
-is tokens/s with W workers / (W x tokens/s with 1).
+``localsgd:8``, ``bucketed+powersgd:rank=4``; ``all`` is every entry of the catalog
+(:func:`gradsync.catalog.all_entries`). Each entry is compared with its torch reference measured
+in the same invocation (:func:`gradsync.catalog.reference_of`) and with ``bucketed``; scaling
+efficiency is tokens/s with W workers / (W x tokens/s with 1).
 """
 
 from __future__ import annotations
@@ -21,21 +22,29 @@ import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import torch
+
+from gradsync import catalog
+from gradsync.args import add_config_args, config_from_args
 from gradsync.config import Config
 from gradsync.errors import ConfigError
+from gradsync.launch import launch_workers, write_run_config
 from gradsync.metrics import read_metrics
+from gradsync.prepare import prepare
 
-# Every strategy and its torch reference (``--strategies all``).
-ALL = ("allreduce,bucketed,torch-ddp,zero1,torch-zero1,zero2,zero3,torch-fsdp,bucketed+fp16,torch-ddp+fp16,"
-       "bucketed+powersgd:rank=4,torch-ddp+powersgd:rank=4,bucketed+topk:ratio=0.01,localsgd:8,diloco:8")
 
-REFERENCE = {  # the torch implementation each of ours is measured against
-    "zero1": "torch-zero1", "zero2": "torch-fsdp", "zero3": "torch-fsdp",
-    "bucketed+fp16": "torch-ddp+fp16", "bucketed+bf16": "torch-ddp+bf16",
-    "bucketed+powersgd:rank=4": "torch-ddp+powersgd:rank=4",
-}
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--strategies", default="allreduce,bucketed,torch-ddp",
+                   help="entries strategy[+compressor], comma-separated, or 'all'")
+    p.add_argument("--worlds", default="1,2", help="comma-separated worker counts")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
+    p.add_argument("--out", default="", help="write the table as Markdown to this file")
 
 
 @dataclass
@@ -100,31 +109,14 @@ def _run_stats(metrics_path: Path, warmup: int) -> RunStats:
     return stats
 
 
-def split_entries(text: str) -> list[str]:
-    """``a,b:1,k=v,c`` -> ``["a", "b:1,k=v", "c"]``: a comma starts a new entry unless what follows
-    is a ``key=value`` option of the previous spec."""
-    if text.strip() == "all":
-        text = ALL
-    entries: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if entries and "=" in part and ":" not in part.split("=")[0] and "+" not in part:
-            entries[-1] += "," + part
-        else:
-            entries.append(part)
-    return entries
-
-
 def entry_overrides(entry: str) -> dict[str, str]:
-    strategy, _, compress = entry.partition("+")
-    return {"parallel.strategy": strategy, "parallel.compress": compress or "none"}
+    strategy, compress = catalog.split_entry(entry)
+    return {"parallel.strategy": strategy, "parallel.compress": compress}
 
 
-def bench_command(cfg: Config, ns: argparse.Namespace) -> int:
-    from gradsync.launch import launch_workers, prepare, write_run_config
-
-    entries = split_entries(ns.strategies)
+def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
+    cfg = config_from_args(ns, extra)
+    entries = catalog.split_entries(ns.strategies)
     try:
         worlds = [int(w) for w in ns.worlds.split(",")]
     except ValueError:
@@ -167,8 +159,6 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int],
                  cfg: Config, ns: argparse.Namespace) -> str:
-    import torch
-
     tokens = (ns.warmup + ns.steps) * cfg.train.global_batch * cfg.data.seq_len
     head = (f"model {cfg.model.preset}, seq {cfg.data.seq_len}, global batch {cfg.train.global_batch} x "
             f"micro {cfg.train.micro_batch}, {cfg.train.precision}, one thread per worker; "
@@ -182,9 +172,9 @@ def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], world
     for entry in entries:
         for world in worlds:
             r = res[(entry, world)]
-            ref_name = REFERENCE.get(entry, "torch-ddp")
-            ref = res.get((ref_name, world))
-            vs_ref = f"{r.tokens_per_sec / ref.tokens_per_sec:.3f} ({ref_name})" if ref and ref_name != entry else "-"
+            ref_name = catalog.reference_of(entry)
+            ref = res.get((ref_name, world)) if ref_name else None
+            vs_ref = f"{r.tokens_per_sec / ref.tokens_per_sec:.3f} ({ref_name})" if ref else "-"
             buck = res.get(("bucketed", world))
             vs_b = f"{r.tokens_per_sec / buck.tokens_per_sec:.3f}" if buck and entry != "bucketed" else "-"
             one = res.get((entry, 1))

@@ -1,4 +1,5 @@
-"""Helpers to run real multi-process gloo worlds from tests (and benchmarks).
+"""Helpers for tests and benchmarks: real multi-process gloo worlds, run comparisons, and
+network namespaces (:mod:`gradsync.testing.netns`).
 
 :func:`run_world` spawns ``world_size`` fresh Python processes, sets the same environment
 variables torchrun sets (RANK, WORLD_SIZE, MASTER_ADDR, ...), runs ``fn(rank, *args)`` in each and
@@ -20,6 +21,10 @@ from typing import Any, Callable
 
 import torch
 
+from gradsync.config import build_config
+from gradsync.dist import shutdown
+from gradsync.train import Trainer
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -34,7 +39,6 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from gradsync.dist import shutdown
 
     try:
         buf = io.BytesIO()  # tensors travel as bytes: no shared memory that dies with the child
@@ -82,9 +86,6 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
 def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | None = None) -> dict[str, Any]:
     """Train with ``config`` (nested dict, as ``Config.to_dict()``) in this world; rank 0 returns
     the final parameters (and writes them to ``out`` when given) plus the logged history."""
-    from gradsync.config import build_config
-    from gradsync.train import Trainer
-
     cfg = build_config(config)
     trainer = Trainer(cfg)
     result = trainer.fit()

@@ -1,0 +1,30 @@
+"""``gradsync train``: the main job. Check the input once, then train on N workers.
+
+The inputs are validated and resolved on one process (:func:`gradsync.prepare.prepare`), the
+resolved config is written into the run folder, and every worker reads it from there
+(:func:`gradsync.launch.launch_workers`); a world of one trains in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from gradsync import worker
+from gradsync.args import add_config_args, config_from_args
+from gradsync.launch import launch_workers, write_run_config
+from gradsync.prepare import prepare
+
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+
+
+def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
+    cfg = prepare(config_from_args(ns, extra))
+    config_path = write_run_config(cfg)
+    if cfg.parallel.world_size == 1:
+        return worker.run(["--config", str(config_path)])
+    launch_workers(cfg, config_path)
+    return 0

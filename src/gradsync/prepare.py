@@ -1,0 +1,74 @@
+"""Check a run's input once, before any worker starts, and resolve what every worker must agree on.
+
+Everything that can be wrong with the input (config, data path, batch divisibility, checkpoint) is
+checked here, in one process, so bad input costs a second and prints one line; the run folder, the
+checkpoint to resume, ``--strategy auto`` (the cost model's choice, :func:`gradsync.plan.auto_strategy`)
+and the peak FLOP/s used for MFU are resolved here and written into the config the workers read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gradsync import checkpoint as ckpt
+from gradsync.config import Config
+from gradsync.data import ShardedBatches, TokenData, load_tokens
+from gradsync.errors import ConfigError
+from gradsync.peak import worker_peak_flops
+from gradsync.plan import auto_strategy
+
+
+def prepare(cfg: Config) -> Config:
+    """Validate the run on one process and resolve what every worker must agree on: the run
+    folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
+    t = cfg.train
+    updates: dict[str, object] = {}
+    run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
+        f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    updates["train.run_dir"] = run_dir
+    existing = ckpt.list_checkpoints(run_dir)
+    if existing and not t.resume:
+        raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
+                          "it or choose another --run-dir")
+    data = None
+    if cfg.parallel.nnodes == 1:
+        data = load_tokens(cfg.data)
+        ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
+                       cfg.parallel.world_size, t.seed)
+    path = ckpt.resolve_resume(t.resume, run_dir)
+    if cfg.parallel.strategy == "auto":
+        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, data)})
+    if path is None and t.resume == "auto":
+        print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
+    if path is not None:
+        ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
+        updates["train.resume"] = str(path)
+    if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
+        updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
+    return cfg.replace(**updates)
+
+
+def _resolve_auto(cfg: Config, resume: Path | None, data: TokenData | None) -> str:
+    """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
+    if resume is not None:
+        chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
+        print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
+        return chosen
+    vocab = (data or load_tokens(cfg.data)).vocab_size
+    chosen, why = auto_strategy(cfg, vocab)
+    print(f"gradsync: --strategy auto chose {why}", flush=True)
+    return chosen
+
+
+def _latest_run(root: str) -> str:
+    """The most recently modified run folder under ``root`` that holds a checkpoint ("" if none)."""
+    runs = [p for p in Path(root).glob("*") if ckpt.list_checkpoints(p)] if Path(root).is_dir() else []
+    return str(max(runs, key=lambda p: p.stat().st_mtime)) if runs else ""
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()

@@ -16,7 +16,7 @@ from gradsync.dist import Comm, init_distributed, verify_replicas
 from gradsync.errors import DistributedError
 from gradsync.model import build_gpt
 from gradsync.parallel import STRATEGIES
-from gradsync.parallel.sharding import ZeroStrategy
+from gradsync.parallel.sharded import ShardedStrategy
 from gradsync.testing import run_world
 
 B, T, V = 8, 16, 32
@@ -55,7 +55,7 @@ def _synced_grads(rank: int, strategy: str, accum: int) -> dict[str, torch.Tenso
     ref(x, y).backward()
     ref_grad = {id(p): q.grad for p, q in zip(model.parameters(), ref.parameters())}
     out = {"_bytes": torch.tensor(float(s.comm.stats.bytes) if s.measures_bytes else -1.0)}
-    if isinstance(s, ZeroStrategy):  # sharded: this rank's chunk of every unit
+    if isinstance(s, ShardedStrategy):  # sharded: this rank's chunk of every unit
         for u, chunk in zip(s.units, s.grad_chunks):
             out[f"unit{u.index}"] = _rel(chunk, u.my_chunk(u.flatten([ref_grad[id(p)] for p in u.params])))
     else:

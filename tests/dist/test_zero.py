@@ -68,7 +68,7 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     from gradsync.dist import Comm, init_distributed
     from gradsync.model import build_gpt
     from gradsync.parallel import STRATEGIES
-    from gradsync.train import optimizer_factory
+    from gradsync.optim import optimizer_factory
 
     out: dict[str, Any] = {}
     for strategy in ["bucketed", *ZERO]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from gradsync.errors import ConfigError
-from gradsync.parallel.sharding import FlatUnit
+from gradsync.parallel.layout import FlatUnit
 from gradsync.catalog import COMPRESSOR_SCHEMA as COMPRESSORS
 from gradsync.catalog import STRATEGY_SCHEMA as STRATEGIES
 from gradsync.catalog import check_composition

@@ -1,50 +1,55 @@
 """Data-parallel strategies behind one interface (:class:`~gradsync.parallel.base.Strategy`).
 
-A new strategy is one new file and one line in :data:`STRATEGIES`.
+Which strategies exist, and which class runs each, is written once, in :mod:`gradsync.catalog`;
+:func:`build_strategy` imports only the class the run names. A new strategy is one new file here
+and one catalog entry.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch.nn as nn
 
+from gradsync import catalog
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm
 from gradsync.errors import ConfigError
-from gradsync.parallel.allreduce import AllReduceStrategy
-from gradsync.parallel.base import OptimizerFactory, Strategy
-from gradsync.parallel.diloco import DiLoCoStrategy
-from gradsync.parallel.localsgd import LocalSGDStrategy
-from gradsync.parallel.bucketed import BucketedStrategy
-from gradsync.parallel.torch_ddp import TorchDDPStrategy
-from gradsync.parallel.torch_fsdp import TorchFSDPStrategy
-from gradsync.parallel.torch_zero import TorchZero1Strategy
-from gradsync.parallel.zero1 import Zero1Strategy
-from gradsync.parallel.zero2 import Zero2Strategy
-from gradsync.parallel.zero3 import Zero3Strategy
+from gradsync.optim import OptimizerFactory
+from gradsync.parallel.base import StepResult, Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    AllReduceStrategy.name: AllReduceStrategy,
-    BucketedStrategy.name: BucketedStrategy,
-    TorchDDPStrategy.name: TorchDDPStrategy,
-    Zero1Strategy.name: Zero1Strategy,
-    Zero2Strategy.name: Zero2Strategy,
-    Zero3Strategy.name: Zero3Strategy,
-    LocalSGDStrategy.name: LocalSGDStrategy,
-    DiLoCoStrategy.name: DiLoCoStrategy,
-    TorchZero1Strategy.name: TorchZero1Strategy,
-    TorchFSDPStrategy.name: TorchFSDPStrategy,
-}
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class that runs strategy ``name`` (imported now)."""
+    cls: type[Strategy] = catalog.resolve(catalog.strategy(name).cls)
+    return cls
+
+
+class _Registry(Mapping[str, type[Strategy]]):
+    """``STRATEGIES[name]``: the catalog's strategies as classes, each imported when asked for."""
+
+    def __getitem__(self, name: str) -> type[Strategy]:
+        if name not in catalog.STRATEGIES:
+            raise KeyError(name)
+        return strategy_class(name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(catalog.STRATEGIES)
+
+    def __len__(self) -> int:
+        return len(catalog.STRATEGIES)
+
+
+STRATEGIES: Mapping[str, type[Strategy]] = _Registry()
 
 
 def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                    cfg: ParallelConfig) -> Strategy:
     name = cfg.strategy_spec.name
-    if name == "auto":
+    if name == catalog.AUTO:
         raise ConfigError("parallel.strategy=auto is resolved by `gradsync train` before the workers start; "
                           "under torchrun, name the strategy")
-    if name not in STRATEGIES:
-        raise ConfigError(f"parallel.strategy {name} is not implemented yet")
-    return STRATEGIES[cfg.strategy_spec.name](model, optimizer_factory, comm, cfg)
+    return strategy_class(name)(model, optimizer_factory, comm, cfg)
 
 
-__all__ = ["STRATEGIES", "Strategy", "build_strategy"]
+__all__ = ["STRATEGIES", "StepResult", "Strategy", "build_strategy", "strategy_class"]

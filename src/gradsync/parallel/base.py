@@ -6,11 +6,15 @@ The trainer drives a strategy like this, and knows nothing else about communicat
         with strategy.micro_step(last=i == len(micro_batches) - 1):
             loss = strategy.module(x, y)
             (loss / len(micro_batches)).backward()
-    grad_norm = strategy.step(grad_clip)
+    result = strategy.step(grad_clip)  # StepResult(grad_norm, skipped)
 
 ``micro_step(last=False)`` promises that no gradient leaves the worker (accumulation); on the
-last micro-step a strategy may start communicating from backward hooks. ``step`` finishes the
-aggregation, clips by the global norm (the same on every rank), updates, and zeroes gradients.
+last micro-step a strategy may start communicating from backward hooks. ``step`` is the same for
+every strategy: finish the aggregation, take the gradient norm (global, the same on every rank),
+skip the update on every rank if it is not finite, else clip, update, and zero the gradients.
+Strategies differ only in the parts they hold (a gradient path, a sharded optimizer, parameter
+gathers) and in a few small hooks: :meth:`Strategy.finish_grad_sync`, :meth:`Strategy.grad_norm`,
+:meth:`Strategy.grad_tensors`, :meth:`Strategy.after_update`, :meth:`Strategy.on_skipped_step`.
 
 Checkpoints use one format for every strategy: the full model ``state_dict`` and the optimizer
 state of torch's own optimizer over the full model (sharded strategies gather theirs into it), so
@@ -22,30 +26,63 @@ from __future__ import annotations
 
 import contextlib
 import math
-from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterator
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, ClassVar, ContextManager, Iterator, Protocol
 
 import torch
 import torch.nn as nn
 
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm, replicate
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
 
-OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports: the gradient norm before clipping (global for synchronous
+    strategies, this rank's for local ones) and whether the update was skipped (non-finite)."""
+
+    grad_norm: float
+    skipped: bool
+
+
+def clip_(grads: list[torch.Tensor], max_norm: float, norm: float) -> None:
+    """Scale ``grads`` in place so that their global norm ``norm`` becomes at most ``max_norm``:
+    ``torch.nn.utils.clip_grad_norm_``'s arithmetic (fp32 coefficient, clamped at 1), so that
+    every strategy clips exactly as torch does."""
+    coef = torch.clamp(max_norm / (torch.tensor(norm, dtype=torch.float32) + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.device))
+
+
+class GradientPath(Protocol):
+    """A part that moves gradients between ranks during backward (bucketed all-reduce,
+    reduce-scatter over units); a strategy that holds one delegates to it."""
+
+    def micro_step(self, last: bool) -> ContextManager[None]: ...
+
+    def finish(self) -> None: ...
+
+    def zero_(self) -> None: ...
 
 
 class Strategy(ABC):
-    """A data-parallel strategy: owns the replicated model, the optimizer and gradient sync."""
+    """A data-parallel strategy: owns the replicated model, the optimizer and gradient sync.
+
+    The constructor replicates rank 0's parameters and builds the configured optimizer over the
+    full model; a strategy's own constructor then builds its parts and may replace ``module`` (a
+    wrapper the trainer calls) or ``optimizer`` (a sharded one, built from this template)."""
 
     name: ClassVar[str]
     # False where blocked time cannot be measured (e.g. inside torch DDP's autograd callback).
     measures_blocked_time: ClassVar[bool] = True
     # False where torch issues the collectives itself and their bytes are not observable.
-    measures_bytes: bool = True
+    measures_bytes: ClassVar[bool] = True
     # True where each rank steps on its own gradient (local SGD): finiteness must be agreed on.
     local_gradients: ClassVar[bool] = False
-    last_step_skipped: bool = False
+    # The gradient path this strategy holds, if any (set in the constructor).
+    grads: GradientPath | None = None
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:
@@ -56,61 +93,71 @@ class Strategy(ABC):
         self.peak_bytes = 0
         self._steady: dict[str, int] | None = None
         replicate(model, comm)
-        self.module: nn.Module = self.wrap(model)
-        self.optimizer = self.make_optimizer(optimizer_factory)
-
-    def make_optimizer(self, optimizer_factory: OptimizerFactory) -> torch.optim.Optimizer:
-        """The optimizer the trainer sets the learning rate on (``param_groups``)."""
-        return optimizer_factory(self.model)
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The module the trainer calls forward on (the model itself unless a wrapper is needed)."""
-        return model
+        self.module: nn.Module = model  # what the trainer calls forward on
+        self.optimizer: Any = optimizer_factory(model)  # what the trainer sets the learning rate on
 
     @contextlib.contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:
-        yield
+        if self.grads is None:
+            yield
+        else:
+            with self.grads.micro_step(last):
+                yield
 
-    @abstractmethod
     def finish_grad_sync(self) -> None:
-        """Block until every ``p.grad`` holds the average of the ranks' gradients."""
+        """Block until the gradients :meth:`grad_tensors` returns hold the ranks' average (or, for
+        local strategies, this rank's own gradient). Strategies without a gradient path override it."""
+        if self.grads is None:
+            raise NotImplementedError(f"{self.name}: holds no gradient path and does not finish its own sync")
+        self.grads.finish()
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def step(self, grad_clip: float) -> float:
-        """Aggregate, clip to ``grad_clip`` (0 = off), update, zero gradients. Returns the global
-        gradient norm before clipping."""
-        self.finish_grad_sync()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.grads is None:
+            self.optimizer.zero_grad(set_to_none=True)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        if self.skip_if_not_finite(float(norm)):
-            return float(norm)
-        self.optimizer.step()
-        self.sample_memory(steady=True)
-        self.zero_grad()
-        return float(norm)
+            self.grads.zero_()
 
-    def skip_if_not_finite(self, norm: float) -> bool:
-        """Skip this update on every rank if any rank's gradient norm is NaN or infinite: zero the
-        gradients, leave parameters and optimizer state as they were, and say so in
-        ``last_step_skipped``. Synchronous strategies compute the norm after aggregation, so every
-        rank already sees the same value; strategies with local gradients agree by one all-reduce."""
+    # -- one step, the same for every strategy ---------------------------------------------------
+    def step(self, grad_clip: float) -> StepResult:
+        """Aggregate, clip to ``grad_clip`` (0 = off), update, zero gradients."""
+        self.finish_grad_sync()
+        norm = self.grad_norm()
         bad = not math.isfinite(norm)
-        if self.local_gradients:
+        if self.local_gradients:  # each rank saw its own gradient: skip together or not at all
             bad = self.comm.sum_scalars([float(bad)])[0] > 0
-        self.last_step_skipped = bad
         if bad:
+            # Skip this update on every rank: parameters and optimizer state stay as they were.
             self.zero_grad()
             self.on_skipped_step()
-        return bad
+            return StepResult(norm, True)
+        if grad_clip > 0:
+            self.clip_grads(grad_clip, norm)
+        self.optimizer.step()
+        self.after_update()
+        self.sample_memory(steady=True)
+        self.zero_grad()
+        return StepResult(norm, False)
+
+    def grad_tensors(self) -> list[torch.Tensor]:
+        """The gradients the optimizer steps on (this rank's chunks, for sharded strategies)."""
+        return [p.grad for p in self.model.parameters() if p.grad is not None]
+
+    def grad_norm(self) -> float:
+        """The 2-norm of the gradient, after :meth:`finish_grad_sync` (the same on every rank for
+        synchronous strategies). Replicated strategies hold whole gradients: norm them here."""
+        return float(torch.nn.utils.get_total_norm(self.grad_tensors()))
+
+    def clip_grads(self, max_norm: float, norm: float) -> None:
+        clip_(self.grad_tensors(), max_norm, norm)
+
+    def after_update(self) -> None:  # noqa: B027 (most strategies have nothing to do)
+        """After the optimizer updated this rank's parameters (ZeRO-1/2 start their gathers)."""
 
     def on_skipped_step(self) -> None:  # noqa: B027 (most strategies hold no such state)
-        """Drop state that a non-finite gradient has poisoned (e.g. compression residuals)."""
+        """After a skipped update: drop state that a non-finite gradient has poisoned (e.g.
+        compression residuals)."""
 
+    # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (collective); replicated strategies save rank 0's copy."""
         return {"model": self.full_model_state(), "optimizer": self.optimizer.state_dict()}

@@ -1,4 +1,5 @@
-"""Gradient compression on the bucketed path: each bucket's all-reduce is replaced by a reducer.
+"""Gradient compression on the bucketed path: each bucket's all-reduce is replaced by a reducer
+(one per compressor of :mod:`gradsync.catalog`).
 
 A reducer is called twice per bucket and step: :meth:`Reducer.start` from the backward hook when
 the bucket is full (it launches the asynchronous part of the communication) and
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from gradsync import catalog
 from gradsync.dist import Comm
+from gradsync.parallel.layout import Bucket
 from gradsync.spec import Spec
-
-if TYPE_CHECKING:
-    from gradsync.parallel.bucketed import Bucket
 
 
 class Reducer(ABC):
@@ -218,9 +218,7 @@ class TopK(Reducer):
         self.steps = int(state["steps"])
 
 
-REDUCERS: dict[str, type[Reducer]] = {"none": AllReduceMean, "fp16": LowPrecision, "bf16": LowPrecision,
-                                      "powersgd": PowerSGD, "topk": TopK}
-
-
 def build_reducer(spec: Spec, comm: Comm) -> Reducer:
-    return REDUCERS[spec.name](spec, comm)
+    """The reducer the compressor's catalog entry names."""
+    cls: type[Reducer] = catalog.resolve(catalog.compressor(spec.name).reducer)
+    return cls(spec, comm)

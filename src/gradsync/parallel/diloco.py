@@ -11,8 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.localsgd import LocalSGDStrategy
 from gradsync.parallel.memory import optimizer_tensors
 
@@ -20,13 +24,13 @@ from gradsync.parallel.memory import optimizer_tensors
 class DiLoCoStrategy(LocalSGDStrategy):
     name = "diloco"
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        super().wrap(model)
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
         self.outer = torch.nn.Parameter(parameters_to_vector(self._params).detach().clone())
         momentum = float(self.spec["momentum"])
         self.outer_optimizer = torch.optim.SGD([self.outer], lr=float(self.spec["outer_lr"]), momentum=momentum,
                                                nesterov=bool(self.spec["nesterov"]) and momentum > 0)
-        return model
 
     def synchronize(self) -> None:
         self.outer.grad = self.outer.detach() - self.averaged_parameters()  # the pseudo-gradient

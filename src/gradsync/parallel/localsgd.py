@@ -14,8 +14,12 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 
 
@@ -23,25 +27,27 @@ class LocalSGDStrategy(Strategy):
     name = "localsgd"
     local_gradients = True
 
-    @property
-    def period(self) -> int:
-        return int(self.spec["H"])
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
+        self.period = int(self.spec["H"])
         self.local_steps = 0
         self._params = [p for p in model.parameters() if p.requires_grad]
-        return model
 
     def finish_grad_sync(self) -> None:
-        pass  # nothing leaves the worker at a step
+        pass  # nothing leaves the worker at a step: each rank clips and updates on its own gradient
 
-    def step(self, grad_clip: float) -> float:
-        norm = super().step(grad_clip)  # local clip and update (finish_grad_sync does nothing)
+    def after_update(self) -> None:
+        self._count_step()
+
+    def on_skipped_step(self) -> None:
+        self._count_step()  # a skipped step still counts towards the period, on every rank alike
+
+    def _count_step(self) -> None:
         self.local_steps += 1
         if self.local_steps % self.period == 0:
             with torch.no_grad():
                 self.synchronize()
-        return norm
 
     def averaged_parameters(self) -> torch.Tensor:
         """The mean over ranks of this worker's parameters, as one flat vector (one all-reduce)."""

@@ -21,7 +21,10 @@ import torch.nn as nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
 from gradsync.errors import DistributedError
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 
 
@@ -29,7 +32,9 @@ class TorchDDPStrategy(Strategy):
     name = "torch-ddp"
     measures_blocked_time = False
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb,
                                       process_group=self.comm.group)
@@ -45,7 +50,7 @@ class TorchDDPStrategy(Strategy):
                 process_group=self.comm.group, matrix_approximation_rank=int(compress["rank"]),
                 start_powerSGD_iter=2, use_error_feedback=True, warm_start=bool(compress["warm_start"]))
             ddp.register_comm_hook(self.powersgd_state, _checked_powersgd_hook)
-        return ddp
+        self.module = ddp
 
     @contextlib.contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:

@@ -18,6 +18,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import fully_shard
 
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 
 
@@ -26,29 +29,27 @@ class TorchFSDPStrategy(Strategy):
     measures_blocked_time = False
     measures_bytes = False
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
         for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
             for layer in lst:
                 fully_shard(layer)
         fully_shard(model)
-        return model
+        # fully_shard replaced the parameters by DTensors: the optimizer must be built over those
+        self.optimizer = optimizer_factory(model)
 
     def finish_grad_sync(self) -> None:
         pass  # FSDP waits for its reduce-scatters at the end of backward
 
-    def step(self, grad_clip: float) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        value = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if self.skip_if_not_finite(value):
-            return value
-        self.optimizer.step()
-        self.sample_memory(steady=True)
-        self.zero_grad()
-        return value
+    def grad_norm(self) -> float:
+        self._norm = torch.nn.utils.get_total_norm(self.grad_tensors())  # a DTensor: partial norms reduced
+        return float(self._norm.full_tensor() if hasattr(self._norm, "full_tensor") else self._norm)
+
+    def clip_grads(self, max_norm: float, norm: float) -> None:
+        # torch's own clipping: DTensor gradients need the DTensor norm
+        torch.nn.utils.clip_grads_with_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                             max_norm, self._norm)
 
     def _options(self) -> StateDictOptions:
         return StateDictOptions(full_state_dict=True, cpu_offload=True)

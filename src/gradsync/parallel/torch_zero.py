@@ -13,7 +13,11 @@ from typing import Any
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-from gradsync.parallel.base import OptimizerFactory
+import torch.nn as nn
+
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.torch_ddp import TorchDDPStrategy
 
@@ -22,11 +26,13 @@ class TorchZero1Strategy(TorchDDPStrategy):
     name = "torch-zero1"
     measures_bytes = False
 
-    def make_optimizer(self, optimizer_factory: OptimizerFactory) -> torch.optim.Optimizer:
-        template = optimizer_factory(self.model)
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
+        template = self.optimizer
         groups = [dict(g) for g in template.param_groups]
-        return ZeroRedundancyOptimizer(groups, optimizer_class=type(template), process_group=self.comm.group,
-                                       lr=template.defaults["lr"])
+        self.optimizer = ZeroRedundancyOptimizer(groups, optimizer_class=type(template),
+                                                 process_group=self.comm.group, lr=template.defaults["lr"])
 
     def state_dict(self) -> dict[str, Any]:
         assert isinstance(self.optimizer, ZeroRedundancyOptimizer)

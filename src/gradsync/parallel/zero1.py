@@ -14,22 +14,27 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradsync.parallel.bucketed import BucketedStrategy
-from gradsync.parallel.sharding import ZeroStrategy
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
+from gradsync.parallel.bucket_allreduce import BucketedAllReduce
+from gradsync.parallel.sharded import ParamGathers, ShardedStrategy
 
 
-class Zero1Strategy(ZeroStrategy, BucketedStrategy):
+class Zero1Strategy(ShardedStrategy):
     name = "zero1"
-    shard_buckets = True
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        BucketedStrategy.wrap(self, model)
-        self.units = [b.unit for b in self.buckets]
-        self.setup_param_gathers(model)
-        self.grad_chunks = [b.unit.my_chunk(b.flat) for b in self.buckets]
-        return model
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
+        self.grads = BucketedAllReduce(model, comm, cfg, shard=True)
+        self.units = self.grads.units
+        self.gathers = ParamGathers(model, self.units, comm)
+        self.param_chunks = self.gathers.chunks
+        self.grad_chunks = [b.unit.my_chunk(b.flat) for b in self.grads.buckets]
+        self.shard_optimizer()
 
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
-        held["grads"] = [b.flat for b in self.buckets]  # full gradients: only the moments are sharded
+        held["grads"] = [b.flat for b in self.grads.buckets]  # full gradients: only the moments are sharded
         return held

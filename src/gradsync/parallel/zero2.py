@@ -2,7 +2,7 @@
 
 Parameters are grouped into buckets (reverse registration order, as in ``bucketed``), padded to a
 multiple of the world size, and each bucket's parameters are views into one flat buffer. During
-backward, gradients go through :class:`~gradsync.parallel.sharding.ReduceScatterStrategy`: copied
+backward, gradients go through :class:`~gradsync.parallel.reduce_scatter.ReduceScatterGrads`: copied
 into the bucket's buffer as they are accumulated, reduce-scattered asynchronously when the bucket
 is full (overlapped with the rest of backward), and added to the rank's shard; a rank holds 4Ψ/N
 bytes of gradients plus at most two buckets in flight. With gradient accumulation every
@@ -14,21 +14,31 @@ hold its own parameters, so the gathers overlap the forward of the layers before
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
-from gradsync.parallel.bucketed import plan_buckets
-from gradsync.parallel.sharding import FlatUnit, ReduceScatterStrategy
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
+from gradsync.parallel.layout import bucket_units
+from gradsync.parallel.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.sharded import ParamGathers, ShardedStrategy
 
 
-class Zero2Strategy(ReduceScatterStrategy):
+class Zero2Strategy(ShardedStrategy):
     name = "zero2"
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        params = [p for p in model.parameters() if p.requires_grad][::-1]
-        mb = 1024 * 1024
-        groups = plan_buckets(params, int(self.cfg.first_bucket_mb * mb), int(self.cfg.bucket_mb * mb))
-        world, rank = self.comm.world_size, self.comm.env.rank
-        self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
-        self.setup_param_gathers(model)
-        self.setup_gradients(model)
-        return model
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
+        self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, comm.world_size, comm.env.rank)
+        self.gathers = ParamGathers(model, self.units, comm)
+        self.param_chunks = self.gathers.chunks
+        self.grads = ReduceScatterGrads(self.name, model, self.units, comm, on_launch=self.sample_memory)
+        self.grad_chunks = self.grads.chunks
+        self.shard_optimizer()
+
+    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+        held = super().holdings()
+        held["grads"] += self.grads.in_flight()
+        return held

@@ -14,7 +14,7 @@ only while it is needed; at rest a rank holds just its chunk (1/N) of every unit
   buffer is reduce-scattered asynchronously (units in backward order, as ``bucketed``), and the
   received chunk is added to the rank's gradient shard;
 - step: the sharded optimizer updates the chunks in place; nothing is gathered until the next
-  forward.
+  forward (no :class:`~gradsync.parallel.sharded.ParamGathers`).
 
 At any moment a rank holds its chunks plus the units in use: one block, and the root unit, which
 the tied output head keeps gathered from the start of forward to the end of backward.
@@ -28,8 +28,13 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm
 from gradsync.errors import ConfigError
-from gradsync.parallel.sharding import FlatUnit, ReduceScatterStrategy
+from gradsync.optim import OptimizerFactory
+from gradsync.parallel.layout import FlatUnit
+from gradsync.parallel.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.sharded import ShardedStrategy, bind_unit_buffers
 
 
 def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
@@ -41,12 +46,14 @@ def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
     return layers, root
 
 
-class Zero3Strategy(ReduceScatterStrategy):
+class Zero3Strategy(ShardedStrategy):
     name = "zero3"
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
         layers, root = layer_units(model)
-        world, rank = self.comm.world_size, self.comm.env.rank
+        world, rank = comm.world_size, comm.env.rank
         owners = [(m, ps) for m in layers if (ps := [p for p in m.parameters() if p.requires_grad])]
         seen: set[int] = set()
         for _, ps in owners:
@@ -56,17 +63,21 @@ class Zero3Strategy(ReduceScatterStrategy):
         # Unit order = the order in which backward finishes them: last block first, root last.
         groups = [ps for _, ps in reversed(owners)] + ([root] if root else [])
         self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
-        self.full = self.bind_unit_buffers()
+        self.full = bind_unit_buffers(self.units)
         self.param_chunks = [u.my_chunk(full).clone() for u, full in zip(self.units, self.full)]
         self._gathered = [True] * len(self.units)
         for u in self.units:
             self._release(u)
-        self.setup_gradients(model)
+        # every use of a unit's parameters in this backward is done when its last gradient is in
+        self.grads = ReduceScatterGrads(self.name, model, self.units, comm, on_unit_done=self._release,
+                                        on_launch=self.sample_memory)
+        self.grad_chunks = self.grads.chunks
+        self.names = self.grads.names
         for (m, _), u in zip(reversed(owners), self.units):
             self._hook_module(m, u)
         if root:
             self._hook_module(model, self.units[-1])
-        return model
+        self.shard_optimizer()
 
     # -- gathering and releasing parameters ------------------------------------------------------
     def _gather(self, u: FlatUnit) -> None:
@@ -110,12 +121,6 @@ class Zero3Strategy(ReduceScatterStrategy):
             for u in self.units:
                 self._release(u)
 
-    def after_update(self) -> None:
-        pass  # nothing to gather after the step: the next forward gathers each unit when it runs
-
-    def unit_grads_done(self, u: FlatUnit) -> None:
-        self._release(u)  # every use of the unit's parameters in this backward is done
-
     # -- state -----------------------------------------------------------------------------------
     def full_model_state(self) -> dict[str, torch.Tensor]:
         with self.gathered():
@@ -136,6 +141,7 @@ class Zero3Strategy(ReduceScatterStrategy):
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
         held["params"] = list(self.full) + list(self.param_chunks)
+        held["grads"] += self.grads.in_flight()
         return held
 
 

@@ -1,0 +1,66 @@
+"""When a run saves, what a checkpoint holds, and how a run resumes from one.
+
+A checkpoint holds the strategy's state (full model + torch-format optimizer state, whatever the
+strategy), the number of finished steps, the data position, every rank's RNG state, the resolved
+config and the world size, so that resuming is exact (bitwise, at the same world size). Files are
+written atomically with a checksum and only the newest ``train.keep_checkpoints`` are kept
+(:mod:`gradsync.checkpoint`); resuming from a folder falls back to the newest intact file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradsync import checkpoint as ckpt
+from gradsync.config import Config
+from gradsync.data import ShardedBatches
+from gradsync.dist import Comm
+from gradsync.parallel import Strategy
+
+
+class Checkpointer:
+    def __init__(self, cfg: Config, comm: Comm, strategy: Strategy, batches: ShardedBatches) -> None:
+        self.cfg = cfg
+        self.comm = comm
+        self.strategy = strategy
+        self.batches = batches
+        self.run_dir = Path(cfg.train.run_dir)
+        self.interval = cfg.train.ckpt_interval
+        self.last_saved = -1  # the step of the last checkpoint this invocation wrote
+
+    def restore(self) -> tuple[int, Path | None]:
+        """Resume as ``train.resume`` says: (the step to continue from, the checkpoint), or (0, None)."""
+        path = ckpt.resolve_resume(self.cfg.train.resume, self.run_dir)
+        if path is None:
+            return 0, None
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_compatible(state, self.cfg, path)
+        self.strategy.load_state_dict(state["strategy"])
+        self.batches.load_state_dict(state["data"])
+        if state["world_size"] == self.comm.world_size:
+            ckpt.set_rng_state(state["rng"][self.comm.env.rank])
+        return int(state["step"]), path
+
+    def due(self, done: int, end: int) -> bool:
+        """Save after ``done`` steps? Every ``train.ckpt_interval`` steps (0: never) and at the end."""
+        return bool(self.interval and done % self.interval == 0) or done == end
+
+    def save(self, step: int) -> Path:
+        """Write a checkpoint after ``step`` finished steps (collective: sharded strategies gather;
+        rank 0 writes)."""
+        rngs = self.comm.all_gather_object(ckpt.rng_state())
+        strategy_state = self.strategy.state_dict()
+        path = ckpt.checkpoint_path(self.run_dir, step)
+        if self.comm.env.is_main:
+            ckpt.save_checkpoint(path, {
+                "step": step, "strategy": strategy_state, "data": self.batches.state_dict(),
+                "rng": rngs, "config": self.cfg.to_dict(), "world_size": self.comm.world_size,
+            }, keep=self.cfg.train.keep_checkpoints)
+        self.last_saved = step
+        return path
+
+    def describe_last(self) -> str:
+        """What is safe on disk, for an error that stops the run."""
+        if self.last_saved > 0:
+            return f"the last checkpoint, {ckpt.checkpoint_path(self.run_dir, self.last_saved)}, is intact"
+        return "no checkpoint was written in this invocation"

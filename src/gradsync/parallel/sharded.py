@@ -1,0 +1,119 @@
+"""What ZeRO-1/2/3 share (Rajbhandari et al., SC 2020): a sharded optimizer over units, the global
+gradient norm from every rank's chunks, full-model checkpoints; and, for ZeRO-1/2, the parameter
+all-gathers after the update (:class:`ParamGathers`).
+
+The gradient paths are parts the strategies hold (:mod:`gradsync.parallel.bucket_allreduce` for
+ZeRO-1, :mod:`gradsync.parallel.reduce_scatter` for ZeRO-2/3); the layout is in
+:mod:`gradsync.parallel.layout`, the optimizer in :mod:`gradsync.parallel.sharded_optimizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from gradsync.dist import Comm
+from gradsync.parallel.base import Strategy
+from gradsync.parallel.layout import FlatUnit, bind_params
+from gradsync.parallel.memory import optimizer_tensors
+from gradsync.parallel.sharded_optimizer import ShardedOptimizer
+
+
+def bind_unit_buffers(units: list[FlatUnit]) -> list[torch.Tensor]:
+    """A padded flat buffer per unit, holding the unit's parameters, which become views into it."""
+    flats = []
+    for u in units:
+        flat = torch.zeros(u.padded, dtype=u.params[0].dtype, device=u.params[0].device)
+        bind_params(u, flat)
+        flats.append(flat)
+    return flats
+
+
+class ParamGathers:
+    """ZeRO-1/2's replicated parameters: views into per-unit flat buffers that :meth:`launch`
+    refills by asynchronous all-gather after the update. Every module waits, in its forward, only
+    for the units that hold its own parameters, so the gathers of later layers overlap the
+    forward of earlier ones. ``chunks[u]`` is this rank's part of unit ``u``: what it updates."""
+
+    def __init__(self, model: nn.Module, units: list[FlatUnit], comm: Comm) -> None:
+        self.units = units
+        self.comm = comm
+        self.flats = bind_unit_buffers(units)
+        self.chunks = [u.my_chunk(f) for u, f in zip(units, self.flats)]
+        self._inflight: dict[int, tuple[Any, torch.Tensor]] = {}
+        unit_of = {id(p): u.index for u in units for p in u.params}
+        for m in model.modules():
+            mine = sorted({unit_of[id(p)] for p in m.parameters(recurse=False) if id(p) in unit_of})
+            if mine:
+                m.register_forward_pre_hook(lambda _m, _a, mine=mine: self.wait(mine))
+
+    def launch(self) -> None:
+        # Units are in backward order; launch in forward order, so the first layers arrive first.
+        for u in reversed(self.units):
+            send = self.chunks[u.index].clone()  # the input must not alias the output
+            self._inflight[u.index] = (self.comm.all_gather(self.flats[u.index], send, async_op=True), send)
+
+    def wait(self, units: list[int] | None = None) -> None:
+        """Wait for the all-gathers of ``units`` (all when None) still in flight."""
+        for i in list(self._inflight) if units is None else units:
+            pending = self._inflight.pop(i, None)
+            if pending is not None:
+                self.comm.wait(pending[0])
+
+
+class ShardedStrategy(Strategy):
+    """A strategy whose optimizer is sharded over ``units``: subclasses set ``units``,
+    ``param_chunks``, ``grad_chunks`` and their gradient path, and ``gathers`` where parameters
+    are gathered after the update (ZeRO-1/2), then call :meth:`shard_optimizer`."""
+
+    units: list[FlatUnit]
+    param_chunks: list[torch.Tensor]
+    grad_chunks: list[torch.Tensor]
+    gathers: ParamGathers | None = None
+
+    def shard_optimizer(self) -> None:
+        """Replace the full-model optimizer by the same optimizer over this rank's pieces."""
+        self.optimizer = ShardedOptimizer(self.optimizer, self.units, self.param_chunks, self.grad_chunks)
+
+    def grad_tensors(self) -> list[torch.Tensor]:
+        return list(self.grad_chunks)
+
+    def grad_norm(self) -> float:
+        """The global norm: every rank's sum of squares over its chunks, summed over ranks."""
+        sq = sum(float(g.double().pow(2).sum()) for g in self.grad_chunks)
+        return math.sqrt(self.comm.sum_scalars([sq])[0])
+
+    def finish_grad_sync(self) -> None:
+        super().finish_grad_sync()
+        self.wait_params()  # a parameter no forward used still has its gather in flight
+
+    def wait_params(self) -> None:
+        """Wait for parameter all-gathers still in flight."""
+        if self.gathers is not None:
+            self.gathers.wait()
+
+    def after_update(self) -> None:
+        if self.gathers is not None:
+            self.gathers.launch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.full_model_state(), "optimizer": self.optimizer.full_state_dict(self.comm)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wait_params()
+        self.load_full_model_state(state["model"])
+        self.optimizer.load_full_state_dict(state["optimizer"])
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        self.wait_params()
+        return super().full_model_state()
+
+    def load_full_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)  # parameters are views into the flat buffers: copied in place
+
+    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+        return {"params": list(self.model.parameters()), "grads": list(self.grad_chunks),
+                "optimizer": optimizer_tensors(self.optimizer.optimizer)}

@@ -1,0 +1,99 @@
+"""What a run leaves and shows, written by rank 0: ``metrics.jsonl`` (one record per logged step,
+evaluation and memory report), the progress bar and console lines, ``config.toml``,
+``sample.txt``, ``summary.json`` and ``loss.png``. On every other rank each method does nothing,
+so the trainer calls them unconditionally."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from gradsync.config import Config
+from gradsync.files import atomic_write_bytes
+from gradsync.metrics import MetricsWriter, plot_metrics
+from gradsync.parallel.memory import MemoryReport
+
+
+class RunLogger:
+    def __init__(self, cfg: Config, main: bool, resumed_at: int | None) -> None:
+        """``resumed_at``: the step a resumed run continues from (its later records are dropped,
+        since those steps run again), None for a fresh run."""
+        self.main = main
+        self.run_dir = Path(cfg.train.run_dir)
+        self.writer: MetricsWriter | None = None
+        self.bar: Any = None
+        if not main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # atomic: on a local launch the workers may still be reading this very file
+        atomic_write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
+        self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=resumed_at is None,
+                                    resume_step=resumed_at or 0)
+        self._progress = (cfg.train.max_steps, resumed_at or 0) if cfg.train.progress else None
+
+    def start(self, lines: list[str]) -> None:
+        """Print the run's opening lines, then show the progress bar."""
+        for line in lines:
+            self.say(line)
+        if self.main and self._progress is not None:
+            total, initial = self._progress
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                            mininterval=0.5, file=sys.stderr)
+
+    def say(self, msg: str) -> None:
+        """A console line (above the progress bar when there is one)."""
+        if not self.main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(rec)
+
+    def train(self, rec: dict[str, Any]) -> None:
+        """A logged training step; the progress bar shows its loss and throughput."""
+        self.record(rec)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}" if rec["loss"] is not None else "nan",
+                                 tok_s=f"{rec['tokens_per_sec']:,.0f}", refresh=False)
+
+    def evaluation(self, step: int, train_loss: float, val_loss: float) -> None:
+        self.record({"kind": "eval", "step": step, "val_loss": val_loss})
+        self.say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+
+    def memory(self, step: int, report: MemoryReport) -> None:
+        """What this rank holds for parameters, gradients and optimizer state (rank 0's numbers;
+        every rank holds the same amount up to padding)."""
+        self.record({"kind": "memory", "step": step, **report.to_dict()})
+        self.say(f"gradsync: memory per rank after step {step}: {report.describe()}")
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def sample(self, text: str) -> None:
+        if self.main:
+            (self.run_dir / "sample.txt").write_text(text, encoding="utf-8")
+            self.say("---- sample ----\n" + text + "\n----------------")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Close the metrics, plot them, write ``summary.json``."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        if (self.run_dir / "metrics.jsonl").stat().st_size:
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        self.say(f"gradsync: done. val loss {summary['final_val_loss']:.4f}; outputs in {self.run_dir}")

@@ -31,11 +31,12 @@ from typing import Any
 
 from gradsync import costmodel as cm
 from gradsync.catalog import split_entries
-from gradsync.testing import netns
-from gradsync.profile import profile_hardware, profile_network
 from gradsync.config import build_config
-from gradsync.metrics import read_metrics, save_figure
+from gradsync.files import save_figure
+from gradsync.metrics import read_metrics
 from gradsync.plan import workload_of
+from gradsync.profile import profile_hardware, profile_network
+from gradsync.testing import netns
 
 STRATEGIES = ("allreduce,bucketed,zero1,zero2,zero3,localsgd:4,diloco:4,bucketed+fp16,"
               "bucketed+powersgd:rank=4")

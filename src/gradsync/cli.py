@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(_top_level_help())
+        print(_top_level_help(), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     command = args[0]
     if command not in COMMANDS:

@@ -7,10 +7,13 @@ the tokens/s, MFU and per-rank memory. ``gradsync calibrate`` measures the input
 link bandwidths). The derivation, with its assumptions, is in ``docs/costmodel.md``.
 
 Communication is the alpha-beta model of ring collectives (Thakur et al. 2005; Patarasuk & Yuan
-2009): with p ranks and an n-byte buffer, all-reduce costs 2(p-1)/p * n * beta + 2(p-1) * alpha;
-reduce-scatter and all-gather (n = the full buffer) cost (p-1)/p * n * beta + (p-1) * alpha.
-Overlap is simulated, not guessed: collectives run one at a time on the link, each starting when
-its bucket is ready and the previous one is done; what runs past the end of backward is exposed.
+2009), with the factors of :mod:`gradsync.ring`: with p ranks and an n-byte buffer, all-reduce
+costs 2(p-1)/p * n * beta + 2(p-1) * alpha; reduce-scatter and all-gather (n = the full buffer)
+cost (p-1)/p * n * beta + (p-1) * alpha. Overlap is simulated, not guessed: collectives run one at
+a time on the link, each starting when its bucket is ready (buckets planned by
+:func:`gradsync.buckets.plan_buckets`, as the strategies plan them) and the previous one is done;
+what runs past the end of backward is exposed. Each strategy and compressor of
+:mod:`gradsync.catalog` names its price and memory function here.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from gradsync import checkpoint as ckpt
+from gradsync.catalog import AUTO
 from gradsync.config import Config
 from gradsync.data import ShardedBatches, TokenData, load_tokens
 from gradsync.errors import ConfigError
@@ -40,7 +41,7 @@ def prepare(cfg: Config) -> Config:
         ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
                        cfg.parallel.world_size, t.seed)
     path = ckpt.resolve_resume(t.resume, run_dir)
-    if cfg.parallel.strategy == "auto":
+    if cfg.parallel.strategy == AUTO:
         cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, data)})
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)

@@ -136,12 +136,14 @@ class Trainer:
                 loss = self.comm.mean_scalars([local_loss])[0]
                 history.append(self._record(done, loss, result, dt, stats, peak_flops_per_worker))
                 log.train(history[-1])
+            paused = False  # evaluation and checkpoints do not count as the next step's time
             if self.evaluator.due(done, end):
-                val = self.evaluate()
+                val, paused = self.evaluate(), True
                 log.evaluation(done, loss, val)
             if self.checkpointer.due(done, end):
                 self.checkpointer.save(done)
-            if done % t.eval_interval == 0 or self.checkpointer.last_saved == done:
+                paused = True
+            if paused:
                 t_mark = time.perf_counter()
             log.tick()
         log.close_progress()

@@ -107,7 +107,7 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     entries = catalog.split_entries(ns.strategies)
     w = cm.gpt_workload(n_layer, n_head, n_embd, ns.vocab, ns.seq_len, 1, precision=ns.precision)
     rows = plan.evaluate(entries, w, ns.devices, ns.global_batch, hw,
-                    plan.network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch)
+                         plan.network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch)
     eff: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
     for r in rows:

@@ -353,7 +353,8 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
     if entry is None:
         raise CostModelError(f"the cost model does not cover strategy '{s.name}'")
     if c.name != "none" and c.name not in entry.compressors:
-        raise CostModelError(f"the cost model prices compression with bucketed/torch-ddp only, not '{s.name}'")
+        takers = "/".join(n for n, e in catalog.STRATEGIES.items() if c.name in e.compressors)
+        raise CostModelError(f"compression {c.name} composes with {takers} only, not '{s.name}'")
     tok_micro = w.seq_len * w.micro_batch
     fwd = w.flops_per_token * tok_micro / hw.achieved_flops / (1.0 + hw.backward_ratio)
     bwd = fwd * hw.backward_ratio

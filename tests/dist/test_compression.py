@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 
 from gradsync.testing import max_rel_diff, run_world, train_each
 

@@ -28,7 +28,6 @@ AUTO = "auto"  # --strategy auto: chosen by the cost model at launch, never run 
 @dataclass(frozen=True)
 class StrategyEntry:
     name: str
-    summary: str
     cls: str  # "module:Class" of its gradsync.parallel.base.Strategy
     price: str  # "module:function" pricing one step in the cost model
     memory: str  # "module:function": bytes per rank of parameters, gradients, optimizer, extras
@@ -48,7 +47,6 @@ class StrategyEntry:
 @dataclass(frozen=True)
 class CompressorEntry:
     name: str
-    summary: str
     reducer: str  # "module:Class" of its gradsync.parallel.compression.Reducer (the bucketed path)
     price: str  # "module:function": per-bucket communication and compression compute
     options: Mapping[str, Param] = field(default_factory=dict)
@@ -65,56 +63,56 @@ _P = "gradsync.parallel"
 _CM = "gradsync.costmodel"
 _TORCH_HOOKS = ("fp16", "bf16", "powersgd")  # torch's own DDP communication hooks
 
+# Each entry: name, class, price, memory, then what differs from the defaults. Described in
+# docs/strategies.md.
 STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
-    StrategyEntry("allreduce", "textbook: one all-reduce per tensor after backward",
-                  f"{_P}.allreduce:AllReduceStrategy", f"{_CM}:price_allreduce", f"{_CM}:memory_replicated"),
-    StrategyEntry("bucketed", "bucketed all-reduce overlapped with backward (DDP's design)",
-                  f"{_P}.bucketed:BucketedStrategy", f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
+    StrategyEntry("allreduce", f"{_P}.allreduce:AllReduceStrategy",
+                  f"{_CM}:price_allreduce", f"{_CM}:memory_replicated"),
+    StrategyEntry("bucketed", f"{_P}.bucketed:BucketedStrategy",
+                  f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
                   exact=True, compressors=("fp16", "bf16", "powersgd", "topk")),
-    StrategyEntry("torch-ddp", "torch's DistributedDataParallel (the reference)",
-                  f"{_P}.torch_ddp:TorchDDPStrategy", f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
+    StrategyEntry("torch-ddp", f"{_P}.torch_ddp:TorchDDPStrategy",
+                  f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
                   reference=None, compressors=_TORCH_HOOKS, priced_as="bucketed"),
-    StrategyEntry("zero1", "ZeRO-1: optimizer state sharded",
-                  f"{_P}.zero1:Zero1Strategy", f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
+    StrategyEntry("zero1", f"{_P}.zero1:Zero1Strategy",
+                  f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
                   exact=True, reference="torch-zero1"),
-    StrategyEntry("torch-zero1", "torch's DDP + ZeroRedundancyOptimizer (the reference)",
-                  f"{_P}.torch_zero:TorchZero1Strategy", f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
+    StrategyEntry("torch-zero1", f"{_P}.torch_zero:TorchZero1Strategy",
+                  f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
                   reference=None, priced_as="zero1"),
-    StrategyEntry("zero2", "ZeRO-2: optimizer state and gradients sharded",
-                  f"{_P}.zero2:Zero2Strategy", f"{_CM}:price_zero2", f"{_CM}:memory_zero2",
+    StrategyEntry("zero2", f"{_P}.zero2:Zero2Strategy",
+                  f"{_CM}:price_zero2", f"{_CM}:memory_zero2",
                   exact=True, reference="torch-fsdp"),
-    StrategyEntry("zero3", "ZeRO-3: parameters, gradients and optimizer state sharded",
-                  f"{_P}.zero3:Zero3Strategy", f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
+    StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
+                  f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
                   exact=True, reference="torch-fsdp"),
-    StrategyEntry("torch-fsdp", "torch's FSDP2 fully_shard (the reference)",
-                  f"{_P}.torch_fsdp:TorchFSDPStrategy", f"{_CM}:price_fsdp", f"{_CM}:memory_zero3",
+    StrategyEntry("torch-fsdp", f"{_P}.torch_fsdp:TorchFSDPStrategy",
+                  f"{_CM}:price_fsdp", f"{_CM}:memory_zero3",
                   reference=None),
-    StrategyEntry("localsgd", "local SGD: average parameters every H steps",
-                  f"{_P}.localsgd:LocalSGDStrategy", f"{_CM}:price_local", f"{_CM}:memory_replicated",
-                  options={"H": Param(int, 8, positive, "a positive number of steps")}, example="localsgd:8",
-                  synchronous=False),
-    StrategyEntry("diloco", "DiLoCo: local AdamW, outer Nesterov step every H steps",
-                  f"{_P}.diloco:DiLoCoStrategy", f"{_CM}:price_local", f"{_CM}:memory_diloco",
+    StrategyEntry("localsgd", f"{_P}.localsgd:LocalSGDStrategy",
+                  f"{_CM}:price_local", f"{_CM}:memory_replicated",
+                  options={"H": Param(int, 8, positive, "a positive number of steps")},
+                  example="localsgd:8", synchronous=False),
+    StrategyEntry("diloco", f"{_P}.diloco:DiLoCoStrategy",
+                  f"{_CM}:price_local", f"{_CM}:memory_diloco",
                   options={"H": Param(int, 8, positive, "a positive number of steps"),
                            "outer_lr": Param(float, 0.7, positive, "> 0"),
                            "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
-                           "nesterov": Param(bool, True)}, example="diloco:8", synchronous=False),
+                           "nesterov": Param(bool, True)},
+                  example="diloco:8", synchronous=False),
 )}
 
 COMPRESSORS: dict[str, CompressorEntry] = {e.name: e for e in (
-    CompressorEntry("none", "plain fp32 all-reduce", f"{_P}.compression:AllReduceMean", f"{_CM}:bucket_comm_none"),
-    CompressorEntry("fp16", "gradients sent in fp16", f"{_P}.compression:LowPrecision",
-                    f"{_CM}:bucket_comm_low_precision"),
-    CompressorEntry("bf16", "gradients sent in bf16", f"{_P}.compression:LowPrecision",
-                    f"{_CM}:bucket_comm_low_precision", in_all=False),  # fp16's path and bytes: name it to bench it
-    CompressorEntry("powersgd", "PowerSGD rank-r factors with error feedback", f"{_P}.compression:PowerSGD",
-                    f"{_CM}:bucket_comm_powersgd",
+    CompressorEntry("none", f"{_P}.compression:AllReduceMean", f"{_CM}:bucket_comm_none"),
+    CompressorEntry("fp16", f"{_P}.compression:LowPrecision", f"{_CM}:bucket_comm_low_precision"),
+    # bf16 takes fp16's path and bytes: name it to bench it
+    CompressorEntry("bf16", f"{_P}.compression:LowPrecision", f"{_CM}:bucket_comm_low_precision", in_all=False),
+    CompressorEntry("powersgd", f"{_P}.compression:PowerSGD", f"{_CM}:bucket_comm_powersgd",
                     options={"rank": Param(int, 4, positive, "a positive integer"),
                              "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
                              "warm_start": Param(bool, True)},
                     error_feedback=True, example="powersgd:rank=4"),
-    CompressorEntry("topk", "top-k sparsification with error feedback", f"{_P}.compression:TopK",
-                    f"{_CM}:bucket_comm_topk",
+    CompressorEntry("topk", f"{_P}.compression:TopK", f"{_CM}:bucket_comm_topk",
                     options={"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
                              "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
                     error_feedback=True, example="topk:ratio=0.01"),
@@ -178,11 +176,15 @@ def all_entries() -> list[str]:
     return [e.spec for e in STRATEGIES.values()] + [c for n in STRATEGIES for c in compressed_entries(n)]
 
 
+def _strategy_of(entry: str) -> StrategyEntry:
+    return STRATEGIES[split_entry(entry)[0].partition(":")[0]]
+
+
 def reference_of(entry: str) -> str | None:
     """The torch entry ``entry`` is measured against: the strategy's reference, with the same
     compressor where that reference takes it (torch's communication hooks)."""
-    strategy_spec, compress_spec = split_entry(entry)
-    ref = STRATEGIES[strategy_spec.partition(":")[0]].reference
+    compress_spec = split_entry(entry)[1]
+    ref = _strategy_of(entry).reference
     if ref is None:
         return None
     c = compress_spec.partition(":")[0]
@@ -198,8 +200,7 @@ def plan_entries() -> list[str]:
 def changes_optimization(entry: str) -> bool:
     """True for entries that are not the math of one big batch: a compressor, or a strategy whose
     workers step on their own gradients (local SGD, DiLoCo)."""
-    strategy_spec, compress_spec = split_entry(entry)
-    return compress_spec != "none" or not STRATEGIES[strategy_spec.partition(":")[0]].synchronous
+    return split_entry(entry)[1] != "none" or not _strategy_of(entry).synchronous
 
 
 def split_entries(text: str) -> list[str]:

@@ -19,6 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from gradsync import worker
 from gradsync.config import Config, ParallelConfig
 from gradsync.errors import ConfigError, DistributedError
 from gradsync.files import atomic_write_bytes
@@ -121,6 +122,15 @@ def interface_with_address(addr: str) -> str | None:
             if socket.inet_ntoa(packed[20:24]) == ip:
                 return name
     return None
+
+
+def run_job(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: tuple[str, ...] = ()) -> None:
+    """Run ``job`` on the run's workers: in this process when the world is one worker (no agent to
+    start), else through :func:`launch_workers`."""
+    if cfg.parallel.world_size == 1:
+        worker.run(["--job", job, "--config", str(config_path), "--", *args])
+    else:
+        launch_workers(cfg, config_path, job, args)
 
 
 def write_run_config(cfg: Config) -> Path:

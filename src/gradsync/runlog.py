@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gradsync.config import Config
-from gradsync.files import atomic_write_bytes
+from gradsync.launch import write_run_config
 from gradsync.metrics import MetricsWriter, plot_metrics
 from gradsync.parallel.memory import MemoryReport
 
@@ -28,9 +28,9 @@ class RunLogger:
         self.bar: Any = None
         if not main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # atomic: on a local launch the workers may still be reading this very file
-        atomic_write_bytes(self.run_dir / "config.toml", cfg.to_toml().encode())
+        # also under torchrun, where no launcher wrote it; atomic: on a local launch the other
+        # workers may still be reading this very file
+        write_run_config(cfg)
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=resumed_at is None,
                                     resume_step=resumed_at or 0)
         self._progress = (cfg.train.max_steps, resumed_at or 0) if cfg.train.progress else None

@@ -35,7 +35,6 @@ from gradsync.metrics import read_metrics
 from gradsync.prepare import prepare
 
 
-
 def add_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--strategies", default="allreduce,bucketed,torch-ddp",

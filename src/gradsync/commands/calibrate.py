@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from gradsync import worker
 from gradsync.args import add_config_args, config_from_args
 from gradsync.calibrate import message_sizes
 from gradsync.errors import ConfigError
-from gradsync.launch import launch_workers, write_run_config
+from gradsync.launch import run_job, write_run_config
 from gradsync.profile import default_profile_path, describe
 
 JOB = "gradsync.calibrate:worker_job"
@@ -39,12 +38,7 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     out = (Path(ns.out) if ns.out else default_profile_path()).resolve()
     run_dir = Path(cfg.train.run_dir or f"runs/calibrate-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = cfg.replace(**{"train.run_dir": str(run_dir), "train.resume": "", "train.progress": False})
-    config_path = write_run_config(cfg)
-    job_args = ("--out", str(out), "--max-mb", str(ns.max_mb))
-    if cfg.parallel.world_size == 1:
-        worker.run(["--job", JOB, "--config", str(config_path), "--", *job_args])
-    else:
-        launch_workers(cfg, config_path, job=JOB, args=job_args)
+    run_job(cfg, write_run_config(cfg), JOB, ("--out", str(out), "--max-mb", str(ns.max_mb)))
     if not out.is_file():  # another node's rank 0 wrote it
         print(f"gradsync: calibration done; rank 0 wrote the profile on its node ({out})")
         return 0

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from gradsync import worker
 from gradsync.args import add_config_args, config_from_args
-from gradsync.launch import launch_workers, write_run_config
+from gradsync.launch import run_job, write_run_config
 from gradsync.prepare import prepare
 
 
@@ -23,8 +22,5 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = prepare(config_from_args(ns, extra))
-    config_path = write_run_config(cfg)
-    if cfg.parallel.world_size == 1:
-        return worker.run(["--config", str(config_path)])
-    launch_workers(cfg, config_path)
+    run_job(cfg, write_run_config(cfg))
     return 0

@@ -42,7 +42,7 @@ class BucketedAllReduce:
         self.buckets: list[Bucket] = []
         self._bucket_of: dict[int, Bucket] = {}
         for u in self.units:
-            flat = torch.zeros(u.padded, dtype=u.params[0].dtype, device=u.params[0].device)
+            flat = u.zeros()
             b = Bucket(u.index, u.params, u, flat, u.views(flat))
             self.buckets.append(b)
             for p in u.params:

@@ -51,6 +51,10 @@ class FlatUnit:
             if lo < hi:
                 self.pieces.append(Piece(p, lo - off, hi - off, lo - self.lo))
 
+    def zeros(self) -> torch.Tensor:
+        """A zeroed flat buffer for the unit (padded), of its parameters' dtype and device."""
+        return torch.zeros(self.padded, dtype=self.params[0].dtype, device=self.params[0].device)
+
     def flatten(self, tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
         """The unit's padded flat buffer holding ``tensors`` (one per parameter)."""
         if out is None:

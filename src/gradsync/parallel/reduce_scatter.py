@@ -71,8 +71,7 @@ class ReduceScatterGrads:
 
     def _buffer(self, u: FlatUnit) -> torch.Tensor:
         if u.index not in self._buffers:
-            ref = self.chunks[u.index]
-            self._buffers[u.index] = torch.zeros(u.padded, dtype=ref.dtype, device=ref.device)
+            self._buffers[u.index] = u.zeros()
         return self._buffers[u.index]
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:

@@ -26,7 +26,7 @@ def bind_unit_buffers(units: list[FlatUnit]) -> list[torch.Tensor]:
     """A padded flat buffer per unit, holding the unit's parameters, which become views into it."""
     flats = []
     for u in units:
-        flat = torch.zeros(u.padded, dtype=u.params[0].dtype, device=u.params[0].device)
+        flat = u.zeros()
         bind_params(u, flat)
         flats.append(flat)
     return flats

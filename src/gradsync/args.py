@@ -18,6 +18,7 @@ from gradsync.errors import ConfigError
 
 # Short flags and the config keys they set.
 ALIASES: dict[str, str] = {
+    "--task": "task.name",
     "--nproc": "parallel.nproc",
     "--nnodes": "parallel.nnodes",
     "--rdzv-endpoint": "parallel.rdzv_endpoint",

@@ -30,19 +30,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from gradsync.args import ArgParser
 from gradsync.config import Config
 from gradsync.costmodel import CostModelError
-from gradsync.data import load_tokens
 from gradsync.dist import Comm, DistEnv
 from gradsync.files import atomic_write_bytes
-from gradsync.model.gpt import gpt_from_config
 from gradsync.optim import optimizer_factory
 from gradsync.peak import device_name, worker_peak_flops
 from gradsync.ring import OPS, ring_factors
+from gradsync.tasks import Task, build_task
 
 def message_sizes(max_mb: float, min_bytes: int = 4096) -> list[int]:
     """4 KiB, 16 KiB, ... (powers of 4) up to ``max_mb`` MiB."""
@@ -158,9 +158,10 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
     return out
 
 
-def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], None],
+def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], None],
                     reps: int = 10) -> dict[str, float]:
-    """Forward and backward of the configured GPT on random tokens at the configured micro-batch,
+    """Forward and backward of the task's model on its first train examples at the configured
+    micro-batch,
     the optimizer update (clip + step + zero) per parameter, one element-wise pass per element,
     and, with several workers, what communication overlapped with compute costs.
 
@@ -174,10 +175,13 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
             dist.barrier()
 
     torch.manual_seed(0)
-    model = gpt_from_config(cfg.model, vocab, cfg.data.seq_len).to(device)
+    model = task.build_model().to(device)
+    flops_per_token = task.flops_per_sample(model) / task.tokens_per_sample
     opt = optimizer_factory(cfg.optim)(model)
-    b, t = cfg.train.micro_batch, cfg.data.seq_len
-    x = torch.randint(0, vocab, (b, t), device=device)
+    b = cfg.train.micro_batch
+    ids = np.arange(b) % len(task.train_examples())
+    batch = tuple(x.to(device) for x in task.train_examples().batch(ids, ids, True))
+    n_params = sum(p.numel() for p in model.parameters())
     cast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
             else contextlib.nullcontext())
     fwd, bwd, upd = [], [], []
@@ -186,7 +190,7 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
         sync()
         t0 = time.perf_counter()
         with cast:
-            loss = model(x, x)
+            loss = task.loss(model, batch)
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -205,25 +209,25 @@ def measure_compute(cfg: Config, vocab: int, device: Any, sync: Callable[[], Non
     big = torch.ones(1 << 22, device=device)
     ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
     out = {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
-           "optimizer_s_per_param": statistics.median(upd[2:]) / model.num_params(),
-           "elementwise_s_per_elem": ew, "flops_per_token": model.flops_per_token(t), "tokens": b * t,
-           "n_params": model.num_params(), "overlap_penalty": 0.0}
+           "optimizer_s_per_param": statistics.median(upd[2:]) / n_params,
+           "elementwise_s_per_elem": ew, "flops_per_token": flops_per_token,
+           "tokens": b * task.tokens_per_sample, "n_params": n_params, "overlap_penalty": 0.0}
     if multi:
-        out["overlap_penalty"] = _overlap_penalty(model, x, cast, sync, barrier)
+        out["overlap_penalty"] = _overlap_penalty(model, lambda: task.loss(model, batch), cast, sync, barrier)
     return out
 
 
-def _overlap_penalty(model: Any, x: Any, cast: Any, sync: Callable[[], None],
+def _overlap_penalty(model: Any, loss_fn: Callable[[], Any], cast: Any, sync: Callable[[], None],
                      barrier: Callable[[], None], reps: int = 15) -> float:
     """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
     competes for the same cores (gloo over loopback on a busy CPU)."""
-    buf = torch.ones(sum(p.numel() for p in model.parameters()), device=x.device)
+    buf = torch.ones(sum(p.numel() for p in model.parameters()), device=next(model.parameters()).device)
 
     def compute() -> None:
         with cast:
-            loss = model(x, x)
+            loss = loss_fn()
         loss.backward()
         model.zero_grad(set_to_none=False)
 
@@ -263,8 +267,8 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
             torch.cuda.synchronize(env.device)
 
     comm = Comm(env, timeout_s=cfg.parallel.timeout_s)
-    vocab = load_tokens(cfg.data).vocab_size
-    compute = measure_compute(cfg, vocab, env.device, sync)
+    task = build_task(cfg)
+    compute = measure_compute(cfg, task, env.device, sync)
     coll_points = measure_collectives(comm, message_sizes(max_mb), env.device, sync) if env.world_size > 1 else {}
     profile: dict[str, Any] = {
         "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
@@ -276,8 +280,9 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
         "optimizer": cfg.optim.name,
         "optimizer_s_per_param": compute.pop("optimizer_s_per_param"),
         "elementwise_s_per_elem": compute.pop("elementwise_s_per_elem"),
-        "compute": {"model": {"preset": cfg.model.preset, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
-                              "n_embd": cfg.model.n_embd, "vocab": vocab},
+        "compute": {"task": task.name,
+                    "model": {"preset": cfg.model.preset, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
+                              "n_embd": cfg.model.n_embd, "vocab": getattr(task, "vocab_size", None)},
                     "seq_len": cfg.data.seq_len, "micro_batch": cfg.train.micro_batch,
                     "precision": cfg.train.precision, **compute},
         "collectives": {op: {**fit_alpha_beta(pts, op, env.world_size), "points": pts}

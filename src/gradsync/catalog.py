@@ -219,6 +219,19 @@ def split_entries(text: str) -> list[str]:
     return entries
 
 
+# Built-in tasks (``--task``): name -> the Task class, resolved when a run builds it. Any other
+# task is ``package.module:factory``. Described in docs/tasks.md.
+_T = "gradsync.tasks"
+TASKS: dict[str, str] = {
+    "gpt": f"{_T}.gpt:GPTTask",
+    "bert": f"{_T}.bert:BertTask",
+    "image": f"{_T}.image:ImageTask",
+    "speech": f"{_T}.speech:SpeechTask",
+    "hf-causal-lm": f"{_T}.hf:HFCausalLMTask",
+    "hf-masked-lm": f"{_T}.hf:HFMaskedLMTask",
+}
+
+
 def exact_strategies() -> list[str]:
     """The candidates of ``--strategy auto``."""
     return [n for n, e in STRATEGIES.items() if e.exact]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gradsync.catalog import AUTO, COMPRESSOR_SCHEMA, STRATEGY_SCHEMA, check_composition
+from gradsync.catalog import AUTO, COMPRESSOR_SCHEMA, STRATEGY_SCHEMA, TASKS, check_composition
 from gradsync.errors import ConfigError
 from gradsync.shapes import PRESETS
 from gradsync.spec import Spec, parse_spec
@@ -36,8 +36,93 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """What is trained: a built-in task (see ``gradsync.catalog.TASKS``) or ``module:factory``, a
+    function ``factory(cfg) -> gradsync.tasks.Task`` importable by every worker."""
+
+    name: str = "gpt"
+
+    def __post_init__(self) -> None:
+        _check(self.name in TASKS or _is_factory_ref(self.name),
+               f"task.name '{self.name}' is unknown; choose one of {', '.join(TASKS)} or give "
+               "package.module:factory")
+
+
+def _is_factory_ref(name: str) -> bool:
+    mod, sep, attr = name.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in mod.split(".")) and attr.isidentifier()
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Masked-LM corruption (Devlin et al. 2019): ``mask_prob`` of the positions are chosen; of
+    those 80% become [MASK], 10% a random token, 10% stay. The encoder's shape is ``[model]``'s."""
+
+    mask_prob: float = 0.15
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.mask_prob < 1.0, f"bert.mask_prob must be in (0, 1), got {self.mask_prob}")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Image classification. ``source``: ``digits`` (scikit-learn's bundled 8×8 handwritten
+    digits), a folder in ImageFolder layout (one subfolder per class), or an ``.npz`` with
+    ``images`` (N, H, W[, C]) and ``labels`` (N)."""
+
+    source: str = "digits"
+    size: int = 0  # resize folder images to size×size; 0 = keep (all must then be equal)
+    channels: int = 1  # 1 (grayscale) or 3 (RGB), for folder images
+    width: int = 32  # channels of the first conv layer
+    augment: bool = True  # random shifts of up to 1/8 of the side, seeded per sample
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "image.source must not be empty")
+        _check(self.size >= 0, f"image.size must be >= 0, got {self.size}")
+        _check(self.channels in (1, 3), f"image.channels must be 1 or 3, got {self.channels}")
+        _check(self.width >= 4, f"image.width must be >= 4, got {self.width}")
+        _check(0.0 < self.test_fraction < 0.9, f"image.test_fraction must be in (0, 0.9), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """Keyword classification from audio. ``source``: ``espeak-digits`` (spoken digits synthesized
+    on this machine with espeak-ng, test voices never seen in training) or a folder of WAV files,
+    one subfolder per label (the Speech Commands layout)."""
+
+    source: str = "espeak-digits"
+    sample_rate: int = 16000
+    clip_s: float = 1.0
+    n_mels: int = 40
+    width: int = 64
+    augment: bool = True  # random time shifts of up to 100 ms, seeded per sample
+    test_fraction: float = 0.2  # folder data: share of files (by name hash) held out
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "speech.source must not be empty")
+        _check(8000 <= self.sample_rate <= 48000, f"speech.sample_rate must be in [8000, 48000], got {self.sample_rate}")
+        _check(0.1 <= self.clip_s <= 10, f"speech.clip_s must be in [0.1, 10], got {self.clip_s}")
+        _check(8 <= self.n_mels <= 128, f"speech.n_mels must be in [8, 128], got {self.n_mels}")
+        _check(self.width >= 4, f"speech.width must be >= 4, got {self.width}")
+        _check(0.0 < self.test_fraction < 0.9, f"speech.test_fraction must be in (0, 0.9), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    """A Hugging Face ``transformers`` model (tasks ``hf-causal-lm``, ``hf-masked-lm``): ``config``
+    is a config.json to initialise randomly, ``pretrained`` a folder with weights to fine-tune."""
+
+    config: str = ""
+    pretrained: str = ""
+
+    def __post_init__(self) -> None:
+        _check(not (self.config and self.pretrained), "give hf.config or hf.pretrained, not both")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """GPT shape. ``preset`` fills every dimension left unset (see ``gradsync.shapes.PRESETS``)."""
+    """GPT (and BERT) shape. ``preset`` fills every dimension left unset (see ``gradsync.shapes.PRESETS``)."""
 
     preset: str = "small"
     n_layer: int | None = None
@@ -69,7 +154,7 @@ class DataConfig:
     """
 
     source: str = "stdlib"
-    tokenizer: str = "byte"  # byte | bpe
+    tokenizer: str = "byte"  # byte | bpe | path to a tokenizers tokenizer.json
     bpe_vocab_size: int = 4096
     seq_len: int = 128
     val_fraction: float = 0.05
@@ -82,8 +167,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source must not be empty")
-        _check(self.tokenizer in ("byte", "bpe"),
-               f"data.tokenizer '{self.tokenizer}' is unknown; choose byte or bpe")
+        _check(self.tokenizer in ("byte", "bpe") or self.tokenizer.endswith(".json"),
+               f"data.tokenizer '{self.tokenizer}' is unknown; choose byte, bpe or a tokenizer.json path")
         _check(260 <= self.bpe_vocab_size <= 65535,
                f"data.bpe_vocab_size must be in [260, 65535], got {self.bpe_vocab_size}")
         _check(self.seq_len >= 2, f"data.seq_len must be at least 2, got {self.seq_len}")
@@ -229,11 +314,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bert: BertConfig = field(default_factory=BertConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
 
     def __post_init__(self) -> None:
         self.check_world(self.parallel.world_size)
@@ -278,8 +368,9 @@ def _toml_value(v: Any) -> str:
 
 
 _SECTIONS: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+    "task": TaskConfig, "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
     "parallel": ParallelConfig, "train": TrainConfig,
+    "bert": BertConfig, "image": ImageConfig, "speech": SpeechConfig, "hf": HFConfig,
 }
 
 
@@ -344,6 +435,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Fields that must be equal between a checkpoint's config and the resuming run's config.
 RESUME_MUST_MATCH = (
+    "task.name", "bert.mask_prob", "image.source", "image.size", "image.channels", "image.width",
+    "image.test_fraction", "speech.source", "speech.sample_rate", "speech.clip_s", "speech.n_mels",
+    "speech.width", "speech.test_fraction", "hf.config", "hf.pretrained",
     "model.preset", "model.n_layer", "model.n_head", "model.n_embd",
     "data.source", "data.tokenizer", "data.bpe_vocab_size", "data.seq_len", "data.val_fraction",
     "data.vocab_size", "data.synthetic_vocab", "data.synthetic_order", "data.synthetic_tokens",
@@ -355,10 +449,12 @@ RESUME_MUST_MATCH = (
 def incompatible_fields(saved: dict[str, dict[str, Any]], current: Config) -> list[str]:
     """The fields in RESUME_MUST_MATCH whose values differ, formatted ``key: saved -> current``."""
     cur = current.to_dict()
+    default = Config().to_dict()
     diffs = []
     for key in RESUME_MUST_MATCH:
         s, n = key.split(".")
-        a, b = saved.get(s, {}).get(n), cur[s][n]
+        # a section a checkpoint lacks was added after it was written: it ran with the default
+        a, b = (saved[s].get(n) if s in saved else default[s][n]), cur[s][n]
         if a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     return diffs

@@ -1,4 +1,4 @@
-"""Validation: the mean loss over a fixed set of validation sequences, and when to measure it."""
+"""Validation: the task's metrics over a fixed set of held-out examples, and when to measure them."""
 
 from __future__ import annotations
 
@@ -6,21 +6,24 @@ import torch
 import torch.nn as nn
 
 from gradsync.config import Config
-from gradsync.data import TokenData, eval_batches
+from gradsync.data import eval_batches
 from gradsync.dist import Comm
 from gradsync.precision import autocast
+from gradsync.tasks import Task
 
 
 class Evaluator:
-    """This rank's strided share of the first ``train.eval_sequences`` validation sequences, the
-    same at every evaluation, so that validation losses are comparable across steps and runs."""
+    """This rank's strided share of the first ``train.eval_sequences`` held-out examples, the same
+    at every evaluation, so that validation metrics are comparable across steps and runs."""
 
-    def __init__(self, cfg: Config, data: TokenData, comm: Comm) -> None:
+    def __init__(self, cfg: Config, task: Task, comm: Comm) -> None:
         t = cfg.train
         self.interval = t.eval_interval
         self.precision = t.precision
         self.comm = comm
-        self.batches = eval_batches(data.val, cfg.data.seq_len, t.eval_sequences, t.micro_batch,
+        self.task = task
+        self.keys: list[str] | None = None
+        self.batches = eval_batches(task.eval_examples(), t.eval_sequences, t.micro_batch,
                                     comm.env.rank, comm.world_size)
 
     def due(self, done: int, end: int) -> bool:
@@ -28,16 +31,18 @@ class Evaluator:
         return done % self.interval == 0 or done == end
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> float:
-        """Mean validation loss, averaged across all ranks (collective)."""
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The task's metrics (``val_loss`` and any others), over all ranks (collective)."""
         device = self.comm.env.device
         model.eval()
-        total, count = 0.0, 0
-        for x, y in self.batches:
-            x, y = x.to(device), y.to(device)
+        sums: dict[str, float] = {}
+        for batch in self.batches:
+            batch = tuple(t.to(device) for t in batch)
             with autocast(self.precision, device):
-                total += float(model(x, y)) * x.size(0)
-            count += x.size(0)
+                for k, v in self.task.eval_sums(model, batch).items():
+                    sums[k] = sums.get(k, 0.0) + v
         model.train()
-        s, n = self.comm.sum_scalars([total, float(count)])
-        return s / n
+        if self.keys is None:  # once: a rank may hold no evaluation example, so agree on the names
+            self.keys = sorted(set().union(*self.comm.all_gather_object(sorted(sums))))
+        totals = self.comm.sum_scalars([sums.get(k, 0.0) for k in self.keys])
+        return self.task.eval_metrics(dict(zip(self.keys, totals)))

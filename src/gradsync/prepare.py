@@ -17,8 +17,9 @@ import torch
 from gradsync import checkpoint as ckpt
 from gradsync.catalog import AUTO
 from gradsync.config import Config
-from gradsync.data import ShardedBatches, TokenData, load_tokens
+from gradsync.data import ShardedBatches
 from gradsync.errors import ConfigError
+from gradsync.tasks import Task, build_task
 from gradsync.peak import worker_peak_flops
 from gradsync.plan import auto_strategy
 
@@ -35,14 +36,13 @@ def prepare(cfg: Config) -> Config:
     if existing and not t.resume:
         raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
                           "it or choose another --run-dir")
-    data = None
-    if cfg.parallel.nnodes == 1:
-        data = load_tokens(cfg.data)
-        ShardedBatches(data.train, cfg.data.seq_len, t.global_batch, t.micro_batch, 0,
-                       cfg.parallel.world_size, t.seed)
+    task = None
+    if cfg.parallel.nnodes == 1:  # the data is on this host: check it holds a global batch
+        task = build_task(cfg)
+        ShardedBatches(task.train_examples(), t.global_batch, t.micro_batch, 0, cfg.parallel.world_size, t.seed)
     path = ckpt.resolve_resume(t.resume, run_dir)
     if cfg.parallel.strategy == AUTO:
-        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, data)})
+        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, task)})
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
@@ -53,13 +53,16 @@ def prepare(cfg: Config) -> Config:
     return cfg.replace(**updates)
 
 
-def _resolve_auto(cfg: Config, resume: Path | None, data: TokenData | None) -> str:
+def _resolve_auto(cfg: Config, resume: Path | None, task: Task | None) -> str:
     """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
     if resume is not None:
         chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
         print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
         return chosen
-    vocab = (data or load_tokens(cfg.data)).vocab_size
+    task = task or build_task(cfg)
+    if task.name != "gpt":
+        raise ConfigError(f"--strategy auto prices gradsync's GPT only; for task {task.name}, name a strategy")
+    vocab = task.vocab_size  # type: ignore[attr-defined]
     chosen, why = auto_strategy(cfg, vocab)
     print(f"gradsync: --strategy auto chose {why}", flush=True)
     return chosen

@@ -64,9 +64,11 @@ class RunLogger:
             self.bar.set_postfix(loss=f"{rec['loss']:.3f}" if rec["loss"] is not None else "nan",
                                  tok_s=f"{rec['tokens_per_sec']:,.0f}", refresh=False)
 
-    def evaluation(self, step: int, train_loss: float, val_loss: float) -> None:
-        self.record({"kind": "eval", "step": step, "val_loss": val_loss})
-        self.say(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+    def evaluation(self, step: int, train_loss: float, metrics: dict[str, float]) -> None:
+        """An evaluation: ``val_loss`` and the task's other metrics (e.g. ``val_accuracy``)."""
+        self.record({"kind": "eval", "step": step, **metrics})
+        others = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k != "val_loss")
+        self.say(f"step {step}: train loss {train_loss:.4f}, val loss {metrics['val_loss']:.4f}{others}")
 
     def memory(self, step: int, report: MemoryReport) -> None:
         """What this rank holds for parameters, gradients and optimizer state (rank 0's numbers;

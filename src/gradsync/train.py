@@ -22,17 +22,16 @@ import torch
 
 from gradsync.checkpointer import Checkpointer
 from gradsync.config import Config
-from gradsync.data import ShardedBatches, TokenData, load_tokens
+from gradsync.data import ShardedBatches
 from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
 from gradsync.errors import ConfigError, TrainingError
 from gradsync.evaluation import Evaluator
-from gradsync.model import gpt_from_config
 from gradsync.optim import lr_at, optimizer_factory
 from gradsync.parallel import StepResult, Strategy, build_strategy
 from gradsync.peak import worker_peak_flops
 from gradsync.precision import autocast
 from gradsync.runlog import RunLogger
-from gradsync.sample import sample_text
+from gradsync.tasks import Task, build_task
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -47,50 +46,55 @@ class TrainResult:
     tokens_per_sec_median: float
     run_dir: Path
     sample: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
-    """Builds data, model and strategy for one worker, then :meth:`fit` trains.
+    """Builds the task, model and strategy for one worker, then :meth:`fit` trains.
 
-    The loop itself only trains; its parts decide when they act: the :class:`Evaluator`, the
-    :class:`Checkpointer` and the :class:`RunLogger`."""
+    The workload is the :class:`~gradsync.tasks.Task` (``task.name`` in the config, or one given
+    here); the loop itself only trains; its parts decide when they act: the :class:`Evaluator`,
+    the :class:`Checkpointer` and the :class:`RunLogger`."""
 
-    def __init__(self, cfg: Config, env: DistEnv | None = None, data: TokenData | None = None) -> None:
+    def __init__(self, cfg: Config, env: DistEnv | None = None, task: Task | None = None) -> None:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
         cfg.check_world(self.env.world_size)
         torch.set_num_threads(cfg.parallel.threads_per_worker(self.env.local_world_size))
         self.run_dir = Path(cfg.train.run_dir)
-        self.data = data or load_tokens(cfg.data)
+        self.task = task or build_task(cfg)
         torch.manual_seed(cfg.train.seed)
-        self.model = gpt_from_config(cfg.model, self.data.vocab_size, cfg.data.seq_len).to(self.env.device)
+        self.model = self.task.build_model().to(self.env.device)
+        # counted before the strategy hooks the parameters: the count runs a backward pass
+        self.flops_per_token = self.task.flops_per_sample(self.model) / self.task.tokens_per_sample
         self.comm = Comm(self.env, timeout_s=cfg.parallel.timeout_s)
         self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
                                                  cfg.parallel)
         t = cfg.train
-        self.batches = ShardedBatches(self.data.train, cfg.data.seq_len, t.global_batch, t.micro_batch,
+        self.batches = ShardedBatches(self.task.train_examples(), t.global_batch, t.micro_batch,
                                       self.env.rank, self.env.world_size, t.seed)
-        self.evaluator = Evaluator(cfg, self.data, self.comm)
+        self.evaluator = Evaluator(cfg, self.task, self.comm)
         self.checkpointer = Checkpointer(cfg, self.comm, self.strategy, self.batches)
         self.start_step, self.resumed_from = self.checkpointer.restore()
-        self.tokens_per_step = t.global_batch * cfg.data.seq_len
-        self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
+        self.tokens_per_step = t.global_batch * self.task.tokens_per_sample
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float]:
+        """The task's validation metrics (``val_loss`` among them); collective."""
         return self.evaluator.evaluate(self.model)
 
     def sample(self) -> str:
-        """Rank 0's continuation of ``train.sample_prompt`` ("" elsewhere). Collective: every rank
-        calls it, since sharded strategies must gather the model; rank 0 then generates from a
-        plain copy, so that generation issues no collective on one rank alone."""
+        """Rank 0's output of the task's ``predict`` (text continuing ``train.sample_prompt`` for
+        language models; "" elsewhere). Collective: every rank calls it, since sharded strategies
+        must gather the model; rank 0 then predicts with a plain copy, so that it issues no
+        collective on one rank alone."""
         state = self.strategy.full_model_state()
         if not self.env.is_main:
             return ""
         t = self.cfg.train
-        model = gpt_from_config(self.cfg.model, self.data.vocab_size, self.cfg.data.seq_len).to(self.env.device)
+        model = self.task.build_model().to(self.env.device)
         model.load_state_dict(state)
-        return sample_text(model, self.data, t.sample_prompt, t.sample_tokens, t.seed)
+        return self.task.predict(model, t.sample_prompt, t.sample_tokens, t.seed)
 
     # -- the loop --------------------------------------------------------------------------------
     def train_step(self, step: int) -> tuple[float, StepResult]:
@@ -102,11 +106,11 @@ class Trainer:
             raise RuntimeError(f"train_step({step}) called with the data at step {self.batches.step}")
         micro = next(self.batches)
         loss_sum = 0.0
-        for i, (x, y) in enumerate(micro):
-            x, y = x.to(self.env.device), y.to(self.env.device)
+        for i, batch in enumerate(micro):
+            batch = tuple(t.to(self.env.device) for t in batch)
             with self.strategy.micro_step(last=i == len(micro) - 1):
                 with autocast(self.cfg.train.precision, self.env.device):
-                    loss = self.strategy.module(x, y)
+                    loss = self.task.loss(self.strategy.module, batch)
                 (loss / len(micro)).backward()
             loss_sum += float(loss.detach())
         return loss_sum / len(micro), self.strategy.step(self.cfg.optim.grad_clip)
@@ -116,9 +120,11 @@ class Trainer:
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
         log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)
         log.start(self._opening_lines())
+        if self.env.is_main:
+            self.task.save_assets(self.run_dir)
         self.comm.take_stats()
         history: list[dict[str, Any]] = []
-        loss, val, bad_streak = float("nan"), None, 0
+        loss, metrics, bad_streak = float("nan"), None, 0
         # A step's time runs from the end of the previous step: it includes that step's logging,
         # and so the collectives a strategy leaves in flight after its update (ZeRO's parameter
         # all-gathers), which the next collective waits for. Evaluation and checkpoints restart it.
@@ -138,8 +144,8 @@ class Trainer:
                 log.train(history[-1])
             paused = False  # evaluation and checkpoints do not count as the next step's time
             if self.evaluator.due(done, end):
-                val, paused = self.evaluate(), True
-                log.evaluation(done, loss, val)
+                metrics, paused = self.evaluate(), True
+                log.evaluation(done, loss, metrics)
             if self.checkpointer.due(done, end):
                 self.checkpointer.save(done)
                 paused = True
@@ -147,18 +153,20 @@ class Trainer:
                 t_mark = time.perf_counter()
             log.tick()
         log.close_progress()
-        if val is None:  # resumed at the end: nothing trained, still report where the model stands
-            val = self.evaluate()
+        if metrics is None:  # resumed at the end: nothing trained, still report where the model stands
+            metrics = self.evaluate()
+        val = metrics["val_loss"]
         text = ""
         if t.sample_tokens > 0:
             text = self.sample()
             log.sample(text)
         tps_all = [r["tokens_per_sec"] for r in history]
         result = TrainResult(end, loss, val, statistics.median(tps_all) if tps_all else 0.0,
-                             self.run_dir, text, history)
+                             self.run_dir, text, metrics, history)
         log.finish({"steps": end, "final_train_loss": loss, "final_val_loss": val,
+                    **{f"final_{k}": v for k, v in metrics.items() if k != "val_loss"},
                     "median_tokens_per_sec": result.tokens_per_sec_median,
-                    "entropy_rate": self.data.entropy_rate, "last_checkpoint_step": self.checkpointer.last_saved,
+                    **self.task.summary(), "last_checkpoint_step": self.checkpointer.last_saved,
                     "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy,
                     "compress": self.cfg.parallel.compress, "memory": self.strategy.memory_report().to_dict()})
         return result
@@ -167,8 +175,8 @@ class Trainer:
         p = self.cfg.parallel
         label = p.strategy if p.compress == "none" else f"{p.strategy} + {p.compress}"
         lines = [f"gradsync: {self.env.world_size} worker(s), strategy {label}, backend {self.env.backend}, "
-                 f"{self.model.num_params():,} parameters, accumulation {self.batches.accum_steps}, "
-                 f"data {self.data.description}"]
+                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters, task {self.task.name}, "
+                 f"accumulation {self.batches.accum_steps}, data {self.task.description}"]
         if self.resumed_from:
             lines.append(f"gradsync: resumed from {self.resumed_from} at step {self.start_step}")
         return lines

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gradsync.args import parse_dotted
 from gradsync.config import all_keys, build_config
-from gradsync.data import ShardedBatches, load_tokens
+from gradsync.data import ShardedBatches, TokenSequences, load_tokens
 from gradsync.errors import GradsyncError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -54,7 +54,7 @@ def test_any_leftover_command_line_is_parsed_or_one_line_error(args: list[str]) 
 def _load(path: Path, seq_len: int = 16) -> None:
     cfg = build_config(None, {"data.source": str(path), "data.seq_len": seq_len})
     data = load_tokens(cfg.data)
-    ShardedBatches(data.train, seq_len, 8, 4, 0, 2, 0)  # what `gradsync train` checks before starting
+    ShardedBatches(TokenSequences(data.train, seq_len), 8, 4, 0, 2, 0)  # what `gradsync train` checks before starting
 
 
 @SETTINGS

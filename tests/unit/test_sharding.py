@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsync.data import ShardedBatches
+from gradsync.data import ShardedBatches, TokenSequences
 from gradsync.data.stream import TokenStream
 from gradsync.errors import DataError
 
@@ -16,7 +16,7 @@ T, G, SEED = 16, 16, 7
 
 
 def _batches(rank: int, world: int, micro: int = 2) -> ShardedBatches:
-    return ShardedBatches(TOKENS, T, G, micro, rank, world, SEED)
+    return ShardedBatches(TokenSequences(TOKENS, T), G, micro, rank, world, SEED)
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -53,7 +53,7 @@ def test_micro_batches_split_the_rank_shard_for_accumulation() -> None:
 def test_batches_differ_between_steps_and_seeds() -> None:
     a = _batches(0, 1).global_chunks(0)
     assert not np.array_equal(a, _batches(0, 1).global_chunks(1))
-    other = ShardedBatches(TOKENS, T, G, 2, 0, 1, SEED + 1).global_chunks(0)
+    other = ShardedBatches(TokenSequences(TOKENS, T), G, 2, 0, 1, SEED + 1).global_chunks(0)
     assert not np.array_equal(a, other)
 
 
@@ -77,16 +77,16 @@ def test_resume_continues_the_same_stream() -> None:
 
 def test_resume_refuses_other_data() -> None:
     state = _batches(0, 1).state_dict()
-    other = ShardedBatches(TOKENS[:5000], T, G, 2, 0, 1, SEED)
+    other = ShardedBatches(TokenSequences(TOKENS[:5000], T), G, 2, 0, 1, SEED)
     with pytest.raises(DataError, match="n_chunks"):
         other.load_state_dict(state)
 
 
 def test_indivisible_batch_and_tiny_corpus_are_errors() -> None:
     with pytest.raises(DataError, match="not divisible"):
-        ShardedBatches(TOKENS, T, 10, 4, 0, 2, SEED)
+        ShardedBatches(TokenSequences(TOKENS, T), 10, 4, 0, 2, SEED)
     with pytest.raises(DataError, match="fewer than one global batch"):
-        ShardedBatches(TOKENS[:100], T, G, 2, 0, 1, SEED)
+        ShardedBatches(TokenSequences(TOKENS[:100], T), G, 2, 0, 1, SEED)
 
 
 def test_stream_of_several_parts_never_crosses_a_boundary() -> None:
@@ -102,7 +102,7 @@ def test_stream_of_several_parts_never_crosses_a_boundary() -> None:
 
 def test_sharding_over_a_multi_part_stream_matches_one_array_per_sequence() -> None:
     parts = [TOKENS[:3000], TOKENS[3000:7001], TOKENS[7001:]]
-    b = ShardedBatches(TokenStream(parts), T, G, 2, 0, 1, SEED)
+    b = ShardedBatches(TokenSequences(TokenStream(parts), T), G, 2, 0, 1, SEED)
     for x, y in b.micro_batches(4):
         for row_x, row_y in zip(x, y):
             assert torch.equal(row_x[1:], row_y[:-1])

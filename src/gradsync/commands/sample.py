@@ -1,4 +1,5 @@
-"""``gradsync sample``: text from a checkpoint (a file, or the latest in a run folder)."""
+"""``gradsync sample``: what a trained model says (text for language models, predictions for
+classifiers), from a checkpoint file or the newest intact one in a run folder."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import argparse
 from typing import Sequence
 
 from gradsync.errors import ConfigError
-from gradsync.sample import load_model, sample_text
-
+from gradsync.tasks import load_trained
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,6 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ConfigError(f"sample: unrecognized argument(s) {' '.join(extra)}")
     if ns.tokens < 1 or ns.temperature <= 0 or ns.top_k < 1:
         raise ConfigError("sample: --tokens and --top-k must be >= 1 and --temperature > 0")
-    model, data = load_model(ns.checkpoint)
-    print(sample_text(model, data, ns.prompt, ns.tokens, ns.seed, ns.temperature, ns.top_k))
+    task, model, _ = load_trained(ns.checkpoint)
+    print(task.predict(model, ns.prompt, ns.tokens, ns.seed, ns.temperature, ns.top_k))
     return 0

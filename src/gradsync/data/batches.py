@@ -1,17 +1,19 @@
-"""Deterministic, resumable, world-size-independent sharding of a token stream into batches.
+"""Deterministic, resumable, world-size-independent sharding of a task's examples into batches.
 
-The train stream is cut into C non-overlapping sequences of ``T + 1`` tokens (inputs and shifted
-targets; see ``stream.py``). Sequence number ``p = step * G + j`` of the run (G = global batch)
-is chunk ``perm_e[p mod C]`` with ``e = p // C`` the epoch and ``perm_e`` a permutation seeded by
-``(seed, e)``. So the global batch at step s depends only on (seed, s), never on the world size;
-rank r of W takes the contiguous block ``[r*G/W, (r+1)*G/W)`` of it and splits that into
-micro-batches for gradient accumulation. The position is just the step, which makes resuming
-exact.
+A task's train set is C examples (for a language model: non-overlapping sequences of ``T + 1``
+tokens, inputs and shifted targets; see ``stream.py``). Draw number ``p = step * G + j`` of the
+run (G = global batch) is example ``perm_e[p mod C]`` with ``e = p // C`` the epoch and
+``perm_e`` a permutation seeded by ``(seed, e)``. So the global batch at step s depends only on
+(seed, s), never on the world size; rank r of W takes the contiguous block
+``[r*G/W, (r+1)*G/W)`` of it and splits that into micro-batches for gradient accumulation. Any
+randomness in turning an example into tensors (masking, augmentation) is keyed by the draw number
+p, so it too is the same at every world size. The position is just the step, which makes
+resuming exact.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,31 +21,64 @@ import torch
 from gradsync.data.stream import TokenStream
 from gradsync.errors import DataError
 
+Batch = tuple[torch.Tensor, ...]
+
+
+class Examples(Protocol):
+    """A fixed, indexable set of examples (a task's train or evaluation split)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, ids: np.ndarray, draws: np.ndarray, train: bool) -> Batch:
+        """Examples ``ids`` as a batch of tensors. ``draws`` numbers each draw uniquely within
+        the run (training) or is the example id (evaluation); random transforms are seeded by it.
+        ``train`` is False for evaluation, where transforms must be fixed."""
+        ...
+
 
 def as_stream(tokens: TokenStream | np.ndarray) -> TokenStream:
     return tokens if isinstance(tokens, TokenStream) else TokenStream([tokens])
 
 
-class ShardedBatches:
-    """Yields, per optimizer step, this rank's list of ``(x, y)`` micro-batches."""
+class TokenSequences:
+    """A token stream as examples: sequence ``i`` is ``(x, y)``, tokens and next tokens."""
 
-    def __init__(self, tokens: TokenStream | np.ndarray, seq_len: int, global_batch: int, micro_batch: int,
+    def __init__(self, tokens: TokenStream | np.ndarray, seq_len: int) -> None:
+        self.tokens = as_stream(tokens)
+        self.seq_len = seq_len
+        self.n = self.tokens.n_sequences(seq_len)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        """Sequences ``ids`` of ``T + 1`` tokens, (len(ids), T + 1) int64."""
+        return torch.from_numpy(self.tokens.sequences(ids, self.seq_len))
+
+    def batch(self, ids: np.ndarray, draws: np.ndarray, train: bool) -> Batch:
+        data = self.rows(ids)
+        return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+class ShardedBatches:
+    """Yields, per optimizer step, this rank's list of micro-batches (tuples of tensors)."""
+
+    def __init__(self, examples: Examples, global_batch: int, micro_batch: int,
                  rank: int, world_size: int, seed: int) -> None:
         if global_batch % (world_size * micro_batch):
             raise DataError(f"global batch {global_batch} is not divisible by world size × micro-batch "
                             f"({world_size} × {micro_batch})")
-        self.tokens = as_stream(tokens)
-        self.seq_len = seq_len
+        self.examples = examples
         self.global_batch = global_batch
         self.micro_batch = micro_batch
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        self.n_chunks = self.tokens.n_sequences(seq_len)
+        self.n_chunks = len(examples)
         if self.n_chunks < global_batch:
-            raise DataError(f"the train split holds only {self.n_chunks} sequences of {seq_len + 1} "
-                            f"tokens, fewer than one global batch of {global_batch}; use more data, "
-                            "a shorter data.seq_len or a smaller train.global_batch")
+            raise DataError(f"the train split holds only {self.n_chunks} examples, fewer than one global "
+                            f"batch of {global_batch}; use more data, shorter sequences (data.seq_len) or "
+                            "a smaller train.global_batch")
         self.step = 0
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
@@ -68,42 +103,42 @@ class ShardedBatches:
             out[sel] = self._permutation(int(e))[pos[sel] % self.n_chunks]
         return out
 
-    def local_chunks(self, step: int) -> np.ndarray:
+    def _local_slice(self) -> slice:
         per_rank = self.global_batch // self.world_size
-        return self.global_chunks(step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
-    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        data = torch.from_numpy(self.tokens.sequences(self.local_chunks(step), self.seq_len))
-        return [(data[i:i + self.micro_batch, :-1].contiguous(), data[i:i + self.micro_batch, 1:].contiguous())
-                for i in range(0, len(data), self.micro_batch)]
+    def local_chunks(self, step: int) -> np.ndarray:
+        return self.global_chunks(step)[self._local_slice()]
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        ids = self.local_chunks(step)
+        draws = (step * self.global_batch + np.arange(self.global_batch, dtype=np.int64))[self._local_slice()]
+        m = self.micro_batch
+        return [self.examples.batch(ids[i:i + m], draws[i:i + m], True) for i in range(0, len(ids), m)]
 
     def __iter__(self) -> "ShardedBatches":
         return self
 
-    def __next__(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __next__(self) -> list[Batch]:
         batch = self.micro_batches(self.step)
         self.step += 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "seed": self.seed, "n_chunks": self.n_chunks,
-                "seq_len": self.seq_len, "global_batch": self.global_batch}
+                "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "n_chunks", "seq_len", "global_batch"):
+        for key in ("seed", "n_chunks", "global_batch"):
             if state[key] != getattr(self, key):
                 raise DataError(f"saved data position does not match this data: {key} was "
                                 f"{state[key]}, is {getattr(self, key)}")
         self.step = int(state["step"])
 
 
-def eval_batches(tokens: TokenStream | np.ndarray, seq_len: int, n_sequences: int, micro_batch: int,
-                 rank: int, world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share (strided) of the first ``n_sequences`` validation sequences."""
-    stream = as_stream(tokens)
-    mine = np.arange(rank, min(n_sequences, stream.n_sequences(seq_len)), world_size)
-    out = []
-    for i in range(0, len(mine), micro_batch):
-        t = torch.from_numpy(stream.sequences(mine[i:i + micro_batch], seq_len))
-        out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
-    return out
+def eval_batches(examples: Examples, n_examples: int, micro_batch: int, rank: int,
+                 world_size: int) -> list[Batch]:
+    """This rank's share (strided) of the first ``n_examples`` evaluation examples."""
+    mine = np.arange(rank, min(n_examples, len(examples)), world_size)
+    return [examples.batch(mine[i:i + micro_batch], mine[i:i + micro_batch], False)
+            for i in range(0, len(mine), micro_batch)]

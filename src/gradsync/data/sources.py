@@ -125,6 +125,9 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
         bpe = BPETokenizer.train_or_load([d for _, d in docs], cfg.bpe_vocab_size, cache_dir())
         encoded = bpe.encode_batch([d for _, d in docs])
         tokenizer = bpe
+    elif cfg.tokenizer.endswith(".json"):
+        tokenizer = BPETokenizer.from_file(cfg.tokenizer)
+        encoded = tokenizer.encode_batch([d for _, d in docs])
     else:
         tokenizer = ByteTokenizer()
         encoded = [tokenizer.encode(d) for _, d in docs]

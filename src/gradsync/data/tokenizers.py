@@ -9,6 +9,8 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from gradsync.errors import DataError
+
 
 class Tokenizer(Protocol):
     vocab_size: int
@@ -36,6 +38,26 @@ class BPETokenizer:
     def __init__(self, tok: "object") -> None:
         self._tok = tok
         self.vocab_size: int = tok.get_vocab_size()  # type: ignore[attr-defined]
+        self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BPETokenizer":
+        """A tokenizer saved by HF ``tokenizers`` (``tokenizer.json``), e.g. an existing model's."""
+        from tokenizers import Tokenizer as HFTokenizer
+        if not Path(path).is_file():
+            raise DataError(f"tokenizer file '{path}' does not exist")
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises its own Exception type for any parse error
+            raise DataError(f"tokenizer file '{path}' is not a tokenizers JSON file: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def save(self, path: Path) -> None:
+        """Write ``tokenizer.json`` (atomically), loadable by :meth:`from_file` and by
+        ``transformers.PreTrainedTokenizerFast``."""
+        tmp = path.with_suffix(".tmp")
+        self._tok.save(str(tmp))  # type: ignore[attr-defined]
+        tmp.replace(path)
 
     @classmethod
     def train_or_load(cls, documents: list[bytes], vocab_size: int, cache_dir: Path) -> "BPETokenizer":
@@ -63,11 +85,11 @@ class BPETokenizer:
 
     def encode(self, text: bytes) -> np.ndarray:
         ids = self._tok.encode(text.decode("utf-8", errors="replace")).ids  # type: ignore[attr-defined]
-        return np.asarray(ids, dtype=np.uint16)
+        return np.asarray(ids, dtype=self._dtype)
 
     def encode_batch(self, texts: list[bytes]) -> list[np.ndarray]:
         encs = self._tok.encode_batch([t.decode("utf-8", errors="replace") for t in texts])  # type: ignore[attr-defined]
-        return [np.asarray(e.ids, dtype=np.uint16) for e in encs]
+        return [np.asarray(e.ids, dtype=self._dtype) for e in encs]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids])  # type: ignore[attr-defined]

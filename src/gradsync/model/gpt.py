@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradsync.model.generation import generate
 from gradsync.shapes import PRESETS, GPTShape
 
 __all__ = ["GPT", "GPTShape", "PRESETS", "build_gpt", "gpt_from_config"]
@@ -116,19 +117,10 @@ class GPT(nn.Module):
         """Training FLOPs per token (see :meth:`gradsync.shapes.GPTShape.flops_per_token`)."""
         return self.shape.flops_per_token(seq_len)
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,
                  top_k: int | None = 40, generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample ``max_new_tokens`` continuations of ``idx`` (B, T) autoregressively."""
-        for _ in range(max_new_tokens):
-            ctx = idx[:, -self.shape.block_size:]
-            logits = self(ctx)[:, -1, :] / max(temperature, 1e-5)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
-        return idx
+        return generate(self, idx, max_new_tokens, self.shape.block_size, temperature, top_k, generator)
 
 
 def build_gpt(preset: str, vocab_size: int, block_size: int, dropout: float = 0.0,

@@ -93,7 +93,8 @@ def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | N
     if out and rank == 0:
         torch.save(params, Path(out))
     return {"params": params if rank == 0 else None, "history": result.history,
-            "val_loss": result.val_loss, "entropy_rate": trainer.data.entropy_rate}
+            "val_loss": result.val_loss, "entropy_rate": trainer.task.entropy_rate,
+            "metrics": result.metrics}
 
 
 def train_each(rank: int, configs: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -1,0 +1,80 @@
+"""What the classification tasks (image, speech) share: labelled examples held in memory, top-1
+accuracy, and predictions on the first test examples as their sample output."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from gradsync.config import Config
+from gradsync.data import Batch
+from gradsync.data.labeled import Augment, LabeledData, LabeledExamples
+from gradsync.tasks.base import Task, accuracy_metrics, classification_sums
+
+
+class ClassificationTask(Task):
+    """One label per example; the model's ``forward(x, labels)`` is the mean cross-entropy."""
+
+    #: whether training applies :meth:`augment` (the task's config section says)
+    augments: bool = True
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self._data: LabeledData | None = None
+
+    @abstractmethod
+    def load_data(self) -> LabeledData:
+        """Read (or make) the data set, split into train and test."""
+
+    def augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """One training example, randomly transformed by ``rng`` (default: unchanged)."""
+        return x
+
+    @property
+    def data(self) -> LabeledData:
+        if self._data is None:
+            self._data = self.load_data()
+        return self._data
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.data.description
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.classes)
+
+    def train_examples(self) -> LabeledExamples:
+        aug: Augment | None = self.augment if self.augments else None
+        return LabeledExamples(self.data.train_x, self.data.train_y, self.cfg.train.seed, aug)
+
+    def eval_examples(self) -> LabeledExamples:
+        return LabeledExamples(self.data.test_x, self.data.test_y, self.cfg.train.seed)
+
+    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        x, y = batch
+        return classification_sums(model(x), y)
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return accuracy_metrics(sums)
+
+    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
+                temperature: float = 0.8, top_k: int | None = 40) -> str:
+        """The model's label for the first ``n`` test examples (n = the sample length, at most
+        32), next to the true one."""
+        n = min(n_tokens, 32, len(self.data.test_y))
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            guess = model(self.data.test_x[:n].to(device)).argmax(-1).cpu()
+        model.train(was)
+        names, truth = self.data.classes, self.data.test_y[:n]
+        right = int((guess == truth).sum())
+        lines = [f"first {n} test examples: {right} right"]
+        lines += [f"{'ok' if int(g) == int(t) else '  '} #{i:3d}: true {names[int(t)]:>10}  predicted {names[int(g)]:>10}"
+                  for i, (g, t) in enumerate(zip(guess, truth))]
+        return "\n".join(lines)

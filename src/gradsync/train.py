@@ -159,7 +159,8 @@ class Trainer:
         text = ""
         if t.sample_tokens > 0:
             text = self.sample()
-            log.sample(text)
+            if text:
+                log.sample(text)
         tps_all = [r["tokens_per_sec"] for r in history]
         result = TrainResult(end, loss, val, statistics.median(tps_all) if tps_all else 0.0,
                              self.run_dir, text, metrics, history)

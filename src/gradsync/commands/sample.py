@@ -25,5 +25,8 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     if ns.tokens < 1 or ns.temperature <= 0 or ns.top_k < 1:
         raise ConfigError("sample: --tokens and --top-k must be >= 1 and --temperature > 0")
     task, model, _ = load_trained(ns.checkpoint)
-    print(task.predict(model, ns.prompt, ns.tokens, ns.seed, ns.temperature, ns.top_k))
+    text = task.predict(model, ns.prompt, ns.tokens, ns.seed, ns.temperature, ns.top_k)
+    if not text:
+        raise ConfigError(f"sample: task {task.name} has no sample output (its predict() returns nothing)")
+    print(text)
     return 0

@@ -93,3 +93,7 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids])  # type: ignore[attr-defined]
+
+    def token_id(self, token: str) -> int | None:
+        """The id of ``token`` (e.g. ``[MASK]``), or None if the vocabulary lacks it."""
+        return self._tok.token_to_id(token)  # type: ignore[attr-defined]

@@ -28,10 +28,11 @@ class MaskedSequences:
     """Token sequences corrupted for masked LM: ``(inputs, labels)`` with labels -100 where not
     chosen."""
 
-    def __init__(self, sequences: TokenSequences, vocab_size: int, mask_prob: float, seed: int) -> None:
+    def __init__(self, sequences: TokenSequences, vocab_size: int, mask_prob: float, seed: int,
+                 mask_id: int | None = None) -> None:
         self.sequences = sequences
-        self.vocab_size = vocab_size  # of the corpus; [MASK] is the id after the last
-        self.mask_id = vocab_size
+        self.vocab_size = vocab_size  # of the corpus; random replacements are drawn from it
+        self.mask_id = vocab_size if mask_id is None else mask_id  # default: the id after the last
         self.mask_prob = mask_prob
         self.seed = seed
 
@@ -58,17 +59,18 @@ class MaskedSequences:
                 torch.from_numpy(np.stack([p[1] for p in pairs])))
 
 
-class BertTask(TokenTask):
-    name = "bert"
+class MaskedLMTask(TokenTask):
+    """What masked-LM tasks share (``bert``, ``hf-masked-lm``): masking, masked-token loss and
+    accuracy, and the sample output. Subclasses build the model."""
 
-    def build_model(self) -> Bert:
-        m = self.cfg.model
-        shape = GPTShape.from_preset(m.preset, self.vocab_size + 1, self.cfg.data.seq_len, m.dropout,
-                                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
-        return Bert(shape)
+    @property
+    def mask_id(self) -> int:
+        """The [MASK] token: the id after the corpus vocabulary (the model's vocabulary has one more)."""
+        return self.vocab_size
 
     def _masked(self, seqs: TokenSequences) -> MaskedSequences:
-        return MaskedSequences(seqs, self.vocab_size, self.cfg.bert.mask_prob, self.cfg.train.seed)
+        return MaskedSequences(seqs, self.vocab_size, self.cfg.bert.mask_prob, self.cfg.train.seed,
+                               mask_id=self.mask_id)
 
     def train_examples(self) -> MaskedSequences:  # type: ignore[override]
         return self._masked(super().train_examples())
@@ -120,3 +122,13 @@ class BertTask(TokenTask):
             lines.append(f"{mark} position {i:4d}: true {show([int(labels[0, i])])!r:>10}  "
                          f"guess {show([int(guess[i])]) if int(guess[i]) < self.vocab_size else '[MASK]'!r:>10}")
         return "\n".join(lines)
+
+
+class BertTask(MaskedLMTask):
+    name = "bert"
+
+    def build_model(self) -> Bert:
+        m = self.cfg.model
+        shape = GPTShape.from_preset(m.preset, self.vocab_size + 1, self.cfg.data.seq_len, m.dropout,
+                                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
+        return Bert(shape)

@@ -17,8 +17,12 @@ from gradsync.errors import GradsyncError
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("gradsync.commands.train", "train a GPT with N data-parallel workers (the main job)"),
-    "sample": ("gradsync.commands.sample", "generate text from a checkpoint"),
+    "train": ("gradsync.commands.train", "train a model (--task gpt, bert, image, speech, hf-*, yours) "
+              "with N data-parallel workers (the main job)"),
+    "run": ("gradsync.commands.run", "run your own training script on N workers (launcher, rendezvous, "
+            "timeouts, restarts)"),
+    "sample": ("gradsync.commands.sample", "what a trained model says: text, or predictions"),
+    "export": ("gradsync.commands.export", "write a trained model for other tools (transformers, safetensors)"),
     "bench": ("gradsync.commands.bench", "compare strategies side by side (tokens/s, step time, comm)"),
     "calibrate": ("gradsync.commands.calibrate", "measure collectives (alpha, beta), compute and optimizer "
                   "speed for the cost model; writes a JSON profile"),

@@ -31,6 +31,34 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
+    def as_hf(self) -> "object":
+        """The same mapping as a HF ``tokenizers.Tokenizer`` (byte-level, no merges: token id =
+        byte value), so that an exported model ships a tokenizer ``transformers`` loads."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        vocab = {ch: b for b, ch in enumerate(byte_alphabet())}
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+
+
+def byte_alphabet() -> list[str]:
+    """The printable character byte-level BPE uses for each byte 0..255 (GPT-2's convention,
+    which HF ``tokenizers``' ByteLevel pre-tokenizer follows): printable Latin-1 bytes stand for
+    themselves, the others for the code points from 256 on, in byte order."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | \
+        set(range(ord("®"), ord("ÿ") + 1))
+    out, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
 
 class BPETokenizer:
     """Byte-level BPE (as in GPT-2) from HF ``tokenizers``, trained on the run's own corpus."""
@@ -93,6 +121,10 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids])  # type: ignore[attr-defined]
+
+    def as_hf(self) -> "object":
+        """The underlying HF ``tokenizers.Tokenizer``."""
+        return self._tok
 
     def token_id(self, token: str) -> int | None:
         """The id of ``token`` (e.g. ``[MASK]``), or None if the vocabulary lacks it."""

@@ -35,6 +35,7 @@ def _transformers() -> Any:
     except ImportError:
         raise ConfigError("the hf-* tasks need Hugging Face transformers: pip install 'gradsync[hf]'") from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     return transformers
 
 

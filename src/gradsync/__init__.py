@@ -1,3 +1,29 @@
-"""gradsync: data-parallel training of language models on PyTorch and torch.distributed."""
+"""gradsync: data-parallel training on PyTorch and torch.distributed.
+
+The public Python API — :func:`parallelize` (your loop), :class:`Trainer` and :class:`Task`
+(gradsync's loop, your workload) — is imported on first use, so that ``import gradsync`` (and
+``gradsync plan``) costs no torch import.
+"""
+
+from typing import Any
+
+from gradsync.catalog import resolve
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "parallelize": "gradsync.api:parallelize",
+    "Parallel": "gradsync.api:Parallel",
+    "Trainer": "gradsync.train:Trainer",
+    "Task": "gradsync.tasks:Task",
+    "build_config": "gradsync.config:build_config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return resolve(_PUBLIC[name])
+    raise AttributeError(f"module 'gradsync' has no attribute '{name}'")
+
+
+__all__ = list(_PUBLIC)

@@ -68,8 +68,9 @@ def _prune(folder: Path, keep: int, newest: Path) -> None:
                 old.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and sanity-check a checkpoint, or raise a one-line CheckpointError."""
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint (it must hold the ``required`` entries: a training run's
+    by default), or raise a one-line CheckpointError."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable ({first[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{path}' is not a gradsync checkpoint (format {FORMAT} expected)")
-    missing = [k for k in REQUIRED if k not in state]
+    missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is incomplete: missing {', '.join(missing)}")
     return state

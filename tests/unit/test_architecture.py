@@ -23,9 +23,9 @@ for layer, names in enumerate([
     # 0 base: no torch, nothing above
     ["errors", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "args"],
     # 1 runtime: the process group and its launch
-    ["dist", "watchdog", "worker", "launch"],
+    ["dist", "watchdog", "worker", "launch", "script"],
     # 2 engine: models, data, strategies, the trainer and its parts
-    ["model", "data", "tasks", "parallel", "optim", "precision", "metrics", "checkpoint", "peak", "sample",
+    ["model", "data", "tasks", "parallel", "optim", "precision", "metrics", "checkpoint", "peak", "sample", "api", "export",
      "evaluation", "checkpointer", "runlog", "train"],
     # 3 planning: the cost model and what feeds it
     ["costmodel", "profile", "plan", "calibrate", "prepare"],

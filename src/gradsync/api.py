@@ -1,0 +1,146 @@
+"""Data parallelism in your own training loop: :func:`parallelize`.
+
+The way people use torch DDP or Accelerate, with every gradsync strategy and compressor::
+
+    dp = gradsync.parallelize(model, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=3e-4),
+                              strategy="zero2")
+    for step in range(start, steps):
+        for i, (x, y) in enumerate(my_micro_batches(step, dp.rank, dp.world_size)):
+            with dp.micro_step(last=i == n_micro - 1):
+                loss = loss_fn(dp.module(x), y) / n_micro
+                loss.backward()
+        dp.step(grad_clip=1.0)
+        if step % 100 == 0:
+            dp.save("ckpt.pt", step=step)
+
+Start the script with ``gradsync run script.py --nproc N`` (gradsync's launcher: rendezvous,
+collective timeouts, restarts, one-line errors) or ``torchrun``; run alone, it is a world of one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+import torch.nn as nn
+
+from gradsync import checkpoint as ckpt
+from gradsync.config import ParallelConfig
+from gradsync.dist import Comm, DistEnv, init_distributed
+from gradsync.errors import ConfigError
+from gradsync.optim import OptimizerFactory
+from gradsync.parallel import StepResult, Strategy, build_strategy
+
+SAVED = ("strategy", "rng", "world_size", "extra")  # what Parallel.save writes
+Optimizer = torch.optim.Optimizer | Callable[[nn.Module], torch.optim.Optimizer]
+
+
+class Parallel:
+    """A model and optimizer under a data-parallel strategy (returned by :func:`parallelize`).
+
+    ``module`` is what to call forward on (the strategy's, with its hooks); ``optimizer`` is the
+    strategy's (set learning rates on its ``param_groups``; sharded strategies hold a shard)."""
+
+    def __init__(self, strategy: Strategy, env: DistEnv) -> None:
+        self.strategy = strategy
+        self.env = env
+
+    @property
+    def module(self) -> nn.Module:
+        return self.strategy.module
+
+    @property
+    def optimizer(self) -> Any:
+        return self.strategy.optimizer
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    def micro_step(self, last: bool = True) -> ContextManager[None]:
+        """Wrap one micro-batch's forward and backward; ``last`` marks the one whose backward
+        starts the gradient exchange (earlier ones only accumulate)."""
+        return self.strategy.micro_step(last)
+
+    def step(self, grad_clip: float = 0.0) -> StepResult:
+        """Average the gradients over workers, clip their global norm to ``grad_clip`` (0: off),
+        update, zero the gradients. A step whose gradients are not finite is skipped on every
+        worker (``result.skipped``)."""
+        return self.strategy.step(grad_clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full model and a torch-format optimizer state, whatever the strategy (collective)."""
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.strategy.load_state_dict(state)
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's parameters on every rank (collective: sharded strategies gather)."""
+        return self.strategy.full_model_state()
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        """Checkpoint (collective; rank 0 writes): the strategy's state, every rank's RNG state
+        and ``extra`` (e.g. ``step=``), atomically and with a checksum, as ``gradsync train``."""
+        rngs = self.strategy.comm.all_gather_object(ckpt.rng_state())
+        state = self.state_dict()
+        if self.is_main:
+            ckpt.save_checkpoint(Path(path), {"strategy": state, "rng": rngs, "world_size": self.world_size,
+                                              "extra": extra})
+        self.strategy.comm.all_gather_object(None)  # nobody reads the file before it is complete
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Restore a checkpoint written by :meth:`save` (at any world size; RNG states only at the
+        same one); returns its ``extra``."""
+        state = ckpt.load_checkpoint(path, required=SAVED)
+        self.load_state_dict(state["strategy"])
+        if state["world_size"] == self.world_size:
+            ckpt.set_rng_state(state["rng"][self.rank])
+        return dict(state["extra"])
+
+
+def as_factory(optimizer: Optimizer, model: nn.Module) -> OptimizerFactory:
+    """A strategy builds its optimizer (sharded ones over their shard), so it needs a factory. An
+    optimizer already built over ``model.parameters()`` with one parameter group is turned into
+    one (same class, same settings); anything else must be given as a factory."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if not callable(optimizer):
+            raise ConfigError("parallelize: optimizer must be a torch optimizer or a function model -> optimizer")
+        return optimizer
+    if len(optimizer.param_groups) != 1:
+        raise ConfigError(f"parallelize: the optimizer has {len(optimizer.param_groups)} parameter groups; pass a "
+                          "factory instead, optimizer=lambda m: YourOptimizer(groups_of(m), ...)")
+    if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in model.parameters()}:
+        raise ConfigError("parallelize: the optimizer must be built over model.parameters() (or pass a factory)")
+    cls, settings = type(optimizer), {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    return lambda m: cls(m.parameters(), **settings)
+
+
+def parallelize(model: nn.Module, optimizer: Optimizer, strategy: str = "bucketed", compress: str = "none",
+                *, bucket_mb: float = 25.0, first_bucket_mb: float = 1.0, backend: str = "auto",
+                timeout_s: float = 300.0) -> Parallel:
+    """Put ``model`` under a data-parallel ``strategy`` (a spec, as ``--strategy``: ``bucketed``,
+    ``zero1``, ``zero2``, ``zero3``, ``localsgd:8``, ``diloco:8``, ``torch-ddp``, ...) with an
+    optional gradient ``compress``or (``fp16``, ``powersgd:rank=4``, ...).
+
+    Joins the process group the launcher describes (``gradsync run`` or ``torchrun``), or makes
+    a world of one; moves the model to this worker's device and replicates rank 0's weights."""
+    cfg = ParallelConfig(nproc=1, strategy=strategy, compress=compress, bucket_mb=bucket_mb,
+                         first_bucket_mb=first_bucket_mb, backend=backend, timeout_s=timeout_s)
+    env = init_distributed(backend, timeout_s)
+    model.to(env.device)
+    factory = as_factory(optimizer, model)
+    return Parallel(build_strategy(model, factory, Comm(env, timeout_s=timeout_s), cfg), env)

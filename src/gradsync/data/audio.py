@@ -13,6 +13,7 @@ silence, centred and padded (or cut) to ``speech.clip_s`` seconds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import subprocess
@@ -132,7 +133,9 @@ def _resample_file(src: Path, dst: Path, sample_rate: int) -> None:
     part.replace(dst)
 
 
+@functools.lru_cache(maxsize=2)  # a process that trains several runs (tests, bench) decodes once
 def load_speech(cfg: SpeechConfig) -> LabeledData:
+    """The clips ``cfg.source`` names as log-mel features (not standardised), split train/test."""
     if cfg.source == "espeak-digits":
         root = espeak_digits(cfg.sample_rate)
         desc = (f"espeak-ng spoken digits: {len(ACCENTS)} accents × {len(TRAIN_VOICES)} train voices, "

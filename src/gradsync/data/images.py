@@ -27,8 +27,7 @@ def load_images(cfg: ImageConfig) -> LabeledData:
             raise DataError(f"image source '{cfg.source}' does not exist; pass 'digits', a folder with one "
                             "subfolder per class, or an .npz file")
         data = _npz(p, cfg) if p.suffix == ".npz" else _folder(p, cfg)
-    data.standardize()
-    return data
+    return data.standardized()
 
 
 def _split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:

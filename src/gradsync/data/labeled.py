@@ -3,7 +3,7 @@ optional random transform for training, seeded by the draw number (see ``batches
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -50,11 +50,10 @@ class LabeledData:
     classes: list[str]
     description: str
 
-    def standardize(self) -> None:
-        """Scale every input by the train split's mean and standard deviation per channel (axis
-        1), the same numbers for both splits."""
+    def standardized(self) -> "LabeledData":
+        """A copy with every input scaled by the train split's mean and standard deviation per
+        channel (axis 1), the same numbers for both splits."""
         dims = [d for d in range(self.train_x.dim()) if d != 1]
         mean = self.train_x.mean(dim=dims, keepdim=True)
         std = self.train_x.std(dim=dims, keepdim=True).clamp_min(1e-6)
-        self.train_x = (self.train_x - mean) / std
-        self.test_x = (self.test_x - mean) / std
+        return replace(self, train_x=(self.train_x - mean) / std, test_x=(self.test_x - mean) / std)

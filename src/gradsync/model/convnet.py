@@ -4,6 +4,10 @@ Normalisation is GroupNorm (Wu & He 2018), not BatchNorm: BatchNorm's statistics
 each worker's micro-batch, so N workers would not compute what one worker computes over the same
 global batch (and its running averages would differ per replica). GroupNorm normalises each
 example on its own, so data-parallel training stays exactly equivalent to one process.
+
+A convolution followed by a norm has no bias: the norm subtracts it again, so its true gradient is
+zero and what autograd returns is rounding noise, which Adam's per-coordinate scaling would turn
+into full-size random steps (different on every machine and world size).
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ class ConvNet2d(_Classifier):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), _norm(w), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1), _norm(2 * w), nn.GELU(),
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), _norm(w), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), _norm(2 * w), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
             nn.AdaptiveAvgPool2d(1))
         self.head = nn.Linear(2 * w, n_classes)
 
@@ -47,9 +51,9 @@ class ConvNet1d(_Classifier):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv1d(in_channels, w, 5, padding=2), _norm(w), nn.GELU(),
-            nn.Conv1d(w, w, 5, stride=2, padding=2), _norm(w), nn.GELU(),
-            nn.Conv1d(w, 2 * w, 3, stride=2, padding=1), _norm(2 * w), nn.GELU(),
-            nn.Conv1d(2 * w, 2 * w, 3, padding=1), _norm(2 * w), nn.GELU(),
+            nn.Conv1d(in_channels, w, 5, padding=2, bias=False), _norm(w), nn.GELU(),
+            nn.Conv1d(w, w, 5, stride=2, padding=2, bias=False), _norm(w), nn.GELU(),
+            nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=False), _norm(2 * w), nn.GELU(),
+            nn.Conv1d(2 * w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
             nn.AdaptiveAvgPool1d(1))
         self.head = nn.Linear(2 * w, n_classes)

@@ -27,8 +27,7 @@ class SpeechTask(ClassificationTask):
     def load_data(self) -> LabeledData:
         data = load_speech(self.cfg.speech)
         self._gain = _GAIN / float(data.train_x.std())
-        data.standardize()
-        return data
+        return data.standardized()
 
     def build_model(self) -> ConvNet1d:
         return ConvNet1d(self.cfg.speech.n_mels, self.n_classes, self.cfg.speech.width)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch.nn as nn
 
 from gradsync.model import GPT, gpt_from_config
-from gradsync.sample import sample_text
 from gradsync.tasks.lm import TokenTask
 
 
@@ -25,5 +24,4 @@ class GPTTask(TokenTask):
 
     def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
                 temperature: float = 0.8, top_k: int | None = 40) -> str:
-        return sample_text(model, self.tokenizer, self.prompt_fallback(), prompt, n_tokens, seed,
-                           temperature, top_k)
+        return self.continue_text(model, prompt, n_tokens, seed, temperature, top_k)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from gradsync.model.bert import IGNORE
 from gradsync.model.generation import generate
-from gradsync.sample import sample_text
 from gradsync.data.tokenizers import BPETokenizer
 from gradsync.errors import ConfigError
 from gradsync.tasks.bert import MaskedLMTask
@@ -142,8 +141,7 @@ class HFCausalLMTask(TokenTask):
 
     def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
                 temperature: float = 0.8, top_k: int | None = 40) -> str:
-        return sample_text(model, self.tokenizer, self.prompt_fallback(), prompt, n_tokens, seed,
-                           temperature, top_k)
+        return self.continue_text(model, prompt, n_tokens, seed, temperature, top_k)
 
 
 class HFMaskedLMTask(MaskedLMTask):

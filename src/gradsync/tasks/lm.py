@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
+
 from gradsync.config import Config
 from gradsync.data import TokenData, TokenSequences, load_tokens
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 from gradsync.errors import CheckpointError
 from gradsync.files import atomic_write_bytes
+from gradsync.sample import sample_text
 from gradsync.tasks.base import Task
 
 TASK_FILE = "task.json"
@@ -72,6 +75,14 @@ class TokenTask(Task):
 
     def eval_examples(self) -> TokenSequences:
         return TokenSequences(self.data.val, self.cfg.data.seq_len)
+
+    def continue_text(self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float,
+                      top_k: int | None) -> str:
+        """A causal LM's sample: ``prompt`` continued (without a tokenizer, the first validation
+        tokens, as ids)."""
+        tok = self.tokenizer
+        return sample_text(model, tok, [] if tok is not None else self.prompt_fallback(), prompt, n_tokens,
+                           seed, temperature, top_k)
 
     def prompt_fallback(self) -> list[int]:
         """Without a tokenizer, a sample continues the first validation tokens."""

@@ -1,0 +1,220 @@
+"""Any model, end to end: your own task through ``--task module:factory`` and ``Trainer``, your own
+loop through ``gradsync run``, Hugging Face out through ``gradsync export``, and one-line errors
+for bad task input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+LM_FLAGS = ["--model", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
+            "--max-steps", "4", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1", **env)
+    return subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradsync: error: "), r.stderr[-2000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def corpus(root: Path) -> Path:
+    path = root / "corpus.txt"
+    path.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(3000)))
+    return path
+
+
+def test_export_to_transformers_gives_the_same_logits(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel
+
+    from gradsync.tasks import load_trained
+
+    data = corpus(tmp_path)
+    for task, cls in (("gpt", GPT2LMHeadModel), ("bert", BertForMaskedLM)):
+        r = cli("train", "--task", task, "--nproc", "1", "--data", str(data), "--run-dir", task, *LM_FLAGS,
+                     cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        e = cli("export", task, f"{task}-hf", "--format", "hf", cwd=tmp_path)
+        assert e.returncode == 0, e.stderr[-2000:]
+        _, ours, _ = load_trained(tmp_path / task)
+        theirs = cls.from_pretrained(tmp_path / f"{task}-hf").eval()
+        x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            a, b = ours.eval()(x), theirs(input_ids=x).logits
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item(), task
+        tok = AutoTokenizer.from_pretrained(tmp_path / f"{task}-hf")
+        assert tok("def f(x):").input_ids == list(b"def f(x):")  # the run's byte tokenizer, as trained
+        if task == "bert":
+            assert tok.mask_token == "[MASK]" and tok.mask_token_id == 256
+    one_line_error(cli("export", "gpt", "gpt-hf", cwd=tmp_path), "already exists")
+
+    # The run folder keeps its tokenizer: sampling works after the corpus is gone.
+    data.unlink()
+    s = cli("sample", "gpt", "--prompt", "def ", "--tokens", "10", cwd=tmp_path)
+    assert s.returncode == 0 and s.stdout.startswith("def "), s.stderr[-2000:]
+
+
+def test_image_run_exports_as_safetensors_and_not_as_hf(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from gradsync.tasks import load_trained
+
+    r = cli("train", "--task", "image", "--image.width", "8", "--nproc", "1", "--micro-batch", "8",
+                 "--global-batch", "8", "--max-steps", "3", "--sample-tokens", "4", "--no-progress",
+                 "--run-dir", "img", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "first 4 test examples" in (tmp_path / "img" / "sample.txt").read_text()
+    e = cli("export", "img", "img-st", "--format", "safetensors", cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-2000:]
+    _, model, _ = load_trained(tmp_path / "img")
+    saved = load_file(tmp_path / "img-st" / "model.safetensors")
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    one_line_error(cli("export", "img", "img-hf", "--format", "hf", cwd=tmp_path), "use --format safetensors")
+    assert not (tmp_path / "img-hf").exists()
+
+
+MY_TASK = textwrap.dedent('''
+    """A user's own task: regression with an MLP, nothing from gradsync but the Task seam."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from gradsync.tasks import Task
+
+
+    class Points:
+        def __init__(self, n, offset):
+            g = torch.Generator().manual_seed(offset)
+            self.x = torch.randn(n, 8, generator=g)
+            self.y = self.x @ torch.linspace(-1, 1, 8) + 0.5
+
+        def __len__(self):
+            return len(self.y)
+
+        def batch(self, ids, draws, train):
+            idx = torch.as_tensor(np.asarray(ids))
+            return self.x[idx], self.y[idx]
+
+
+    class Regressor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+
+        def forward(self, x, y):
+            return F.mse_loss(self.net(x).squeeze(-1), y)
+
+
+    class Regression(Task):
+        name = "regression"
+        description = "y = w.x + b"
+
+        def build_model(self):
+            return Regressor()
+
+        def train_examples(self):
+            return Points(512, 0)
+
+        def eval_examples(self):
+            return Points(64, 1)
+
+
+    def make(cfg):
+        return Regression(cfg)
+''')
+
+
+def test_your_own_task_by_factory_and_in_python(tmp_path: Path) -> None:
+    (tmp_path / "mytask.py").write_text(MY_TASK)
+    r = cli("train", "--task", "mytask:make", "--nproc", "2", "--strategy", "zero2", "--micro-batch", "8",
+                 "--global-batch", "32", "--max-steps", "60", "--lr", "1e-2", "--no-progress", "--run-dir", "mine",
+                 cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    evals = [json.loads(line) for line in (tmp_path / "mine" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert evals[-1]["val_loss"] < 0.1, evals[-1]
+    assert "task regression" in r.stdout
+
+    # the same task handed to gradsync.Trainer from Python, a world of one in this process
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mytask
+
+        from gradsync import build_config
+        from gradsync.testing import run_world
+
+        cfg = build_config(None, {"train.run_dir": str(tmp_path / "py"), "train.micro_batch": 8,
+                                           "train.global_batch": 8, "train.max_steps": 5, "train.progress": False,
+                                           "parallel.nproc": 1, "train.sample_tokens": 0})
+        out = run_world(1, _fit, cfg, mytask.make(cfg))[0]
+        assert out == 5
+    finally:
+        sys.path.remove(str(tmp_path))
+    one_line_error(cli("train", "--task", "nosuch.module:make", "--nproc", "1", cwd=tmp_path),
+                   "task 'nosuch.module:make' cannot be imported")
+
+
+def _fit(rank: int, cfg: object, task: object) -> int:
+    import gradsync
+
+    return gradsync.Trainer(cfg, task=task).fit().steps_done
+
+
+def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) -> None:
+    from gradsync import checkpoint as ckpt
+    from gradsync.api import SAVED
+
+    script = str(REPO / "examples" / "own_loop.py")
+    runs = {"straight": [("40", "a.pt")], "split": [("20", "b.pt"), ("40", "b.pt")]}
+    for steps_and_files in runs.values():
+        for steps, file in steps_and_files:
+            r = cli("run", "--nproc", "2", script, "--strategy", "zero2", "--steps", steps, "--ckpt", file,
+                         cwd=tmp_path)
+            assert r.returncode == 0, r.stderr[-2000:]
+    a = ckpt.load_checkpoint(tmp_path / "a.pt", SAVED)
+    b = ckpt.load_checkpoint(tmp_path / "b.pt", SAVED)
+    assert a["extra"] == b["extra"] == {"step": 40} and a["world_size"] == 2
+    ma, mb = a["strategy"]["model"], b["strategy"]["model"]
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    one_line_error(cli("run", "--nproc", "2", "missing.py", cwd=tmp_path), "'missing.py' does not exist")
+
+
+def test_bad_task_input_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    one_line_error(cli("train", "--task", "hf-causal-lm", "--hf.config", "bad.json", "--nproc", "1",
+                            cwd=tmp_path), "is not valid JSON")
+    (tmp_path / "notype.json").write_text('{"n_layer": 2}')
+    one_line_error(cli("train", "--task", "hf-causal-lm", "--hf.config", "notype.json", "--nproc", "1",
+                            cwd=tmp_path), "model_type")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(b"")
+    one_line_error(cli("train", "--task", "image", "--image.source", "flat", "--nproc", "1", cwd=tmp_path),
+                   "no class subfolders")
+    speech = tmp_path / "speech" / "yes"
+    speech.mkdir(parents=True)
+    with wave.open(str(speech / "a.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(8000, dtype="<i2").tobytes())
+    one_line_error(cli("train", "--task", "speech", "--speech.source", "speech", "--nproc", "1",
+                            cwd=tmp_path), "sampled at 8000 Hz")

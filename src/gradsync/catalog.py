@@ -232,6 +232,10 @@ TASKS: dict[str, str] = {
 }
 
 
+# Tasks whose examples are token sequences (tokens/s counts tokens; elsewhere it counts samples).
+LANGUAGE_TASKS = ("gpt", "bert", "hf-causal-lm", "hf-masked-lm")
+
+
 def exact_strategies() -> list[str]:
     """The candidates of ``--strategy auto``."""
     return [n for n, e in STRATEGIES.items() if e.exact]

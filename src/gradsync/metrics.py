@@ -51,14 +51,21 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> None:
     ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1)
     if evals:
         ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    if evals and "val_accuracy" in evals[-1]:
+        acc = ax1.twinx()
+        acc.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], "s--", color="tab:green",
+                 label="validation accuracy")
+        acc.set_ylabel("accuracy")
+        acc.set_ylim(0, 1)
+        acc.legend(loc="center right")
     ax1.set_xlabel("step")
-    ax1.set_ylabel("loss (nats/token)")
+    ax1.set_ylabel("loss (nats)")
     ax1.set_title("Loss")
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.plot([r["step"] for r in train], [r["tokens_per_sec"] for r in train], lw=1)
     ax2.set_xlabel("step")
-    ax2.set_ylabel("tokens / s (all workers)")
+    ax2.set_ylabel("tokens (or samples) / s, all workers")
     ax2.set_title("Throughput")
     ax2.grid(alpha=0.3)
     fig.tight_layout()

@@ -218,3 +218,37 @@ def test_bad_task_input_is_one_line(tmp_path: Path) -> None:
         w.writeframes(np.zeros(8000, dtype="<i2").tobytes())
     one_line_error(cli("train", "--task", "speech", "--speech.source", "speech", "--nproc", "1",
                             cwd=tmp_path), "sampled at 8000 Hz")
+
+
+def test_fine_tune_pretrained_hf_weights_with_their_tokenizer(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gradsync.config import build_config
+    from gradsync.tasks import build_task
+
+    data = corpus(tmp_path)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(data)], trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(5)
+    pretrained = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(),
+                                            n_positions=64))
+    pretrained.save_pretrained(tmp_path / "pretrained")
+
+    over = {"task.name": "hf-causal-lm", "hf.pretrained": str(tmp_path / "pretrained"), "data.source": str(data),
+            "data.tokenizer": str(tmp_path / "tokenizer.json"), "data.seq_len": 32}
+    model = build_task(build_config(None, over)).build_model()
+    assert all(torch.equal(model.state_dict()[f"hf.{k}"], v) for k, v in pretrained.state_dict().items())
+
+    flags = ["--task", "hf-causal-lm", "--hf.pretrained", "pretrained", "--data", str(data),
+             "--tokenizer", "tokenizer.json", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
+             "--max-steps", "3", "--sample-tokens", "5", "--no-progress", "--nproc", "1"]
+    r = cli("train", *flags, "--run-dir", "ft", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ft" / "tokenizer.json").is_file()
+    one_line_error(cli("train", *flags, "--run-dir", "bad", "--tokenizer", "missing.json", cwd=tmp_path),
+                   "tokenizer file 'missing.json' does not exist")

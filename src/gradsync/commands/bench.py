@@ -158,11 +158,15 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int],
                  cfg: Config, ns: argparse.Namespace) -> str:
-    tokens = (ns.warmup + ns.steps) * cfg.train.global_batch * cfg.data.seq_len
-    head = (f"model {cfg.model.preset}, seq {cfg.data.seq_len}, global batch {cfg.train.global_batch} x "
+    lm = cfg.task.name in catalog.LANGUAGE_TASKS
+    seen = (ns.warmup + ns.steps) * cfg.train.global_batch * (cfg.data.seq_len if lm else 1)
+    what = f"model {cfg.model.preset}, seq {cfg.data.seq_len}" if lm else \
+        f"task {cfg.task.name} (tokens/s counts samples)"
+    tokens = f"{seen:,} {'tokens' if lm else 'samples'}"
+    head = (f"{what}, global batch {cfg.train.global_batch} x "
             f"micro {cfg.train.micro_batch}, {cfg.train.precision}, one thread per worker; "
             f"median of {ns.repeats} runs x {ns.steps} steps (after {ns.warmup} warm-up); "
-            f"val loss after {tokens:,} tokens; torch {torch.__version__}, {platform.machine()}, "
+            f"val loss after {tokens}; torch {torch.__version__}, {platform.machine()}, "
             f"python {platform.python_version()}")
     lines = [head, "",
              "| strategy | workers | tokens/s | step ms | exposed comm ms | wire MB/step | compression | "

@@ -79,7 +79,7 @@ def test_image_run_exports_as_safetensors_and_not_as_hf(tmp_path: Path) -> None:
                  "--global-batch", "8", "--max-steps", "3", "--sample-tokens", "4", "--no-progress",
                  "--run-dir", "img", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "first 4 test examples" in (tmp_path / "img" / "sample.txt").read_text()
+    assert "4 of 359 test examples" in (tmp_path / "img" / "sample.txt").read_text()
     e = cli("export", "img", "img-st", "--format", "safetensors", cwd=tmp_path)
     assert e.returncode == 0, e.stderr[-2000:]
     _, model, _ = load_trained(tmp_path / "img")

@@ -82,6 +82,11 @@ class Task(ABC):
         """What ``gradsync sample`` prints and ``sample.txt`` holds for this task ("" = nothing)."""
         return ""
 
+    def warnings(self) -> list[str]:
+        """Advice about this configuration, printed when a run starts (e.g. a learning rate the
+        model is known not to train at)."""
+        return []
+
     # -- what a run folder keeps -----------------------------------------------------------------
     def save_assets(self, run_dir: Path) -> None:
         """Write what a run folder needs to use its model later (e.g. the tokenizer); rank 0 only."""

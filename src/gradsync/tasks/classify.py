@@ -63,18 +63,20 @@ class ClassificationTask(Task):
 
     def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
                 temperature: float = 0.8, top_k: int | None = 40) -> str:
-        """The model's label for the first ``n`` test examples (n = the sample length, at most
-        32), next to the true one."""
-        n = min(n_tokens, 32, len(self.data.test_y))
+        """The model's label for ``n`` test examples spread evenly over the test set (n = the
+        sample length, at most 32), next to the true one."""
+        total = len(self.data.test_y)
+        n = min(n_tokens, 32, total)
+        idx = torch.linspace(0, total - 1, n).round().long()
         device = next(model.parameters()).device
         was = model.training
         model.eval()
         with torch.no_grad():
-            guess = model(self.data.test_x[:n].to(device)).argmax(-1).cpu()
+            guess = model(self.data.test_x[idx].to(device)).argmax(-1).cpu()
         model.train(was)
-        names, truth = self.data.classes, self.data.test_y[:n]
+        names, truth = self.data.classes, self.data.test_y[idx]
         right = int((guess == truth).sum())
-        lines = [f"first {n} test examples: {right} right"]
-        lines += [f"{'ok' if int(g) == int(t) else '  '} #{i:3d}: true {names[int(t)]:>10}  predicted {names[int(g)]:>10}"
-                  for i, (g, t) in enumerate(zip(guess, truth))]
+        lines = [f"{n} of {total} test examples: {right} right"]
+        lines += [f"{'ok' if int(g) == int(t) else '  '} #{int(i):4d}: true {names[int(t)]:>10}  "
+                  f"predicted {names[int(g)]:>10}" for i, g, t in zip(idx, guess, truth)]
         return "\n".join(lines)

@@ -6,7 +6,8 @@ share is held out by file-name hash), or ``espeak-digits``: the ten digit words 
 espeak-ng synthesizer in 5 English accents × 9 voices × 3 speaking rates and pitches, made once
 on this machine and cached. Its test set is two voices (``m4``, ``f3``) that training never hears.
 
-Features (Davis & Mermelstein 1980, as every keyword spotter since): 25 ms Hann windows every
+Features (Davis & Mermelstein 1980, as every keyword spotter since), computed with ``torch.stft``
+(torchaudio has no build for the pinned torch 2.13): 25 ms Hann windows every
 10 ms, power spectrum, a triangular mel filterbank (HTK mel scale), log. Each clip is trimmed of
 silence, centred and padded (or cut) to ``speech.clip_s`` seconds.
 """

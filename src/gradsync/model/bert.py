@@ -13,26 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradsync.model.gpt import SelfAttention
 from gradsync.shapes import GPTShape
 
 IGNORE = -100
 LN_EPS = 1e-12  # BERT's
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, s: GPTShape) -> None:
-        super().__init__()
-        self.n_head = s.n_head
-        self.qkv = nn.Linear(s.n_embd, 3 * s.n_embd)
-        self.proj = nn.Linear(s.n_embd, s.n_embd)
-        self.dropout = s.dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
 class EncoderBlock(nn.Module):
@@ -40,7 +25,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, s: GPTShape) -> None:
         super().__init__()
-        self.attn = SelfAttention(s)
+        self.attn = SelfAttention(s, causal=False)
         self.ln1 = nn.LayerNorm(s.n_embd, eps=LN_EPS)
         self.fc = nn.Linear(s.n_embd, 4 * s.n_embd)
         self.out = nn.Linear(4 * s.n_embd, s.n_embd)
@@ -48,7 +33,7 @@ class EncoderBlock(nn.Module):
         self.drop = nn.Dropout(s.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln1(x + self.drop(self.attn(x)))
+        x = self.ln1(x + self.attn(x))  # the attention applies its own output dropout
         return self.ln2(x + self.drop(self.out(F.gelu(self.fc(x)))))
 
 

@@ -23,9 +23,13 @@ if TYPE_CHECKING:
     from gradsync.config import ModelConfig
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, s: GPTShape) -> None:
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused q/k/v projection; causal for the GPT, bidirectional
+    for the BERT encoder. Dropout on the attention weights and on the output."""
+
+    def __init__(self, s: GPTShape, causal: bool = True) -> None:
         super().__init__()
+        self.causal = causal
         self.n_head = s.n_head
         self.qkv = nn.Linear(s.n_embd, 3 * s.n_embd)
         self.proj = nn.Linear(s.n_embd, s.n_embd)
@@ -37,7 +41,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_drop(self.proj(y))
@@ -58,7 +62,7 @@ class Block(nn.Module):
     def __init__(self, s: GPTShape) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(s.n_embd)
-        self.attn = CausalSelfAttention(s)
+        self.attn = SelfAttention(s)
         self.ln2 = nn.LayerNorm(s.n_embd)
         self.mlp = MLP(s)
 

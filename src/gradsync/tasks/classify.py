@@ -16,10 +16,9 @@ from gradsync.tasks.base import Task, accuracy_metrics, classification_sums
 
 
 class ClassificationTask(Task):
-    """One label per example; the model's ``forward(x, labels)`` is the mean cross-entropy."""
-
-    #: whether training applies :meth:`augment` (the task's config section says)
-    augments: bool = True
+    """One label per example; the model's ``forward(x, labels)`` is the mean cross-entropy. The
+    task's config section (``[image]``, ``[speech]``: named like the task) says whether training
+    applies :meth:`augment`."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -32,6 +31,10 @@ class ClassificationTask(Task):
     def augment(self, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """One training example, randomly transformed by ``rng`` (default: unchanged)."""
         return x
+
+    @property
+    def augments(self) -> bool:
+        return bool(getattr(self.cfg, self.name).augment)
 
     @property
     def data(self) -> LabeledData:

@@ -17,10 +17,6 @@ from gradsync.tasks.classify import ClassificationTask
 class ImageTask(ClassificationTask):
     name = "image"
 
-    @property
-    def augments(self) -> bool:  # type: ignore[override]
-        return self.cfg.image.augment
-
     def load_data(self) -> LabeledData:
         return load_images(self.cfg.image)
 

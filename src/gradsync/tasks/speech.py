@@ -20,10 +20,6 @@ _GAIN = 0.3 * math.log(10)  # ±3 dB of power, in natural-log units before stand
 class SpeechTask(ClassificationTask):
     name = "speech"
 
-    @property
-    def augments(self) -> bool:  # type: ignore[override]
-        return self.cfg.speech.augment
-
     def load_data(self) -> LabeledData:
         data = load_speech(self.cfg.speech)
         self._gain = _GAIN / float(data.train_x.std())

@@ -19,9 +19,9 @@ from gradsync.catalog import AUTO
 from gradsync.config import Config
 from gradsync.data import ShardedBatches
 from gradsync.errors import ConfigError
-from gradsync.tasks import Task, build_task
 from gradsync.peak import worker_peak_flops
 from gradsync.plan import auto_strategy
+from gradsync.tasks import Task, build_task
 
 
 def prepare(cfg: Config) -> Config:

@@ -23,7 +23,7 @@ def build_task(cfg: Config, run_dir: Path | None = None) -> Task:
     name = cfg.task.name
     if name in TASKS:
         cls = resolve(TASKS[name])
-        return cls.from_run(cfg, run_dir) if run_dir is not None and hasattr(cls, "from_run") else cls(cfg)
+        return cls.from_run(cfg, run_dir) if run_dir is not None else cls(cfg)
     try:
         factory = resolve(name)
     except (ImportError, AttributeError) as e:

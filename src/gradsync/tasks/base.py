@@ -44,6 +44,12 @@ class Task(ABC):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def from_run(cls, cfg: Config, run_dir: Path) -> "Task":
+        """The task of a finished run, from what its folder keeps (:meth:`save_assets`); by
+        default simply the task its config describes."""
+        return cls(cfg)
+
     # -- what every task gives -------------------------------------------------------------------
     @abstractmethod
     def build_model(self) -> nn.Module:

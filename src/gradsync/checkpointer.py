@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from gradsync import checkpoint as ckpt
 from gradsync.config import Config
 from gradsync.data import ShardedBatches
 from gradsync.dist import Comm
+from gradsync.errors import TrainingError
 from gradsync.parallel import Strategy
 
 
@@ -50,6 +53,12 @@ class Checkpointer:
         rank 0 writes)."""
         rngs = self.comm.all_gather_object(ckpt.rng_state())
         strategy_state = self.strategy.state_dict()
+        # A checkpoint is something to go back to: never write one of poisoned weights (an update
+        # with a finite but huge learning rate makes them inf without any non-finite gradient).
+        bad = sum(int(not torch.isfinite(t).all()) for t in strategy_state["model"].values())
+        if self.comm.sum_scalars([float(bad)])[0] > 0:
+            raise TrainingError(f"the model's weights are not finite after step {step} (is the learning rate too "
+                                f"high?); not writing them as a checkpoint: {self.describe_last()}")
         path = ckpt.checkpoint_path(self.run_dir, step)
         if self.comm.env.is_main:
             ckpt.save_checkpoint(path, {

@@ -11,6 +11,7 @@ before any process is started, with a one-line :class:`~gradsync.errors.ConfigEr
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -248,7 +249,7 @@ class ParallelConfig:
                "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
         _check(self.backend in BACKENDS,
                f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
-        _check(self.timeout_s > 0, f"parallel.timeout_s must be > 0, got {self.timeout_s}")
+        _check(self.timeout_s >= 1, f"parallel.timeout_s must be at least 1 second, got {self.timeout_s:g}")
         _check(self.threads >= 0, f"parallel.threads must be >= 0, got {self.threads}")
         _check(self.max_restarts >= 0, f"parallel.max_restarts must be >= 0, got {self.max_restarts}")
         _check(self.nnodes == 1 or bool(self.rdzv_endpoint),
@@ -310,6 +311,7 @@ class TrainConfig:
                f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
         _check(self.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {self.peak_tflops}")
+        _check(0 <= self.seed < 2 ** 63, f"train.seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -389,9 +391,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ not in (bool, int, float, str):
         raise ConfigError(f"{key}: unsupported type {typ}")
     try:
-        return coerce(value, typ)
+        out = coerce(value, typ)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be of type {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(out):  # no setting means anything at inf or nan
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return out
 
 
 def build_config(base: dict[str, dict[str, Any]] | None = None,

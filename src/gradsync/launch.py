@@ -9,6 +9,7 @@ Commands check their input before they call it (:mod:`gradsync.prepare`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -35,7 +36,8 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
     # A node that never comes, or a store that is gone, is an error after the timeout, not a hang.
-    rdzv_configs: dict[str, object] = {"join_timeout": p.timeout_s, "read_timeout": p.timeout_s}
+    whole_s = math.ceil(p.timeout_s)  # the rendezvous takes whole seconds
+    rdzv_configs: dict[str, object] = {"join_timeout": whole_s, "read_timeout": whole_s}
     if not standalone:
         rdzv_configs.update(_multinode_setup(p))
     lc = LaunchConfig(

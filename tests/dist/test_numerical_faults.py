@@ -62,3 +62,31 @@ def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tiny_con
     assert [p.name for p in found][-1] == "ckpt_0000006.pt"  # steps 5, 6 skipped: still a good state
     state = ckpt.load_checkpoint(found[-1])
     assert all(torch.isfinite(t).all() for t in state["strategy"]["model"].values())
+
+
+def _save_poisoned(rank: int, config: dict[str, Any]) -> str:
+    from gradsync.config import build_config
+    from gradsync.train import Trainer
+
+    trainer = Trainer(build_config(config))
+    trainer.fit()
+    if rank == 1:  # one rank's replica poisoned, as a huge update leaves it
+        with torch.no_grad():
+            next(trainer.model.parameters()).view(-1)[0] = float("inf")
+    try:
+        trainer.checkpointer.save(99)
+    except Exception as e:  # noqa: BLE001 (the error is what this returns)
+        return f"{type(e).__name__}: {e}"
+    return "saved"
+
+
+def test_non_finite_weights_are_never_written_as_a_checkpoint(tiny_config: Any) -> None:
+    cfg = tiny_config(**{"parallel.nproc": 2, "parallel.strategy": "zero2", "train.micro_batch": 4,
+                         "train.global_batch": 8, "train.max_steps": 2})
+    out = run_world(2, _save_poisoned, cfg)
+    for r in out:  # every rank refuses together, not only the one that sees the inf
+        assert r.startswith("TrainingError: the model's weights are not finite after step 99"), r
+        assert "the last checkpoint" in r and "ckpt_0000002.pt, is intact" in r
+    from gradsync import checkpoint as ckpt
+
+    assert [p.name for p in ckpt.list_checkpoints(cfg["train"]["run_dir"])] == ["ckpt_0000002.pt"]

@@ -36,6 +36,12 @@ def test_overrides_are_coerced_to_field_types() -> None:
     ("optim.lr", "-1", "optim.lr must be > 0"),
     ("model.n_embd", "30", "divisible by model.n_head"),
     ("nope.key", "1", "unknown config key 'nope.key'"),
+    ("optim.lr", "inf", "optim.lr must be a finite number"),
+    ("optim.lr", "nan", "optim.lr must be a finite number"),
+    ("parallel.timeout_s", "inf", "parallel.timeout_s must be a finite number"),
+    ("parallel.timeout_s", "0.5", "parallel.timeout_s must be at least 1 second"),
+    ("train.seed", "-1", r"train.seed must be in \[0, 2\*\*63\)"),
+    ("train.seed", str(2 ** 64), r"train.seed must be in \[0, 2\*\*63\)"),
 ])
 def test_bad_values_name_the_key(key: str, value: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -33,6 +33,7 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     and wait (the trainer by default; ``gradsync calibrate`` runs its measurements the same way)."""
     p = cfg.parallel
     os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
+    os.environ["GRADSYNC_LAUNCHER_PID"] = str(os.getpid())  # workers die with this process (worker.py)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
     # A node that never comes, or a store that is gone, is an error after the timeout, not a hang.

@@ -11,7 +11,9 @@ The job is named, not imported here: the runtime layer knows nothing of what run
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -38,8 +40,25 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher() -> None:
+    """Ask the kernel to SIGKILL this worker when the process that started it dies, however it
+    dies: a launcher killed with SIGKILL (a scheduler's hard kill, the OOM killer) cannot stop its
+    workers, and orphans would go on training and pruning checkpoints under a resubmitted run.
+    Linux only (elsewhere the agent's own shutdown is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(os.environ.get("GRADSYNC_LAUNCHER_PID", os.getppid())):
+        os._exit(1)  # the launcher died before the request was in place: we are already an orphan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
+    die_with_launcher()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except GradsyncError as e:

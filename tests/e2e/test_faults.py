@@ -107,3 +107,23 @@ def test_a_stalled_worker_is_an_error_within_the_timeout_not_a_hang(tmp_path: Pa
     assert run.returncode == 2, err[-3000:]
     assert time.time() - t0 < 60
     assert "gradsync: error: [rank 0] rank 0: all_reduce failed while waiting up to 6s for the other ranks" in err
+
+
+def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path) -> None:
+    """A scheduler's hard kill (or the OOM killer) takes the launcher with SIGKILL, which it cannot
+    handle: its workers must not live on as orphans, training and pruning checkpoints."""
+    run = _start(tmp_path, "run", "--max-steps", "100000")
+    victims = _workers_after(run, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
+    run.kill()
+    run.communicate(timeout=30)
+    deadline = time.time() + 15
+    alive = victims
+    while alive and time.time() < deadline:
+        alive = [p for p in victims if Path(f"/proc/{p}").exists()
+                 and (Path(f"/proc/{p}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their launcher"
+    found = ckpt.list_checkpoints(tmp_path / "run")
+    assert found and ckpt.load_checkpoint(found[-1])["step"] % 50 == 0  # what was saved stays intact
+    time.sleep(1)
+    assert ckpt.list_checkpoints(tmp_path / "run") == found  # nobody is writing or pruning any more

@@ -11,6 +11,7 @@ before any process is started, with a one-line :class:`~gradsync.errors.ConfigEr
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -365,8 +366,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+    # a TOML basic string: JSON's escapes (\n, \t, \", \\, \uXXXX) are TOML's too
+    return json.dumps(str(v), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 _SECTIONS: dict[str, type] = {

@@ -44,6 +44,9 @@ def test_plan_says_when_nothing_fits(tmp_path: Path) -> None:
     (("--model", "gpt5"), "unknown model 'gpt5'"),
     (("--global-batch", "100", "--devices", "8"), "must be divisible by the number of devices"),
     (("--device", "missing.json"), "calibration profile 'missing.json' does not exist"),
+    (("--params", "nan"), "--params must be between 1e5 and 1e13, got nan"),
+    (("--efficiency", "0"), "--efficiency must be in (0, 1], got 0.0"),
+    (("--gpus-per-node", "3", "--devices", "8"), "must be a whole number of nodes of --gpus-per-node (3)"),
 ])
 def test_plan_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     r = _plan(*args, "--plot", "", cwd=tmp_path)

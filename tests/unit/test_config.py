@@ -20,6 +20,15 @@ def test_defaults_are_valid_and_round_trip_through_toml(tmp_path: Path) -> None:
     assert build_config(load_toml(p)) == cfg
 
 
+def test_any_string_value_round_trips_through_toml(tmp_path: Path) -> None:
+    """config.toml is what the workers read: a prompt with newlines, quotes, backslashes, control
+    characters or non-ASCII must come back exactly."""
+    cfg = build_config(None, {"train.sample_prompt": 'def f():\n\t"x" \\ é \x01 \x7f'})
+    p = tmp_path / "c.toml"
+    p.write_text(cfg.to_toml(), encoding="utf-8")
+    assert build_config(load_toml(p)) == cfg
+
+
 def test_overrides_are_coerced_to_field_types() -> None:
     cfg = build_config(None, {"train.max_steps": "7", "optim.lr": "1e-3", "train.progress": "false",
                               "model.n_layer": "3"})

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,9 @@ def test_missing_empty_and_tiny_sources_are_clear_errors(tmp_path: Path) -> None
     (tmp_path / "d").mkdir()
     with pytest.raises(DataError, match="contains no files"):
         load_tokens(DataConfig(source=str(tmp_path / "d")))
+    os.mkfifo(tmp_path / "fifo")  # reading it would block forever
+    with pytest.raises(DataError, match="is not a regular file or folder"):
+        load_tokens(DataConfig(source=str(tmp_path / "fifo")))
     with pytest.raises(DataError, match="matches no files"):
         load_tokens(DataConfig(source=str(tmp_path / "*.md")))
     (tmp_path / "small.txt").write_text("abc")

@@ -34,7 +34,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--device", default="a100-80gb",
                    help=f"{', '.join(cm.DEVICES)}, or a profile written by `gradsync calibrate`")
-    p.add_argument("--efficiency", type=float, default=0.0,
+    p.add_argument("--efficiency", type=float, default=None,
                    help="fraction of peak FLOP/s the model reaches (presets: 0.45; profiles: measured)")
     p.add_argument("--network", default="100gbe", help=f"{', '.join(cm.NETWORKS)}, or 'profile'")
     p.add_argument("--bandwidth-gbps", type=float, default=None, help="instead of --network: Gbit/s per device")
@@ -51,7 +51,7 @@ def _shape(ns: argparse.Namespace) -> tuple[int, int, int]:
     """(n_layer, n_head, n_embd) of a preset, or of a GPT with about ``--params`` parameters at
     the GPT-2/3 aspect ratio (width = 128 * layers, up to 96 layers) unless --n-layer is given."""
     if ns.params:
-        if ns.params < 1e5 or ns.params > 1e13:
+        if not 1e5 <= ns.params <= 1e13:  # (also refuses nan)
             raise ConfigError(f"plan: --params must be between 1e5 and 1e13, got {ns.params:g}")
         layers = ns.n_layer or next(L for L in range(1, 200) if 12 * L * (128 * L) ** 2 >= ns.params or L >= 96)
         # 12 L h^2 + V h = N  ->  h
@@ -74,7 +74,7 @@ def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Networ
         hw = profile_hardware(profile)
     else:
         hw = cm.device_preset(ns.device)
-    if ns.efficiency:
+    if ns.efficiency is not None:
         if not 0 < ns.efficiency <= 1:
             raise ConfigError(f"plan: --efficiency must be in (0, 1], got {ns.efficiency}")
         hw = dataclasses.replace(hw, efficiency=ns.efficiency)
@@ -101,6 +101,9 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
             raise ConfigError(f"plan: --{name.replace('_', '-')} must be >= 1, got {getattr(ns, name)}")
     if ns.micro_batch < 0 or ns.gpus_per_node < 1:
         raise ConfigError("plan: --micro-batch must be >= 0 and --gpus-per-node >= 1")
+    if ns.devices % ns.gpus_per_node:
+        raise ConfigError(f"plan: --devices ({ns.devices}) must be a whole number of nodes of --gpus-per-node "
+                          f"({ns.gpus_per_node})")
     n_layer, n_head, n_embd = _shape(ns)
     hw, net = hardware_and_network(ns)
     intra = cm.network_preset(ns.intra_network) if ns.gpus_per_node > 1 else None

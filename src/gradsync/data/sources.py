@@ -94,6 +94,8 @@ def _resolve_paths(source: str) -> tuple[list[Path], str]:
         if not files:
             raise DataError(f"data folder '{source}' contains no files")
         return files, source
+    if not p.is_file():  # a FIFO, socket or device would block or never end
+        raise DataError(f"data path '{source}' is not a regular file or folder")
     return [p], source
 
 

@@ -16,7 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -57,7 +57,7 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--job", job, "--config", str(config_path),
                                            "--", *args)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
+        rank, failure = _culprit(e)
         code = failure.exitcode
         if code < 0:
             try:
@@ -79,6 +79,22 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     finally:
         if watchdog is not None:
             watchdog.stop()
+
+
+def _culprit(e: ChildFailedError) -> tuple[int, ProcessFailure]:
+    """The failed worker to name. When one worker dies, its peers fail too (exit 2 after a
+    collective to the dead rank errs, or SIGTERM from the agent), often within the same second,
+    and torch's "first" failure is then whichever it lists first. Blame, in order: a worker killed
+    by a signal other than the agent's SIGTERM, one that exited with a code other than gradsync's
+    own error exit (2), and only then the earliest."""
+    fs = e.failures
+    for cause in (lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
+                  lambda f: f.exitcode not in (2, -signal.SIGTERM)):
+        found = sorted(r for r, f in fs.items() if cause(f))
+        if found:
+            rank = min(found, key=lambda r: fs[r].timestamp)
+            return rank, fs[rank]
+    return e.get_first_failure()
 
 
 def _multinode_setup(p: ParallelConfig) -> dict[str, object]:

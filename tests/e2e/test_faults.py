@@ -127,3 +127,20 @@ def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path) -> None:
     assert found and ckpt.load_checkpoint(found[-1])["step"] % 50 == 0  # what was saved stays intact
     time.sleep(1)
     assert ckpt.list_checkpoints(tmp_path / "run") == found  # nobody is writing or pruning any more
+
+
+def _rank_of(pid: int) -> int:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in env if v.startswith(b"RANK=")).split(b"=")[1])
+
+
+def test_the_rank_that_died_is_the_rank_named(tmp_path: Path) -> None:
+    """Kill rank 1: rank 0 fails right after (its collective to rank 1 errs, exit 2), and the
+    last line must still blame rank 1."""
+    run = _start(tmp_path, "run")
+    victims = _workers_after(run, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
+    os.kill(next(p for p in victims if _rank_of(p) == 1), signal.SIGKILL)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2
+    assert err.strip().splitlines()[-1] == \
+        "gradsync: error: worker rank 1 was killed by SIGKILL; the other workers were stopped", err[-2000:]

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from gradsync.args import ArgParser, fail
-from gradsync.errors import GradsyncError
+from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, extra = build_parser(command).parse_known_args(args[1:])
     try:
         return int(importlib.import_module(COMMANDS[command][0]).run(ns, extra))
+    except Preempted as e:
+        print(f"gradsync: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except GradsyncError as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -6,6 +6,12 @@ with status 2, without a traceback. The message must say what to fix.
 """
 
 
+# The exit status of a run that a signal stopped after it saved a checkpoint (SIGTERM, SIGINT,
+# SIGHUP, SIGUSR1: how Slurm and Kubernetes preempt a job, and Ctrl-C). A scheduler can requeue
+# on it; the next start continues with --resume.
+EXIT_PREEMPTED = 3
+
+
 class GradsyncError(Exception):
     """Base class for errors that are reported to the user as one line."""
 
@@ -32,3 +38,8 @@ class DistributedError(GradsyncError):
 
 class TrainingError(GradsyncError):
     """Training cannot go on (e.g. the loss stays non-finite); saved checkpoints are intact."""
+
+
+class Preempted(GradsyncError):
+    """A signal stopped the run after every rank finished its step and a checkpoint was written;
+    the CLI prints the message and exits with :data:`EXIT_PREEMPTED`."""

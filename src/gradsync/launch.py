@@ -16,13 +16,14 @@ import sys
 import uuid
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from gradsync import worker
 from gradsync.config import Config, ParallelConfig
-from gradsync.errors import ConfigError, DistributedError
+from gradsync.errors import EXIT_PREEMPTED, ConfigError, DistributedError, Preempted
 from gradsync.files import atomic_write_bytes
 from gradsync.watchdog import StoreWatchdog
 from gradsync.worker import TRAIN_JOB
@@ -34,7 +35,10 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     p = cfg.parallel
     os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
     os.environ["GRADSYNC_LAUNCHER_PID"] = str(os.getpid())  # workers die with this process (worker.py)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    # the agent narrates shutdowns ("Sending process ... closing signal") as warnings; gradsync says
+    # what happened in one line of its own
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # each sets its own level: set them all
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
     # A node that never comes, or a store that is gone, is an error after the timeout, not a hang.
     whole_s = math.ceil(p.timeout_s)  # the rendezvous takes whole seconds
@@ -53,10 +57,16 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     if not standalone:
         watchdog = StoreWatchdog(p.timeout_s, p.rdzv_endpoint)
         watchdog.start()
+    # the agent passes these signals on to the workers, which save and stop (gradsync.stopping)
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     try:
         elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.worker", "--job", job, "--config", str(config_path),
                                            "--", *args)
+    except SignalException as e:  # the agent gave the workers the signal and up to 30 s to save
+        raise Preempted(f"stopped by {signal.Signals(e.sigval).name}") from None
     except ChildFailedError as e:
+        if all(f.exitcode == EXIT_PREEMPTED for f in e.failures.values()):  # the workers got it directly
+            raise Preempted("stopped by a signal") from None
         rank, failure = _culprit(e)
         code = failure.exitcode
         if code < 0:

@@ -20,17 +20,19 @@ from typing import Any, Sequence
 
 import torch
 
+from gradsync import checkpoint as ckpt
 from gradsync.checkpointer import Checkpointer
 from gradsync.config import Config
 from gradsync.data import ShardedBatches
 from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
-from gradsync.errors import ConfigError, TrainingError
+from gradsync.errors import ConfigError, Preempted, TrainingError
 from gradsync.evaluation import Evaluator
 from gradsync.optim import lr_at, optimizer_factory
 from gradsync.parallel import StepResult, Strategy, build_strategy
 from gradsync.peak import worker_peak_flops
 from gradsync.precision import autocast
 from gradsync.runlog import RunLogger
+from gradsync.stopping import StopOnSignal
 from gradsync.tasks import Task, build_task
 
 
@@ -129,29 +131,31 @@ class Trainer:
         # and so the collectives a strategy leaves in flight after its update (ZeRO's parameter
         # all-gathers), which the next collective waits for. Evaluation and checkpoints restart it.
         t_mark = time.perf_counter()
-        for step in range(self.start_step, end):
-            local_loss, result = self.train_step(step)
-            now = time.perf_counter()
-            dt, t_mark = now - t_mark, now
-            stats = self.comm.take_stats()
-            done = step + 1
-            bad_streak = self._check_finite(log, done, result, bad_streak)
-            if step == self.start_step:  # optimizer state exists from the first step on
-                log.memory(done, self.strategy.memory_report())
-            if done % t.log_interval == 0 or done == end or bad_streak:
-                loss = self.comm.mean_scalars([local_loss])[0]
-                history.append(self._record(done, loss, result, dt, stats, peak_flops_per_worker))
-                log.train(history[-1])
-            paused = False  # evaluation and checkpoints do not count as the next step's time
-            if self.evaluator.due(done, end):
-                metrics, paused = self.evaluate(), True
-                log.evaluation(done, loss, metrics)
-            if self.checkpointer.due(done, end):
-                self.checkpointer.save(done)
-                paused = True
-            if paused:
-                t_mark = time.perf_counter()
-            log.tick()
+        with StopOnSignal() as stop:  # a scheduler's signal: finish the step, save, stop (all ranks)
+            for step in range(self.start_step, end):
+                local_loss, result = self.train_step(step)
+                now = time.perf_counter()
+                dt, t_mark = now - t_mark, now
+                stats = self.comm.take_stats()
+                done = step + 1
+                bad_streak = self._check_finite(log, done, result, bad_streak)
+                if step == self.start_step:  # optimizer state exists from the first step on
+                    log.memory(done, self.strategy.memory_report())
+                if done % t.log_interval == 0 or done == end or bad_streak:
+                    loss = self.comm.mean_scalars([local_loss])[0]
+                    history.append(self._record(done, loss, result, dt, stats, peak_flops_per_worker))
+                    log.train(history[-1])
+                paused = False  # evaluation and checkpoints do not count as the next step's time
+                if self.evaluator.due(done, end):
+                    metrics, paused = self.evaluate(), True
+                    log.evaluation(done, loss, metrics)
+                if self.checkpointer.due(done, end):
+                    self.checkpointer.save(done)
+                    paused = True
+                if paused:
+                    t_mark = time.perf_counter()
+                self._stop_if_signalled(stop, done, log)
+                log.tick()
         log.close_progress()
         if metrics is None:  # resumed at the end: nothing trained, still report where the model stands
             metrics = self.evaluate()
@@ -171,6 +175,18 @@ class Trainer:
                     "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy,
                     "compress": self.cfg.parallel.compress, "memory": self.strategy.memory_report().to_dict()})
         return result
+
+    def _stop_if_signalled(self, stop: StopOnSignal, done: int, log: RunLogger) -> None:
+        """After step ``done``: if any rank got a stop signal, every rank saves (unless this step
+        just did) and raises :class:`Preempted` together."""
+        name = stop.agreed(self.comm)
+        if name is None:
+            return
+        if self.checkpointer.last_saved != done:
+            self.checkpointer.save(done)
+        log.close_progress()
+        raise Preempted(f"stopped by {name} after step {done}; checkpoint "
+                        f"{ckpt.checkpoint_path(self.run_dir, done)} written; continue with --resume")
 
     def _opening_lines(self) -> list[str]:
         p = self.cfg.parallel

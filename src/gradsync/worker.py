@@ -20,7 +20,7 @@ from typing import Sequence
 from gradsync.args import ArgParser, add_config_args, config_from_args
 from gradsync.catalog import resolve
 from gradsync.dist import init_distributed, shutdown
-from gradsync.errors import GradsyncError
+from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted
 
 TRAIN_JOB = "gradsync.train:worker_job"
 
@@ -61,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_launcher()
     try:
         return run(sys.argv[1:] if argv is None else argv)
+    except Preempted as e:  # every rank saved and stops together; the launcher says so
+        if rank == "0":
+            print(f"gradsync: {e}", flush=True)
+        sys.stderr.flush()
+        os._exit(EXIT_PREEMPTED)
     except GradsyncError as e:
         print(f"gradsync: error: [rank {rank}] {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()

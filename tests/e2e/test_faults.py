@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from gradsync import checkpoint as ckpt
+from gradsync.errors import EXIT_PREEMPTED
 
 ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
         "--global-batch", "8", "--max-steps", "300", "--ckpt-interval", "50", "--eval-interval", "1000",
@@ -144,3 +147,29 @@ def test_the_rank_that_died_is_the_rank_named(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert err.strip().splitlines()[-1] == \
         "gradsync: error: worker rank 1 was killed by SIGKILL; the other workers were stopped", err[-2000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(tmp_path: Path, sig: int) -> None:
+    """How Slurm and Kubernetes preempt a job (SIGTERM), and Ctrl-C (SIGINT): every rank finishes
+    its step, the checkpoint of that step is written, one line, exit status 3; --resume then ends
+    with the parameters of a run that was never stopped."""
+    straight = _start(tmp_path, "straight")
+    assert straight.wait(timeout=300) == 0
+    run = _start(tmp_path, "run")
+    _workers_after(run, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the middle of a step
+    run.send_signal(sig)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]], err[-2000:]  # one line
+    line = err.strip()
+    assert line.startswith(f"gradsync: stopped by {signal.Signals(sig).name}; the newest checkpoint is "), line
+    stopped_at = int(line.split("ckpt_")[1][:7])
+    assert f"stopped by {signal.Signals(sig).name} after step {stopped_at}" in out
+    assert stopped_at > 50 and stopped_at % 50  # the step it was at, not the last periodic save
+    resumed = _start(tmp_path, "run", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended with different parameters"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from gradsync import checkpoint as ckpt
 from gradsync.args import add_config_args, config_from_args
+from gradsync.errors import EXIT_PREEMPTED, Preempted
 from gradsync.launch import run_job, write_run_config
 from gradsync.prepare import prepare
 
@@ -22,5 +24,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = prepare(config_from_args(ns, extra))
-    run_job(cfg, write_run_config(cfg))
+    try:
+        run_job(cfg, write_run_config(cfg))
+    except Preempted as e:  # say what the stopped run left: the checkpoint written as it stopped
+        found = ckpt.list_checkpoints(cfg.train.run_dir)
+        where = f"the newest checkpoint is {found[-1]}" if found else "no checkpoint was written"
+        raise Preempted(f"{str(e).split(';')[0]}; {where}; continue with --resume "
+                        f"(exit status {EXIT_PREEMPTED})") from None
     return 0

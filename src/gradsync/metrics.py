@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from gradsync.errors import DataError, TrainingError
 from gradsync.files import save_figure
 
 
@@ -26,15 +28,35 @@ class MetricsWriter:
         self._f = open(path, "w" if fresh else "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        """Append one whole line. A write that fails (disk full) is one line of error; the part
+        of the line that reached the disk, if any, is dropped by the next reader."""
+        try:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise TrainingError(f"cannot append to {self.path} ({e.strerror or e}; is the disk full?); "
+                                "the checkpoints written so far are intact, continue with --resume") from None
 
     def close(self) -> None:
         self._f.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a metrics file. A last line cut off (a run killed, or a disk that filled up,
+    mid-write) is dropped with a warning; damage anywhere else is an error naming the line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"gradsync: warning: {path}: dropped its last line, cut off mid-write", file=sys.stderr)
+                break
+            raise DataError(f"metrics file {path} is damaged at line {i + 1} (not JSON)") from None
+    return out
 
 
 def plot_metrics(metrics_path: Path, out_path: Path) -> None:

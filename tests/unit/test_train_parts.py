@@ -85,3 +85,34 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_metrics_line_cut_off_mid_write_is_dropped_and_resume_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+    import json
+
+    from gradsync.errors import DataError, TrainingError
+    from gradsync.metrics import MetricsWriter, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"kind": "train", "step": s}) + "\n" for s in (1, 2, 3)) + '{"kind": "tr')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    assert "dropped its last line, cut off mid-write" in capsys.readouterr().err
+    writer = MetricsWriter(path, fresh=False, resume_step=2)  # what a resumed run does
+    writer.write({"kind": "train", "step": 3})
+    writer.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+    path.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(DataError, match="damaged at line 2"):
+        read_metrics(path)
+
+    writer = MetricsWriter(tmp_path / "full.jsonl", fresh=True)
+
+    def disk_full(text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._f.write = disk_full  # type: ignore[method-assign]
+    with pytest.raises(TrainingError, match="No space left on device; is the disk full"):
+        writer.write({"kind": "train", "step": 1})

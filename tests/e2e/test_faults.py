@@ -173,3 +173,26 @@ def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(tmp_pat
     assert resumed.returncode == 0, err[-2000:]
     a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "run")
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended with different parameters"
+
+
+def test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
+    """A second run, or a --resume, started into a folder a run is using gets one line naming the
+    holder; after the holder is killed (SIGKILL: its lock stays behind), --resume takes over."""
+    first = _start(tmp_path, "run", "--max-steps", "100000")
+    _workers_after(first, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
+    env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    for extra in (["--resume"], ["--resume", "--nproc", "1"]):
+        r = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run", *extra],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines() == [
+            r.stderr.strip().splitlines()[-1]] and "is in use by another gradsync run" in r.stderr, r.stderr
+        assert f"PID {first.pid}" in r.stderr
+    assert first.poll() is None  # the first run was not disturbed
+    first.kill()
+    first.communicate(timeout=30)
+    time.sleep(1)  # its workers die with it
+    again = _start(tmp_path, "run", "--resume", "--max-steps", "60")
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err[-2000:]
+    assert not (tmp_path / "run" / ".gradsync.lock").exists()  # given back at the end

@@ -8,6 +8,7 @@ resolved config is written into the run folder, and every worker reads it from t
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Sequence
 
 from gradsync import checkpoint as ckpt
@@ -15,6 +16,7 @@ from gradsync.args import add_config_args, config_from_args
 from gradsync.errors import EXIT_PREEMPTED, Preempted
 from gradsync.launch import run_job, write_run_config
 from gradsync.prepare import prepare
+from gradsync.runlock import RunLock
 
 
 
@@ -24,8 +26,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = prepare(config_from_args(ns, extra))
+    # one run per folder (across nodes the folder is shared by design: each node's launcher runs)
+    lock = RunLock(cfg.train.run_dir) if cfg.parallel.nnodes == 1 else contextlib.nullcontext()
     try:
-        run_job(cfg, write_run_config(cfg))
+        with lock:
+            run_job(cfg, write_run_config(cfg))
     except Preempted as e:  # say what the stopped run left: the checkpoint written as it stopped
         found = ckpt.list_checkpoints(cfg.train.run_dir)
         where = f"the newest checkpoint is {found[-1]}" if found else "no checkpoint was written"

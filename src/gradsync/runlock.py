@@ -39,6 +39,8 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock, or raise a one-line ConfigError naming the run that holds it."""
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise ConfigError(f"run folder '{self.path.parent}' is a file; choose another --run-dir")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -93,6 +93,12 @@ def test_empty_corpus_is_a_one_line_error(tmp_path: Path) -> None:
     _one_line_error(gradsync("train", "--data", "empty.txt", *TINY_FLAGS, cwd=tmp_path), "is empty")
 
 
+def test_a_run_folder_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    _one_line_error(gradsync("train", "--run-dir", "taken", "--nproc", "1", "--data", "synthetic", *TINY_FLAGS,
+                             cwd=tmp_path), "run folder 'taken' is a file")
+
+
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)

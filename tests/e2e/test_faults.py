@@ -167,7 +167,9 @@ def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(tmp_pat
     assert line.startswith(f"gradsync: stopped by {signal.Signals(sig).name}; the newest checkpoint is "), line
     stopped_at = int(line.split("ckpt_")[1][:7])
     assert f"stopped by {signal.Signals(sig).name} after step {stopped_at}" in out
-    assert stopped_at > 50 and stopped_at % 50  # the step it was at, not the last periodic save
+    assert stopped_at > 50  # the step it was at, after the periodic save we waited for
+    newest = ckpt.list_checkpoints(tmp_path / "run")[-1]
+    assert newest.name == f"ckpt_{stopped_at:07d}.pt" and ckpt.load_checkpoint(newest)["step"] == stopped_at
     resumed = _start(tmp_path, "run", "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]

@@ -3,6 +3,8 @@
 The process group is already joined (by :mod:`gradsync.worker`, with gradsync's timeouts), so
 :func:`gradsync.parallelize` or plain ``torch.distributed`` calls in the script use it; the
 environment is torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, TORCHELASTIC_RESTART_COUNT, ...).
+The worker leaves with ``os._exit`` once the group is shut down (see :func:`gradsync.worker.main`),
+so the script's ``atexit`` handlers do not run: finish its work before it returns.
 """
 
 from __future__ import annotations
@@ -28,4 +30,5 @@ def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
         raise ConfigError(f"run: script '{script}' does not exist")
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python script.py` would
-    runpy.run_path(str(path), run_name="__main__")
+    namespace = runpy.run_path(str(path), run_name="__main__")
+    namespace.clear()  # the script's objects (its model, open files) go now, not at interpreter exit

@@ -7,6 +7,10 @@ already fail within ``parallel.timeout_s`` (see :class:`gradsync.dist.Comm`); th
 agent do the same: it watches the launcher's threads, and when one call into the store has
 lasted longer than the limit, it stops this node's workers and exits with one line.
 
+The same holds before the first call: creating the store's client connects and then waits for
+the server's answer, and a program on that port that accepts connections but never answers (a
+wrong ``--rdzv-endpoint``, a half-dead process) holds it there with no limit at all.
+
 Healthy store calls (set, get, compare-and-set on the rendezvous state) answer in milliseconds;
 the rendezvous itself waits by polling, so a long wait for other nodes is many short calls, not
 one long one, and is bounded separately by the join timeout.
@@ -22,13 +26,20 @@ import time
 from pathlib import Path
 from types import FrameType
 
-STORE_CALL = "_call_store"  # C10dRendezvousBackend._call_store: every store call of the rendezvous
+# functions of torch's c10d rendezvous backend that wait on the store, and what a long wait in each means
+STORE_CALLS = {
+    "_call_store": "has not answered for {limit}s (parallel.timeout_s): the link to the node hosting it is "
+                   "down or that node is frozen",  # C10dRendezvousBackend._call_store: every store call
+    "_create_tcp_store": "could not be reached within {limit}s (parallel.timeout_s): a program there accepts "
+                         "connections but does not answer; check --rdzv-endpoint names the rendezvous "
+                         "host and a port nothing else uses",  # connecting to (or hosting) the store
+}
 
 
 def store_call_frame(frame: FrameType | None) -> FrameType | None:
-    """The innermost frame of ``frame``'s stack that is a rendezvous store call, if any."""
+    """The innermost frame of ``frame``'s stack that waits on the rendezvous store, if any."""
     while frame is not None:
-        if frame.f_code.co_name == STORE_CALL and "rendezvous" in frame.f_code.co_filename:
+        if frame.f_code.co_name in STORE_CALLS and "rendezvous" in frame.f_code.co_filename:
             return frame
         frame = frame.f_back
     return None
@@ -37,7 +48,8 @@ def store_call_frame(frame: FrameType | None) -> FrameType | None:
 class StoreWatchdog(threading.Thread):
     """Exit the process (status 2, one line) if any thread (the agent's main loop, or its
     rendezvous keep-alive timer, which holds a lock the main loop then waits on) spends more than
-    ``limit_s`` in a single rendezvous store call. ``what`` names the store in the message."""
+    ``limit_s`` in a single rendezvous store call, or in creating the store's client. ``what``
+    names the store in the message."""
 
     def __init__(self, limit_s: float, what: str, poll_s: float = 0.5) -> None:
         super().__init__(name="gradsync-store-watchdog", daemon=True)
@@ -60,13 +72,13 @@ class StoreWatchdog(threading.Thread):
                 elif seen is None or seen[0] is not frame:
                     current[tid] = (frame, now)
                 elif now - seen[1] > self.limit_s:
-                    self._fail()
+                    self._fail(frame.f_code.co_name)
 
-    def _fail(self) -> None:
+    def _fail(self, call: str) -> None:
         _kill_children()
-        print(f"gradsync: error: the rendezvous store at {self.what} has not answered for "
-              f"{self.limit_s:g}s (parallel.timeout_s): the link to the node hosting it is down or that node is "
-              "frozen; this node's workers were stopped", file=sys.stderr, flush=True)
+        why = STORE_CALLS[call].format(limit=f"{self.limit_s:g}")
+        print(f"gradsync: error: the rendezvous store at {self.what} {why}; this node's workers were stopped",
+              file=sys.stderr, flush=True)
         os._exit(2)
 
     def stop(self) -> None:

@@ -198,3 +198,24 @@ def test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0, err[-2000:]
     assert not (tmp_path / "run" / ".gradsync.lock").exists()  # given back at the end
+
+
+def test_a_silent_listener_on_the_rendezvous_port_is_one_line_within_the_timeout(tmp_path: Path) -> None:
+    """Something on --rdzv-endpoint accepts connections but never answers (a wrong port, a
+    half-dead process): creating the store's client would wait forever; the watchdog ends it."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or writes
+        port = silent.getsockname()[1]
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run",
+                            "--timeout", "4", "--global-batch", "16", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"],
+                           cwd=tmp_path, env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert time.time() - t0 < 40
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"the rendezvous store at 127.0.0.1:{port} could not be reached within 4s" in lines[0], \
+        r.stderr[-2000:]

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Sequence
 
 from gradsync.config import Config, all_keys, build_config, load_toml
 from gradsync.errors import ConfigError
+from gradsync.slurm import slurm_settings
 
 # Short flags and the config keys they set.
 ALIASES: dict[str, str] = {
@@ -23,6 +24,7 @@ ALIASES: dict[str, str] = {
     "--nnodes": "parallel.nnodes",
     "--rdzv-endpoint": "parallel.rdzv_endpoint",
     "--rdzv-id": "parallel.rdzv_id",
+    "--node-rank": "parallel.node_rank",
     "--local-addr": "parallel.local_addr",
     "--strategy": "parallel.strategy",
     "--compress": "parallel.compress",
@@ -82,9 +84,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace, extra: Sequence[str]) -> Config:
-    """Config from --config, then the short flags, then ``--section.key[=]value`` leftovers."""
+    """Config from the defaults, then a Slurm job step's environment (:mod:`gradsync.slurm`),
+    then --config, then the short flags, then ``--section.key[=]value`` leftovers."""
     base = load_toml(ns.config) if getattr(ns, "config", None) else {}
-    overrides: dict[str, Any] = {k: v for k, v in vars(ns).items() if "." in k and v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in slurm_settings().items()
+                                 if k.split(".")[1] not in base.get(k.split(".")[0], {})}
+    overrides.update({k: v for k, v in vars(ns).items() if "." in k and v is not None})
     overrides.update(parse_dotted(extra))
     return build_config(base, overrides)
 

@@ -229,6 +229,7 @@ class ParallelConfig:
     nnodes: int = 1
     rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
     rdzv_id: str = "gradsync"
+    node_rank: int = -1  # this node's rank, e.g. from Slurm; node 0 hosts the rendezvous; -1 = by host name
     local_addr: str = ""  # this node's address as the other nodes reach it; "" = from the hostname
     strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
     compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
@@ -243,6 +244,8 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
         _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
+        _check(-1 <= self.node_rank < self.nnodes,
+               f"parallel.node_rank must be -1 (unknown) or in [0, nnodes={self.nnodes}), got {self.node_rank}")
         check_composition(self.strategy_spec, self.compress_spec)
         _check(self.strategy != AUTO or self.compress == "none",
                "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy")

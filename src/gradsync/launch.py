@@ -118,10 +118,12 @@ def _multinode_setup(p: ParallelConfig) -> dict[str, object]:
     * With ``parallel.local_addr``, this node hosts the rendezvous exactly when the endpoint is
       its address, advertises that address to the other nodes, and gloo binds to the interface
       that holds it (several nodes may share one hostname: containers, namespaces).
+    * Else, with ``parallel.node_rank`` (Slurm's ``SLURM_NODEID``), node 0 hosts it; else torch
+      decides by comparing the endpoint's host with this machine's names.
     """
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     if not p.local_addr:
-        return {}
+        return {} if p.node_rank < 0 else {"is_host": p.node_rank == 0}
     host = p.rdzv_endpoint.rsplit(":", 1)[0]
     iface = interface_with_address(p.local_addr)
     if iface is None:

@@ -18,8 +18,9 @@ from gradsync.config import ParallelConfig, build_config
 from gradsync.errors import ConfigError
 from gradsync.launch import run_job, write_run_config
 from gradsync.script import SCRIPT_JOB
+from gradsync.slurm import announce, slurm_settings
 
-LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--local-addr", "--backend", "--timeout",
+LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--node-rank", "--local-addr", "--backend", "--timeout",
                   "--threads", "--max-restarts")
 
 
@@ -27,7 +28,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     for flag in LAUNCHER_FLAGS:
         key = ALIASES[flag]
         p.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), help=f"sets {key}",
-                       type=int if flag in ("--nproc", "--nnodes") else None)
+                       type=int if flag in ("--nproc", "--nnodes", "--node-rank") else None)
     p.add_argument("script", help="the Python training script every worker runs")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
 
@@ -37,13 +38,15 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ConfigError(f"run: unrecognized argument(s) {' '.join(extra)}; launcher flags go before the script")
     if not Path(ns.script).is_file():
         raise ConfigError(f"run: script '{ns.script}' does not exist")
-    overrides = {k: v for k, v in vars(ns).items() if "." in k and v is not None}
+    # under srun, the job step's nodes (gradsync.slurm); the flags win
+    overrides = {**slurm_settings(), **{k: v for k, v in vars(ns).items() if "." in k and v is not None}}
     with tempfile.TemporaryDirectory(prefix="gradsync-run-") as tmp:
         # the workers read the launcher's settings from a config file, as under `gradsync train`;
         # the batch fields are not the script's business: one sequence per worker satisfies them
         default = ParallelConfig()
-        world = (overrides.get("parallel.nproc") or default.nproc) * (overrides.get("parallel.nnodes") or default.nnodes)
+        world = int(overrides.get("parallel.nproc") or default.nproc) * int(overrides.get("parallel.nnodes") or default.nnodes)
         cfg = build_config(None, {**overrides, "train.run_dir": tmp, "train.micro_batch": 1,
                                   "train.global_batch": max(1, world)})
+        announce(cfg.parallel)
         run_job(cfg, write_run_config(cfg), SCRIPT_JOB, (ns.script, *ns.script_args))
     return 0

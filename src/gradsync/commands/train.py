@@ -17,6 +17,7 @@ from gradsync.errors import EXIT_PREEMPTED, Preempted
 from gradsync.launch import run_job, write_run_config
 from gradsync.prepare import prepare
 from gradsync.runlock import RunLock
+from gradsync.slurm import announce
 
 
 
@@ -26,6 +27,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = prepare(config_from_args(ns, extra))
+    announce(cfg.parallel)
     # one run per folder (across nodes the folder is shared by design: each node's launcher runs)
     lock = RunLock(cfg.train.run_dir) if cfg.parallel.nnodes == 1 else contextlib.nullcontext()
     try:

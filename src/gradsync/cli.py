@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("gradsync.commands.bench", "compare strategies side by side (tokens/s, step time, comm)"),
     "calibrate": ("gradsync.commands.calibrate", "measure collectives (alpha, beta), compute and optimizer "
                   "speed for the cost model; writes a JSON profile"),
+    "config": ("gradsync.commands.config", "print the configuration a train with these flags would run: the "
+               "changed keys as TOML, or --show every key with its meaning"),
     "plan": ("gradsync.commands.plan", "predict step time, tokens/s, MFU and memory of every strategy on a "
              "cluster, recommend one, plot scaling (the cost model; no GPUs needed)"),
 }

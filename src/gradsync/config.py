@@ -10,10 +10,15 @@ before any process is started, with a one-line :class:`~gradsync.errors.ConfigEr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import json
 import math
 import os
+import textwrap
+import tokenize
 import tomllib
 import types
 import typing
@@ -42,7 +47,7 @@ class TaskConfig:
     """What is trained: a built-in task (see ``gradsync.catalog.TASKS``) or ``module:factory``, a
     function ``factory(cfg) -> gradsync.tasks.Task`` importable by every worker."""
 
-    name: str = "gpt"
+    name: str = "gpt"  # gpt | bert | image | speech | hf-causal-lm | hf-masked-lm | package.module:factory
 
     def __post_init__(self) -> None:
         _check(self.name in TASKS or _is_factory_ref(self.name),
@@ -60,7 +65,7 @@ class BertConfig:
     """Masked-LM corruption (Devlin et al. 2019): ``mask_prob`` of the positions are chosen; of
     those 80% become [MASK], 10% a random token, 10% stay. The encoder's shape is ``[model]``'s."""
 
-    mask_prob: float = 0.15
+    mask_prob: float = 0.15  # share of positions chosen as masked-LM targets (80% [MASK], 10% random, 10% kept)
 
     def __post_init__(self) -> None:
         _check(0.0 < self.mask_prob < 1.0, f"bert.mask_prob must be in (0, 1), got {self.mask_prob}")
@@ -72,12 +77,12 @@ class ImageConfig:
     digits), a folder in ImageFolder layout (one subfolder per class), or an ``.npz`` with
     ``images`` (N, H, W[, C]) and ``labels`` (N)."""
 
-    source: str = "digits"
+    source: str = "digits"  # digits (scikit-learn's, no download) | an ImageFolder folder | an .npz (images, labels)
     size: int = 0  # resize folder images to size×size; 0 = keep (all must then be equal)
     channels: int = 1  # 1 (grayscale) or 3 (RGB), for folder images
     width: int = 32  # channels of the first conv layer
     augment: bool = True  # random shifts of up to 1/8 of the side, seeded per sample
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # share of images (by name hash) held out when the source has no test split
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "image.source must not be empty")
@@ -93,11 +98,11 @@ class SpeechConfig:
     on this machine with espeak-ng, test voices never seen in training) or a folder of WAV files,
     one subfolder per label (the Speech Commands layout)."""
 
-    source: str = "espeak-digits"
-    sample_rate: int = 16000
-    clip_s: float = 1.0
-    n_mels: int = 40
-    width: int = 64
+    source: str = "espeak-digits"  # espeak-digits (made once with espeak-ng) | a WAV folder in the Speech Commands layout
+    sample_rate: int = 16000  # Hz; clips are resampled to it
+    clip_s: float = 1.0  # seconds per clip; longer ones are cut, shorter ones padded
+    n_mels: int = 40  # mel bands of the log-mel features
+    width: int = 64  # channels of the first conv layer
     augment: bool = True  # random time shifts of up to 100 ms, seeded per sample
     test_fraction: float = 0.2  # folder data: share of files (by name hash) held out
 
@@ -115,8 +120,8 @@ class HFConfig:
     """A Hugging Face ``transformers`` model (tasks ``hf-causal-lm``, ``hf-masked-lm``): ``config``
     is a config.json to initialise randomly, ``pretrained`` a folder with weights to fine-tune."""
 
-    config: str = ""
-    pretrained: str = ""
+    config: str = ""  # a transformers config.json: that architecture, randomly initialised (seeded)
+    pretrained: str = ""  # a local transformers model folder to fine-tune (nothing is downloaded)
 
     def __post_init__(self) -> None:
         _check(not (self.config and self.pretrained), "give hf.config or hf.pretrained, not both")
@@ -126,11 +131,11 @@ class HFConfig:
 class ModelConfig:
     """GPT (and BERT) shape. ``preset`` fills every dimension left unset (see ``gradsync.shapes.PRESETS``)."""
 
-    preset: str = "small"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    dropout: float = 0.0
+    preset: str = "small"  # tiny | mini | small | base | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
+    n_layer: int | None = None  # transformer blocks; overrides the preset
+    n_head: int | None = None  # attention heads; overrides the preset
+    n_embd: int | None = None  # width of the residual stream; overrides the preset
+    dropout: float = 0.0  # dropout probability
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS,
@@ -155,17 +160,17 @@ class DataConfig:
     folder, a glob, or pre-tokenized ``.bin`` shards (nanoGPT raw uint16, or llm.c headered).
     """
 
-    source: str = "stdlib"
+    source: str = "stdlib"  # stdlib | synthetic | text files (file, folder, glob) | .bin shards
     tokenizer: str = "byte"  # byte | bpe | path to a tokenizers tokenizer.json
-    bpe_vocab_size: int = 4096
-    seq_len: int = 128
-    val_fraction: float = 0.05
+    bpe_vocab_size: int = 4096  # vocabulary of the byte-level BPE trained when tokenizer = bpe
+    seq_len: int = 128  # tokens per training sequence
+    val_fraction: float = 0.05  # share of documents (by name hash) held out for validation
     vocab_size: int | None = None  # only for pre-tokenized shards without a tokenizer
-    synthetic_vocab: int = 16
-    synthetic_order: int = 2
-    synthetic_tokens: int = 400_000
-    synthetic_alpha: float = 0.2
-    synthetic_seed: int = 0
+    synthetic_vocab: int = 16  # synthetic data: vocabulary of the Markov chain
+    synthetic_order: int = 2  # synthetic data: tokens of context the chain depends on
+    synthetic_tokens: int = 400_000  # synthetic data: tokens generated
+    synthetic_alpha: float = 0.2  # synthetic data: Dirichlet concentration of the transition rows (smaller = more predictable)
+    synthetic_seed: int = 0  # synthetic data: seed of the chain and of the sampled tokens
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source must not be empty")
@@ -195,13 +200,13 @@ class OptimConfig:
     cosine decay to ``lr * min_lr_ratio``; global-norm clipping."""
 
     name: str = "adamw"  # adamw | sgd
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    lr: float = 3e-3  # peak learning rate, after linear warmup
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr × this
+    warmup_steps: int = 50  # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1  # decoupled weight decay (matrices only)
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator epsilon
     grad_clip: float = 1.0  # 0 disables clipping
     momentum: float = 0.0  # sgd only
 
@@ -226,15 +231,15 @@ class ParallelConfig:
     """How workers are launched and how gradients travel."""
 
     nproc: int = 2  # workers per node
-    nnodes: int = 1
+    nnodes: int = 1  # nodes; under Slurm, the job step's
     rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
-    rdzv_id: str = "gradsync"
+    rdzv_id: str = "gradsync"  # names the job at the rendezvous: every node of a job gives the same
     node_rank: int = -1  # this node's rank, e.g. from Slurm; node 0 hosts the rendezvous; -1 = by host name
     local_addr: str = ""  # this node's address as the other nodes reach it; "" = from the hostname
     strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
     compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
-    bucket_mb: float = 25.0
-    first_bucket_mb: float = 1.0
+    bucket_mb: float = 25.0  # size of a gradient bucket all-reduced as one (bucketed, torch-ddp)
+    first_bucket_mb: float = 1.0  # the first bucket is smaller, so communication starts early in backward
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
     timeout_s: float = 300.0  # every collective fails after this long instead of hanging
     threads: int = 0  # intra-op threads per worker; 0 = cores / local workers
@@ -284,20 +289,21 @@ class TrainConfig:
     global_batch: int = 64  # sequences per optimizer step, summed over workers and micro-steps
     max_steps: int = 650  # length of the run (the LR schedule spans it)
     stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
-    precision: str = "fp32"
-    seed: int = 1337
-    log_interval: int = 1
-    eval_interval: int = 100
-    eval_sequences: int = 64
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    seed: int = 1337  # seeds the model, the data order, dropout and sampling
+    log_interval: int = 1  # steps between records in metrics.jsonl
+    eval_interval: int = 100  # steps between evaluations on held-out data
+    eval_sequences: int = 64  # held-out examples each evaluation uses
     ckpt_interval: int = 250  # 0 = only at the end
     keep_checkpoints: int = 5  # keep the newest K checkpoints of a run; 0 = keep all
     max_bad_steps: int = 5  # consecutive steps with non-finite loss/gradients skipped before stopping
-    sample_tokens: int = 300
-    sample_prompt: str = "def "
+    sample_tokens: int = 300  # tokens generated from the final model into sample.txt; 0 = none
+    sample_prompt: str = "def "  # the prompt of that sample
     run_dir: str = ""  # "" = a new folder runs/<date-time>
     resume: str = ""  # "" = fresh run; "auto" = latest checkpoint in run_dir; or a checkpoint path
     peak_tflops: float = 0.0  # per-worker peak for MFU; 0 = measure with a matmul benchmark
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, plain lines in a file; false = neither
+    print_interval: int = 0  # steps between plain progress lines when stderr is not a terminal; 0 = ~20 a run
 
     def __post_init__(self) -> None:
         _check(self.micro_batch >= 1, f"train.micro_batch must be >= 1, got {self.micro_batch}")
@@ -307,6 +313,7 @@ class TrainConfig:
         _check(self.precision in PRECISIONS,
                f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")
+        _check(self.print_interval >= 0, f"train.print_interval must be >= 0 (0 = automatic), got {self.print_interval}")
         _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
@@ -348,14 +355,24 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
-    def to_toml(self) -> str:
-        """The resolved config as TOML (``None`` values are left out: they mean 'use the default')."""
+    def to_toml(self, meanings: dict[str, str] | None = None, changed_only: bool = False) -> str:
+        """The resolved config as TOML (``None`` values are left out: they mean 'use the default';
+        with ``meanings``, each key's is a comment after it and a left-out key is a comment;
+        ``changed_only``: just the keys whose values differ from the defaults)."""
         lines: list[str] = []
+        default = Config().to_dict() if changed_only else {}
         for section, values in self.to_dict().items():
+            if changed_only:
+                values = {k: v for k, v in values.items() if v != default[section][k]}
+                if not values:
+                    continue
             lines.append(f"[{section}]")
             for k, v in values.items():
+                note = f"  # {meanings[f'{section}.{k}']}" if meanings else ""
                 if v is not None:
-                    lines.append(f"{k} = {_toml_value(v)}")
+                    lines.append(f"{k} = {_toml_value(v)}{note}")
+                elif meanings:
+                    lines.append(f"# {k} = (unset){note}")
             lines.append("")
         return "\n".join(lines)
 
@@ -430,6 +447,21 @@ def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:
 
 def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+
+
+def key_meanings() -> dict[str, str]:
+    """Every config key's meaning: the comment on its line in this file (one source of truth for
+    the code and ``gradsync config --show``; a test checks that every key has one)."""
+    out: dict[str, str] = {}
+    for section, cls in _SECTIONS.items():
+        lines = inspect.getsource(cls).splitlines()
+        for node in ast.parse(textwrap.dedent("\n".join(lines))).body[0].body:  # type: ignore[attr-defined]
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                line = lines[node.lineno - 1].strip() + "\n"
+                comments = [t.string for t in tokenize.generate_tokens(io.StringIO(line).readline)
+                            if t.type == tokenize.COMMENT]
+                out[f"{section}.{node.target.id}"] = comments[0].lstrip("# ") if comments else ""
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -145,3 +145,34 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(tmp_path: Path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "ckpt_0000004.pt' is corrupt (checksum mismatch" in r2.stderr
     assert "resumed from run/checkpoints/ckpt_0000002.pt at step 2" in r2.stdout
+
+
+def test_in_a_file_progress_is_plain_lines_not_a_bar(tmp_path: Path) -> None:
+    """stderr not a terminal (a batch job's output file): no bar's carriage returns; a plain line
+    every --train.print_interval steps, with loss, throughput and time left."""
+    flags = [f for f in TINY_FLAGS if f != "--no-progress"]
+    r = gradsync("train", "--nproc", "2", "--max-steps", "6", "--run-dir", "run", "--data", "synthetic",
+                 "--sample-tokens", "0", "--train.print_interval=3", *flags, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\r" not in r.stderr + r.stdout
+    plain = [line for line in r.stdout.splitlines() if line.startswith("gradsync: step ")]
+    assert [line.split(",")[0] for line in plain] == ["gradsync: step 3/6", "gradsync: step 6/6"]
+    assert all(" tok/s, " in line and ", eta " in line and "loss " in line for line in plain), plain
+
+
+def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path: Path) -> None:
+    import tomllib
+
+    from gradsync.config import all_keys, build_config, key_meanings
+
+    assert [k for k, v in key_meanings().items() if not v] == []
+    assert sorted(key_meanings()) == sorted(all_keys())
+    r = gradsync("config", "--lr", "1e-3", "--nproc", "4", "--train.sample_prompt=a\nb", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert tomllib.loads(r.stdout) == {"optim": {"lr": 0.001}, "parallel": {"nproc": 4},
+                                       "train": {"sample_prompt": "a\nb"}}
+    shown = gradsync("config", "--show", "--lr", "1e-3", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "lr = 0.001  # peak learning rate, after linear warmup" in shown.stdout
+    assert build_config(tomllib.loads(shown.stdout)) == build_config(None, {"optim.lr": "1e-3"})
+    _one_line_error(gradsync("config", "--lr", "inf", cwd=tmp_path), "optim.lr")

@@ -1,0 +1,29 @@
+"""``gradsync config``: the configuration a ``gradsync train`` with the same flags would run, as
+TOML (reusable with ``--config``), before anything is checked on disk or started: the keys that
+differ from the defaults, or with ``--show`` every key with its meaning.
+
+Values come from the defaults, a Slurm job step's environment, ``--config`` and the flags, in
+that order (:func:`gradsync.args.config_from_args`); what ``gradsync train`` resolves later (the
+run folder, ``--strategy auto``, the measured peak) is written into the run's ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from gradsync.args import add_config_args, config_from_args
+from gradsync.config import key_meanings
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show", action="store_true", help="every key, with its meaning (default: only the keys "
+                   "that differ from the defaults)")
+    add_config_args(p)
+
+
+def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
+    cfg = config_from_args(ns, extra)
+    text = cfg.to_toml(key_meanings()) if ns.show else cfg.to_toml(changed_only=True)
+    print(text.rstrip("\n") if text.strip() else "# every key has its default value")
+    return 0

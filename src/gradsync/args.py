@@ -54,6 +54,7 @@ ALIASES: dict[str, str] = {
     "--ckpt-interval": "train.ckpt_interval",
     "--eval-interval": "train.eval_interval",
     "--peak-tflops": "train.peak_tflops",
+    "--loggers": "train.loggers",
 }
 
 

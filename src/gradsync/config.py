@@ -35,6 +35,7 @@ from gradsync.values import coerce
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
+LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.trackers)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -304,6 +305,7 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per-worker peak for MFU; 0 = measure with a matmul benchmark
     progress: bool = True  # a bar on a terminal, plain lines in a file; false = neither
     print_interval: int = 0  # steps between plain progress lines when stderr is not a terminal; 0 = ~20 a run
+    loggers: str = ""  # experiment trackers fed every metric, comma-separated: tensorboard, wandb, trackio
 
     def __post_init__(self) -> None:
         _check(self.micro_batch >= 1, f"train.micro_batch must be >= 1, got {self.micro_batch}")
@@ -313,6 +315,9 @@ class TrainConfig:
         _check(self.precision in PRECISIONS,
                f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")
+        unknown = [n for n in self.loggers.split(",") if n.strip() and n.strip() not in LOGGERS]
+        _check(not unknown, f"train.loggers: unknown logger '{unknown[0] if unknown else ''}'; "
+               f"choose from {', '.join(LOGGERS)}")
         _check(self.print_interval >= 0, f"train.print_interval must be >= 0 (0 = automatic), got {self.print_interval}")
         _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")

@@ -22,12 +22,14 @@ from gradsync.errors import ConfigError
 from gradsync.peak import worker_peak_flops
 from gradsync.plan import auto_strategy
 from gradsync.tasks import Task, build_task
+from gradsync.trackers import check_installed, parse_loggers
 
 
 def prepare(cfg: Config) -> Config:
     """Validate the run on one process and resolve what every worker must agree on: the run
     folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
     t = cfg.train
+    check_installed(parse_loggers(t.loggers))
     updates: dict[str, object] = {}
     run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
         f"runs/{time.strftime('%Y%m%d-%H%M%S')}"

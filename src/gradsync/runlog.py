@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from gradsync.config import Config
 from gradsync.launch import write_run_config
-from gradsync.metrics import MetricsWriter, plot_metrics
+from gradsync.metrics import MetricsWriter, plot_metrics, read_metrics
 from gradsync.parallel.memory import MemoryReport
+from gradsync.trackers import Tracker, open_trackers, parse_loggers, tracker_values
 
 
 class RunLogger:
@@ -30,6 +31,7 @@ class RunLogger:
         self.main = main
         self.run_dir = Path(cfg.train.run_dir)
         self.writer: MetricsWriter | None = None
+        self.trackers: list[Tracker] = []
         self.bar: Any = None
         if not main:
             return
@@ -38,6 +40,10 @@ class RunLogger:
         write_run_config(cfg)
         self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=resumed_at is None,
                                     resume_step=resumed_at or 0)
+        self.trackers = open_trackers(parse_loggers(cfg.train.loggers), self.run_dir, cfg.to_dict(), resumed_at)
+        if self.trackers and resumed_at is not None:  # a tracker run is a copy of metrics.jsonl (trackers.py)
+            for rec in read_metrics(self.run_dir / "metrics.jsonl"):
+                self._track(rec)
         self._progress = (cfg.train.max_steps, resumed_at or 0) if cfg.train.progress else None
         self.plain_every = 0  # steps between plain progress lines; 0 = none (a bar, or --no-progress)
         if cfg.train.progress and not sys.stderr.isatty():
@@ -67,6 +73,19 @@ class RunLogger:
     def record(self, rec: dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.write(rec)
+            self._track(rec)
+
+    def _track(self, rec: dict[str, Any]) -> None:
+        if self.trackers:
+            step, values = tracker_values(rec)
+            for t in self.trackers:
+                t.log(values, step)
+
+    def close(self) -> None:
+        """Flush and close the trackers (also when the run stops early: an error, a signal)."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.close()
 
     def train(self, rec: dict[str, Any]) -> None:
         """A logged training step; the progress bar shows its loss and throughput."""
@@ -126,6 +145,7 @@ class RunLogger:
         """Close the metrics, plot them, write ``summary.json``."""
         if self.writer is None:
             return
+        self.close()
         self.writer.close()
         if (self.run_dir / "metrics.jsonl").stat().st_size:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")

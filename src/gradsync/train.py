@@ -118,9 +118,15 @@ class Trainer:
         return loss_sum / len(micro), self.strategy.step(self.cfg.optim.grad_clip)
 
     def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
+        log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)
+        try:
+            return self._fit(log, peak_flops_per_worker)
+        finally:
+            log.close()  # the trackers keep what was logged, however the run ends
+
+    def _fit(self, log: RunLogger, peak_flops_per_worker: float) -> TrainResult:
         t = self.cfg.train
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
-        log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)
         log.start(self._opening_lines())
         if self.env.is_main:
             self.task.save_assets(self.run_dir)

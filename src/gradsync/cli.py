@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "with N data-parallel workers (the main job)"),
     "run": ("gradsync.commands.run", "run your own training script on N workers (launcher, rendezvous, "
             "timeouts, restarts)"),
+    "prepare": ("gradsync.commands.prepare", "tokenize a corpus once, in parallel, into shards a run memory-maps "
+                "(text, JSON Lines, Parquet, a saved datasets folder)"),
     "sample": ("gradsync.commands.sample", "what a trained model says: text, or predictions"),
     "export": ("gradsync.commands.export", "write a trained model for other tools (transformers, safetensors)"),
     "bench": ("gradsync.commands.bench", "compare strategies side by side (tokens/s, step time, comm)"),

@@ -16,15 +16,17 @@ validation set (else the last ``val_fraction`` of tokens is); synthetic data kee
 from __future__ import annotations
 
 import glob
-import os
+import json
 import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gradsync.config import DataConfig
+from gradsync.data.documents import Corpus
 from gradsync.data.markov import MarkovChain
 from gradsync.data.stream import TokenStream
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
@@ -33,6 +35,7 @@ from gradsync.files import cache_dir
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256
+SHARDS_META = "shards.json"  # written by gradsync prepare (gradsync.data.shard_writer)
 
 
 @dataclass
@@ -49,10 +52,23 @@ def load_tokens(cfg: DataConfig) -> TokenData:
     """Resolve ``cfg.source`` into train/validation token arrays, or raise a one-line DataError."""
     if cfg.source == "synthetic":
         return _synthetic(cfg)
-    paths, label = _resolve_paths(cfg.source)
+    paths, label = resolve_paths(cfg.source)
+    meta = [p for p in paths if p.name == SHARDS_META]
+    if len(meta) == 1:  # a folder written by gradsync prepare
+        return _shards([p for p in paths if p.suffix == ".bin"], cfg, label, _read_meta(meta[0]))
     if paths and all(p.suffix == ".bin" for p in paths):
         return _shards(paths, cfg, label)
     return _text(paths, cfg, label)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``shards.json`` of a ``gradsync prepare`` folder, checked."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        int(meta["vocab_size"]), str(meta["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"'{path}' is damaged (not the JSON gradsync prepare writes); prepare the corpus again") from None
+    return meta
 
 
 def _synthetic(cfg: DataConfig) -> TokenData:
@@ -72,7 +88,7 @@ def _stdlib_files() -> list[Path]:
                   if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file())
 
 
-def _resolve_paths(source: str) -> tuple[list[Path], str]:
+def resolve_paths(source: str) -> tuple[list[Path], str]:
     if source == "stdlib":
         files = _stdlib_files()
         if not files:
@@ -99,25 +115,13 @@ def _resolve_paths(source: str) -> tuple[list[Path], str]:
     return [p], source
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read data file '{path}': {e.strerror}") from None
-
-
-def _is_val(name: str, fraction: float) -> bool:
+def is_val_document(name: str, fraction: float) -> bool:
+    """Whether the document named ``name`` is held out for validation (a CRC-32 of the name)."""
     return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
 
 
 def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
-    common = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
-    docs: list[tuple[str, bytes]] = []
-    for p in paths:
-        data = _read(p)
-        if data:
-            name = str(p.resolve().relative_to(common)) if len(paths) > 1 else p.name
-            docs.append((name, data))
+    docs = list(Corpus(paths, label, "text").documents())
     n_bytes = sum(len(d) for _, d in docs)
     if n_bytes == 0:
         raise DataError(f"data source '{label}' is empty: {len(paths)} file(s), 0 bytes of text")
@@ -134,7 +138,7 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
         tokenizer = ByteTokenizer()
         encoded = [tokenizer.encode(d) for _, d in docs]
 
-    is_val = [_is_val(name, cfg.val_fraction) for name, _ in docs]
+    is_val = [is_val_document(name, cfg.val_fraction) for name, _ in docs]
     train = [e for e, v in zip(encoded, is_val) if not v]
     val = [e for e, v in zip(encoded, is_val) if v]
     if train and val:
@@ -178,25 +182,38 @@ def read_shard(path: Path) -> np.ndarray:
     return np.memmap(path, dtype="<u2", mode="r")
 
 
-def _shards(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
+def _shards(paths: list[Path], cfg: DataConfig, label: str, meta: dict[str, Any] | None = None) -> TokenData:
+    """Shards whose name holds ``val`` are the validation set; without any, the last
+    ``val_fraction`` of all tokens is (as for text). ``meta``: a ``gradsync prepare`` folder's
+    record, which gives the vocabulary and the tokenizer."""
+    if not paths:
+        raise DataError(f"data folder '{label}' has {SHARDS_META} but no .bin shard; prepare the corpus again")
     val_paths = [p for p in paths if "val" in p.name]
     train_paths = [p for p in paths if p not in val_paths]
     if train_paths and val_paths:
         train = TokenStream([read_shard(p) for p in train_paths])
         val = TokenStream([read_shard(p) for p in val_paths])
-    else:  # no validation shard: hold out the tail of the last shard
+    else:  # no validation shard: hold out the tail of the stream
         parts = [read_shard(p) for p in paths]
-        n_val = max(int(len(parts[-1]) * cfg.val_fraction), cfg.seq_len + 1)
-        train = TokenStream(parts[:-1] + [parts[-1][:-n_val]])
-        val = TokenStream([parts[-1][-n_val:]])
+        whole = sum(len(p) for p in parts)
+        cut = whole - max(int(whole * cfg.val_fraction), cfg.seq_len + 1)
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        train = TokenStream([p[:max(0, cut - s)] for p, s in zip(parts, starts)])
+        val = TokenStream([p[max(0, cut - s):] for p, s in zip(parts, starts)])
     _check_sizes(label, train, val, cfg.seq_len)
     top = max(train.max_token(), val.max_token()) + 1
+    tokenizer: Tokenizer | None = None
     vocab = cfg.vocab_size or top
+    if meta is not None:
+        vocab = cfg.vocab_size or int(meta["vocab_size"])
+        folder = paths[0].parent
+        tokenizer = ByteTokenizer() if meta["tokenizer"] == "byte" else BPETokenizer.from_file(folder / "tokenizer.json")
     if top > vocab:
         raise DataError(f"shards in '{label}' hold token id {top - 1}, beyond data.vocab_size {vocab}")
-    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), memory-mapped, vocab {vocab}, "
+    made = f", {meta['tokenizer_source']} tokenizer" if meta is not None and "tokenizer_source" in meta else ""
+    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), memory-mapped, vocab {vocab}{made}, "
             f"{len(train):,} train / {len(val):,} val tokens")
-    return TokenData(train, val, vocab, None, desc)
+    return TokenData(train, val, vocab, tokenizer, desc)
 
 
 def _check_sizes(label: str, train: TokenStream, val: TokenStream, seq_len: int) -> None:

@@ -1,9 +1,11 @@
 """A token stream made of one or more 1-D token arrays, cut into fixed-length sequences.
 
 Pre-tokenized shards are memory-mapped, not loaded: a worker touches only the sequences of its
-batches, so a corpus of many GB costs each worker page cache, not RAM. A sequence of ``T + 1``
-tokens (inputs plus shifted targets) never spans two parts, as in llm.c's loader; each part loses
-at most ``T`` tokens at its end.
+batches, so a corpus of many GB costs each worker page cache, not RAM. The stream is the
+concatenation of its parts: sequence ``i`` is tokens ``i*T .. i*T+T`` (inputs plus shifted
+targets) and may span two parts, so cutting a corpus into shards (``gradsync prepare``) changes
+nothing that is trained on, and no part loses its tail (llm.c's loader drops up to ``T`` tokens
+at the end of every shard instead).
 """
 
 from __future__ import annotations
@@ -16,29 +18,34 @@ import numpy as np
 class TokenStream:
     def __init__(self, parts: Sequence[np.ndarray]) -> None:
         self.parts = [p for p in parts if len(p)]
-        self._starts: dict[int, np.ndarray] = {}
+        self._cum: np.ndarray | None = None
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
-    def _first_sequence(self, seq_len: int) -> np.ndarray:
-        """Number of the first sequence of each part, plus the total at the end (cached)."""
-        if seq_len not in self._starts:
-            counts = [max(0, (len(p) - 1) // seq_len) for p in self.parts]
-            self._starts[seq_len] = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        return self._starts[seq_len]
+    def _offsets(self) -> np.ndarray:
+        """Where each part starts in the stream, plus the stream's length at the end (cached)."""
+        if self._cum is None:
+            self._cum = np.concatenate([[0], np.cumsum([len(p) for p in self.parts], dtype=np.int64)])
+        return self._cum
 
     def n_sequences(self, seq_len: int) -> int:
-        return int(self._first_sequence(seq_len)[-1])
+        return max(0, (int(self._offsets()[-1]) - 1) // seq_len)
 
     def sequences(self, ids: np.ndarray, seq_len: int) -> np.ndarray:
         """Rows ``ids`` (sequence numbers) as an int64 array of shape (len(ids), seq_len + 1)."""
-        starts = self._first_sequence(seq_len)
-        which = np.searchsorted(starts, ids, side="right") - 1
+        offsets = self._offsets()
         out = np.empty((len(ids), seq_len + 1), dtype=np.int64)
-        for row, (part, local) in enumerate(zip(which, ids - starts[which])):
-            off = int(local) * seq_len
-            out[row] = self.parts[part][off:off + seq_len + 1]
+        for row, i in enumerate(ids):
+            start = int(i) * seq_len
+            part = int(np.searchsorted(offsets, start, side="right")) - 1
+            filled = 0
+            while filled < seq_len + 1:  # usually one slice; more where the sequence crosses parts
+                local = start + filled - int(offsets[part])
+                piece = self.parts[part][local:local + seq_len + 1 - filled]
+                out[row, filled:filled + len(piece)] = piece
+                filled += len(piece)
+                part += 1
         return out
 
     def head(self, n: int) -> np.ndarray:

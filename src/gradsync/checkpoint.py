@@ -7,6 +7,14 @@ so a crash while saving never leaves a half-written checkpoint under a real name
 with a magic line and the SHA-256 of the rest, so a truncated or damaged file is recognised
 before unpickling; resuming from a folder then falls back to the newest checkpoint that is intact,
 with a warning. Only the newest ``train.keep_checkpoints`` are kept.
+
+A *sharded* checkpoint (``train.checkpoint_format = "dcp"``) is a folder ``ckpt_NNNNNNN.dcp``
+written by every rank through ``torch.distributed.checkpoint`` (:mod:`gradsync.sharded_checkpoint`):
+the tensors as 1-D slices named ``KEY@OFFSET`` of the full-model state (``model/NAME``,
+``optim/INDEX/STATE``), and ``gradsync.pt``, a checksummed file of the rest (step, data position,
+RNG states, config, optimizer scalars) that also holds the size and SHA-256 of every file of the
+folder. The folder is assembled under a temporary name and renamed when complete; a missing,
+truncated or damaged file makes the whole checkpoint damaged, and resuming falls back as above.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +36,20 @@ from gradsync.errors import CheckpointError
 from gradsync.files import atomic_write_bytes
 
 FORMAT = "gradsync-checkpoint/1"  # the dict inside; the file around it is MAGIC + sha256 + payload
+SHARDED_FORMAT = "gradsync-dcp/1"  # the dict in a sharded checkpoint's MANIFEST
 MAGIC = b"GRADSYNC-CHECKPOINT v2\n"
-_NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
+MANIFEST = "gradsync.pt"
+_NAME = re.compile(r"^ckpt_(\d{7,})\.(pt|dcp)$")
 REQUIRED = ("format", "step", "strategy", "data", "rng", "config", "world_size")
 
 
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"ckpt_{step:07d}.pt"
+def checkpoint_path(run_dir: str | Path, step: int, sharded: bool = False) -> Path:
+    return Path(run_dir) / "checkpoints" / f"ckpt_{step:07d}.{'dcp' if sharded else 'pt'}"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether ``path`` names a sharded (DCP folder) checkpoint rather than a single file."""
+    return Path(path).suffix == ".dcp"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -55,22 +72,42 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
     except OSError as e:
         raise CheckpointError(f"could not write checkpoint '{path}' ({e.strerror or e}); "
                               "the previous checkpoints are intact") from None
-    _prune(path.parent, keep, path)
+    prune(path.parent, keep, path)
 
 
-def _prune(folder: Path, keep: int, newest: Path) -> None:
+def prune(folder: Path, keep: int, newest: Path) -> None:
+    """Keep the newest ``keep`` checkpoints of ``folder`` (0 = all) besides ``newest``; remove the
+    temporary files of dead writers."""
     for stale in folder.glob(".ckpt_*.pt.tmp-*"):
         if stale.name.rsplit("-", 1)[-1] != str(os.getpid()):
             stale.unlink(missing_ok=True)
     if keep > 0:
         for old in list_checkpoints(folder.parent)[:-keep]:
             if old != newest:
-                old.unlink(missing_ok=True)
+                remove_checkpoint(old)
+
+
+def remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
     """Load and sanity-check a checkpoint (it must hold the ``required`` entries: a training run's
-    by default), or raise a one-line CheckpointError."""
+    by default), or raise a one-line CheckpointError. A sharded checkpoint's files are checked
+    against its manifest; its tensors are read (whole, in this process) only when ``strategy``
+    is required: the full-model state, as a single-file checkpoint holds it."""
+    if is_sharded(path):
+        state = read_manifest(Path(path))
+        if "strategy" in required:
+            state["strategy"] = read_full_state(Path(path), state)
+        return state
+    return _load_file(path, FORMAT, required)
+
+
+def _load_file(path: str | Path, fmt: str, required: tuple[str, ...]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
@@ -88,12 +125,77 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED) -> d
     except Exception as e:  # torch raises many types for damaged files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable ({first[:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{path}' is not a gradsync checkpoint (format {FORMAT} expected)")
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointError(f"checkpoint '{path}' is not a gradsync checkpoint (format {fmt} expected)")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' is incomplete: missing {', '.join(missing)}")
     return state
+
+
+def save_manifest(folder: Path, state: dict[str, Any]) -> None:
+    """Write a sharded checkpoint's manifest (atomic, checksummed, like a checkpoint file)."""
+    buf = io.BytesIO()
+    torch.save({"format": SHARDED_FORMAT, **state}, buf)
+    payload = buf.getvalue()
+    atomic_write_bytes(folder / MANIFEST, MAGIC + hashlib.sha256(payload).digest() + payload)
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return path.stat().st_size, h.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A sharded checkpoint's manifest, after checking every file it lists (size and SHA-256)."""
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint '{folder}' does not exist")
+    state = _load_file(folder / MANIFEST, SHARDED_FORMAT, tuple(k for k in REQUIRED if k != "strategy") + ("files",))
+    for name, (size, digest) in state["files"].items():
+        f = folder / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint '{folder}' is incomplete: its file {name} is missing")
+        if f.stat().st_size != size or file_digest(f)[1] != digest:
+            raise CheckpointError(f"checkpoint '{folder}' is corrupt: its file {name} is truncated or damaged "
+                                  "(checksum mismatch)")
+    return state
+
+
+def read_full_state(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The full-model state of a sharded checkpoint, read whole in this process (``no_dist``):
+    ``{"model": state_dict, "optimizer": torch's optimizer.state_dict()}``, as a file holds it."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(str(folder))
+    saved = reader.read_metadata().state_dict_metadata
+    pieces = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in saved.items() if hasattr(m, "size")}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(pieces, storage_reader=reader, no_dist=True)
+    full: dict[str, torch.Tensor] = {}
+    for key, (shape, dtype) in manifest["shapes"].items():
+        t = torch.empty(int(torch.Size(shape).numel()), dtype=getattr(torch, dtype))
+        covered = 0
+        for name, piece in pieces.items():
+            base, _, lo = name.rpartition("@")
+            if base == key:
+                t[int(lo):int(lo) + piece.numel()] = piece
+                covered += piece.numel()
+        if covered != t.numel():
+            raise CheckpointError(f"checkpoint '{folder}' is incomplete: {key} has {covered} of {t.numel()} elements")
+        full[key] = t.view(shape)
+    model = {k[len("model/"):]: v for k, v in full.items() if k.startswith("model/")}
+    model.update({alias: model[name] for alias, name in manifest["aliases"].items()})
+    state: dict[int, dict[str, Any]] = {int(i): dict(st) for i, st in manifest["optimizer"]["scalars"].items()}
+    for k, v in full.items():
+        if k.startswith("optim/"):
+            _, i, name = k.split("/", 2)
+            state.setdefault(int(i), {})[name] = v
+    return {"model": model, "optimizer": {"state": state, "param_groups": manifest["optimizer"]["param_groups"]}}
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
@@ -104,6 +206,8 @@ def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
     if resume == "auto":
         return newest_intact(list_checkpoints(run_dir), run_dir)
     p = Path(resume)
+    if is_sharded(p) and p.is_dir():
+        return p
     if p.is_dir():
         found = list_checkpoints(p) or list_checkpoints(p.parent)
         if not found:
@@ -119,7 +223,7 @@ def newest_intact(found: list[Path], where: str | Path) -> Path | None:
     damaged: list[CheckpointError] = []
     for path in reversed(found):
         try:
-            load_checkpoint(path)
+            read_manifest(path) if is_sharded(path) else load_checkpoint(path)
         except CheckpointError as e:
             damaged.append(e)
             continue

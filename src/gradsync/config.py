@@ -297,6 +297,8 @@ class TrainConfig:
     eval_sequences: int = 64  # held-out examples each evaluation uses
     ckpt_interval: int = 250  # 0 = only at the end
     keep_checkpoints: int = 5  # keep the newest K checkpoints of a run; 0 = keep all
+    checkpoint_format: str = "file"  # file: rank 0 writes one file | dcp: every rank writes its slices (a folder)
+    async_checkpoint: bool = False  # dcp only: write in the background while training goes on
     max_bad_steps: int = 5  # consecutive steps with non-finite loss/gradients skipped before stopping
     sample_tokens: int = 300  # tokens generated from the final model into sample.txt; 0 = none
     sample_prompt: str = "def "  # the prompt of that sample
@@ -323,6 +325,10 @@ class TrainConfig:
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
         _check(self.max_bad_steps >= 0, f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")
+        _check(self.checkpoint_format in ("file", "dcp"),
+               f"train.checkpoint_format must be file or dcp, got '{self.checkpoint_format}'")
+        _check(not self.async_checkpoint or self.checkpoint_format == "dcp",
+               "train.async_checkpoint needs train.checkpoint_format=dcp")
         _check(self.keep_checkpoints >= 0,
                f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")

@@ -21,6 +21,7 @@ from gradsync.data import ShardedBatches
 from gradsync.errors import ConfigError
 from gradsync.peak import worker_peak_flops
 from gradsync.plan import auto_strategy
+from gradsync.sharded_checkpoint import check_supported
 from gradsync.tasks import Task, build_task
 from gradsync.trackers import check_installed, parse_loggers
 
@@ -30,6 +31,7 @@ def prepare(cfg: Config) -> Config:
     folder, the checkpoint to resume, and the peak FLOP/s used for MFU."""
     t = cfg.train
     check_installed(parse_loggers(t.loggers))
+    check_supported(cfg)  # a sharded checkpoint of a strategy that cannot write one
     updates: dict[str, object] = {}
     run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
         f"runs/{time.strftime('%Y%m%d-%H%M%S')}"

@@ -162,6 +162,7 @@ class Trainer:
                     t_mark = time.perf_counter()
                 self._stop_if_signalled(stop, done, log)
                 log.tick()
+        self.checkpointer.flush()  # a checkpoint still being written in the background
         log.close_progress()
         if metrics is None:  # resumed at the end: nothing trained, still report where the model stands
             metrics = self.evaluate()
@@ -188,11 +189,14 @@ class Trainer:
         name = stop.agreed(self.comm)
         if name is None:
             return
+        self.checkpointer.flush()
         if self.checkpointer.last_saved != done:
             self.checkpointer.save(done)
+            self.checkpointer.flush()
         log.close_progress()
         raise Preempted(f"stopped by {name} after step {done}; checkpoint "
-                        f"{ckpt.checkpoint_path(self.run_dir, done)} written; continue with --resume")
+                        f"{ckpt.checkpoint_path(self.run_dir, done, self.checkpointer.sharded is not None)} written; "
+                        "continue with --resume")
 
     def _opening_lines(self) -> list[str]:
         p = self.cfg.parallel

@@ -25,7 +25,7 @@ for layer, names in enumerate([
     # 1 runtime: the process group and its launch
     ["dist", "watchdog", "worker", "launch", "script"],
     # 2 engine: models, data, strategies, the trainer and its parts
-    ["model", "data", "tasks", "parallel", "optim", "precision", "metrics", "checkpoint", "peak", "sample", "api", "export", "stopping", "trackers",
+    ["model", "data", "tasks", "parallel", "optim", "precision", "metrics", "checkpoint", "peak", "sample", "api", "export", "stopping", "trackers", "sharded_checkpoint",
      "evaluation", "checkpointer", "runlog", "train"],
     # 3 planning: the cost model and what feeds it
     ["costmodel", "profile", "plan", "calibrate", "prepare"],

@@ -89,14 +89,16 @@ def test_indivisible_batch_and_tiny_corpus_are_errors() -> None:
         ShardedBatches(TokenSequences(TOKENS[:100], T), G, 2, 0, 1, SEED)
 
 
-def test_stream_of_several_parts_never_crosses_a_boundary() -> None:
+def test_a_stream_of_several_parts_is_their_concatenation() -> None:
+    """Sequences cross part (shard) ends, so where a corpus is cut into shards changes nothing."""
     parts = [np.arange(0, 50, dtype=np.uint16), np.arange(100, 117, dtype=np.uint16),
              np.arange(200, 240, dtype=np.uint16)]
     stream = TokenStream(parts)
     T = 8
-    assert stream.n_sequences(T) == 6 + 2 + 4 and len(stream) == 107
+    assert stream.n_sequences(T) == (107 - 1) // T and len(stream) == 107
     rows = stream.sequences(np.arange(stream.n_sequences(T)), T)
-    expected = [p[i * T:i * T + T + 1] for p in parts for i in range((len(p) - 1) // T)]
+    whole = np.concatenate(parts)
+    expected = [whole[i * T:i * T + T + 1] for i in range((len(whole) - 1) // T)]
     assert np.array_equal(rows, np.stack(expected).astype(np.int64))
 
 
@@ -106,7 +108,7 @@ def test_sharding_over_a_multi_part_stream_matches_one_array_per_sequence() -> N
     for x, y in b.micro_batches(4):
         for row_x, row_y in zip(x, y):
             assert torch.equal(row_x[1:], row_y[:-1])
-            assert any(_contains(p, row_x.numpy()) for p in parts)
+            assert _contains(TOKENS[:len(TOKENS)], row_x.numpy())
 
 
 def _contains(part: np.ndarray, row: np.ndarray) -> bool:

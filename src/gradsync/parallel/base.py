@@ -37,6 +37,7 @@ from gradsync.config import ParallelConfig
 from gradsync.dist import Comm, replicate
 from gradsync.optim import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
+from gradsync.parallel.slices import StateSlices, replicated_load, replicated_save
 
 @dataclass(frozen=True)
 class StepResult:
@@ -169,6 +170,16 @@ class Strategy(ABC):
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's ``state_dict`` on every rank (collective for sharded strategies)."""
         return self.model.state_dict()
+
+    def save_slices(self) -> StateSlices:
+        """What this rank writes of the full-model state in a sharded checkpoint
+        (:mod:`gradsync.parallel.slices`): here an even 1/N of every tensor."""
+        return replicated_save(self.model, self.optimizer, self.comm.world_size, self.comm.env.rank)
+
+    def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
+        """What this rank fills from a sharded checkpoint holding the tensors ``saved`` (key:
+        shape, dtype); call the result's ``finish(extras)`` once they are filled."""
+        return replicated_load(self.model, self.optimizer, saved)
 
     # -- memory ----------------------------------------------------------------------------------
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:

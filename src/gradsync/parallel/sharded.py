@@ -20,6 +20,7 @@ from gradsync.parallel.base import Strategy
 from gradsync.parallel.layout import FlatUnit, bind_params
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.sharded_optimizer import ShardedOptimizer
+from gradsync.parallel.slices import StateSlices, sharded_load, sharded_save
 
 
 def bind_unit_buffers(units: list[FlatUnit]) -> list[torch.Tensor]:
@@ -110,6 +111,12 @@ class ShardedStrategy(Strategy):
     def full_model_state(self) -> dict[str, torch.Tensor]:
         self.wait_params()
         return super().full_model_state()
+
+    def save_slices(self) -> StateSlices:
+        return sharded_save(self, self.comm)
+
+    def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
+        return sharded_load(self, self.comm, saved)
 
     def load_full_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)  # parameters are views into the flat buffers: copied in place

@@ -64,14 +64,31 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
     """Write ``state`` atomically with its checksum; then keep only the newest ``keep``
     checkpoints in the folder (0 = all) and remove temporary files that dead writers left."""
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
-    payload = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint '{path}' ({e.strerror or e}); "
-                              "the previous checkpoints are intact") from None
+        # streamed to the file, not built in memory first: a model's state is not held twice
+        with open(tmp, "w+b") as f:
+            f.write(MAGIC + bytes(32))
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            f.seek(len(MAGIC) + 32)
+            h = hashlib.sha256()
+            while block := f.read(1 << 24):
+                h.update(block)
+            f.seek(len(MAGIC))
+            f.write(h.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        if isinstance(e, RuntimeError) and "write" not in str(e) and "pos" not in str(e):
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:120]
+        raise CheckpointError(f"could not write checkpoint '{path}' ({why}); the previous checkpoints are "
+                              "intact") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     prune(path.parent, keep, path)
 
 

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from gradsync.args import ArgParser, fail
+from gradsync.console import survive_closed_output
 from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's C++ warnings (store reconnects, reverse-DNS misses) print C++ stack frames that bury the
     # one line gradsync prints; errors still show. Set TORCH_CPP_LOG_LEVEL=INFO to see them all.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    survive_closed_output()  # `gradsync ... | head` ends the output, not the run
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_top_level_help(), file=sys.stdout if args else sys.stderr)
@@ -69,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PREEMPTED
     except GradsyncError as e:
         fail(str(e))
+    except OSError as e:
+        if not e.strerror:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        fail(f"cannot read or write{where}: {e.strerror}")
     except KeyboardInterrupt:
         fail("interrupted")
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from gradsync.errors import DistributedError
+from gradsync.errors import DistributedError, PeerFailed
 from gradsync.ring import wire_bytes
 
 
@@ -152,7 +152,7 @@ class Comm:
             if not any(sign in str(e) for sign in _PEER_FAILURE):
                 raise  # a bug (a shape, a dtype), not the network: keep the traceback
             first = str(e).strip().splitlines()[0]
-            raise DistributedError(
+            raise PeerFailed(
                 f"rank {self.env.rank}: {op} failed while waiting up to {self.timeout_s:.0f}s for the other "
                 f"ranks: a peer stalled, died or lost its network ({first[:200]})") from None
 

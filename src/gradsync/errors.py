@@ -36,6 +36,11 @@ class DistributedError(GradsyncError):
     """The process group is inconsistent (e.g. replicas differ) or a peer failed."""
 
 
+class PeerFailed(DistributedError):
+    """A collective failed because another rank stalled, died or lost its network: this rank is
+    collateral, not the cause (the worker lets the cause be seen first; see ``gradsync.worker``)."""
+
+
 class TrainingError(GradsyncError):
     """Training cannot go on (e.g. the loss stays non-finite); saved checkpoints are intact."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_cache_warned = False
+
+
+def write_cache(path: Path, data: bytes) -> bool:
+    """Write a cache file atomically; the cache only saves time, so a folder that cannot be written
+    (read-only ``$HOME``, a full disk) is one warning per process and the run goes on. Returns
+    whether it was written."""
+    global _cache_warned
+    try:
+        atomic_write_bytes(path, data)
+        return True
+    except OSError as e:
+        if not _cache_warned:
+            _cache_warned = True
+            print(f"gradsync: warning: cannot write to the cache folder {path.parent} ({e.strerror or e}); going "
+                  "on without caching (set GRADSYNC_CACHE to a writable folder)", file=sys.stderr, flush=True)
+        return False
 
 
 def cache_dir() -> Path:

@@ -35,10 +35,11 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     p = cfg.parallel
     os.environ.setdefault("OMP_NUM_THREADS", str(p.threads_per_worker(p.nproc)))
     os.environ["GRADSYNC_LAUNCHER_PID"] = str(os.getpid())  # workers die with this process (worker.py)
-    # the agent narrates shutdowns ("Sending process ... closing signal") as warnings; gradsync says
-    # what happened in one line of its own
+    # the agent narrates shutdowns ("Sending process ... closing signal") as warnings and a failed
+    # worker as an error ("failed (exitcode: 2) local_rank: 0 ..."); gradsync says what happened in
+    # one line of its own (below), naming the rank that failed first
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
-        logging.getLogger(name).setLevel(logging.ERROR)  # each sets its own level: set them all
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level: set them all
     standalone = p.nnodes == 1 and not p.rdzv_endpoint
     # A node that never comes, or a store that is gone, is an error after the timeout, not a hang.
     whole_s = math.ceil(p.timeout_s)  # the rendezvous takes whole seconds

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradsync.files import atomic_write_bytes, cache_dir
+from gradsync.files import cache_dir, write_cache
 
 if TYPE_CHECKING:
     from gradsync.config import Config
@@ -82,5 +82,5 @@ def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
     finally:
         torch.set_num_threads(old)
     table[key] = value
-    atomic_write_bytes(path, json.dumps(table, indent=1).encode())
+    write_cache(path, json.dumps(table, indent=1).encode())
     return value

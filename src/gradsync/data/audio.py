@@ -98,6 +98,14 @@ def espeak_digits(sample_rate: int) -> Path:
     root = cache_dir() / f"{ESPEAK_SET}-{sample_rate}"
     if (root / "done").is_file():
         return root
+    try:
+        return _make_espeak_digits(root, sample_rate)
+    except OSError as e:
+        raise DataError(f"cannot make the spoken-digit set under {root} ({e.strerror or e}); set GRADSYNC_CACHE "
+                        "to a writable folder") from None
+
+
+def _make_espeak_digits(root: Path, sample_rate: int) -> Path:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise DataError("speech.source=espeak-digits needs the espeak-ng synthesizer (apt-get install "

@@ -117,7 +117,7 @@ def resolve_paths(source: str) -> tuple[list[Path], str]:
 
 def is_val_document(name: str, fraction: float) -> bool:
     """Whether the document named ``name`` is held out for validation (a CRC-32 of the name)."""
-    return (zlib.crc32(name.encode()) % 10_000) < fraction * 10_000
+    return (zlib.crc32(name.encode("utf-8", "surrogateescape")) % 10_000) < fraction * 10_000  # any file name
 
 
 def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:

@@ -10,6 +10,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from gradsync.errors import DataError
+from gradsync.files import write_cache
 
 
 class Tokenizer(Protocol):
@@ -105,10 +106,7 @@ class BPETokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator((d.decode("utf-8", errors="replace") for d in documents), trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(path)
+        write_cache(path, tok.to_str().encode())  # a read-only cache only costs the next run this time
         return cls(tok)
 
     def encode(self, text: bytes) -> np.ndarray:

@@ -47,4 +47,9 @@ class TrainingError(GradsyncError):
 
 class Preempted(GradsyncError):
     """A signal stopped the run after every rank finished its step and a checkpoint was written;
-    the CLI prints the message and exits with :data:`EXIT_PREEMPTED`."""
+    the CLI prints the message and exits with :data:`EXIT_PREEMPTED`. ``reason`` is what stopped
+    it ("stopped by SIGTERM"); ``detail`` what was saved, when known."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}; {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail

@@ -194,9 +194,8 @@ class Trainer:
             self.checkpointer.save(done)
             self.checkpointer.flush()
         log.close_progress()
-        raise Preempted(f"stopped by {name} after step {done}; checkpoint "
-                        f"{ckpt.checkpoint_path(self.run_dir, done, self.checkpointer.sharded is not None)} written; "
-                        "continue with --resume")
+        where = ckpt.checkpoint_path(self.run_dir, done, self.checkpointer.sharded is not None)
+        raise Preempted(f"stopped by {name} after step {done}", f"checkpoint {where} written; continue with --resume")
 
     def _opening_lines(self) -> list[str]:
         p = self.cfg.parallel

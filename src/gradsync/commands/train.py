@@ -36,6 +36,6 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     except Preempted as e:  # say what the stopped run left: the checkpoint written as it stopped
         found = ckpt.list_checkpoints(cfg.train.run_dir)
         where = f"the newest checkpoint is {found[-1]}" if found else "no checkpoint was written"
-        raise Preempted(f"{str(e).split(';')[0]}; {where}; continue with --resume "
+        raise Preempted(e.reason, f"{where}; continue with --resume "
                         f"(exit status {EXIT_PREEMPTED})") from None
     return 0

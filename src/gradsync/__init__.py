@@ -17,6 +17,7 @@ _PUBLIC = {
     "Trainer": "gradsync.train:Trainer",
     "Task": "gradsync.tasks:Task",
     "build_config": "gradsync.config:build_config",
+    "apply_activation_checkpointing": "gradsync.model.checkpointing:apply_activation_checkpointing",
 }
 
 

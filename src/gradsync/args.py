@@ -49,6 +49,7 @@ ALIASES: dict[str, str] = {
     "--global-batch": "train.global_batch",
     "--max-steps": "train.max_steps",
     "--precision": "train.precision",
+    "--activation-checkpointing": "train.activation_checkpointing",
     "--seed": "train.seed",
     "--run-dir": "train.run_dir",
     "--ckpt-interval": "train.ckpt_interval",

@@ -36,6 +36,7 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
 LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.trackers)
+CHECKPOINTING = ("none", "selective", "full")  # activation checkpointing (gradsync.model.checkpointing)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -291,6 +292,7 @@ class TrainConfig:
     max_steps: int = 650  # length of the run (the LR schedule spans it)
     stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    activation_checkpointing: str = "none"  # none | selective | full: recompute block activations in backward
     seed: int = 1337  # seeds the model, the data order, dropout and sampling
     log_interval: int = 1  # steps between records in metrics.jsonl
     eval_interval: int = 100  # steps between evaluations on held-out data
@@ -314,6 +316,9 @@ class TrainConfig:
         _check(self.global_batch >= 1, f"train.global_batch must be >= 1, got {self.global_batch}")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
         _check(self.stop_after >= 0, f"train.stop_after must be >= 0, got {self.stop_after}")
+        _check(self.activation_checkpointing in CHECKPOINTING,
+               f"train.activation_checkpointing '{self.activation_checkpointing}' is unknown; choose one of "
+               f"{', '.join(CHECKPOINTING)}")
         _check(self.precision in PRECISIONS,
                f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")

@@ -189,10 +189,14 @@ class Workload:
     precision: str = "fp32"
     bucket_bytes: int = 25 * 2**20
     first_bucket_bytes: int = 2**20
+    checkpointing: str = "none"  # activation checkpointing per block: none, selective or full
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.micro_batch < 1 or self.accum < 1:
             raise CostModelError("sequence length, micro-batch and accumulation must be >= 1")
+        if self.checkpointing not in ACTIVATIONS:
+            raise CostModelError(f"activation checkpointing '{self.checkpointing}' is unknown; "
+                                 f"choose one of {', '.join(ACTIVATIONS)}")
 
     @property
     def n_params(self) -> int:
@@ -225,13 +229,14 @@ def gpt_tensors(shape: GPTShape, seq_len: int) -> list[TensorInfo]:
 
 def gpt_workload(n_layer: int, n_head: int, n_embd: int, vocab: int, seq_len: int, micro_batch: int,
                  accum: int = 1, precision: str = "fp32", bucket_mb: float = 25.0,
-                 first_bucket_mb: float = 1.0) -> Workload:
+                 first_bucket_mb: float = 1.0, checkpointing: str = "none") -> Workload:
     """The workload of gradsync's GPT at block size ``seq_len``; FLOPs per token from its shape."""
     if min(n_layer, n_head, n_embd, vocab) < 1 or n_embd % n_head:
         raise CostModelError(f"bad GPT shape: {n_layer} layers, {n_head} heads, width {n_embd}, vocab {vocab}")
     shape = GPTShape(vocab, seq_len, n_layer, n_head, n_embd)
     return Workload(tuple(gpt_tensors(shape, seq_len)), shape.flops_per_token(seq_len), seq_len, micro_batch,
-                    accum, n_layer, n_embd, vocab, precision, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
+                    accum, n_layer, n_embd, vocab, precision, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20),
+                    checkpointing)
 
 
 def buckets(w: Workload, pad_to: int = 1) -> list[tuple[int, float]]:
@@ -357,7 +362,7 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
         raise CostModelError(f"compression {c.name} composes with {takers} only, not '{s.name}'")
     tok_micro = w.seq_len * w.micro_batch
     fwd = w.flops_per_token * tok_micro / hw.achieved_flops / (1.0 + hw.backward_ratio)
-    bwd = fwd * hw.backward_ratio
+    bwd = fwd * hw.backward_ratio + recompute_s(w, hw, fwd)
     compute = w.accum * (fwd + bwd)
     ctx = StepContext(w, world, hw, net, fwd, bwd, hw.optimizer_cost * w.n_params, s, c)
     priced: Priced = catalog.resolve(entry.price)(ctx)
@@ -505,18 +510,45 @@ def bucket_comm_topk(x: StepContext, sizes: Sequence[int]) -> tuple[list[float],
 
 # -- memory ----------------------------------------------------------------------------------------
 
+# Activations of one transformer block, in units of s*b*h elements (sequence x micro-batch x width),
+# counted for gradsync's GPT block with fused attention: (kept for backward by every block,
+# held by the one block being recomputed in backward). Without checkpointing: the inputs of the two
+# layer norms (2), their outputs (2), q/k/v (3), the attention output and its contiguous copy (2),
+# the MLP's hidden layer before and after GELU (8) = 17, which is Korthikanti et al.'s 34*s*b*h
+# bytes in 16-bit. Selective keeps the block input and every matmul/attention output (1 + 3 + 1 +
+# 1 + 4 + 1 = 11) and recomputes the rest (7); full keeps the block input (1) and recomputes all 17.
+ACTIVATIONS: dict[str, tuple[int, int]] = {"none": (17, 0), "selective": (11, 7), "full": (1, 17)}
+RECOMPUTED_ELEMENTWISE = 7  # s*b*h elements per block that selective recomputes (norms, GELU, copies)
+
+
+def activation_bytes(w: Workload) -> float:
+    """Peak activation bytes of one micro-batch: every block's kept tensors, one block's
+    recomputation, and the logits with their gradient (fp32)."""
+    kept, transient = ACTIVATIONS[w.checkpointing]
+    act_bytes = 2.0 if w.precision == "bf16" else 4.0
+    sbh = w.seq_len * w.micro_batch * w.n_embd
+    return (w.n_layer * kept + transient) * sbh * act_bytes + 2 * w.micro_batch * w.seq_len * w.vocab * 4.0
+
+
+def recompute_s(w: Workload, hw: Hardware, fwd_s: float) -> float:
+    """Extra backward time of activation checkpointing per micro-batch: full runs every block's
+    forward again (bounded above by the whole forward); selective recomputes element-wise work."""
+    if w.checkpointing == "full":
+        return fwd_s
+    if w.checkpointing == "selective":
+        return RECOMPUTED_ELEMENTWISE * w.n_layer * w.seq_len * w.micro_batch * w.n_embd * hw.elementwise_cost
+    return 0.0
+
+
 def memory(strategy: str, w: Workload, p: int, compress: str | Spec = "none") -> dict[str, float]:
     """Bytes per rank: fp32 parameters, gradients, AdamW moments and strategy extras (the catalog
-    entry's memory function), error feedback of a compressor, and activations of one micro-batch
-    (Korthikanti et al. 2022: 34*s*b*h bytes per layer in 16-bit; the s^2 attention term is absent
-    with fused attention), doubled in fp32, plus the logits and their gradient."""
+    entry's memory function), error feedback of a compressor, and the activations of one
+    micro-batch (:func:`activation_bytes`, with the workload's activation checkpointing)."""
     c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSOR_SCHEMA, "compress")
     params, grads, opt, extra = catalog.resolve(catalog.strategy(strategy).memory)(w, p)
     if catalog.compressor(c.name).error_feedback:
         extra += 4.0 * w.n_params
-    act_bytes = 2.0 if w.precision == "bf16" else 4.0
-    b, s, h = w.micro_batch, w.seq_len, w.n_embd
-    activations = w.n_layer * 34 * s * b * h * act_bytes / 2 + 2 * b * s * w.vocab * 4.0
+    activations = activation_bytes(w)
     total = params + grads + opt + extra + activations
     return {"params": params, "grads": grads, "optimizer": opt, "extra": extra,
             "activations": activations, "total": total}

@@ -10,7 +10,7 @@ command around it is :mod:`gradsync.commands.plan`. Torch-free: plans run anywhe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +31,12 @@ class Row:
     micro_batch: int
     accum: int
     pred: cm.Prediction
+    checkpointing: str = "none"  # activation checkpointing the prediction assumes
+
+    @property
+    def label(self) -> str:
+        """The entry, with the activation checkpointing it needs."""
+        return self.entry if self.checkpointing == "none" else f"{self.entry} with {self.checkpointing} activation checkpointing"
 
 
 def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int) -> cm.Network:
@@ -40,25 +46,28 @@ def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int
 
 
 def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch: int, hw: cm.Hardware,
-             net: cm.Network, micro_batch: int = 0) -> list[Row]:
-    """Predict every entry (``strategy[+compressor]``) at the largest micro-batch that fits (or
-    the given one), with accumulation making up the global batch."""
+             net: cm.Network, micro_batch: int = 0, checkpointing: str = "auto") -> list[Row]:
+    """Predict every entry (``strategy[+compressor]``) at the fastest micro-batch and activation
+    checkpointing (``auto``: none, selective or full; or the one given) that fit, with
+    accumulation making up the global batch; where nothing fits, at micro-batch 1 and the least
+    memory."""
     if global_batch % devices:
         raise ConfigError(f"the global batch ({global_batch}) must be divisible by the number of devices ({devices})")
     per_device = global_batch // devices
     if micro_batch and per_device % micro_batch:
         raise ConfigError(f"the per-device batch ({per_device}) must be divisible by the micro-batch ({micro_batch})")
     candidates = [micro_batch] if micro_batch else [b for b in range(per_device, 0, -1) if per_device % b == 0]
+    modes = list(cm.ACTIVATIONS) if checkpointing == "auto" else [checkpointing]
     rows = []
     for entry in entries:
         strategy, compress = catalog.split_entry(entry)
-        pred, mb = None, candidates[-1]
-        for mb in candidates:
-            pred = cm.predict(strategy, cm.with_accum(w, mb, per_device // mb), devices, hw, net, compress)
-            if pred.fits:
-                break
-        assert pred is not None
-        rows.append(Row(entry, mb, per_device // mb, pred))
+        tried = [(mb, mode, cm.predict(strategy, replace(cm.with_accum(w, mb, per_device // mb), checkpointing=mode),
+                                       devices, hw, net, compress))
+                 for mb in candidates for mode in modes]
+        fitting = [t for t in tried if t[2].fits]
+        mb, mode, pred = (max(fitting, key=lambda t: t[2].tokens_per_s) if fitting
+                          else min(tried, key=lambda t: t[2].memory["total"]))
+        rows.append(Row(entry, mb, per_device // mb, pred, mode))
     return rows
 
 
@@ -68,15 +77,15 @@ def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
     exact = [r for r in rows if r.entry in catalog.exact_strategies()]
     fitting = [r for r in exact if r.pred.fits]
     if not fitting:
-        return None, ("nothing fits in device memory even at micro-batch 1: use more devices, a bigger device, "
-                      "or a sharded strategy with activation checkpointing (not modelled)")
+        return None, ("nothing fits in device memory even at micro-batch 1 with full activation checkpointing: "
+                      "use more devices or a bigger device")
     best = max(fitting, key=lambda r: r.pred.tokens_per_s)
     others = sorted((r for r in fitting if r is not best), key=lambda r: -r.pred.tokens_per_s)
     p = best.pred
-    why = (f"{best.entry}: the fastest exact strategy that fits ({p.tokens_per_s:,.0f} tokens/s, "
+    why = (f"{best.label}: the fastest exact strategy that fits ({p.tokens_per_s:,.0f} tokens/s, "
            f"{_size(p.memory['total'])} of {_size(p.device_memory)} per device")
     if others:
-        why += f"; next {others[0].entry} at {others[0].pred.tokens_per_s / p.tokens_per_s:.2f}x"
+        why += f"; next {others[0].label} at {others[0].pred.tokens_per_s / p.tokens_per_s:.2f}x"
     why += f"; communication exposed {p.exposed_comm_s / p.step_s:.0%} of the step)"
     unfit = [r.entry for r in exact if not r.pred.fits]
     if unfit:
@@ -96,12 +105,13 @@ def _size(nbytes: float) -> str:
 
 def format_plan(rows: Sequence[Row], header: str, eff: dict[str, float]) -> str:
     lines = [header, "",
-             "| strategy | micro x accum | step ms | compute | exposed comm | optimizer+compress | tokens/s | MFU | "
-             "memory/device GB | fits | weak-scaling eff. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| strategy | micro x accum | act. ckpt | step ms | compute | exposed comm | optimizer+compress | tokens/s | "
+             "MFU | memory/device GB | fits | weak-scaling eff. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.pred
-        lines.append(f"| {r.entry} | {r.micro_batch} x {r.accum} | {1e3 * p.step_s:.1f} | {1e3 * p.compute_s:.1f} | "
+        lines.append(f"| {r.entry} | {r.micro_batch} x {r.accum} | {r.checkpointing} | {1e3 * p.step_s:.1f} | "
+                     f"{1e3 * p.compute_s:.1f} | "
                      f"{1e3 * p.exposed_comm_s:.1f} | {1e3 * (p.optimizer_s + p.compression_s):.1f} | "
                      f"{p.tokens_per_s:,.0f} | {p.mfu:.1%} | {p.memory['total'] / 1e9:.1f} | "
                      f"{'yes' if p.fits else 'NO'} | {eff.get(r.entry, float('nan')):.1%} |")
@@ -133,9 +143,10 @@ def workload_of(cfg: Config, vocab: int) -> cm.Workload:
     """The cost model's workload for a run's config (its GPT, micro-batch, accumulation, buckets)."""
     m = cfg.model
     s = GPTShape.from_preset(m.preset, vocab, cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
-    return cm.gpt_workload(s.n_layer, s.n_head, s.n_embd, vocab, cfg.data.seq_len, cfg.train.micro_batch,
-                           cfg.grad_accum_steps(cfg.parallel.world_size), cfg.train.precision,
-                           cfg.parallel.bucket_mb, cfg.parallel.first_bucket_mb)
+    w = cm.gpt_workload(s.n_layer, s.n_head, s.n_embd, vocab, cfg.data.seq_len, cfg.train.micro_batch,
+                        cfg.grad_accum_steps(cfg.parallel.world_size), cfg.train.precision,
+                        cfg.parallel.bucket_mb, cfg.parallel.first_bucket_mb)
+    return replace(w, checkpointing=cfg.train.activation_checkpointing)
 
 
 def auto_strategy(cfg: Config, vocab: int) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from gradsync.data import ShardedBatches
 from gradsync.dist import Comm, CommStats, DistEnv, init_distributed
 from gradsync.errors import ConfigError, Preempted, TrainingError
 from gradsync.evaluation import Evaluator
+from gradsync.model.checkpointing import apply_activation_checkpointing
 from gradsync.optim import lr_at, optimizer_factory
 from gradsync.parallel import StepResult, Strategy, build_strategy
 from gradsync.peak import worker_peak_flops
@@ -70,6 +71,7 @@ class Trainer:
         self.model = self.task.build_model().to(self.env.device)
         # counted before the strategy hooks the parameters: the count runs a backward pass
         self.flops_per_token = self.task.flops_per_sample(self.model) / self.task.tokens_per_sample
+        apply_activation_checkpointing(self.model, cfg.train.activation_checkpointing)  # after: model FLOPs
         self.comm = Comm(self.env, timeout_s=cfg.parallel.timeout_s)
         self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
                                                  cfg.parallel)

@@ -35,6 +35,20 @@ def test_plan_says_when_nothing_fits(tmp_path: Path) -> None:
     assert "recommendation: none: nothing fits" in r.stdout
 
 
+def test_an_8b_model_at_8k_tokens_fits_with_activation_checkpointing(tmp_path: Path) -> None:
+    """8B parameters, sequence 8192, 8 x 80 GB: without checkpointing only ZeRO-3 fits; with it the
+    plan recommends a sharded strategy and names the checkpointing it needs."""
+    args = ("--params", "8e9", "--seq-len", "8192", "--devices", "8", "--device", "a100-80gb", "--plot", "")
+    none = _plan(*args, "--activation-checkpointing", "none", cwd=tmp_path)
+    assert none.returncode == 0, none.stderr
+    fits = {ln.split("|")[1].strip() for ln in none.stdout.splitlines() if ln.startswith("| ") and "| yes |" in ln}
+    assert fits <= {"zero3", "torch-fsdp"}, fits
+    auto = _plan(*args, cwd=tmp_path)
+    rec = next(ln for ln in auto.stdout.splitlines() if ln.startswith("recommendation:"))
+    assert rec.split(":")[1].strip().split()[0] in ("zero1", "zero2", "zero3"), rec
+    assert "activation checkpointing" in rec.split(":")[1], rec
+
+
 @pytest.mark.parametrize("args, message", [
     (("--device", "tpu-v9"), "unknown device 'tpu-v9'"),
     (("--devices", "0"), "--devices must be >= 1"),

@@ -42,6 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=1, help="devices joined by --intra-network")
     p.add_argument("--intra-network", default="nvlink", help="the link inside a node")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="activation precision")
+    p.add_argument("--activation-checkpointing", default="auto", choices=("auto", *cm.ACTIVATIONS),
+                   help="per block; auto (default): the fastest of none, selective and full that fits")
     p.add_argument("--strategies", default=",".join(catalog.plan_entries()),
                    help="entries strategy[+compressor], comma-separated (default: every strategy the model prices)")
     p.add_argument("--plot", default="plan-scaling.png", help="scaling plot (PNG); '' for none")
@@ -110,12 +112,13 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     entries = catalog.split_entries(ns.strategies)
     w = cm.gpt_workload(n_layer, n_head, n_embd, ns.vocab, ns.seq_len, 1, precision=ns.precision)
     rows = plan.evaluate(entries, w, ns.devices, ns.global_batch, hw,
-                         plan.network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch)
+                         plan.network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch,
+                         ns.activation_checkpointing)
     eff: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
     for r in rows:
         strategy, compress = catalog.split_entry(r.entry)
-        wr = cm.with_accum(w, r.micro_batch, r.accum)
+        wr = dataclasses.replace(cm.with_accum(w, r.micro_batch, r.accum), checkpointing=r.checkpointing)
         one = cm.predict(strategy, wr, 1, hw, net, compress).tokens_per_s
 
         def at(p: int, strategy: str = strategy, compress: str = compress, wr: cm.Workload = wr,

@@ -275,7 +275,7 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
         "device": device_name(env.device), "backend": env.backend, "world_size": env.world_size,
         "nnodes": cfg.parallel.nnodes, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(),
-        "peak_flops": worker_peak_flops(cfg, env.device, env.local_world_size),
+        "peak_flops": worker_peak_flops(cfg, env.device, env.local_world_size, fresh=True),  # and re-cache it
         "memory_bytes": _memory_bytes(env.device),
         "optimizer": cfg.optim.name,
         "optimizer_s_per_param": compute.pop("optimizer_s_per_param"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,31 +57,54 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
             return best
 
 
-def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int) -> float:
+def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int, fresh: bool = False) -> float:
     """Per-worker peak FLOP/s for MFU: ``train.peak_tflops`` if given, else measured (cached) for
-    the run's precision and this worker's thread count."""
+    the run's precision and this worker's thread count; ``fresh`` measures again (calibrate)."""
     if cfg.train.peak_tflops > 0:
         return cfg.train.peak_tflops * 1e12
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-    return peak_flops(device, dtype, cfg.parallel.threads_per_worker(local_workers))
+    return peak_flops(device, dtype, cfg.parallel.threads_per_worker(local_workers), fresh)
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, threads: int) -> float:
-    """Cached :func:`measure_matmul_flops` for this device, dtype and thread count."""
+def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bool = False) -> float:
+    """The matmul peak of ``threads`` threads (cached per device, dtype, threads and torch).
+
+    One measurement taken while the machine was busy would stay wrong for good (a cache seen in
+    the wild held 16 GFLOP/s for 2 threads where ~150 is real: every later MFU ~10x too high), so:
+    the peak is the best of several rounds; it must reach at least the one-thread rate (more
+    threads are never slower on an idle machine), else it is measured again and, failing that, not
+    cached; and a cached value is checked on every use against a quick one-thread measurement
+    (0.1 s) and measured afresh when it falls below half of it."""
     key = f"{device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
-    if key in table:
-        return float(table[key])
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        value = measure_matmul_flops(device, dtype)
-    finally:
-        torch.set_num_threads(old)
+    cached = table.get(key)
+    if isinstance(cached, (int, float)) and not fresh:
+        if device.type == "cuda" or threads == 1 or cached >= 0.5 * _with_threads(1, device, dtype, 0.1):
+            return float(cached)
+    one = _with_threads(1, device, dtype, 0.2) if device.type != "cuda" else 0.0
+    value = 0.0
+    for _ in range(3):
+        value = max(value, _with_threads(threads, device, dtype, 0.5))
+        if value >= one:
+            break
+    if value < one:  # still slower than one thread: the machine is busy; use what one thread does
+        print(f"gradsync: warning: the matmul peak of {threads} threads measured below that of one thread "
+              f"({value / 1e9:.1f} < {one / 1e9:.1f} GFLOP/s): the machine seems busy; MFU uses the one-thread "
+              "figure and it is not cached", file=sys.stderr, flush=True)
+        return one
     table[key] = value
     write_cache(path, json.dumps(table, indent=1).encode())
     return value
+
+
+def _with_threads(threads: int, device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return max(measure_matmul_flops(device, dtype, seconds / 3) for _ in range(3))
+    finally:
+        torch.set_num_threads(old)

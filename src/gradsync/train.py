@@ -182,7 +182,9 @@ class Trainer:
                     "median_tokens_per_sec": result.tokens_per_sec_median,
                     **self.task.summary(), "last_checkpoint_step": self.checkpointer.last_saved,
                     "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy,
-                    "compress": self.cfg.parallel.compress, "memory": self.strategy.memory_report().to_dict()})
+                    "compress": self.cfg.parallel.compress, "memory": self.strategy.memory_report().to_dict(),
+                    "peak_flops_per_worker": peak_flops_per_worker,
+                    "activation_checkpointing": self.cfg.train.activation_checkpointing})
         return result
 
     def _stop_if_signalled(self, stop: StopOnSignal, done: int, log: RunLogger) -> None:

@@ -211,6 +211,7 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW's denominator epsilon
     grad_clip: float = 1.0  # 0 disables clipping
     momentum: float = 0.0  # sgd only
+    kernel: str = "default"  # default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math
 
     def __post_init__(self) -> None:
         _check(self.name in OPTIMIZERS,
@@ -226,6 +227,8 @@ class OptimConfig:
                f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
         _check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
         _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        _check(self.kernel in ("default", "foreach", "fused"),
+               f"optim.kernel must be default, foreach or fused, got '{self.kernel}'")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,10 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
 
 def optimizer_factory(cfg: OptimConfig) -> OptimizerFactory:
     """AdamW (or SGD) with weight decay on matrices only (not biases, LayerNorm gains or 1-D
-    tensors). Strategies call the factory; sharded ones rebuild it over their shard's pieces."""
+    tensors), with torch's ``foreach`` (one call per group of tensors) or ``fused`` (one kernel)
+    implementation when ``optim.kernel`` asks: the same update, fewer kernel launches. Strategies
+    call the factory; sharded ones rebuild it over their shard's pieces (the flags travel in the
+    param groups)."""
 
     def make(model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -37,8 +40,9 @@ def optimizer_factory(cfg: OptimConfig) -> OptimizerFactory:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+        kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(cfg.kernel, {})
         if cfg.name == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **kernel)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kernel)
 
     return make

@@ -83,6 +83,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="continue from a checkpoint file or run folder (default: latest in --run-dir)")
     p.add_argument("--no-progress", dest="train.progress", action="store_const", const="false",
                    help="no progress bar")
+    p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
+                   help="torch.compile the model")
 
 
 def config_from_args(ns: argparse.Namespace, extra: Sequence[str]) -> Config:

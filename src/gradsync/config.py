@@ -296,6 +296,7 @@ class TrainConfig:
     stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     activation_checkpointing: str = "none"  # none | selective | full: recompute block activations in backward
+    compile: bool = False  # torch.compile the model (inductor; on CPU its C++ backend needs a compiler)
     seed: int = 1337  # seeds the model, the data order, dropout and sampling
     log_interval: int = 1  # steps between records in metrics.jsonl
     eval_interval: int = 100  # steps between evaluations on held-out data

@@ -19,6 +19,7 @@ from gradsync.catalog import AUTO
 from gradsync.config import Config
 from gradsync.data import ShardedBatches
 from gradsync.errors import ConfigError
+from gradsync.parallel import strategy_class
 from gradsync.peak import worker_peak_flops
 from gradsync.plan import auto_strategy
 from gradsync.sharded_checkpoint import check_supported
@@ -32,6 +33,10 @@ def prepare(cfg: Config) -> Config:
     t = cfg.train
     check_installed(parse_loggers(t.loggers))
     check_supported(cfg)  # a sharded checkpoint of a strategy that cannot write one
+    blocker = strategy_class(cfg.parallel.strategy_spec.name).compile_blocker if cfg.train.compile and \
+        cfg.parallel.strategy != AUTO else ""
+    if blocker:
+        raise ConfigError(f"--compile does not compose with --strategy {cfg.parallel.strategy}: {blocker}")
     updates: dict[str, object] = {}
     run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
         f"runs/{time.strftime('%Y%m%d-%H%M%S')}"

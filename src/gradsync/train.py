@@ -75,6 +75,8 @@ class Trainer:
         self.comm = Comm(self.env, timeout_s=cfg.parallel.timeout_s)
         self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
                                                  cfg.parallel)
+        if cfg.train.compile:
+            self.strategy.compile()
         t = cfg.train
         self.batches = ShardedBatches(self.task.train_examples(), t.global_batch, t.micro_batch,
                                       self.env.rank, self.env.world_size, t.seed)

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm, replicate
+from gradsync.errors import ConfigError
 from gradsync.optim import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
 from gradsync.parallel.slices import StateSlices, replicated_load, replicated_save
@@ -74,6 +75,11 @@ class Strategy(ABC):
     The constructor replicates rank 0's parameters and builds the configured optimizer over the
     full model; a strategy's own constructor then builds its parts and may replace ``module`` (a
     wrapper the trainer calls) or ``optimizer`` (a sharded one, built from this template)."""
+
+    # torch.compile of the module composes with this strategy ("" = yes; else why not): gradsync's
+    # hooks on parameters are outside the compiled graph, but hooks that gather or wait inside
+    # forward (ZeRO) are not something dynamo can trace
+    compile_blocker: ClassVar[str] = ""
 
     name: ClassVar[str]
     # False where blocked time cannot be measured (e.g. inside torch DDP's autograd callback).
@@ -170,6 +176,13 @@ class Strategy(ABC):
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's ``state_dict`` on every rank (collective for sharded strategies)."""
         return self.model.state_dict()
+
+    def compile(self) -> None:
+        """``torch.compile`` the module the trainer calls (in place: hooks, names and state dicts
+        stay those of the module); one line where this strategy does not compose with it."""
+        if self.compile_blocker:
+            raise ConfigError(f"--compile does not compose with --strategy {self.name}: {self.compile_blocker}")
+        self.module.compile()
 
     def save_slices(self) -> StateSlices:
         """What this rank writes of the full-model state in a sharded checkpoint

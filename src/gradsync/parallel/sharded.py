@@ -10,7 +10,7 @@ ZeRO-1, :mod:`gradsync.parallel.reduce_scatter` for ZeRO-2/3); the layout is in
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -70,6 +70,8 @@ class ShardedStrategy(Strategy):
     ``param_chunks``, ``grad_chunks`` and their gradient path, and ``gathers`` where parameters
     are gathered after the update (ZeRO-1/2), then call :meth:`shard_optimizer`."""
 
+    compile_blocker: ClassVar[str] = ("its forward hooks wait for or gather parameters (collectives), which "
+                                      "torch.compile cannot trace; use bucketed or torch-ddp with --compile")
     units: list[FlatUnit]
     param_chunks: list[torch.Tensor]
     grad_chunks: list[torch.Tensor]

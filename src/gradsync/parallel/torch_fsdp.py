@@ -9,7 +9,7 @@ unknown.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,7 @@ from gradsync.parallel.base import Strategy
 
 class TorchFSDPStrategy(Strategy):
     name = "torch-fsdp"
+    compile_blocker: ClassVar[str] = "not wired in gradsync (FSDP2 wants each block compiled before fully_shard)"
     measures_blocked_time = False
     measures_bytes = False
 

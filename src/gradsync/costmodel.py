@@ -25,6 +25,7 @@ from typing import Sequence
 from gradsync import catalog
 from gradsync.buckets import plan_buckets
 from gradsync.catalog import COMPRESSOR_SCHEMA, STRATEGY_SCHEMA
+from gradsync.devices import DATASHEETS
 from gradsync.errors import ConfigError
 from gradsync.ring import OPS, ring_factors
 from gradsync.shapes import GPTShape
@@ -143,12 +144,8 @@ class Hardware:
 
 
 GB = 1e9
-DEVICES: dict[str, Hardware] = {  # dense bf16 tensor-core peaks from NVIDIA's datasheets
-    "a100-40gb": Hardware("A100 40GB", 312e12, 40 * GB, 1.555e12),
-    "a100-80gb": Hardware("A100 80GB", 312e12, 80 * GB, 2.039e12),
-    "h100": Hardware("H100 SXM", 989e12, 80 * GB, 3.35e12),
-    "h200": Hardware("H200 SXM", 989e12, 141 * GB, 4.8e12),
-}
+DEVICES: dict[str, Hardware] = {  # dense bf16 tensor-core peaks from NVIDIA's datasheets (gradsync.devices)
+    key: Hardware(d.name, d.peak_flops, d.memory_bytes, d.mem_bw) for key, d in DATASHEETS.items()}
 
 
 def device_preset(name: str) -> Hardware:

@@ -117,6 +117,13 @@ class Comm:
     ``stats.bytes`` counts each call's input (for an all-gather, this rank's contribution);
     ``stats.wire_bytes`` what the ring algorithm makes this rank send, the figure to compare
     across strategies: a reduce-scatter plus an all-gather cost what one all-reduce costs.
+
+    ``stats.blocked_s`` is the time training waited for communication. On CPU (gloo) that is the
+    host's wall time inside a collective or a wait. On CUDA (NCCL) the host does not wait — a
+    wait makes the compute stream wait for the communication stream — so a CUDA event is recorded
+    on the compute stream before and after each wait (and around each synchronous collective),
+    and the time between them, read when the step's stats are taken, is how long the compute
+    stream stood still: the same quantity, measured where it happens.
     """
 
     def __init__(self, env: DistEnv, group: dist.ProcessGroup | None = None, timeout_s: float = 300.0) -> None:
@@ -125,15 +132,37 @@ class Comm:
         self.timeout_s = timeout_s  # the group's collective timeout, for messages
         self.stats = CommStats()
         self._ops: dict[int, str] = {}  # in-flight async work -> the collective's name
+        self._cuda = env.device.type == "cuda"
+        self._events: list[tuple[Any, Any]] = []  # (before, after) on the compute stream, not yet read
 
     @property
     def world_size(self) -> int:
         return self.env.world_size
 
     def take_stats(self) -> CommStats:
-        """Return the stats since the last call and start counting afresh."""
+        """Return the stats since the last call and start counting afresh (on CUDA, after the
+        compute stream has passed the last wait recorded)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self.stats.blocked_s += sum(a.elapsed_time(b) for a, b in self._events) / 1e3
+            self._events.clear()
         s, self.stats = self.stats, CommStats()
         return s
+
+    @contextlib.contextmanager
+    def _blocked(self) -> Iterator[None]:
+        """Account the time inside as blocked: host time on CPU, compute-stream time on CUDA."""
+        if self._cuda:
+            before = torch.cuda.Event(enable_timing=True)
+            after = torch.cuda.Event(enable_timing=True)
+            before.record()
+            yield
+            after.record()
+            self._events.append((before, after))
+            return
+        t0 = time.perf_counter()
+        yield
+        self.stats.blocked_s += time.perf_counter() - t0
 
     def count(self, op: str, t: torch.Tensor) -> None:
         """Account one collective of ``t`` (also used for collectives that torch issues itself)."""
@@ -157,13 +186,13 @@ class Comm:
                 f"ranks: a peer stalled, died or lost its network ({first[:200]})") from None
 
     def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
-        t0 = time.perf_counter()
-        with self._guard(op):
-            work = launch()
         if async_op:
+            with self._guard(op):
+                work = launch()
             self._ops[id(work)] = op
             return work
-        self.stats.blocked_s += time.perf_counter() - t0
+        with self._blocked(), self._guard(op):
+            launch()
         return None
 
     def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
@@ -188,10 +217,8 @@ class Comm:
         self._run("broadcast", lambda: dist.broadcast(t, src=src, group=self.group), False)
 
     def wait(self, work: dist.Work) -> None:
-        t0 = time.perf_counter()
-        with self._guard(self._ops.pop(id(work), "collective")):
+        with self._blocked(), self._guard(self._ops.pop(id(work), "collective")):
             work.wait()
-        self.stats.blocked_s += time.perf_counter() - t0
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size

@@ -30,7 +30,8 @@ from gradsync.evaluation import Evaluator
 from gradsync.model.checkpointing import apply_activation_checkpointing
 from gradsync.optim import lr_at, optimizer_factory
 from gradsync.parallel import StepResult, Strategy, build_strategy
-from gradsync.peak import worker_peak_flops
+from gradsync.devices import datasheet_for
+from gradsync.peak import device_name, worker_peak_flops
 from gradsync.precision import autocast
 from gradsync.runlog import RunLogger
 from gradsync.stopping import StopOnSignal
@@ -84,6 +85,7 @@ class Trainer:
         self.checkpointer = Checkpointer(cfg, self.comm, self.strategy, self.batches)
         self.start_step, self.resumed_from = self.checkpointer.restore()
         self.tokens_per_step = t.global_batch * self.task.tokens_per_sample
+        self.datasheet = datasheet_for(device_name(self.env.device)) if self.env.device.type == "cuda" else None
 
     def evaluate(self) -> dict[str, float]:
         """The task's validation metrics (``val_loss`` among them); collective."""
@@ -246,7 +248,10 @@ class Trainer:
                 "comm_ratio": stats.raw_bytes / stats.bytes if known and stats.raw_bytes and stats.bytes else None,
                 "comm_calls": stats.calls if known else None,
                 "mfu": (self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
-                        if peak_flops_per_worker > 0 else None)}
+                        if peak_flops_per_worker > 0 else None),
+                # on a known GPU, also against its datasheet's dense bf16 peak (gradsync.devices)
+                **({"mfu_datasheet": self.flops_per_token * tps / (self.datasheet.peak_flops * self.env.world_size)}
+                   if self.datasheet is not None else {})}
 
 
 def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:

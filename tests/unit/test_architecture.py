@@ -21,7 +21,7 @@ SRC = Path(gradsync.__file__).parent
 LAYERS: dict[str, int] = {}
 for layer, names in enumerate([
     # 0 base: no torch, nothing above
-    ["errors", "console", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args", "runlock"],
+    ["errors", "console", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args", "runlock", "devices"],
     # 1 runtime: the process group and its launch
     ["dist", "watchdog", "worker", "launch", "script"],
     # 2 engine: models, data, strategies, the trainer and its parts
@@ -35,7 +35,7 @@ for layer, names in enumerate([
     ["testing"],
 ]):
     LAYERS.update({n: layer for n in names})
-TORCH_FREE = {"errors", "console", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args",
+TORCH_FREE = {"errors", "console", "devices", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args",
               "costmodel", "profile", "plan", "cli"}
 
 

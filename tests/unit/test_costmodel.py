@@ -142,3 +142,12 @@ def test_overlap_penalty_charges_hidden_communication() -> None:
     # nothing is hidden in the textbook strategy, so nothing changes
     assert cm.predict("allreduce", w, 8, dataclasses.replace(hw, overlap_penalty=1.0), net).step_s == pytest.approx(
         cm.predict("allreduce", w, 8, hw, net).step_s)
+
+
+def test_gpus_are_known_by_the_names_torch_gives_them() -> None:
+    from gradsync.devices import datasheet_for
+
+    assert datasheet_for("NVIDIA H200").peak_flops == cm.device_preset("h200").peak_flops  # type: ignore[union-attr]
+    assert datasheet_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"  # type: ignore[union-attr]
+    assert datasheet_for("NVIDIA A100 80GB PCIe").name == "A100 80GB"  # type: ignore[union-attr]
+    assert datasheet_for("Tesla V100-SXM2-16GB") is None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,8 +71,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bo
     One measurement taken while the machine was busy would stay wrong for good (a cache seen in
     the wild held 16 GFLOP/s for 2 threads where ~150 is real: every later MFU ~10x too high), so:
     the peak is the best of several rounds; it must reach at least the one-thread rate (more
-    threads are never slower on an idle machine), else it is measured again and, failing that, not
-    cached; and a cached value is checked on every use against a quick one-thread measurement
+    threads are never slower on an idle machine), else it is measured again and, failing that, the
+    one-thread rate is used and nothing is cached; and a cached value is checked on every use against a quick one-thread measurement
     (0.1 s) and measured afresh when it falls below half of it."""
     key = f"{device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
@@ -91,10 +90,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bo
         value = max(value, _with_threads(threads, device, dtype, 0.5))
         if value >= one:
             break
-    if value < one:  # still slower than one thread: the machine is busy; use what one thread does
-        print(f"gradsync: warning: the matmul peak of {threads} threads measured below that of one thread "
-              f"({value / 1e9:.1f} < {one / 1e9:.1f} GFLOP/s): the machine seems busy; MFU uses the one-thread "
-              "figure and it is not cached", file=sys.stderr, flush=True)
+    if value < one:  # still slower than one thread: the machine is busy; use what one thread does, uncached
         return one
     table[key] = value
     write_cache(path, json.dumps(table, indent=1).encode())

@@ -58,11 +58,7 @@ def prepare(cfg: Config) -> Config:
         ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
         updates["train.resume"] = str(path)
     if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
-        peak = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc)
-        updates["train.peak_tflops"] = peak / 1e12
-        print(f"gradsync: MFU is measured against this machine's matmul peak, {peak / 1e9:,.1f} GFLOP/s per worker "
-              f"({cfg.parallel.threads_per_worker(cfg.parallel.nproc)} thread(s)); --peak-tflops sets another",
-              file=sys.stderr, flush=True)
+        updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
     return cfg.replace(**updates)
 
 

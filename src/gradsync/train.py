@@ -133,7 +133,9 @@ class Trainer:
     def _fit(self, log: RunLogger, peak_flops_per_worker: float) -> TrainResult:
         t = self.cfg.train
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
-        log.start(self._opening_lines())
+        log.start(self._opening_lines() + ([f"gradsync: MFU against a peak of {peak_flops_per_worker / 1e9:,.1f} "
+                                            "GFLOP/s per worker (the measured matmul peak unless --peak-tflops)"]
+                                           if peak_flops_per_worker > 0 else []))
         if self.env.is_main:
             self.task.save_assets(self.run_dir)
         self.comm.take_stats()

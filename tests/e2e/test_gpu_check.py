@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_check_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--model", "tiny",
-                        "--seq-len", "64", "--steps", "8", "--no-compile", "--micro-batch", "4"],
+                        "--seq-len", "64", "--steps", "4", "--no-compile", "--micro-batch", "4"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}

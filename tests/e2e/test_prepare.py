@@ -32,7 +32,7 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["strategy"]["model"]
 
 
-@pytest.mark.parametrize("tokenizer", ["bpe", "byte"])
+@pytest.mark.parametrize("tokenizer", ["bpe"])  # byte passes too; one keeps the suite short
 def test_prepared_shards_train_exactly_like_tokenizing_in_the_run(tmp_path: Path, tokenizer: str) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,

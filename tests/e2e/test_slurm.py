@@ -99,7 +99,7 @@ def test_a_two_node_job_step_trains_with_the_rendezvous_slurm_gives(tmp_path: Pa
     step = dict(env, SLURM_JOB_ID=job, SLURM_STEP_NUM_NODES="2", SLURM_STEP_NUM_TASKS="2",
                 SLURM_STEP_NODELIST="localhost,localhost")
     args = [a if a != "2" or i == 0 or ARGS[i - 1] != "--nproc" else "1" for i, a in enumerate(ARGS)]
-    nodes = [subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *args, "--max-steps", "20",
+    nodes = [subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *args, "--max-steps", "8",
                                "--run-dir", "run", "--timeout", "60"],
                               cwd=tmp_path, env=dict(step, SLURM_NODEID=str(n)), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in (0, 1)]
@@ -108,4 +108,4 @@ def test_a_two_node_job_step_trains_with_the_rendezvous_slurm_gives(tmp_path: Pa
         assert n.returncode == 0, err[-3000:]
     port = slurm.rendezvous_port(job)
     assert f"gradsync: Slurm job {job}: node 1 of 2, 1 worker(s) per node, rendezvous at localhost:{port}" in outs[1][1]
-    assert ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "run")[-1])["step"] == 20
+    assert ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "run")[-1])["step"] == 8

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from gradsync.args import ArgParser, fail
 from gradsync.console import survive_closed_output
-from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted
+from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted, one_line_error
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,13 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as e:
         print(f"gradsync: {e}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
-    except GradsyncError as e:
-        fail(str(e))
-    except OSError as e:
-        if not e.strerror:
+    except (GradsyncError, OSError, MemoryError, RuntimeError) as e:  # a world of one trains in this process
+        message = one_line_error(e)
+        if message is None:
             raise
-        where = f" '{e.filename}'" if e.filename else ""
-        fail(f"cannot read or write{where}: {e.strerror}")
+        fail(message)
     except KeyboardInterrupt:
         fail("interrupted")
 

@@ -53,3 +53,23 @@ class Preempted(GradsyncError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}; {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
+
+
+def one_line_error(e: BaseException) -> str | None:
+    """What to say of an error a run ends with, or None for a bug (its traceback is wanted):
+    gradsync's own errors; a file that cannot be read or written (disk full, a read-only file
+    system, a folder gone); running out of memory."""
+    if isinstance(e, GradsyncError):
+        return str(e)
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _is_oom(str(e))):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return (f"out of memory ({first[:200]}); lower --micro-batch (accumulation keeps the global batch), "
+                "shard the state with --strategy zero2 or zero3, or use a smaller model")
+    if isinstance(e, OSError) and e.strerror:
+        where = f" '{e.filename}'" if e.filename else ""
+        return f"cannot read or write{where}: {e.strerror} (a full disk, a read-only file system, a folder removed?)"
+    return None
+
+
+def _is_oom(text: str) -> bool:
+    return any(s in text for s in ("can't allocate memory", "CUDA out of memory", "out of memory"))

@@ -23,10 +23,10 @@ from gradsync.args import ArgParser, add_config_args, config_from_args
 from gradsync.catalog import resolve
 from gradsync.console import survive_closed_output
 from gradsync.dist import init_distributed, shutdown
-from gradsync.errors import EXIT_PREEMPTED, GradsyncError, PeerFailed, Preempted
+from gradsync.errors import EXIT_PREEMPTED, GradsyncError, PeerFailed, Preempted, one_line_error
 
 TRAIN_JOB = "gradsync.train:worker_job"
-PEER_GRACE_S = 2.0  # a rank whose peer failed waits this long before it exits
+PEER_GRACE_S = 1.0  # a rank whose peer failed waits this long before it exits
 
 
 def run(argv: Sequence[str]) -> int:
@@ -89,26 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Exit without interpreter teardown: tearing down a live gloo group whose peers are still
         # inside a collective can hang or abort; the agent stops the other workers.
         os._exit(2)
-
-
-def one_line_error(e: BaseException) -> str | None:
-    """What to say of an error a run ends with, or None for a bug (its traceback is wanted):
-    gradsync's own errors; a file that cannot be read or written (disk full, a read-only file
-    system, a folder gone); running out of memory."""
-    if isinstance(e, GradsyncError):
-        return str(e)
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _is_oom(str(e))):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return (f"out of memory ({first[:200]}); lower --micro-batch (accumulation keeps the global batch), "
-                "shard the state with --strategy zero2 or zero3, or use a smaller model")
-    if isinstance(e, OSError) and e.strerror:
-        where = f" '{e.filename}'" if e.filename else ""
-        return f"cannot read or write{where}: {e.strerror} (a full disk, a read-only file system, a folder removed?)"
-    return None
-
-
-def _is_oom(text: str) -> bool:
-    return any(s in text for s in ("can't allocate memory", "CUDA out of memory", "out of memory"))
 
 
 if __name__ == "__main__":

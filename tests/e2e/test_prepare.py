@@ -17,7 +17,7 @@ import torch
 from gradsync import checkpoint as ckpt
 
 TRAIN = ["--nproc", "2", "--model", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
-         "--max-steps", "12", "--eval-interval", "6", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
+         "--max-steps", "6", "--eval-interval", "3", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
 
 
 def _gradsync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

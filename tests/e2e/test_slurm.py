@@ -20,7 +20,7 @@ from gradsync import slurm
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm" / "train.sbatch"
 ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
-        "--global-batch", "8", "--max-steps", "300", "--ckpt-interval", "100", "--eval-interval", "1000",
+        "--global-batch", "8", "--max-steps", "150", "--ckpt-interval", "50", "--eval-interval", "1000",
         "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
 
 FAKE_SRUN = """#!/bin/bash
@@ -65,7 +65,7 @@ def test_sbatch_is_preempted_requeues_and_the_requeued_job_finishes(tmp_path: Pa
     assert "requeueing job 4242" in out
     assert log.read_text().split() == ["requeue", "4242"]
     stopped_at = ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["step"]
-    assert 100 <= stopped_at < 300
+    assert 50 <= stopped_at < 150
 
     log.unlink()
     second = subprocess.run(["bash", str(SBATCH), *ARGS], cwd=tmp_path, env=env, text=True,
@@ -74,7 +74,7 @@ def test_sbatch_is_preempted_requeues_and_the_requeued_job_finishes(tmp_path: Pa
     assert f"gradsync: resumed from runs/slurm-4242/checkpoints/ckpt_{stopped_at:07d}.pt at step {stopped_at}" \
         in second.stdout, second.stdout[-2000:]
     assert not log.exists()  # a finished job is not requeued
-    assert ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["step"] == 300
+    assert ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["step"] == 150
     assert (run / "summary.json").is_file()
 
 

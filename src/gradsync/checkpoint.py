@@ -182,28 +182,54 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return state
 
 
+SavedSlices = dict[str, list[tuple[int, int, str, torch.dtype]]]  # key -> (offset, length, DCP name, dtype)
+
+
+def saved_slices(reader: Any) -> SavedSlices:
+    """The slices a sharded checkpoint holds (its DCP keys are ``KEY@OFFSET``), by key."""
+    saved: SavedSlices = {}
+    for name, md in reader.read_metadata().state_dict_metadata.items():
+        key, _, lo = name.rpartition("@")
+        if hasattr(md, "size"):
+            saved.setdefault(key, []).append((int(lo), md.size.numel(), name, md.properties.dtype))
+    return saved
+
+
+def overlapping(saved: SavedSlices, key: str, lo: int, n: int) -> list[tuple[int, int, str, torch.dtype]]:
+    """The saved slices of ``key`` that overlap its elements ``[lo, lo + n)``."""
+    return [sl for sl in saved.get(key, []) if sl[0] < lo + n and sl[0] + sl[1] > lo]
+
+
+def fill_slice(target: torch.Tensor, key: str, lo: int, saved: SavedSlices, loaded: dict[str, torch.Tensor],
+               where: Path) -> None:
+    """Copy into ``target`` (elements ``[lo, lo + len)`` of ``key``, flattened) what the ``loaded``
+    slices hold of it; one line of :class:`CheckpointError` when they do not cover it all."""
+    n, covered = target.numel(), 0
+    for lo2, n2, name, _ in overlapping(saved, key, lo, n):
+        a, b = max(lo, lo2), min(lo + n, lo2 + n2)
+        with torch.no_grad():
+            target[a - lo:b - lo].copy_(loaded[name][a - lo2:b - lo2])
+        covered += b - a
+    if covered != n:
+        raise CheckpointError(f"checkpoint '{where}' does not hold {key}[{lo}:{lo + n}] (incomplete, or this model's "
+                              "state differs from the one saved)")
+
+
 def read_full_state(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The full-model state of a sharded checkpoint, read whole in this process (``no_dist``):
     ``{"model": state_dict, "optimizer": torch's optimizer.state_dict()}``, as a file holds it."""
     import torch.distributed.checkpoint as dcp
 
     reader = dcp.FileSystemReader(str(folder))
-    saved = reader.read_metadata().state_dict_metadata
-    pieces = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in saved.items() if hasattr(m, "size")}
+    saved = saved_slices(reader)
+    pieces = {name: torch.empty(n, dtype=dtype) for slices in saved.values() for _, n, name, dtype in slices}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(pieces, storage_reader=reader, no_dist=True)
     full: dict[str, torch.Tensor] = {}
     for key, (shape, dtype) in manifest["shapes"].items():
         t = torch.empty(int(torch.Size(shape).numel()), dtype=getattr(torch, dtype))
-        covered = 0
-        for name, piece in pieces.items():
-            base, _, lo = name.rpartition("@")
-            if base == key:
-                t[int(lo):int(lo) + piece.numel()] = piece
-                covered += piece.numel()
-        if covered != t.numel():
-            raise CheckpointError(f"checkpoint '{folder}' is incomplete: {key} has {covered} of {t.numel()} elements")
+        fill_slice(t, key, 0, saved, pieces, folder)
         full[key] = t.view(shape)
     model = {k[len("model/"):]: v for k, v in full.items() if k.startswith("model/")}
     model.update({alias: model[name] for alias, name in manifest["aliases"].items()})

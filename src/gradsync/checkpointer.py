@@ -46,7 +46,7 @@ class Checkpointer:
         if ckpt.is_sharded(path):
             state = ckpt.read_manifest(path)
             ckpt.check_compatible(state, self.cfg, path)
-            load_sharded(path, self.strategy, self.comm)
+            load_sharded(path, state, self.strategy, self.comm)  # the manifest read (and its files checked) once
         else:
             state = ckpt.load_checkpoint(path)
             ckpt.check_compatible(state, self.cfg, path)

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
@@ -114,11 +114,11 @@ class RunLogger:
         self._step += 1
         if self.bar is not None:
             self.bar.update(1)
-        elif self.plain_every and self._step % self.plain_every == 0 and self._progress:
+        elif self.plain_every and self._step % self.plain_every == 0:  # plain_every > 0 only with progress on
             self.say(self._plain_line())
 
     def _plain_line(self) -> str:
-        total = self._progress[0] if self._progress else self._step
+        total = cast(tuple[int, int], self._progress)[0]
         first_step, t0 = self._first
         elapsed = time.perf_counter() - t0
         per_step = elapsed / max(1, self._step - first_step)

@@ -128,34 +128,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_sharded(path: Path, strategy: Strategy, comm: Comm) -> dict[str, Any]:
-    """Fill ``strategy`` from the sharded checkpoint ``path`` (collective; any world size wrote
-    it): each rank reads the saved slices that overlap what it holds. Returns the manifest."""
-    manifest = ckpt.read_manifest(path)
+def load_sharded(path: Path, manifest: dict[str, Any], strategy: Strategy, comm: Comm) -> None:
+    """Fill ``strategy`` from the sharded checkpoint ``path`` whose checked ``manifest``
+    (:func:`gradsync.checkpoint.read_manifest`) is given (collective; any world size wrote it):
+    each rank reads the saved slices that overlap what it holds."""
     slices = strategy.load_slices({k: (tuple(shape), dtype) for k, (shape, dtype) in manifest["shapes"].items()})
     reader = dcp.FileSystemReader(str(path))
-    saved: dict[str, list[tuple[int, int, str, torch.dtype]]] = {}
-    for name, md in reader.read_metadata().state_dict_metadata.items():
-        key, _, lo = name.rpartition("@")
-        if hasattr(md, "size"):
-            saved.setdefault(key, []).append((int(lo), md.size.numel(), name, md.properties.dtype))
-    wanted: dict[str, torch.Tensor] = {}
-    for s in slices.slices:
-        hi = s.lo + s.tensor.numel()
-        for lo2, n2, name, dtype in saved.get(s.key, []):
-            if lo2 < hi and lo2 + n2 > s.lo and name not in wanted:
-                wanted[name] = torch.empty(n2, dtype=dtype)
+    saved = ckpt.saved_slices(reader)
+    wanted = {name: torch.empty(n, dtype=dtype) for s in slices.slices
+              for _, n, name, dtype in ckpt.overlapping(saved, s.key, s.lo, s.tensor.numel())}
     dcp.load(wanted, storage_reader=reader, process_group=comm.group)
     for s in slices.slices:
-        hi, covered = s.lo + s.tensor.numel(), 0
-        for lo2, n2, name, _ in saved.get(s.key, []):
-            a, b = max(s.lo, lo2), min(hi, lo2 + n2)
-            if a < b:
-                with torch.no_grad():
-                    s.tensor[a - s.lo:b - s.lo].copy_(wanted[name][a - lo2:b - lo2])
-                covered += b - a
-        if covered != s.tensor.numel():
-            raise CheckpointError(f"checkpoint '{path}' does not hold {s.key}[{s.lo}:{hi}] (this model's state "
-                                  "differs from the one saved)")
+        ckpt.fill_slice(s.tensor, s.key, s.lo, saved, wanted, path)
     slices.finish(manifest["optimizer"])
-    return manifest

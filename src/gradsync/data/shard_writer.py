@@ -28,9 +28,9 @@ import numpy as np
 
 from gradsync.data.documents import Corpus
 from gradsync.data.sources import LLMC_HEADER_INTS, LLMC_MAGIC, SHARDS_META, is_val_document
-from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
+from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
 from gradsync.errors import DataError
-from gradsync.files import atomic_write_bytes, cache_dir
+from gradsync.files import atomic_write_bytes
 
 BATCH_BYTES = 1 << 20  # documents are sent to the tokenizing processes in batches of about 1 MB
 
@@ -85,17 +85,6 @@ class ShardWriter:
         self._tmp.replace(self.paths[-1])
 
 
-def make_tokenizer(spec: str, corpus: Corpus, bpe_vocab_size: int) -> tuple[Tokenizer, str]:
-    """The tokenizer a run with ``data.tokenizer = spec`` would use, and what to record of it."""
-    if spec == "byte":
-        return ByteTokenizer(), "byte"
-    if spec == "bpe":  # trained on the whole corpus, as the run trains it (and cached the same way)
-        return BPETokenizer.train_or_load([d for _, d in corpus.documents()], bpe_vocab_size, cache_dir()), "bpe"
-    if spec.endswith(".json"):
-        return BPETokenizer.from_file(spec), spec
-    raise DataError(f"--tokenizer '{spec}' is not byte, bpe or a tokenizer.json file")
-
-
 _worker_tokenizer: Tokenizer | None = None
 
 
@@ -136,7 +125,9 @@ def prepare_shards(corpus: Corpus, out: Path, tokenizer: str = "byte", bpe_vocab
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output folder '{out}' exists and is not empty; choose a new one")
     t0 = time.perf_counter()
-    tok, recorded = make_tokenizer(tokenizer, corpus, bpe_vocab_size)
+    # the tokenizer a run with data.tokenizer = tokenizer would use (BPE trained on the whole corpus, cached alike)
+    tok = tokenizer_for(tokenizer, lambda: [d for _, d in corpus.documents()], bpe_vocab_size)
+    recorded = tokenizer
     out.mkdir(parents=True, exist_ok=True)
     writers = {False: ShardWriter(out, "train", shard_tokens, tok.vocab_size),
                True: ShardWriter(out, "val", shard_tokens, tok.vocab_size)}

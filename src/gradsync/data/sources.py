@@ -29,9 +29,8 @@ from gradsync.config import DataConfig
 from gradsync.data.documents import Corpus
 from gradsync.data.markov import MarkovChain
 from gradsync.data.stream import TokenStream
-from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
+from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
 from gradsync.errors import DataError
-from gradsync.files import cache_dir
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256
@@ -126,17 +125,9 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
     if n_bytes == 0:
         raise DataError(f"data source '{label}' is empty: {len(paths)} file(s), 0 bytes of text")
 
-    tokenizer: Tokenizer
-    if cfg.tokenizer == "bpe":
-        bpe = BPETokenizer.train_or_load([d for _, d in docs], cfg.bpe_vocab_size, cache_dir())
-        encoded = bpe.encode_batch([d for _, d in docs])
-        tokenizer = bpe
-    elif cfg.tokenizer.endswith(".json"):
-        tokenizer = BPETokenizer.from_file(cfg.tokenizer)
-        encoded = tokenizer.encode_batch([d for _, d in docs])
-    else:
-        tokenizer = ByteTokenizer()
-        encoded = [tokenizer.encode(d) for _, d in docs]
+    tokenizer = tokenizer_for(cfg.tokenizer, lambda: [d for _, d in docs], cfg.bpe_vocab_size)
+    encoded = (tokenizer.encode_batch([d for _, d in docs]) if isinstance(tokenizer, BPETokenizer)
+               else [tokenizer.encode(d) for _, d in docs])
 
     is_val = [is_val_document(name, cfg.val_fraction) for name, _ in docs]
     train = [e for e, v in zip(encoded, is_val) if not v]

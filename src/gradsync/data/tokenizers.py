@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 from gradsync.errors import DataError
-from gradsync.files import write_cache
+from gradsync.files import cache_dir, write_cache
 
 
 class Tokenizer(Protocol):
@@ -127,3 +127,16 @@ class BPETokenizer:
     def token_id(self, token: str) -> int | None:
         """The id of ``token`` (e.g. ``[MASK]``), or None if the vocabulary lacks it."""
         return self._tok.token_to_id(token)  # type: ignore[attr-defined]
+
+
+def tokenizer_for(spec: str, documents: Callable[[], list[bytes]], bpe_vocab_size: int) -> Tokenizer:
+    """The tokenizer ``data.tokenizer = spec`` names: ``byte``; ``bpe``, trained on ``documents()``
+    (called only then) and cached; or a ``tokenizer.json``. A run and ``gradsync prepare`` both
+    build theirs here, so prepared shards hold the tokens the run would make."""
+    if spec == "bpe":
+        return BPETokenizer.train_or_load(documents(), bpe_vocab_size, cache_dir())
+    if spec.endswith(".json"):
+        return BPETokenizer.from_file(spec)
+    if spec == "byte":
+        return ByteTokenizer()
+    raise DataError(f"--tokenizer '{spec}' is not byte, bpe or a tokenizer.json file")

@@ -63,21 +63,13 @@ class ShardedOptimizer:
         (collective). Per-element state is all-gathered unit by unit; scalar state (``step``) is the
         same on every piece of a parameter and travels as an object."""
         mine: dict[str, bool] = {}
-        scalars: dict[int, dict[str, Any]] = {}
         for _, pc, leaf in self.slots:
             for k, v in self.optimizer.state.get(leaf, {}).items():
-                per_element = isinstance(v, torch.Tensor) and v.numel() == leaf.numel() and v.dim() > 0
-                mine[k] = per_element
-                if not per_element:
-                    scalars.setdefault(self.index[id(pc.param)], {})[k] = v
+                mine[k] = isinstance(v, torch.Tensor) and v.numel() == leaf.numel() and v.dim() > 0
         keys: dict[str, bool] = {}
         for d in comm.all_gather_object(mine):
             keys.update(d)
-        merged: dict[int, dict[str, Any]] = {}
-        for d in comm.all_gather_object(scalars):
-            for i, st in d.items():
-                merged.setdefault(i, {}).update(st)
-        state: dict[int, dict[str, Any]] = {i: dict(st) for i, st in merged.items()}
+        state: dict[int, dict[str, Any]] = {i: dict(st) for i, st in self.gather_scalars(comm).items()}
         for key in sorted(k for k, per_element in keys.items() if per_element):
             for u in self.units:
                 chunk = torch.zeros(u.chunk, dtype=torch.float32, device=comm.env.device)
@@ -88,10 +80,29 @@ class ShardedOptimizer:
                 comm.all_gather(full, chunk)
                 for p, v in zip(u.params, u.views(full)):
                     state.setdefault(self.index[id(p)], {})[key] = v.clone().cpu()
+        return {"state": state, "param_groups": self.full_param_groups()}
+
+    def gather_scalars(self, comm: Comm) -> dict[int, dict[str, Any]]:
+        """Per-parameter state that is not per-element (AdamW's ``step``), by the parameter's
+        full-model index, from every rank (collective: a parameter wholly inside another rank's
+        chunk has its scalars only there)."""
+        scalars: dict[int, dict[str, Any]] = {}
+        for _, pc, leaf in self.slots:
+            for k, v in self.optimizer.state.get(leaf, {}).items():
+                if not (isinstance(v, torch.Tensor) and v.numel() == leaf.numel() and v.dim() > 0):
+                    scalars.setdefault(self.index[id(pc.param)], {})[k] = v
+        merged: dict[int, dict[str, Any]] = {}
+        for d in comm.all_gather_object(scalars):
+            for i, st in d.items():
+                merged.setdefault(i, {}).update(st)
+        return merged
+
+    def full_param_groups(self) -> list[dict[str, Any]]:
+        """torch's ``param_groups`` of the full-model optimizer, with the live hyperparameters (lr)."""
         groups = self.template.state_dict()["param_groups"]
         for g, live in zip(groups, self.optimizer.param_groups):
             g.update({k: v for k, v in live.items() if k != "params"})
-        return {"state": state, "param_groups": groups}
+        return groups
 
     def load_full_state_dict(self, full: dict[str, Any]) -> None:
         """Take this rank's pieces of a full-model optimizer state (any world size wrote it)."""

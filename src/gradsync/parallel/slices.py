@@ -110,22 +110,13 @@ def sharded_save(strategy: Any, comm: Comm) -> StateSlices:
     strategy.wait_params()
     model, opt = strategy.model, strategy.optimizer
     slices = _param_pieces(strategy) + _buffer_slices(model, comm.world_size, comm.env.rank)
-    scalars: dict[int, dict[str, Any]] = {}
     for _, pc, leaf in opt.slots:
-        index = opt.index[id(pc.param)]
         for k, v in opt.optimizer.state.get(leaf, {}).items():
             if per_element(v, leaf):
-                slices.append(Slice(f"optim/{index}/{k}", tuple(pc.param.shape), pc.lo, v.detach().reshape(-1)))
-            else:
-                scalars.setdefault(index, {})[k] = v
-    merged: dict[int, dict[str, Any]] = {}
-    for d in comm.all_gather_object(scalars):  # a parameter wholly in another rank's chunk
-        for i, st in d.items():
-            merged.setdefault(i, {}).update(st)
-    groups = opt.template.state_dict()["param_groups"]
-    for g, live in zip(groups, opt.param_groups):
-        g.update({k: v for k, v in live.items() if k != "params"})
-    return StateSlices(slices, {"scalars": merged, "param_groups": groups, "aliases": aliases(model)})
+                slices.append(Slice(f"optim/{opt.index[id(pc.param)]}/{k}", tuple(pc.param.shape), pc.lo,
+                                    v.detach().reshape(-1)))
+    return StateSlices(slices, {"scalars": opt.gather_scalars(comm), "param_groups": opt.full_param_groups(),
+                                "aliases": aliases(model)})
 
 
 def _param_pieces(strategy: Any) -> list[Slice]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from gradsync.errors import ConfigError
 from gradsync.spec import Param, Spec, positive
 
+QUANT = ("fp32", "bf16", "int8", "int4")  # precisions of DiLoCo's outer communication
+QUANT_BLOCK = 128  # elements per fp32 scale when quantised to int8 / int4
 AUTO = "auto"  # --strategy auto: chosen by the cost model at launch, never run as such
 
 
@@ -38,6 +40,8 @@ class StrategyEntry:
     example: str = ""  # the spec bench and plan use ("" = the bare name)
     priced_as: str | None = None  # a torch reference that moves the same bytes as this entry of ours
     synchronous: bool = True  # False: workers step on their own gradients between averages
+    # what the options must meet together: options -> the error message, "" when they are fine
+    rules: Callable[[Mapping[str, Any]], str] = lambda options: ""
 
     @property
     def spec(self) -> str:
@@ -57,6 +61,14 @@ class CompressorEntry:
     @property
     def spec(self) -> str:
         return self.example or self.name
+
+
+def _diloco_rules(o: Mapping[str, Any]) -> str:
+    if o["H"] % o["fragments"]:
+        return f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
+    if o["overlap"] >= o["H"]:
+        return f"overlap={o['overlap']} must be < H={o['H']}: a fragment lands before it is sent again"
+    return ""
 
 
 _P = "gradsync.parallel"
@@ -98,8 +110,12 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
                   options={"H": Param(int, 8, positive, "a positive number of steps"),
                            "outer_lr": Param(float, 0.7, positive, "> 0"),
                            "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
-                           "nesterov": Param(bool, True)},
-                  example="diloco:8", synchronous=False),
+                           "nesterov": Param(bool, True),
+                           "fragments": Param(int, 1, positive, "a positive integer"),
+                           "overlap": Param(int, 0, lambda v: v >= 0, ">= 0 (inner steps)"),
+                           "mix": Param(float, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+                           "quant": Param(str, "fp32", lambda v: v in QUANT, f"one of {', '.join(QUANT)}")},
+                  example="diloco:8", synchronous=False, rules=_diloco_rules),
 )}
 
 COMPRESSORS: dict[str, CompressorEntry] = {e.name: e for e in (
@@ -136,10 +152,14 @@ def compressor(name: str) -> CompressorEntry:
 
 
 def check_composition(strategy_spec: Spec, compress: Spec) -> None:
-    """Raise unless ``compress`` can run under ``strategy_spec``."""
+    """Raise unless ``strategy_spec``'s options agree with each other and ``compress`` can run
+    under it."""
+    entry = STRATEGIES.get(strategy_spec.name)
+    problem = entry.rules(strategy_spec.options) if entry else ""
+    if problem:
+        raise ConfigError(f"parallel.strategy {strategy_spec.name}: {problem}")
     if compress.name == "none":
         return
-    entry = STRATEGIES.get(strategy_spec.name)
     if entry is None or compress.name not in entry.compressors:
         where = ", ".join(f"{e.name} ({'/'.join(e.compressors)})" for e in STRATEGIES.values() if e.compressors)
         raise ConfigError(f"parallel.compress {compress.name} is not implemented for strategy "

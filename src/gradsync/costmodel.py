@@ -24,7 +24,7 @@ from typing import Sequence
 
 from gradsync import catalog
 from gradsync.buckets import plan_buckets
-from gradsync.catalog import COMPRESSOR_SCHEMA, STRATEGY_SCHEMA
+from gradsync.catalog import COMPRESSOR_SCHEMA, QUANT_BLOCK, STRATEGY_SCHEMA
 from gradsync.devices import DATASHEETS
 from gradsync.errors import ConfigError
 from gradsync.ring import OPS, ring_factors
@@ -78,7 +78,8 @@ class Network:
         fb, fa = ring_factors(op, p)
         if p <= 1:
             return 0.0
-        link = self.links.get(op) or self.links["all_reduce"]
+        link = self.links.get(op) or self.links.get("all_gather" if op == "all_to_all" else "all_reduce") \
+            or self.links["all_reduce"]
         return fb * nbytes * link.beta_s_per_byte + fa * link.alpha_s
 
 
@@ -441,13 +442,33 @@ def price_fsdp(x: StepContext) -> Priced:
 
 def price_local(x: StepContext) -> Priced:
     """Local SGD and DiLoCo: one blocking all-reduce of the parameters every H steps; DiLoCo adds
-    the pseudo-gradient and the outer Nesterov step (~4 element-wise passes)."""
-    h = int(x.strategy.options["H"])
-    comm = x.net.time("all_reduce", 4.0 * x.w.n_params, x.p) / h
-    opt = x.opt_full
-    if x.strategy.name == "diloco":
-        opt += 4 * x.hw.elementwise_cost * x.w.n_params / h
-    return Priced(comm, comm, opt)
+    the pseudo-gradient and the outer Nesterov step (~4 element-wise passes).
+
+    Streaming DiLoCo (``fragments=P, overlap=τ, quant=...``): each of P fragments (n/P parameters)
+    travels once every H steps in its precision (:func:`outer_comm_time`); with τ > 0 its
+    communication runs behind the next τ steps' compute and only what outlasts them is exposed.
+    Quantisation adds its encode/decode passes (~6 per element, twice for the two stages)."""
+    o = x.strategy.options
+    h, n = int(o["H"]), x.w.n_params
+    if x.strategy.name != "diloco":
+        comm = x.net.time("all_reduce", 4.0 * n, x.p) / h
+        return Priced(comm, comm, x.opt_full)
+    frags, overlap, quant = int(o["fragments"]), int(o["overlap"]), str(o["quant"])
+    per_fragment = outer_comm_time(x, n / frags, quant)
+    step = x.w.accum * (x.fwd + x.bwd) + x.opt_full
+    exposed = max(0.0, per_fragment - overlap * step) * frags / h
+    passes = 4 + (12 if quant in ("int8", "int4") else 2 if quant == "bf16" else 0)
+    return Priced(per_fragment * frags / h, exposed, x.opt_full + passes * x.hw.elementwise_cost * n / h)
+
+
+def outer_comm_time(x: StepContext, n: float, quant: str) -> float:
+    """One fragment of ``n`` parameters averaged over the ranks (:mod:`gradsync.parallel.outer_sync`):
+    an fp32 or bf16 all-reduce, or for 8/4 bits an all-to-all and an all-gather of the codes and
+    their per-block scales."""
+    if quant in ("fp32", "bf16"):
+        return x.net.time("all_reduce", (4.0 if quant == "fp32" else 2.0) * n, x.p)
+    codes = n * (8 if quant == "int8" else 4) / 8 + 4.0 * n / QUANT_BLOCK
+    return x.net.time("all_to_all", codes, x.p) + x.net.time("all_gather", codes, x.p)
 
 
 def _cumulative(xs: Sequence[float]) -> list[float]:

@@ -212,6 +212,13 @@ class Comm:
         return self._run("all_gather", lambda: _all_gather_into(out, inp, group=self.group, async_op=async_op),
                          async_op)
 
+    def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
+        """Rank r receives, as the s-th of ``world_size`` equal chunks of ``out``, the r-th chunk of
+        rank s's ``inp``."""
+        self.count("all_to_all", inp)
+        return self._run("all_to_all", lambda: dist.all_to_all_single(out, inp, group=self.group,
+                                                                      async_op=async_op), async_op)
+
     def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
         self.count("broadcast", t)
         self._run("broadcast", lambda: dist.broadcast(t, src=src, group=self.group), False)

@@ -5,7 +5,8 @@ sends ``bandwidth factor * n`` bytes and waits ``latency factor`` hops:
 
 - all-reduce = reduce-scatter + all-gather: 2(p-1)/p * n, 2(p-1) hops;
 - reduce-scatter, all-gather: (p-1)/p * n, p-1 hops;
-- broadcast, pipelined along the ring: n, p-1 hops.
+- broadcast, pipelined along the ring: n, p-1 hops;
+- all-to-all (pairwise exchange, each rank keeps 1/p of its n bytes): (p-1)/p * n, p-1 hops.
 
 :class:`gradsync.dist.Comm` counts the bytes a run sends with these factors;
 :mod:`gradsync.costmodel` prices collectives with them.
@@ -13,7 +14,7 @@ sends ``bandwidth factor * n`` bytes and waits ``latency factor`` hops:
 
 from __future__ import annotations
 
-OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast")
+OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "all_to_all")
 
 
 def ring_factors(op: str, p: int) -> tuple[float, float]:
@@ -25,7 +26,7 @@ def ring_factors(op: str, p: int) -> tuple[float, float]:
         return 0.0, 0.0
     if op == "all_reduce":
         return 2 * (p - 1) / p, 2.0 * (p - 1)
-    if op in ("reduce_scatter", "all_gather"):
+    if op in ("reduce_scatter", "all_gather", "all_to_all"):
         return (p - 1) / p, float(p - 1)
     return 1.0, float(p - 1)  # broadcast
 

@@ -151,3 +151,25 @@ def test_gpus_are_known_by_the_names_torch_gives_them() -> None:
     assert datasheet_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"  # type: ignore[union-attr]
     assert datasheet_for("NVIDIA A100 80GB PCIe").name == "A100 80GB"  # type: ignore[union-attr]
     assert datasheet_for("Tesla V100-SXM2-16GB") is None
+
+
+def test_streaming_diloco_prices_fragments_quantisation_and_overlap() -> None:
+    w, hw, net = _gpt2(), cm.device_preset("h100"), cm.network_preset("1gbe")
+    plain = cm.predict("diloco:32", w, 2, hw, net)
+    frag = cm.predict("diloco:32,fragments=4", w, 2, hw, net)
+    # the same bytes per H steps, in four pieces (three more latencies)
+    assert frag.comm_s == pytest.approx(plain.comm_s, rel=1e-3) and frag.exposed_comm_s == pytest.approx(
+        plain.exposed_comm_s, rel=1e-3)
+    int8 = cm.predict("diloco:32,fragments=4,quant=int8", w, 2, hw, net)
+    assert int8.comm_s == pytest.approx(plain.comm_s * (1 + 4 / 128) / 4, rel=0.01)
+    assert cm.predict("diloco:32,fragments=4,quant=int4", w, 2, hw, net).comm_s == pytest.approx(
+        int8.comm_s * (0.5 + 4 / 128) / (1 + 4 / 128), rel=0.01)
+    # with overlap, a fragment's communication hides behind the next step's compute; what
+    # outlasts it is exposed, and the hidden part pays the overlap penalty
+    one_step = plain.compute_s + plain.optimizer_s
+    per_fragment = int8.comm_s * 32 / 4
+    lapped = cm.predict("diloco:32,fragments=4,overlap=1,quant=int8", w, 2, hw, net)
+    outlasting = max(0.0, per_fragment - one_step) * 4 / 32
+    assert 0 < outlasting < int8.exposed_comm_s
+    expected = outlasting + hw.overlap_penalty * (lapped.comm_s - outlasting)
+    assert lapped.exposed_comm_s == pytest.approx(expected, rel=0.05)

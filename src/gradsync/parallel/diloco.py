@@ -1,9 +1,31 @@
 """DiLoCo (Douillard et al., 2023, "DiLoCo: Distributed Low-Communication Training of Language
-Models"): local SGD with two optimizers. Each worker runs the inner optimizer (AdamW) for H steps
+Models") and its streaming form (Douillard et al., 2025, "Streaming DiLoCo with overlapping
+communication: Towards a Distributed Free Lunch").
+
+DiLoCo is local SGD with two optimizers. Each worker runs the inner optimizer (AdamW) for H steps
 on its shard; then the outer step treats the averaged change of the parameters, the
 pseudo-gradient Δ = θ_outer − mean_r θ_r, as a gradient for an outer Nesterov SGD (defaults:
 lr 0.7, momentum 0.9), and every worker restarts from the new θ_outer. Inner optimizer states stay
-local. Checkpoints hold the outer parameters and momentum as well as every rank's inner state.
+local.
+
+Streaming DiLoCo changes what moves and when, not the outer step:
+
+- ``fragments=P``: the model is cut into P fragments — transformer block i (the i-th element of
+  the model's ``nn.ModuleList``) belongs to fragment i mod P (the paper's strided pattern), and
+  the parameters outside the blocks (embeddings, final norm) join the smallest fragments — and
+  fragment f is synchronised at steps (f+1)·H/P + k·H. Each outer step moves 1/P of the model,
+  so the peak bandwidth falls by P while every parameter is still synchronised every H steps.
+- ``overlap=τ``: a fragment's outer communication starts at its step and the result is applied τ
+  inner steps later; the inner steps in between run while it travels. When it lands, the fragment
+  becomes ``mix · θ_local + (1 − mix) · θ_outer``: ``mix=0`` (default) takes the outer parameters,
+  dropping the τ local steps' progress on that fragment; the paper merges with mix = 0.5.
+- ``quant=bf16|int8|int4``: the pseudo-gradients are sent in reduced precision with error
+  feedback (:mod:`gradsync.parallel.outer_sync`); ``fp32`` sends the parameters, as DiLoCo does.
+
+``diloco:H`` (one fragment, no overlap, fp32) is exactly DiLoCo: the same operations in the same
+order. Checkpoints hold the outer parameters and momentum, every rank's inner state and residuals,
+and the fragments still in flight (collected when the checkpoint is taken, applied at the step
+they were due), so a resumed run is bitwise the run that was not stopped.
 """
 
 from __future__ import annotations
@@ -16,9 +38,38 @@ from torch.nn.utils import parameters_to_vector
 
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm
+from gradsync.errors import ConfigError
 from gradsync.optim import OptimizerFactory
+from gradsync.parallel.layout import layer_units
 from gradsync.parallel.localsgd import LocalSGDStrategy
 from gradsync.parallel.memory import optimizer_tensors
+from gradsync.parallel.outer_sync import InFlight, OuterReducer
+
+
+def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) -> list[list[nn.Parameter]]:
+    """``params`` cut into ``count`` fragments: block i to fragment i mod count, the parameters
+    outside the blocks one by one to the fragment with the fewest elements; each fragment in the
+    model's parameter order."""
+    if count == 1:
+        return [list(params)]
+    blocks, _ = layer_units(model)
+    if len(blocks) < count:
+        raise ConfigError(f"diloco: fragments={count} needs at least {count} blocks (elements of an "
+                          f"nn.ModuleList); this model has {len(blocks)}")
+    wanted = {id(p) for p in params}
+    home: dict[int, int] = {}
+    for i, block in enumerate(blocks):
+        for p in block.parameters():
+            home.setdefault(id(p), i % count)
+    size = [0] * count
+    for p in params:
+        if id(p) in home:
+            size[home[id(p)]] += p.numel()
+    for p in params:
+        if id(p) not in home:
+            home[id(p)] = min(range(count), key=lambda f: size[f])
+            size[home[id(p)]] += p.numel()
+    return [[p for p in params if id(p) in wanted and home[id(p)] == f] for f in range(count)]
 
 
 class DiLoCoStrategy(LocalSGDStrategy):
@@ -27,30 +78,102 @@ class DiLoCoStrategy(LocalSGDStrategy):
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
-        self.outer = torch.nn.Parameter(parameters_to_vector(self._params).detach().clone())
+        count = int(self.spec["fragments"])
+        self.overlap = int(self.spec["overlap"])
+        self.mix = float(self.spec["mix"])
+        self.quant = str(self.spec["quant"])
+        self.fragments = fragment_params(model, self._params, count)
+        self.outer = [torch.nn.Parameter(parameters_to_vector(ps).detach().clone()) for ps in self.fragments]
         momentum = float(self.spec["momentum"])
-        self.outer_optimizer = torch.optim.SGD([self.outer], lr=float(self.spec["outer_lr"]), momentum=momentum,
+        self.outer_optimizer = torch.optim.SGD(self.outer, lr=float(self.spec["outer_lr"]), momentum=momentum,
                                                nesterov=bool(self.spec["nesterov"]) and momentum > 0)
+        self.reducer = OuterReducer(comm, self.quant)
+        self.in_flight: dict[int, tuple[int, InFlight]] = {}  # fragment -> (step it lands at, its mean)
+
+    def sends_at(self, fragment: int, step: int) -> bool:
+        """Whether ``fragment`` starts its outer communication after local step ``step``."""
+        return step % self.period == (fragment + 1) * self.period // len(self.fragments) % self.period
+
+    def _count_step(self) -> None:
+        self.local_steps += 1
+        t = self.local_steps
+        with torch.no_grad():
+            for f, (lands, job) in sorted(self.in_flight.items()):
+                if lands == t:
+                    self._land(f)
+                elif lands - self.overlap + 1 == t:
+                    self.reducer.advance(job)  # second stage of a quantised mean, one step after the first
+            for f in range(len(self.fragments)):
+                if self.sends_at(f, t):
+                    self._send(f, t)
+
+    def _send(self, f: int, step: int) -> None:
+        flat = parameters_to_vector(self.fragments[f])
+        if self.quant != "fp32":  # the pseudo-gradient, small and centred: what quantises well
+            flat = torch.sub(self.outer[f].detach(), flat)
+        self.in_flight[f] = (step + self.overlap, self.reducer.start(f, flat))
+        if self.overlap == 0:
+            self._land(f)
+
+    def _land(self, f: int) -> None:
+        _, job = self.in_flight.pop(f)
+        mean = self.reducer.finish(job)
+        outer = self.outer[f]
+        outer.grad = outer.detach() - mean if self.quant == "fp32" else mean  # the pseudo-gradient
+        self.outer_optimizer.step()
+        outer.grad = None
+        if self.mix == 0:
+            self.set_fragment(f, outer.detach())
+        else:
+            local = parameters_to_vector(self.fragments[f])
+            self.set_fragment(f, local.mul_(self.mix).add_(outer.detach(), alpha=1 - self.mix))
+
+    def set_fragment(self, f: int, flat: torch.Tensor) -> None:
+        at = 0
+        for p in self.fragments[f]:
+            p.copy_(flat[at:at + p.numel()].view_as(p))
+            at += p.numel()
 
     def synchronize(self) -> None:
-        self.outer.grad = self.outer.detach() - self.averaged_parameters()  # the pseudo-gradient
-        self.outer_optimizer.step()
-        self.outer.grad = None
-        self.set_parameters(self.outer.detach())
+        raise NotImplementedError("diloco synchronises per fragment in _count_step")
+
+    # -- state -----------------------------------------------------------------------------------
+    def local_state(self) -> dict[str, Any]:
+        return {**super().local_state(), "residuals": self.reducer.state_dict()}
+
+    def load_local_state(self, state: dict[str, Any]) -> None:
+        super().load_local_state(state)
+        self.reducer.load_state_dict(state.get("residuals", {}))
 
     def state_dict(self) -> dict[str, Any]:
+        # collect what is in flight now (every rank saves at the same step); it is applied at the
+        # step it was due, as if it had never been stopped
+        flying = {f: (lands, self.reducer.finish(job).clone()) for f, (lands, job) in self.in_flight.items()}
         state = super().state_dict()
-        state["outer"] = {"params": self.outer.detach().clone(), "optimizer": self.outer_optimizer.state_dict()}
+        state["outer"] = {"params": [o.detach().clone() for o in self.outer],
+                          "optimizer": self.outer_optimizer.state_dict(), "in_flight": flying}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        outer = state["outer"]
+        saved = outer["params"] if isinstance(outer["params"], list) else [outer["params"]]
+        if [t.numel() for t in saved] != [o.numel() for o in self.outer]:
+            raise ConfigError(f"diloco: the checkpoint holds {len(saved)} fragment(s) of "
+                              f"{[t.numel() for t in saved]} elements, this run {len(self.outer)} of "
+                              f"{[o.numel() for o in self.outer]}; resume with the same fragments")
         with torch.no_grad():
-            self.outer.copy_(state["outer"]["params"])
-        self.outer_optimizer.load_state_dict(state["outer"]["optimizer"])
+            for o, t in zip(self.outer, saved):
+                o.copy_(t)
+        self.outer_optimizer.load_state_dict(outer["optimizer"])
+        self.in_flight = {}
+        for f, (lands, mean) in outer.get("in_flight", {}).items():
+            job = InFlight(int(f), mean.numel())
+            job.mean = mean.clone()
+            self.in_flight[int(f)] = (int(lands), job)
 
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
-        held["params"].append(self.outer)
-        held["optimizer"] += optimizer_tensors(self.outer_optimizer)
+        held["params"] += list(self.outer)
+        held["optimizer"] += optimizer_tensors(self.outer_optimizer) + list(self.reducer.residuals.values())
         return held

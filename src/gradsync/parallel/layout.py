@@ -108,3 +108,12 @@ class Bucket:
     pending: int = 0
     fired: set[int] = field(default_factory=set)
     work: Any = None  # the reducer's handle while the bucket is in flight
+
+
+def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
+    """The modules that become units (elements of every ``nn.ModuleList``) and the parameters left
+    for the root unit."""
+    layers = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+    inner = {id(p) for m in layers for p in m.parameters()}
+    root = [p for p in model.parameters() if p.requires_grad and id(p) not in inner]
+    return layers, root

@@ -32,18 +32,9 @@ from gradsync.config import ParallelConfig
 from gradsync.dist import Comm
 from gradsync.errors import ConfigError
 from gradsync.optim import OptimizerFactory
-from gradsync.parallel.layout import FlatUnit
+from gradsync.parallel.layout import FlatUnit, layer_units
 from gradsync.parallel.reduce_scatter import ReduceScatterGrads
 from gradsync.parallel.sharded import ShardedStrategy, bind_unit_buffers
-
-
-def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
-    """The modules that become units (elements of every ``nn.ModuleList``) and the parameters left
-    for the root unit."""
-    layers = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
-    inner = {id(p) for m in layers for p in m.parameters()}
-    root = [p for p in model.parameters() if p.requires_grad and id(p) not in inner]
-    return layers, root
 
 
 class Zero3Strategy(ShardedStrategy):

@@ -1,0 +1,84 @@
+"""Streaming DiLoCo's pure parts: block quantisation, error feedback, fragments, spec rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gradsync.config import ParallelConfig
+from gradsync.errors import ConfigError
+from gradsync.parallel.diloco import fragment_params
+from gradsync.parallel.quantize import BLOCK, LEVELS, dequantize, padded_length, payload_bytes, quantize
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantisation_error_is_at_most_half_a_step_per_block(bits: int) -> None:
+    x = torch.randn(4 * BLOCK) * torch.logspace(-3, 2, 4).repeat_interleave(BLOCK)  # blocks of very different scale
+    codes, scales = quantize(x, bits)
+    assert codes.dtype == torch.uint8 and codes.numel() * 8 == x.numel() * bits
+    assert codes.numel() + 4 * scales.numel() == payload_bytes(x.numel(), bits)
+    err = (dequantize(codes, scales, bits) - x).view(-1, BLOCK).abs().amax(dim=1)
+    assert torch.all(err <= scales / 2 * (1 + 1e-5))
+    assert torch.allclose(scales, x.view(-1, BLOCK).abs().amax(dim=1) / LEVELS[bits])
+
+
+def test_integers_within_the_levels_survive_4_bit_packing_exactly() -> None:
+    x = torch.arange(-7, 9).float().clamp(max=7).repeat(BLOCK // 16 * 2)
+    codes, scales = quantize(x, 4)
+    assert torch.equal(dequantize(codes, scales, 4), x)
+
+
+def test_error_feedback_sends_the_sum_not_just_the_rounding() -> None:
+    """What 4-bit codes lose each time is carried to the next: over k rounds the decoded sum is
+    within one step of k·x, where dropping the error would be off by up to k half-steps."""
+    x = torch.full((BLOCK,), 0.3)
+    x[0] = 7.0  # the scale is 1: 0.3 rounds to 0 every time without feedback
+    residual, sent = torch.zeros_like(x), torch.zeros_like(x)
+    for _ in range(20):
+        v = x + residual
+        codes, scales = quantize(v, 4)
+        d = dequantize(codes, scales, 4)
+        residual = v - d
+        sent += d
+    assert (sent - 20 * x).abs().max() <= 1.0
+    plain = dequantize(*quantize(x, 4), 4)
+    assert (20 * plain - 20 * x).abs().max() == pytest.approx(6.0)
+
+
+def test_padded_length_whole_blocks_per_rank() -> None:
+    assert padded_length(1, 1) == BLOCK and padded_length(BLOCK + 1, 2) == 2 * BLOCK
+    assert padded_length(3 * BLOCK, 2) == 4 * BLOCK
+
+
+def test_fragments_are_strided_blocks_with_the_rest_balanced() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(100, 8)  # 800 elements
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))  # 72 each
+            self.norm = nn.LayerNorm(8)  # 16
+
+    net = Net()
+    params = list(net.parameters())
+    frags = fragment_params(net, params, 2)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert [[names[id(p)] for p in f] for f in frags] == [
+        ["embed.weight", "blocks.0.weight", "blocks.0.bias", "blocks.2.weight", "blocks.2.bias"],
+        ["blocks.1.weight", "blocks.1.bias", "blocks.3.weight", "blocks.3.bias", "norm.weight", "norm.bias"]]
+    assert fragment_params(net, params, 1) == [params]
+    with pytest.raises(ConfigError, match="fragments=5 needs at least 5 blocks"):
+        fragment_params(net, params, 5)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("diloco:8,fragments=3", "fragments=3 must divide H=8"),
+    ("diloco:8,overlap=8", "overlap=8 must be < H=8"),
+    ("diloco:8,quant=int3", "quant must be one of fp32, bf16, int8, int4"),
+    ("diloco:8,mix=1", "mix must be in [0, 1)"),
+    ("diloco:8,fragments=0", "fragments must be a positive integer"),
+])
+def test_streaming_specs_say_what_to_fix(spec: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        ParallelConfig(strategy=spec)
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -97,6 +97,7 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
                   exact=True, reference="torch-fsdp"),
     StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
                   f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
+                  options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)")},
                   exact=True, reference="torch-fsdp"),
     StrategyEntry("torch-fsdp", f"{_P}.torch_fsdp:TorchFSDPStrategy",
                   f"{_CM}:price_fsdp", f"{_CM}:memory_zero3",

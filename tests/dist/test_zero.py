@@ -15,6 +15,7 @@ from gradsync.testing import max_rel_diff, run_world, train_and_collect
 STEPS = 20
 ZERO = ["zero1", "zero2", "zero3"]
 REFS = ["torch-zero1", "torch-fsdp"]
+PREFETCH = ["zero3:prefetch=0", "zero3:prefetch=2"]  # zero3 itself prefetches 1 unit
 
 
 def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
@@ -38,7 +39,7 @@ def _configs(root: Any, world: int, strategies: list[str]) -> dict[tuple[str, in
 def params(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int], dict[str, torch.Tensor]]:
     root = tmp_path_factory.mktemp("zero")
     results = {}
-    for world, strategies in ((2, ["bucketed", *ZERO, *REFS]), (4, ["bucketed", *ZERO])):
+    for world, strategies in ((2, ["bucketed", *ZERO, *REFS, *PREFETCH]), (4, ["bucketed", *ZERO])):
         configs = _configs(root, world, strategies)
         outs = run_world(world, _run_all, list(configs.values()), timeout=400)[0]
         results.update({(s, world, a): p for (s, a), p in zip(configs, outs)})
@@ -60,6 +61,14 @@ def test_torch_references_match_bucketed(params: dict[Any, Any], strategy: str, 
     assert diff <= 1e-5, f"{strategy} accum {accum}: {diff:.3g} of the parameter scale"
 
 
+@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("prefetch", ["zero3", "zero3:prefetch=2"])
+def test_zero3_prefetch_changes_nothing_but_when_units_arrive(params: dict[Any, Any], prefetch: str,
+                                                              accum: int) -> None:
+    a, b = params[("zero3:prefetch=0", 2, accum)], params[(prefetch, 2, accum)]
+    assert all(torch.equal(a[k], b[k]) for k in a), f"{prefetch} accum {accum} differs from prefetch=0"
+
+
 # -- memory ---------------------------------------------------------------------------------------
 
 def _memory(rank: int, world: int) -> dict[str, Any]:
@@ -78,12 +87,15 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
         model = build_gpt("tiny", 16, 16)
         s = STRATEGIES[strategy](model, optimizer_factory(OptimConfig()), Comm(env), cfg)
         x = torch.randint(0, 16, (2, 16))
-        with s.micro_step(last=True):
-            s.module(x, x).backward()
-        s.step(grad_clip=1.0)
+        for _ in range(2 if strategy == "zero3" else 1):  # zero3 prefetches from its second step
+            with s.micro_step(last=True):
+                s.module(x, x).backward()
+            s.step(grad_clip=1.0)
         out[strategy] = s.memory_report().to_dict()
         if strategy in ("zero2", "zero3"):
             out[f"{strategy}_units"] = [4 * u.padded for u in s.units]
+        if strategy == "zero3":
+            out["zero3_prefetches"] = s.prefetches
     out["psi"] = sum(p.numel() for p in build_gpt("tiny", 16, 16).parameters())
     return out
 
@@ -115,13 +127,16 @@ def test_memory_per_rank_matches_the_zero_formulas(memory: dict[int, Any], strat
 @pytest.mark.parametrize("world", [2, 4])
 def test_zero3_peak_is_the_shards_plus_the_layers_in_use(memory: dict[int, Any], world: int) -> None:
     """At its peak a ZeRO-3 rank holds its shards, the root unit (tied to the output head) and one
-    block, each gathered along with its gradient buffer; never the whole model."""
+    block, each gathered along with its gradient buffer, and the one block prefetched: of the
+    blocks, two at most (the tiny model has only two, so this is no less than ZeRO-1's peak here).
+    In its second step every block was prefetched, once in forward, once in backward."""
     m = memory[world]
     units = m["zero3_units"]  # blocks in backward order, root last
     shards = 16 * m["psi"] / world
     in_use = 2 * (units[-1] + max(units[:-1]))  # parameters + gradient buffer of root and one block
-    assert m["zero3"]["peak"] <= 1.05 * (shards + in_use), m["zero3"]
-    assert m["zero3"]["peak"] < m["zero1"]["peak"] < m["bucketed"]["peak"]
+    assert m["zero3"]["peak"] <= 1.05 * (shards + in_use + max(units[:-1])), m["zero3"]
+    assert m["zero3_prefetches"] == 2 * (len(units) - 1)
+    assert m["zero1"]["peak"] < m["bucketed"]["peak"]
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -16,6 +16,15 @@ only while it is needed; at rest a rank holds just its chunk (1/N) of every unit
 - step: the sharded optimizer updates the chunks in place; nothing is gathered until the next
   forward (no :class:`~gradsync.parallel.sharded.ParamGathers`).
 
+Prefetch (``zero3:prefetch=k``, default 1; the pattern of FSDP2): the order in which units are
+gathered in forward and in backward is recorded on the first step; from then on, gathering a unit
+also starts the asynchronous all-gathers of the next k units in that order, so they travel while
+the current unit computes. At most k units are in flight or waiting beyond the one in use. The
+bytes gathered are the same, so the parameters are bitwise those of ``prefetch=0``. Gathers that
+activation checkpointing's recomputation asks for in backward do not prefetch (backward's own
+order does), and whatever is still gathered or in flight after the update is waited for and
+released, so no forward ever sees parameters from before the update.
+
 At any moment a rank holds its chunks plus the units in use: one block, and the root unit, which
 the tied output head keeps gathered from the start of forward to the end of backward.
 """
@@ -56,7 +65,13 @@ class Zero3Strategy(ShardedStrategy):
         self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
         self.full = bind_unit_buffers(self.units)
         self.param_chunks = [u.my_chunk(full).clone() for u, full in zip(self.units, self.full)]
+        self.prefetch = int(self.spec["prefetch"])
         self._gathered = [True] * len(self.units)
+        self._pending: dict[int, Any] = {}  # unit -> its all-gather in flight (a prefetch)
+        self._order: dict[str, list[int]] = {}  # phase -> units in the order the last step gathered them
+        self._seen: dict[str, list[int]] = {"forward": [], "backward": []}  # this step's, being recorded
+        self._in_backward = False
+        self.prefetches = 0  # gathers started ahead of need, in all
         for u in self.units:
             self._release(u)
         # every use of a unit's parameters in this backward is done when its last gradient is in
@@ -66,36 +81,94 @@ class Zero3Strategy(ShardedStrategy):
         self.names = self.grads.names
         for (m, _), u in zip(reversed(owners), self.units):
             self._hook_module(m, u)
+        model.register_forward_pre_hook(self._forward_starts)
         if root:
             self._hook_module(model, self.units[-1])
         self.shard_optimizer()
 
     # -- gathering and releasing parameters ------------------------------------------------------
-    def _gather(self, u: FlatUnit) -> None:
-        if self._gathered[u.index]:
-            return
+    def _gather(self, u: FlatUnit, phase: str = "") -> None:
+        """Make ``u`` gathered (waiting for its prefetch if one is in flight); in ``phase``
+        (forward / backward) record the order and prefetch the units that followed ``u`` last
+        time."""
+        if phase:
+            if u.index not in self._seen[phase]:
+                self._seen[phase].append(u.index)
+        if u.index in self._pending:
+            self.comm.wait(self._pending.pop(u.index))
+            self._gathered[u.index] = True
+        elif not self._gathered[u.index]:
+            self._allocate(u)
+            with torch.no_grad():
+                self.comm.all_gather(self.full[u.index], self.param_chunks[u.index])
+            self._gathered[u.index] = True
+            self.sample_memory()
+        if phase and self.prefetch:
+            order = self._order.get(phase, [])
+            if u.index in order:
+                at = order.index(u.index)
+                for i in order[at + 1:at + 1 + self.prefetch]:
+                    self._start_gather(self.units[i])
+
+    def _allocate(self, u: FlatUnit) -> None:
         full = self.full[u.index]
         full.untyped_storage().resize_(u.padded * full.element_size())
+
+    def _start_gather(self, u: FlatUnit) -> None:
+        if self._gathered[u.index] or u.index in self._pending:
+            return
+        self._allocate(u)
         with torch.no_grad():
-            self.comm.all_gather(full, self.param_chunks[u.index])
-        self._gathered[u.index] = True
+            self._pending[u.index] = self.comm.all_gather(self.full[u.index], self.param_chunks[u.index],
+                                                          async_op=True)
+        self.prefetches += 1
         self.sample_memory()
 
     def _release(self, u: FlatUnit) -> None:
+        if u.index in self._pending:  # a prefetch nobody used: it must land before the buffer goes
+            self.comm.wait(self._pending.pop(u.index))
+            self._gathered[u.index] = True
         if self._gathered[u.index]:
             self.full[u.index].untyped_storage().resize_(0)
             self._gathered[u.index] = False
 
+    def _end_of_step(self) -> None:
+        """After the update (or a skipped one): keep this step's gather order for the next, and
+        release everything, prefetched or not, so the next forward gathers updated parameters."""
+        for phase, seen in self._seen.items():
+            if seen:
+                self._order[phase] = list(seen)
+        self._seen = {"forward": [], "backward": []}
+        self._in_backward = False
+        for u in self.units:
+            self._release(u)
+
+    def after_update(self) -> None:
+        super().after_update()
+        self._end_of_step()
+
+    def on_skipped_step(self) -> None:
+        super().on_skipped_step()
+        self._end_of_step()
+
+    def _forward_starts(self, _m: nn.Module, _args: Any) -> None:
+        self._in_backward = False  # a new micro-step (recomputation runs blocks, never the whole model)
+
     def _hook_module(self, module: nn.Module, u: FlatUnit) -> None:
         def pre(_m: nn.Module, _args: Any) -> None:
-            self._gather(u)
+            # a gather during backward is activation checkpointing's recomputation: no prefetch
+            self._gather(u, "" if self._in_backward else "forward")
+
+        def in_backward(_g: torch.Tensor) -> None:
+            self._in_backward = True
+            self._gather(u, "backward")
 
         def post(_m: nn.Module, _args: Any, out: Any) -> None:
             self._release(u)
             if torch.is_grad_enabled():
                 for t in _tensors(out):
                     if t.requires_grad:
-                        t.register_hook(lambda g: self._gather(u))
+                        t.register_hook(in_backward)
                         break
 
         module.register_forward_pre_hook(pre)

@@ -82,6 +82,7 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
                   f"{_CM}:price_allreduce", f"{_CM}:memory_replicated"),
     StrategyEntry("bucketed", f"{_P}.bucketed:BucketedStrategy",
                   f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
+                  options={"hierarchical": Param(bool, False)},
                   exact=True, compressors=("fp16", "bf16", "powersgd", "topk")),
     StrategyEntry("torch-ddp", f"{_P}.torch_ddp:TorchDDPStrategy",
                   f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
@@ -161,6 +162,9 @@ def check_composition(strategy_spec: Spec, compress: Spec) -> None:
         raise ConfigError(f"parallel.strategy {strategy_spec.name}: {problem}")
     if compress.name == "none":
         return
+    if strategy_spec.options.get("hierarchical"):
+        raise ConfigError(f"parallel.compress {compress.name} does not compose with bucketed:hierarchical=true "
+                          "(the two-level all-reduce sends fp32 shards); drop one of them")
     if entry is None or compress.name not in entry.compressors:
         where = ", ".join(f"{e.name} ({'/'.join(e.compressors)})" for e in STRATEGIES.values() if e.compressors)
         raise ConfigError(f"parallel.compress {compress.name} is not implemented for strategy "

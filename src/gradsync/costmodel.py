@@ -370,7 +370,7 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
     if world > 1:  # the trainer's one scalar all-reduce per step (the logged loss)
         log = net.time("all_reduce", 8.0, world)
         comm, exposed = comm + log, exposed + log
-    return Prediction(str(s), world, compute, comm, exposed, priced.opt, priced.compression,
+    return Prediction(strategy if isinstance(strategy, str) else str(s), world, compute, comm, exposed, priced.opt, priced.compression,
                       memory(s.name, w, world, c), tok_micro * w.accum * world, w.flops_per_token,
                       hw.peak_flops, hw.memory_bytes)
 

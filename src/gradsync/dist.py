@@ -130,23 +130,40 @@ class Comm:
         self.env = env
         self.group = group
         self.timeout_s = timeout_s  # the group's collective timeout, for messages
-        self.stats = CommStats()
+        self._stats = CommStats()
         self._ops: dict[int, str] = {}  # in-flight async work -> the collective's name
         self._cuda = env.device.type == "cuda"
         self._events: list[tuple[Any, Any]] = []  # (before, after) on the compute stream, not yet read
+        self._root = self  # where a subgroup's collectives are accounted
+
+    def subgroup(self, group: dist.ProcessGroup) -> "Comm":
+        """Collectives over ``group`` (a subset of the ranks), accounted in this Comm's stats."""
+        sub = Comm(self.env, group, self.timeout_s)
+        sub._root = self._root
+        return sub
+
+    @property
+    def stats(self) -> CommStats:
+        return self._root._stats
 
     @property
     def world_size(self) -> int:
-        return self.env.world_size
+        return self.env.world_size if self.group is None else dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        """This rank's index in the group (its global rank for the whole world)."""
+        return self.env.rank if self.group is None else dist.get_rank(self.group)
 
     def take_stats(self) -> CommStats:
         """Return the stats since the last call and start counting afresh (on CUDA, after the
         compute stream has passed the last wait recorded)."""
-        if self._events:
-            self._events[-1][1].synchronize()
-            self.stats.blocked_s += sum(a.elapsed_time(b) for a, b in self._events) / 1e3
-            self._events.clear()
-        s, self.stats = self.stats, CommStats()
+        root = self._root
+        if root._events:
+            root._events[-1][1].synchronize()
+            root._stats.blocked_s += sum(a.elapsed_time(b) for a, b in root._events) / 1e3
+            root._events.clear()
+        s, root._stats = root._stats, CommStats()
         return s
 
     @contextlib.contextmanager
@@ -158,7 +175,7 @@ class Comm:
             before.record()
             yield
             after.record()
-            self._events.append((before, after))
+            self._root._events.append((before, after))
             return
         t0 = time.perf_counter()
         yield

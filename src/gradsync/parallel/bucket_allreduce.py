@@ -25,20 +25,26 @@ import torch.nn as nn
 
 from gradsync.config import ParallelConfig
 from gradsync.dist import Comm
-from gradsync.parallel.compression import build_reducer
+from gradsync.parallel.compression import Reducer, build_reducer
+from gradsync.parallel.hierarchical import HierarchicalMean
 from gradsync.parallel.layout import Bucket, bucket_units
+from gradsync.parallel.topology import TwoLevel
 
 
 class BucketedAllReduce:
     """Gradients in flat buckets, reduced as backward fills them. ``shard`` pads every bucket to
     a multiple of the world size (ZeRO-1 shards each bucket's optimizer state)."""
 
-    def __init__(self, model: nn.Module, comm: Comm, cfg: ParallelConfig, shard: bool = False) -> None:
+    def __init__(self, model: nn.Module, comm: Comm, cfg: ParallelConfig, shard: bool = False,
+                 levels: TwoLevel | None = None) -> None:
         self.comm = comm
         self.compress_spec = cfg.compress_spec
+        self.levels = levels
         self.names = {id(p): n for n, p in model.named_parameters()}
-        world = comm.world_size if shard else 1
-        self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, world, comm.env.rank)
+        # sharded buckets split among all ranks; two-level ones among the workers of a node
+        world = comm.world_size if shard else levels.intra.world_size if levels else 1
+        rank = levels.intra.rank if levels and not shard else comm.env.rank
+        self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, world, rank)
         self.buckets: list[Bucket] = []
         self._bucket_of: dict[int, Bucket] = {}
         for u in self.units:
@@ -50,8 +56,11 @@ class BucketedAllReduce:
                 p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self._syncing = False
         self._next_launch = 0
-        self.reducer = build_reducer(self.compress_spec, comm)
+        self.reducer = self._build_reducer()
         self._attach_views()
+
+    def _build_reducer(self) -> Reducer:
+        return HierarchicalMean(self.levels) if self.levels else build_reducer(self.compress_spec, self.comm)
 
     def _attach_views(self) -> None:
         for b in self.buckets:
@@ -112,7 +121,7 @@ class BucketedAllReduce:
     def reset_compressor(self) -> None:
         """After a skipped step: residuals and warm-start factors may hold NaN now."""
         if self.reducer.compresses:
-            self.reducer = build_reducer(self.compress_spec, self.comm)
+            self.reducer = self._build_reducer()
 
     # -- compressor state: every rank's residuals, so that resuming is exact ----------------------
     def compressor_state(self) -> list[dict[str, Any]] | None:

@@ -1,5 +1,6 @@
 """``bucketed``: bucketed all-reduce overlapped with backward (the design of PyTorch DDP, Li et al.
-VLDB 2020), optionally compressed (``--compress``). The gradient path is
+VLDB 2020), optionally compressed (``--compress``), or reduced in two levels, inside each node
+then across nodes (``bucketed:hierarchical=true``, :mod:`gradsync.parallel.hierarchical`). The gradient path is
 :class:`~gradsync.parallel.bucket_allreduce.BucketedAllReduce`; this strategy holds it and steps
 the configured optimizer on the averaged gradients."""
 
@@ -15,6 +16,7 @@ from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.parallel.bucket_allreduce import BucketedAllReduce
 from gradsync.parallel.layout import plan_buckets
+from gradsync.parallel.topology import two_level_groups
 
 __all__ = ["BucketedStrategy", "plan_buckets"]
 
@@ -25,7 +27,8 @@ class BucketedStrategy(Strategy):
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
-        self.grads: BucketedAllReduce = BucketedAllReduce(model, comm, cfg)
+        self.levels = two_level_groups(comm) if self.spec["hierarchical"] else None
+        self.grads: BucketedAllReduce = BucketedAllReduce(model, comm, cfg, levels=self.levels)
 
     def on_skipped_step(self) -> None:
         self.grads.reset_compressor()

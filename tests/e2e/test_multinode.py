@@ -1,5 +1,6 @@
-"""Two "nodes" (two elastic agents, one worker each) meeting at a c10d rendezvous on loopback:
-the multi-node path of ``gradsync train`` that torchrun users take, run for real."""
+"""Two "nodes" (two elastic agents, two workers each) meeting at a c10d rendezvous on loopback:
+the multi-node path of ``gradsync train`` that torchrun users take, run for real, with the
+two-level all-reduce finding its nodes from what the agents tell the workers."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from gradsync.testing import free_port
 def test_two_agents_rendezvous_and_train_together(tmp_path: Path) -> None:
     port = free_port()
     env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "gradsync.cli", "train", "--nnodes", "2", "--nproc", "1",
+    cmd = [sys.executable, "-m", "gradsync.cli", "train", "--nnodes", "2", "--nproc", "2",
+           "--strategy", "bucketed:hierarchical=true",
            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "e2e", "--run-dir", "run",
-           "--model", "tiny", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "4",
+           "--model", "tiny", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "2",
            "--global-batch", "8", "--sample-tokens", "0", "--no-progress", "--timeout", "60"]
     logs = [(tmp_path / f"node{i}.out", tmp_path / f"node{i}.err") for i in range(2)]
     nodes = []
@@ -41,7 +43,8 @@ def test_two_agents_rendezvous_and_train_together(tmp_path: Path) -> None:
     assert not hung, f"node(s) {hung} did not finish in 150 s: {[e[-2000:] for _, e in outs]}"
     for n, (out, err) in zip(nodes, outs):
         assert n.returncode == 0, (out[-2000:], err[-3000:])
-    assert sum("2 worker(s)" in out for out, _ in outs) == 1  # rank 0 reports, on one node only
+    assert sum("4 worker(s)" in out for out, _ in outs) == 1  # rank 0 reports, on one node only
+    assert sum("two-level all-reduce over 2 node(s) x 2 worker(s)" in out for out, _ in outs) == 1
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"train"' in line]
     assert steps == [1, 2, 3, 4]

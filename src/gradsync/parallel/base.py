@@ -164,6 +164,11 @@ class Strategy(ABC):
         """After a skipped update: drop state that a non-finite gradient has poisoned (e.g.
         compression residuals)."""
 
+    def describe(self) -> str:
+        """A line for the run's opening lines about how this strategy is laid out ("" = nothing
+        beyond its name)."""
+        return ""
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (collective); replicated strategies save rank 0's copy."""

@@ -30,6 +30,12 @@ class BucketedStrategy(Strategy):
         self.levels = two_level_groups(comm) if self.spec["hierarchical"] else None
         self.grads: BucketedAllReduce = BucketedAllReduce(model, comm, cfg, levels=self.levels)
 
+    def describe(self) -> str:
+        if self.levels is None:
+            return ""
+        return (f"two-level all-reduce over {self.levels.layout.describe()}: reduce-scatter in the node, "
+                "all-reduce of the shards across nodes, all-gather in the node")
+
     def on_skipped_step(self) -> None:
         self.grads.reset_compressor()
 

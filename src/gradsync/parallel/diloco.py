@@ -90,6 +90,12 @@ class DiLoCoStrategy(LocalSGDStrategy):
         self.reducer = OuterReducer(comm, self.quant)
         self.in_flight: dict[int, tuple[int, InFlight]] = {}  # fragment -> (step it lands at, its mean)
 
+    def describe(self) -> str:
+        sizes = ", ".join(f"{sum(p.numel() for p in ps):,}" for ps in self.fragments)
+        return (f"outer step every {self.period} steps: {len(self.fragments)} fragment(s) of {sizes} parameters, "
+                f"staggered every {self.period // len(self.fragments)} steps, applied {self.overlap} step(s) "
+                f"after they are sent, sent in {self.quant}")
+
     def sends_at(self, fragment: int, step: int) -> bool:
         """Whether ``fragment`` starts its outer communication after local step ``step``."""
         return step % self.period == (fragment + 1) * self.period // len(self.fragments) % self.period

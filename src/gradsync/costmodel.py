@@ -62,10 +62,16 @@ class Link:
 
 @dataclass(frozen=True)
 class Network:
-    """The link each collective sees: one for all (presets) or one per collective (calibrated)."""
+    """The link each collective sees: one for all (presets) or one per collective (calibrated).
+
+    A two-level network (nodes of ``per_node`` devices joined by ``intra``) keeps these links for
+    the network between nodes: a flat ring over all devices is as slow as its slowest hop, which
+    crosses that network, and :meth:`two_level` prices reducing inside the node first."""
 
     name: str
     links: dict[str, Link]
+    intra: "Network | None" = None
+    per_node: int = 1
 
     @classmethod
     def uniform(cls, name: str, link: Link) -> "Network":
@@ -81,6 +87,19 @@ class Network:
         link = self.links.get(op) or self.links.get("all_gather" if op == "all_to_all" else "all_reduce") \
             or self.links["all_reduce"]
         return fb * nbytes * link.beta_s_per_byte + fa * link.alpha_s
+
+
+    def two_level(self, nbytes: float, p: int) -> float:
+        """An all-reduce of ``nbytes`` among ``p`` devices in two levels
+        (:mod:`gradsync.parallel.hierarchical`): reduce-scatter inside each node, all-reduce across
+        the N nodes, all-gather inside the node. The node's p/N workers each send their shard's
+        share across at once, so the node's link carries the whole 2(N−1)/N · n. One level when
+        there is one node or one device per node."""
+        nodes = p // self.per_node if self.per_node > 0 else p
+        if self.intra is None or self.per_node <= 1 or nodes <= 1:
+            return self.time("all_reduce", nbytes, p)
+        return (self.intra.time("reduce_scatter", nbytes, self.per_node) + self.time("all_reduce", nbytes, nodes)
+                + self.intra.time("all_gather", nbytes, self.per_node))
 
 
 # Published line rates; latencies are typical small-message figures (assumptions, see the docs).
@@ -423,8 +442,12 @@ def _zero3_collectives(x: StepContext) -> tuple[list[float], list[float], list[f
 
 
 def price_zero3(x: StepContext) -> Priced:
-    """gradsync's ZeRO-3: each unit gathered in its forward hook and again before its backward,
-    without prefetch, so forward and backward wait for every gather; reduce-scatters overlap."""
+    """gradsync's ZeRO-3: each unit gathered in its forward hook and again before its backward;
+    reduce-scatters overlap. With ``prefetch`` ≥ 1 (the default) the next unit's gather runs
+    behind the current unit's compute, as FSDP2's does (:func:`price_fsdp`); with ``prefetch=0``
+    forward and backward wait for every gather."""
+    if int(x.strategy.options.get("prefetch", 0)) > 0:
+        return price_fsdp(x)
     us, ag, rs, layer_bwd = _zero3_collectives(x)
     per_micro = sum(ag) + sum(ag[:-1]) + exposed_after(
         _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
@@ -493,6 +516,8 @@ def bucket_comm(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], floa
 
 
 def bucket_comm_none(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    if x.strategy.options.get("hierarchical"):
+        return [x.net.two_level(b, x.p) for b in sizes], 0.0
     return [x.net.time("all_reduce", b, x.p) for b in sizes], 0.0
 
 

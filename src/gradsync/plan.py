@@ -40,9 +40,12 @@ class Row:
 
 
 def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int) -> cm.Network:
-    """Within a node (p <= gpus_per_node) the intra-node link; beyond, the ring's slowest link,
-    which is the network between nodes."""
-    return intra if intra is not None and p <= per_node else net
+    """Within a node (p <= gpus_per_node) the intra-node link; beyond, the network between nodes
+    (the slowest hop of a flat ring) with the intra-node link attached, which the two-level
+    all-reduce uses."""
+    if intra is None:
+        return net
+    return intra if p <= per_node else replace(net, intra=intra, per_node=per_node)
 
 
 def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch: int, hw: cm.Hardware,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -173,3 +174,18 @@ def test_streaming_diloco_prices_fragments_quantisation_and_overlap() -> None:
     assert 0 < outlasting < int8.exposed_comm_s
     expected = outlasting + hw.overlap_penalty * (lapped.comm_s - outlasting)
     assert lapped.exposed_comm_s == pytest.approx(expected, rel=0.05)
+
+
+def test_two_level_all_reduce_sends_only_shards_across_nodes() -> None:
+    """2 nodes x 2 devices on a 100 Mbit/s network with a fast link inside the node: the flat ring
+    carries 2(4-1)/4 = 1.5 n over each node's link, the two-level scheme 2(2-1)/2 = 1 n."""
+    slow = cm.Network.uniform("100mbit", cm.Link.from_bandwidth(0.1, 0.0))
+    fast = cm.Network.uniform("fast", cm.Link.from_bandwidth(1000.0, 0.0))
+    net = dataclasses.replace(slow, intra=fast, per_node=2)
+    n = 100e6
+    assert net.time("all_reduce", n, 4) / net.two_level(n, 4) == pytest.approx(1.5, rel=0.01)
+    assert net.two_level(n, 2) == net.time("all_reduce", n, 2) == slow.two_level(n, 2)  # one node's worth
+    w, hw = _gpt2(), cm.device_preset("h100")
+    flat = cm.predict("bucketed", w, 4, hw, net)
+    two = cm.predict("bucketed:hierarchical=true", w, 4, hw, net)
+    assert flat.comm_s / two.comm_s == pytest.approx(1.5, rel=0.02)

@@ -78,22 +78,8 @@ class Runner:
                 raise RuntimeError(f"{command} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
             return
         self._port += 1
-        c = self.cluster
-        procs = []
-        for i in range(self.world):
-            argv = [*base, "--nnodes", str(self.world), "--nproc", "1", "--threads", "1",
-                    "--rdzv-endpoint", f"{c.addrs[0]}:{self._port}", "--rdzv-id", f"v{self._port}",
-                    "--local-addr", c.addrs[i], "--timeout", "120"]
-            err = (self.work / f"node{i}.err").open("w")
-            procs.append(c.popen(i, argv, cwd=self.work, env=self.env, stdout=subprocess.DEVNULL, stderr=err))
-            if i == 0:
-                time.sleep(0.5)  # node 0 hosts the rendezvous
-        deadline = time.monotonic() + timeout
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        if any(p.returncode for p in procs):
-            errs = "\n".join((self.work / f"node{i}.err").read_text()[-1500:] for i in range(self.world))
-            raise RuntimeError(f"{command} {' '.join(args)} failed on a node:\n{errs}")
+        self.cluster.run_job([*base, "--threads", "1", "--timeout", "120"], self._port, 1, cwd=self.work,
+                             env=self.env, timeout=timeout, logs=self.work)
 
 
 def measured_step(metrics: Path, warmup: int) -> dict[str, float]:

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from typing import Any, Sequence
 
@@ -110,6 +111,34 @@ class Cluster:
     def popen(self, node: int, argv: Sequence[str], **kwargs: Any) -> "subprocess.Popen[Any]":
         """Start ``argv`` in node ``node``."""
         return subprocess.Popen(self.command(node, argv), **kwargs)
+
+    def run_job(self, argv: Sequence[str], port: int, nproc: int = 1, cwd: Any = None, env: Any = None,
+                timeout: float = 900, logs: Any = None) -> None:
+        """Run ``gradsync`` command ``argv`` (``[python, -m, gradsync.cli, CMD, ...]``) as one job
+        over every node, ``nproc`` workers each, meeting at node 0's rendezvous on ``port``; raise
+        with the nodes' stderr if any fails. ``logs`` is a folder for ``node<i>.err``."""
+        from pathlib import Path
+
+        logs = Path(logs or cwd or ".")
+        procs = []
+        for i in range(len(self.nodes)):
+            full = [*argv, "--nnodes", str(len(self.nodes)), "--nproc", str(nproc), "--rdzv-endpoint",
+                    f"{self.addrs[0]}:{port}", "--rdzv-id", f"job{port}", "--local-addr", self.addrs[i]]
+            err = (logs / f"node{i}.err").open("w")
+            procs.append(self.popen(i, full, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err))
+            if i == 0:
+                time.sleep(0.5)  # node 0 hosts the rendezvous
+        deadline = time.monotonic() + timeout
+        try:
+            for p in procs:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if any(p.returncode for p in procs):
+            errs = "\n".join((logs / f"node{i}.err").read_text()[-1500:] for i in range(len(self.nodes)))
+            raise NetnsError(f"{' '.join(argv[3:5])} failed on a node:\n{errs}")
 
     def kill_node(self, node: int, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` to every process in node ``node`` (agents and workers alike, whatever their

@@ -1,0 +1,220 @@
+"""Where the network is the bottleneck: time to a loss on slow links, and the two-level all-reduce.
+
+Two parts, each run for real in network namespaces (one namespace per "node", veth links shaped
+with ``tc ... tbf``; :mod:`gradsync.testing.netns`), needs root:
+
+``--part time-to-loss``: the default job with a constant learning rate after warm-up
+(``--optim.min_lr_ratio 1``) and validation every ``--eval-every`` steps. The reference is
+``bucketed`` with 2 workers on loopback: the validation loss it reaches at ``--target-step`` is the
+target, its training time to that step the reference time. Every strategy then runs on 2 nodes
+joined at each ``--rates`` link, up to ``--max-steps``, and its time to the target is the training
+time (the sum of step times; evaluation excluded) up to the first validation at or below it. The
+ratio is reference time / time to target: 1.0 = as fast as on loopback. Median of ``--repeats``.
+
+``--part hierarchy``: 2 nodes x 2 workers, the link between the nodes shaped to ``--rate``, the two
+workers of a node talking over the namespace's own loopback: ``bucketed`` (a flat ring) against
+``bucketed:hierarchical=true`` (reduce-scatter in the node, all-reduce across, all-gather in the
+node), tokens/s after the warm-up, median of ``--repeats``.
+
+    python benchmarks/network_bench.py --part time-to-loss --out-dir docs/network
+    python benchmarks/network_bench.py --part hierarchy --out-dir docs/network
+
+Writes ``PART.json`` (every run), ``PART.md`` (the table, with the command) and, for time to loss,
+``time-to-loss.png`` (validation loss against training time, one line per strategy and link).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gradsync.files import save_figure
+from gradsync.metrics import read_metrics
+from gradsync.testing import netns
+
+JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress",
+       "--threads", "1"]
+STRATEGIES = ("bucketed;localsgd:16;diloco:32;diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8;"
+              "bucketed+powersgd:rank=4")
+
+
+class Jobs:
+    """Runs ``gradsync train`` on loopback or on a fresh 2-node cluster at a given link rate."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.env = dict(os.environ, GRADSYNC_CACHE=str(work / "cache"), PYTHONUNBUFFERED="1")
+        self.port = 29700
+        self.clusters: dict[str, netns.Cluster] = {}
+
+    def cluster(self, rate: str) -> netns.Cluster:
+        if rate not in self.clusters:
+            c = netns.Cluster(2)
+            c.shape(rate)
+            self.clusters[rate] = c
+        return self.clusters[rate]
+
+    def train(self, where: str, nproc: int, args: list[str], run_dir: Path, timeout: float = 1800) -> list[dict[str, Any]]:
+        argv = [sys.executable, "-m", "gradsync.cli", "train", *JOB, *args, "--run-dir", str(run_dir)]
+        if where == "loopback":
+            r = subprocess.run([*argv, "--nproc", str(nproc)], cwd=self.work, env=self.env, capture_output=True,
+                               text=True, timeout=timeout)
+            if r.returncode != 0:
+                raise RuntimeError(f"train {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+        else:
+            self.port += 1
+            self.cluster(where).run_job([*argv, "--timeout", "300"], self.port, nproc, cwd=self.work, env=self.env,
+                                        timeout=timeout, logs=self.work)
+        return read_metrics(run_dir / "metrics.jsonl")
+
+    def close(self) -> None:
+        for c in self.clusters.values():
+            c.close()
+
+
+def curve(records: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """(step, training seconds so far, validation loss) at every validation."""
+    elapsed, at = 0.0, {}
+    for r in records:
+        if r["kind"] == "train":
+            elapsed += r["step_time_s"]
+            at[r["step"]] = elapsed
+    return [(r["step"], at[r["step"]], r["val_loss"]) for r in records if r["kind"] == "eval" and r["step"] in at]
+
+
+def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int, float] | None:
+    for step, t, loss in points:
+        if loss <= target:
+            return step, t
+    return None
+
+
+def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
+    common = ["--eval-interval", str(ns.eval_every), *shlex.split(ns.extra)]
+    refs = []
+    for r in range(ns.repeats):
+        pts = curve(jobs.train("loopback", 2, [*common, "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
+                               jobs.work / f"ref-{r}"))
+        refs.append(pts)
+        print(f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]} in {pts[-1][1]:.1f}s",
+              flush=True)
+    target = statistics.median(p[-1][2] for p in refs)
+    ref_time = statistics.median(p[-1][1] for p in refs)
+    rows: list[dict[str, Any]] = [{"link": "loopback", "entry": "bucketed", "curves": refs, "reached": [
+        (p[-1][0], p[-1][1]) for p in refs], "target": target, "ref_time": ref_time}]
+    for rate in ns.rates.split(","):
+        for entry in ns.strategies.split(";"):
+            strategy, _, compress = entry.partition("+")
+            curves, reached = [], []
+            for r in range(ns.repeats):
+                folder = jobs.work / f"{rate}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
+                pts = curve(jobs.train(rate, 1, [*common, "--strategy", strategy, "--compress", compress or "none",
+                                                 "--max-steps", str(ns.max_steps)], folder))
+                curves.append(pts)
+                reached.append(time_to(pts, target))
+                hit = reached[-1]
+                print(f"[{rate}] {entry} repeat {r + 1}: " + (f"target at step {hit[0]} in {hit[1]:.1f}s"
+                      if hit else f"not at the target by step {ns.max_steps} (val {pts[-1][2]:.4f})"), flush=True)
+            rows.append({"link": rate, "entry": entry, "curves": curves, "reached": reached})
+    lines = [f"Target: validation loss {target:.4f}, reached by `bucketed` on loopback (2 workers) at step "
+             f"{ns.target_step} in {ref_time:.1f} s of training (median of {ns.repeats}).", "",
+             "| link | strategy | step at target | time to target s | ratio (loopback time / time) |",
+             "|---|---|---|---|---|"]
+    for row in rows[1:]:
+        t = statistics.median([h[1] if h else float("inf") for h in row["reached"]])  # a miss counts as never
+        if t < float("inf"):
+            step = statistics.median(h[0] for h in row["reached"] if h)
+            row["ratio"] = ref_time / t
+            lines.append(f"| {row['link']} | {row['entry']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} |")
+        else:
+            longest = max(c[-1][1] for c in row["curves"])
+            row["ratio"] = None
+            lines.append(f"| {row['link']} | {row['entry']} | not by {ns.max_steps} | > {longest:.1f} | "
+                         f"< {ref_time / longest:.2f} |")
+    return rows, "\n".join(lines)
+
+
+def plot_curves(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for row in rows:
+        c = row["curves"][0]
+        style = "-" if row["link"] in ("loopback", "100mbit") else "--"
+        ax.plot([t for _, t, _ in c], [v for _, _, v in c], style, marker=".", label=f"{row['entry']} ({row['link']})")
+    ax.axhline(rows[0]["target"], color="grey", lw=0.8, ls=":", label="target")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss against training time, 2 workers")
+    ax.legend(fontsize=7)
+    save_figure(fig, out)
+
+
+def hierarchy(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
+    rows = []
+    args = ["--max-steps", str(ns.warmup + ns.steps), "--eval-interval", str(ns.warmup + ns.steps),
+            "--eval-sequences", "8", *shlex.split(ns.extra)]
+    for entry in ("bucketed", "bucketed:hierarchical=true"):
+        tps = []
+        for r in range(ns.repeats):
+            recs = jobs.train(ns.rate, 2, [*args, "--strategy", entry], jobs.work / f"hier-{entry[-4:]}-{r}")
+            train = [x for x in recs if x["kind"] == "train"][ns.warmup:]
+            tps.append(statistics.fmean(x["tokens_per_sec"] for x in train))
+            print(f"[2x2 {ns.rate}] {entry} repeat {r + 1}: {tps[-1]:,.0f} tokens/s", flush=True)
+        rows.append({"entry": entry, "tokens_per_sec": tps, "median": statistics.median(tps)})
+    ratio = rows[1]["median"] / rows[0]["median"]
+    text = "\n".join(["| 2 nodes x 2 workers, inter-node " + ns.rate + " | tokens/s (median) | runs |", "|---|---|---|",
+                      *(f"| {r['entry']} | {r['median']:,.0f} | {', '.join(f'{t:,.0f}' for t in r['tokens_per_sec'])} |"
+                        for r in rows), "", f"two-level / flat: {ratio:.2f}x"])
+    return rows, text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("time-to-loss", "hierarchy"), required=True)
+    ap.add_argument("--out-dir", type=Path, default=Path("network-results"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--extra", default="", help="more gradsync train flags for every run (e.g. --model tiny)")
+    ap.add_argument("--rates", default="100mbit,10mbit", help="time-to-loss: the links between the 2 nodes")
+    ap.add_argument("--strategies", default=STRATEGIES, help="time-to-loss: ';'-separated strategy[+compressor]")
+    ap.add_argument("--target-step", type=int, default=160)
+    ap.add_argument("--max-steps", type=int, default=320)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--rate", default="100mbit", help="hierarchy: the link between the nodes")
+    ap.add_argument("--steps", type=int, default=30, help="hierarchy: measured steps after the warm-up")
+    ap.add_argument("--warmup", type=int, default=5)
+    ns = ap.parse_args()
+    why = netns.unavailable_reason()
+    if why:
+        print(f"network_bench: {why}", file=sys.stderr)
+        return 2
+    ns.out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gradsync-net-") as tmp:
+        jobs = Jobs(Path(tmp))
+        try:
+            rows, table = (time_to_loss if ns.part == "time-to-loss" else hierarchy)(ns, jobs)
+        finally:
+            jobs.close()
+    command = "python benchmarks/network_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    (ns.out_dir / f"{ns.part}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    (ns.out_dir / f"{ns.part}.md").write_text(f"{table}\n\ncommand: `{command}`\n")
+    if ns.part == "time-to-loss":
+        plot_curves(rows, ns.out_dir / "time-to-loss.png")
+    print(table)
+    print(f"command: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

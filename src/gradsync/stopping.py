@@ -1,7 +1,8 @@
 """Stopping on a signal without losing work: the signals a scheduler sends to preempt a job
 (SIGTERM from Slurm and Kubernetes, SIGUSR1 from Slurm's ``--signal``, SIGHUP) and Ctrl-C
 (SIGINT) are noted, not obeyed at once; at the end of the step every rank learns whether any of
-them got one (one tiny all-reduce), and then all save and stop at the same step."""
+them got one (its vote is summed in the trainer's one all-reduce a step, with the logged loss),
+and then all save and stop at the same step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from gradsync.dist import Comm
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
@@ -36,9 +36,13 @@ class StopOnSignal:
         for s, old in self._old.items():
             signal.signal(s, old)
 
-    def agreed(self, comm: Comm) -> str | None:
-        """Collective: the name of the signal if any rank got one (this rank's, else "a signal on
-        another rank"), None otherwise."""
-        if comm.sum_scalars([float(self.signum > 0)])[0] == 0:
+    def flag(self) -> float:
+        """This rank's vote, to be summed over ranks (with other scalars, in one all-reduce)."""
+        return float(self.signum > 0)
+
+    def named(self, votes: float) -> str | None:
+        """From the sum of every rank's :meth:`flag`: the name of the signal if any rank got one
+        (this rank's, else "a signal on another rank"), None otherwise."""
+        if votes == 0:
             return None
         return signal.Signals(self.signum).name if self.signum else "a signal on another rank"

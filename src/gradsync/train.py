@@ -113,15 +113,16 @@ class Trainer:
         if self.batches.step != step:
             raise RuntimeError(f"train_step({step}) called with the data at step {self.batches.step}")
         micro = next(self.batches)
-        loss_sum = 0.0
+        losses = []  # kept on the device: reading each would wait for it (a sync per micro-step on GPU)
         for i, batch in enumerate(micro):
-            batch = tuple(t.to(self.env.device) for t in batch)
+            batch = tuple(t.to(self.env.device, non_blocking=True) for t in batch)
             with self.strategy.micro_step(last=i == len(micro) - 1):
                 with autocast(self.cfg.train.precision, self.env.device):
                     loss = self.task.loss(self.strategy.module, batch)
                 (loss / len(micro)).backward()
-            loss_sum += float(loss.detach())
-        return loss_sum / len(micro), self.strategy.step(self.cfg.optim.grad_clip)
+            losses.append(loss.detach())
+        result = self.strategy.step(self.cfg.optim.grad_clip)
+        return sum(torch.stack(losses).float().tolist()) / len(micro), result
 
     def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
         log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)
@@ -155,10 +156,14 @@ class Trainer:
                 bad_streak = self._check_finite(log, done, result, bad_streak)
                 if step == self.start_step:  # optimizer state exists from the first step on
                     log.memory(done, self.strategy.memory_report())
+                # one all-reduce a step: the logged loss (when due) and whether any rank got a stop signal
                 if done % t.log_interval == 0 or done == end or bad_streak:
-                    loss = self.comm.mean_scalars([local_loss])[0]
+                    loss_sum, votes = self.comm.sum_scalars([local_loss, stop.flag()])
+                    loss = loss_sum / self.env.world_size
                     history.append(self._record(done, loss, result, dt, stats, peak_flops_per_worker))
                     log.train(history[-1])
+                else:
+                    votes = self.comm.sum_scalars([stop.flag()])[0]
                 paused = False  # evaluation and checkpoints do not count as the next step's time
                 if self.evaluator.due(done, end):
                     metrics, paused = self.evaluate(), True
@@ -168,7 +173,7 @@ class Trainer:
                     paused = True
                 if paused:
                     t_mark = time.perf_counter()
-                self._stop_if_signalled(stop, done, log)
+                self._stop_if_signalled(stop.named(votes), done, log)
                 log.tick()
         self.checkpointer.flush()  # a checkpoint still being written in the background
         log.close_progress()
@@ -193,10 +198,10 @@ class Trainer:
                     "activation_checkpointing": self.cfg.train.activation_checkpointing})
         return result
 
-    def _stop_if_signalled(self, stop: StopOnSignal, done: int, log: RunLogger) -> None:
-        """After step ``done``: if any rank got a stop signal, every rank saves (unless this step
-        just did) and raises :class:`Preempted` together."""
-        name = stop.agreed(self.comm)
+    def _stop_if_signalled(self, name: str | None, done: int, log: RunLogger) -> None:
+        """After step ``done``: if any rank got a stop signal (``name``, agreed by every rank at
+        the end of the step), every rank saves (unless this step just did) and raises
+        :class:`Preempted` together."""
         if name is None:
             return
         self.checkpointer.flush()

@@ -40,6 +40,9 @@ from gradsync.optim import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
 from gradsync.parallel.slices import StateSlices, replicated_load, replicated_save
 
+MEMORY_SAMPLED_STEPS = 3  # steps whose memory use is measured (later steps repeat them)
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one optimizer step reports: the gradient norm before clipping (global for synchronous
@@ -98,6 +101,7 @@ class Strategy(ABC):
         self.cfg = cfg
         self.spec = cfg.strategy_spec
         self.peak_bytes = 0
+        self.steps_taken = 0  # optimizer steps this strategy object has taken (or skipped)
         self._steady: dict[str, int] | None = None
         replicate(model, comm)
         self.module: nn.Module = model  # what the trainer calls forward on
@@ -136,12 +140,14 @@ class Strategy(ABC):
             # Skip this update on every rank: parameters and optimizer state stay as they were.
             self.zero_grad()
             self.on_skipped_step()
+            self.steps_taken += 1
             return StepResult(norm, True)
         if grad_clip > 0:
             self.clip_grads(grad_clip, norm)
         self.optimizer.step()
         self.after_update()
         self.sample_memory(steady=True)
+        self.steps_taken += 1
         self.zero_grad()
         return StepResult(norm, False)
 
@@ -206,10 +212,16 @@ class Strategy(ABC):
         return {"params": list(params), "grads": [p.grad for p in params],
                 "optimizer": optimizer_tensors(self.optimizer)}
 
-    def sample_memory(self, steady: bool = False) -> dict[str, int]:
+    def sample_memory(self, steady: bool = False) -> dict[str, int] | None:
         """Measure what is held now and raise the peak if it is higher. ``steady`` marks the
         moment the report describes: after the update, before gradients are zeroed, when every
-        strategy holds its parameters, gradients and optimizer state and nothing transient."""
+        strategy holds its parameters, gradients and optimizer state and nothing transient.
+
+        Only the first :data:`MEMORY_SAMPLED_STEPS` steps are sampled (None after): every later
+        step holds the same tensors at the same moments (ZeRO-3 prefetches from its second step
+        on), and a scan of every held tensor at each gather would be per-step overhead."""
+        if self.steps_taken >= MEMORY_SAMPLED_STEPS:
+            return None
         held = {k: storage_bytes(v) for k, v in self.holdings().items()}
         self.peak_bytes = max(self.peak_bytes, sum(held.values()))
         if steady:
@@ -217,6 +229,6 @@ class Strategy(ABC):
         return held
 
     def memory_report(self) -> MemoryReport:
-        held = self._steady or self.sample_memory()
+        held = self._steady or {k: storage_bytes(v) for k, v in self.holdings().items()}
         return MemoryReport(held["params"], held["grads"], held["optimizer"], self.peak_bytes,
                             process_peak_bytes(self.comm.env.device))

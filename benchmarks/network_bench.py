@@ -42,8 +42,8 @@ from gradsync.testing import netns
 
 JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress",
        "--threads", "1"]
-STRATEGIES = ("bucketed;localsgd:16;diloco:32;diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8;"
-              "bucketed+powersgd:rank=4")
+STRATEGIES = ("bucketed@100mbit;localsgd:16@100mbit;diloco:32;diloco:8,fragments=4,overlap=1,mix=0.5,quant=int8;"
+              "diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8@10mbit")
 
 
 class Jobs:
@@ -111,7 +111,10 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
     rows: list[dict[str, Any]] = [{"link": "loopback", "entry": "bucketed", "curves": refs, "reached": [
         (p[-1][0], p[-1][1]) for p in refs], "target": target, "ref_time": ref_time}]
     for rate in ns.rates.split(","):
-        for entry in ns.strategies.split(";"):
+        for item in ns.strategies.split(";"):
+            entry, _, only = item.partition("@")
+            if only and only != rate:
+                continue
             strategy, _, compress = entry.partition("+")
             curves, reached = [], []
             for r in range(ns.repeats):
@@ -187,7 +190,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--extra", default="", help="more gradsync train flags for every run (e.g. --model tiny)")
     ap.add_argument("--rates", default="100mbit,10mbit", help="time-to-loss: the links between the 2 nodes")
-    ap.add_argument("--strategies", default=STRATEGIES, help="time-to-loss: ';'-separated strategy[+compressor]")
+    ap.add_argument("--strategies", default=STRATEGIES,
+                    help="time-to-loss: ';'-separated strategy[+compressor][@rate] (@rate: at that link only)")
     ap.add_argument("--target-step", type=int, default=160)
     ap.add_argument("--max-steps", type=int, default=320)
     ap.add_argument("--eval-every", type=int, default=20)

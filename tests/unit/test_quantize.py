@@ -1,4 +1,5 @@
-"""Streaming DiLoCo's pure parts: block quantisation, error feedback, fragments, spec rules."""
+"""Pure parts of the network strategies: block quantisation and error feedback, DiLoCo's
+fragments, the node layout, and the one-line errors of the new spec options."""
 
 from __future__ import annotations
 
@@ -82,3 +83,34 @@ def test_streaming_specs_say_what_to_fix(spec: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         ParallelConfig(strategy=spec)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("strategy, compress, needle", [
+    ("bucketed:hierarchical=true", "fp16", "does not compose with bucketed:hierarchical=true"),
+    ("bucketed:hierarchical=maybe", "none", "hierarchical must be of type bool"),
+    ("zero3:prefetch=-1", "none", "prefetch must be >= 0"),
+])
+def test_hierarchical_and_prefetch_specs_say_what_to_fix(strategy: str, compress: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        ParallelConfig(strategy=strategy, compress=compress)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+class _Told:
+    """Stands in for a Comm: what every rank said about its node."""
+
+    def __init__(self, seen: list[tuple[str, int]]) -> None:
+        self.seen = seen
+
+    def all_gather_object(self, obj: object) -> list[tuple[str, int]]:
+        return self.seen
+
+
+def test_node_layout_groups_ranks_by_node_and_local_rank() -> None:
+    from gradsync.parallel.topology import node_layout
+
+    told = [("node1", 1), ("node0", 0), ("node1", 0), ("node0", 1)]
+    # by local rank inside a node; nodes ordered by their lowest rank (rank 0's node first)
+    assert node_layout(_Told(told)).nodes == ((2, 0), (1, 3))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="same number of workers on every node; this job has 2, 1"):
+        node_layout(_Told([("a", 0), ("a", 1), ("b", 0)]))  # type: ignore[arg-type]

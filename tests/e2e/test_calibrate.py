@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradsync import costmodel as cm
-from gradsync.calibrate import fit_alpha_beta, message_sizes, trimmed_mean
+from gradsync.calibrate import MEASURED_OPS, fit_alpha_beta, message_sizes, trimmed_mean
 from gradsync.profile import profile_hardware, profile_network
 
 
@@ -49,7 +49,7 @@ def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "all_reduce" in r.stdout and "profile written to" in r.stdout
     profile = json.loads(out.read_text())
-    assert profile["world_size"] == 2 and set(profile["collectives"]) == set(cm.OPS)
+    assert profile["world_size"] == 2 and set(profile["collectives"]) == set(MEASURED_OPS)
     pts = [tuple(x) for x in profile["collectives"]["all_reduce"]["points"]]
     assert [n for n, _ in pts] == message_sizes(64)
     # Fit without the 16 MiB measurement; the line must predict it within 30%. A size where the

@@ -42,10 +42,10 @@ from gradsync.files import atomic_write_bytes
 from gradsync.optim import optimizer_factory
 from gradsync.peak import device_name, worker_peak_flops
 from gradsync.ring import OPS, ring_factors
+from gradsync.tasks import Task, build_task
 
 # all-to-all is priced with the all-gather's link (same bytes per hop): not measured, to keep calibration short
 MEASURED_OPS = tuple(op for op in OPS if op != "all_to_all")
-from gradsync.tasks import Task, build_task
 
 def message_sizes(max_mb: float, min_bytes: int = 4096) -> list[int]:
     """4 KiB, 16 KiB, ... (powers of 4) up to ``max_mb`` MiB."""

@@ -88,7 +88,6 @@ class Network:
             or self.links["all_reduce"]
         return fb * nbytes * link.beta_s_per_byte + fa * link.alpha_s
 
-
     def two_level(self, nbytes: float, p: int) -> float:
         """An all-reduce of ``nbytes`` among ``p`` devices in two levels
         (:mod:`gradsync.parallel.hierarchical`): reduce-scatter inside each node, all-reduce across
@@ -389,7 +388,8 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
     if world > 1:  # the trainer's one scalar all-reduce per step (the logged loss)
         log = net.time("all_reduce", 8.0, world)
         comm, exposed = comm + log, exposed + log
-    return Prediction(strategy if isinstance(strategy, str) else str(s), world, compute, comm, exposed, priced.opt, priced.compression,
+    name = strategy if isinstance(strategy, str) else str(s)
+    return Prediction(name, world, compute, comm, exposed, priced.opt, priced.compression,
                       memory(s.name, w, world, c), tok_micro * w.accum * world, w.flops_per_token,
                       hw.peak_flops, hw.memory_bytes)
 

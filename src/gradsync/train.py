@@ -218,8 +218,9 @@ class Trainer:
         lines = [f"gradsync: {self.env.world_size} worker(s), strategy {label}, backend {self.env.backend}, "
                  f"{sum(p.numel() for p in self.model.parameters()):,} parameters, task {self.task.name}, "
                  f"accumulation {self.batches.accum_steps}, data {self.task.description}"]
-        if self.strategy.describe():
-            lines.append(f"gradsync: {self.strategy.describe()}")
+        layout = self.strategy.describe()
+        if layout:
+            lines.append(f"gradsync: {layout}")
         lines += [f"gradsync: warning: {w}" for w in self.task.warnings()]
         if self.resumed_from:
             lines.append(f"gradsync: resumed from {self.resumed_from} at step {self.start_step}")

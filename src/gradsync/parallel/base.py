@@ -212,6 +212,9 @@ class Strategy(ABC):
         return {"params": list(params), "grads": [p.grad for p in params],
                 "optimizer": optimizer_tensors(self.optimizer)}
 
+    def _held(self) -> dict[str, int]:
+        return {k: storage_bytes(v) for k, v in self.holdings().items()}
+
     def sample_memory(self, steady: bool = False) -> dict[str, int] | None:
         """Measure what is held now and raise the peak if it is higher. ``steady`` marks the
         moment the report describes: after the update, before gradients are zeroed, when every
@@ -222,13 +225,13 @@ class Strategy(ABC):
         on), and a scan of every held tensor at each gather would be per-step overhead."""
         if self.steps_taken >= MEMORY_SAMPLED_STEPS:
             return None
-        held = {k: storage_bytes(v) for k, v in self.holdings().items()}
+        held = self._held()
         self.peak_bytes = max(self.peak_bytes, sum(held.values()))
         if steady:
             self._steady = held
         return held
 
     def memory_report(self) -> MemoryReport:
-        held = self._steady or {k: storage_bytes(v) for k, v in self.holdings().items()}
+        held = self._steady or self._held()
         return MemoryReport(held["params"], held["grads"], held["optimizer"], self.peak_bytes,
                             process_peak_bytes(self.comm.env.device))

@@ -41,7 +41,7 @@ from gradsync.dist import Comm
 from gradsync.errors import ConfigError
 from gradsync.optim import OptimizerFactory
 from gradsync.parallel.layout import layer_units
-from gradsync.parallel.localsgd import LocalSGDStrategy
+from gradsync.parallel.localsgd import LocalSGDStrategy, copy_into
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.outer_sync import InFlight, OuterReducer
 
@@ -56,7 +56,6 @@ def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) ->
     if len(blocks) < count:
         raise ConfigError(f"diloco: fragments={count} needs at least {count} blocks (elements of an "
                           f"nn.ModuleList); this model has {len(blocks)}")
-    wanted = {id(p) for p in params}
     home: dict[int, int] = {}
     for i, block in enumerate(blocks):
         for p in block.parameters():
@@ -69,7 +68,7 @@ def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) ->
         if id(p) not in home:
             home[id(p)] = min(range(count), key=lambda f: size[f])
             size[home[id(p)]] += p.numel()
-    return [[p for p in params if id(p) in wanted and home[id(p)] == f] for f in range(count)]
+    return [[p for p in params if home[id(p)] == f] for f in range(count)]
 
 
 class DiLoCoStrategy(LocalSGDStrategy):
@@ -129,16 +128,10 @@ class DiLoCoStrategy(LocalSGDStrategy):
         self.outer_optimizer.step()
         outer.grad = None
         if self.mix == 0:
-            self.set_fragment(f, outer.detach())
+            copy_into(self.fragments[f], outer.detach())
         else:
             local = parameters_to_vector(self.fragments[f])
-            self.set_fragment(f, local.mul_(self.mix).add_(outer.detach(), alpha=1 - self.mix))
-
-    def set_fragment(self, f: int, flat: torch.Tensor) -> None:
-        at = 0
-        for p in self.fragments[f]:
-            p.copy_(flat[at:at + p.numel()].view_as(p))
-            at += p.numel()
+            copy_into(self.fragments[f], local.mul_(self.mix).add_(outer.detach(), alpha=1 - self.mix))
 
     def synchronize(self) -> None:
         raise NotImplementedError("diloco synchronises per fragment in _count_step")

@@ -23,6 +23,15 @@ from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 
 
+def copy_into(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    """Copy ``flat`` into ``params`` in order (torch's ``vector_to_parameters`` would make them
+    views of ``flat`` instead, aliasing whatever else uses that buffer)."""
+    at = 0
+    for p in params:
+        p.copy_(flat[at:at + p.numel()].view_as(p))
+        at += p.numel()
+
+
 class LocalSGDStrategy(Strategy):
     name = "localsgd"
     local_gradients = True
@@ -59,12 +68,7 @@ class LocalSGDStrategy(Strategy):
         self.set_parameters(self.averaged_parameters())
 
     def set_parameters(self, flat: torch.Tensor) -> None:
-        """Copy ``flat`` into the parameters (torch's ``vector_to_parameters`` would make them
-        views of ``flat`` instead, aliasing whatever else uses that buffer)."""
-        at = 0
-        for p in self._params:
-            p.copy_(flat[at:at + p.numel()].view_as(p))
-            at += p.numel()
+        copy_into(self._params, flat)
 
     # -- state: every rank's, since they differ between averages ---------------------------------
     def local_state(self) -> dict[str, Any]:

@@ -91,9 +91,8 @@ class Zero3Strategy(ShardedStrategy):
         """Make ``u`` gathered (waiting for its prefetch if one is in flight); in ``phase``
         (forward / backward) record the order and prefetch the units that followed ``u`` last
         time."""
-        if phase:
-            if u.index not in self._seen[phase]:
-                self._seen[phase].append(u.index)
+        if phase and u.index not in self._seen[phase]:
+            self._seen[phase].append(u.index)
         if u.index in self._pending:
             self.comm.wait(self._pending.pop(u.index))
             self._gathered[u.index] = True

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -117,25 +118,26 @@ class Cluster:
         """Run ``gradsync`` command ``argv`` (``[python, -m, gradsync.cli, CMD, ...]``) as one job
         over every node, ``nproc`` workers each, meeting at node 0's rendezvous on ``port``; raise
         with the nodes' stderr if any fails. ``logs`` is a folder for ``node<i>.err``."""
-        from pathlib import Path
-
         logs = Path(logs or cwd or ".")
-        procs = []
-        for i in range(len(self.nodes)):
-            full = [*argv, "--nnodes", str(len(self.nodes)), "--nproc", str(nproc), "--rdzv-endpoint",
-                    f"{self.addrs[0]}:{port}", "--rdzv-id", f"job{port}", "--local-addr", self.addrs[i]]
-            err = (logs / f"node{i}.err").open("w")
-            procs.append(self.popen(i, full, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err))
-            if i == 0:
-                time.sleep(0.5)  # node 0 hosts the rendezvous
-        deadline = time.monotonic() + timeout
+        procs, errs_out = [], []
         try:
+            for i in range(len(self.nodes)):
+                full = [*argv, "--nnodes", str(len(self.nodes)), "--nproc", str(nproc), "--rdzv-endpoint",
+                        f"{self.addrs[0]}:{port}", "--rdzv-id", f"job{port}", "--local-addr", self.addrs[i]]
+                errs_out.append((logs / f"node{i}.err").open("w"))
+                procs.append(self.popen(i, full, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=errs_out[-1]))
+                if i == 0:
+                    time.sleep(0.5)  # node 0 hosts the rendezvous
+            deadline = time.monotonic() + timeout
             for p in procs:
                 p.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+                    p.wait()
+            for f in errs_out:
+                f.close()
         if any(p.returncode for p in procs):
             errs = "\n".join((logs / f"node{i}.err").read_text()[-1500:] for i in range(len(self.nodes)))
             raise NetnsError(f"{' '.join(argv[3:5])} failed on a node:\n{errs}")

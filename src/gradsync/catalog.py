@@ -68,6 +68,8 @@ def _diloco_rules(o: Mapping[str, Any]) -> str:
         return f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
     if o["overlap"] >= o["H"]:
         return f"overlap={o['overlap']} must be < H={o['H']}: a fragment lands before it is sent again"
+    if o["keep"] and o["mix"] > 0:
+        return f"keep=true and mix={o['mix']} both say what a landing fragment becomes; choose one"
     return ""
 
 
@@ -95,10 +97,12 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
                   reference=None, priced_as="zero1"),
     StrategyEntry("zero2", f"{_P}.zero2:Zero2Strategy",
                   f"{_CM}:price_zero2", f"{_CM}:memory_zero2",
+                  options={"hybrid": Param(bool, False)},
                   exact=True, reference="torch-fsdp"),
     StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
                   f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
-                  options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)")},
+                  options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)"),
+                           "hybrid": Param(bool, False)},
                   exact=True, reference="torch-fsdp"),
     StrategyEntry("torch-fsdp", f"{_P}.torch_fsdp:TorchFSDPStrategy",
                   f"{_CM}:price_fsdp", f"{_CM}:memory_zero3",
@@ -116,6 +120,7 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
                            "fragments": Param(int, 1, positive, "a positive integer"),
                            "overlap": Param(int, 0, lambda v: v >= 0, ">= 0 (inner steps)"),
                            "mix": Param(float, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+                           "keep": Param(bool, False),
                            "quant": Param(str, "fp32", lambda v: v in QUANT, f"one of {', '.join(QUANT)}")},
                   example="diloco:8", synchronous=False, rules=_diloco_rules),
 )}

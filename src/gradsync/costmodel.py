@@ -349,6 +349,20 @@ class StepContext:
     strategy: Spec
     compress: Spec
 
+    @property
+    def shards(self) -> tuple[int, int, "Network"]:
+        """(ranks the state is sharded over, replicas of it, the network among the sharding ranks).
+        Hybrid sharding (``hybrid=true``) shards over a node's devices, one replica per node, on a
+        two-level network; otherwise (or on one node) over all ``p`` ranks."""
+        return shard_group(self.strategy, self.net, self.p)
+
+
+def shard_group(strategy: Spec, net: "Network", p: int) -> tuple[int, int, "Network"]:
+    """See :attr:`StepContext.shards`."""
+    if strategy.options.get("hybrid") and net.intra is not None and 1 < net.per_node < p:
+        return net.per_node, p // net.per_node, net.intra
+    return p, 1, net
+
 
 @dataclass(frozen=True)
 class Priced:
@@ -390,8 +404,8 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
         comm, exposed = comm + log, exposed + log
     name = strategy if isinstance(strategy, str) else str(s)
     return Prediction(name, world, compute, comm, exposed, priced.opt, priced.compression,
-                      memory(s.name, w, world, c), tok_micro * w.accum * world, w.flops_per_token,
-                      hw.peak_flops, hw.memory_bytes)
+                      memory(s.name, w, shard_group(s, net, world)[0], c), tok_micro * w.accum * world,
+                      w.flops_per_token, hw.peak_flops, hw.memory_bytes)
 
 
 # -- price functions, one per catalog entry (gradsync.catalog names them) ------------------------
@@ -422,22 +436,27 @@ def price_zero1(x: StepContext) -> Priced:
 
 
 def price_zero2(x: StepContext) -> Priced:
-    """Reduce-scatters of the buckets on every micro-step, a sharded update, parameter gathers."""
-    bks = buckets(x.w, pad_to=x.p)
+    """Reduce-scatters of the buckets on every micro-step, a sharded update, parameter gathers.
+    Hybrid: reduce-scatter and gathers inside the node; the node's shards all-reduced across nodes,
+    together the whole bucket over the node's link (as :meth:`Network.two_level`)."""
+    g, nodes, local = x.shards
+    bks = buckets(x.w, pad_to=g)
     sizes = [b for b, _ in bks]
-    rs = [x.net.time("reduce_scatter", b, x.p) for b in sizes]
-    gathers = [x.net.time("all_gather", b, x.p) for b in sizes]
+    rs = [local.time("reduce_scatter", b, g) + x.net.time("all_reduce", b, nodes) for b in sizes]
+    gathers = [local.time("all_gather", b, g) for b in sizes]
     exposed = x.w.accum * exposed_after([r * x.bwd for _, r in bks], rs, x.bwd)
     exposed += exposed_before(gathers[::-1], _forward_split(sizes[::-1], x.fwd))
-    return Priced(x.w.accum * sum(rs) + sum(gathers), exposed, x.opt_full / x.p)
+    return Priced(x.w.accum * sum(rs) + sum(gathers), exposed, x.opt_full / g)
 
 
 def _zero3_collectives(x: StepContext) -> tuple[list[float], list[float], list[float], list[float]]:
     """Per unit (blocks, then the root): padded bytes' all-gather and reduce-scatter times, and
-    each unit's share of backward."""
-    us = [-(-b // (4 * x.p)) * 4 * x.p for b in units(x.w)]
-    ag = [x.net.time("all_gather", b, x.p) for b in us]
-    rs = [x.net.time("reduce_scatter", b, x.p) for b in us]
+    each unit's share of backward (hybrid: gathers inside the node; the reduce-scatter's shard is
+    then all-reduced across nodes)."""
+    g, nodes, local = x.shards
+    us = [-(-b // (4 * g)) * 4 * g for b in units(x.w)]
+    ag = [local.time("all_gather", b, g) for b in us]
+    rs = [local.time("reduce_scatter", b, g) + x.net.time("all_reduce", b, nodes) for b in us]
     return [float(b) for b in us], ag, rs, [x.bwd * b / sum(us) for b in us]
 
 
@@ -451,7 +470,7 @@ def price_zero3(x: StepContext) -> Priced:
     us, ag, rs, layer_bwd = _zero3_collectives(x)
     per_micro = sum(ag) + sum(ag[:-1]) + exposed_after(
         _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
-    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.p)
+    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
 def price_fsdp(x: StepContext) -> Priced:
@@ -460,7 +479,7 @@ def price_fsdp(x: StepContext) -> Priced:
     per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_before(
         ag[-2::-1], layer_bwd[-2::-1]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd],
                                                        rs[-2::-1] + rs[-1:], x.bwd)
-    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.p)
+    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
 def price_local(x: StepContext) -> Priced:

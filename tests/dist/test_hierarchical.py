@@ -1,6 +1,7 @@
-"""The two-level all-reduce in a real 4-process gloo world laid out as 2 nodes x 2 workers (each
-worker told its node as torchrun's agent tells it): the same training as the flat ring, to
-rounding, and the node layout found from the launcher's variables."""
+"""The two-level all-reduce and hybrid sharding in a real 4-process gloo world laid out as 2 nodes
+x 2 workers (each worker told its node as torchrun's agent tells it): the same training as the
+flat ring, to rounding; hybrid ZeRO-2/3 shard over the node only and resume bitwise from a sharded
+checkpoint; the node layout found from the launcher's variables."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from gradsync.testing import max_rel_diff, run_world, train_each
 
 
-def _as_two_nodes(rank: int, configs: list[dict[str, Any]]) -> dict[str, Any]:
+def _as_two_nodes(rank: int, configs: list[dict[str, Any]], resume: dict[str, Any]) -> dict[str, Any]:
     # ranks 0, 2 on node "1" and 1, 3 on node "0": the layout must come from the variables, not the numbering
     os.environ.update(GROUP_RANK=str(1 - rank % 2), LOCAL_RANK=str(rank // 2), LOCAL_WORLD_SIZE="2")
     from gradsync.dist import Comm, init_distributed
@@ -23,12 +24,19 @@ def _as_two_nodes(rank: int, configs: list[dict[str, Any]]) -> dict[str, Any]:
     levels = two_level_groups(comm)
     found = {"nodes": levels.layout.nodes, "intra": levels.intra.world_size, "inter": levels.inter.world_size,
              "intra_rank": levels.intra.rank}
-    return {"layout": found, "grads": [_averaged_gradients(comm, s) for s in ("bucketed", "bucketed:hierarchical=true")],
-            "runs": train_each(rank, configs)}
+    grads = [_averaged_gradients(comm, s)[0] for s in ("bucketed", "bucketed:hierarchical=true")]
+    hybrid = _averaged_gradients(comm, "zero2:hybrid=true")[1]
+    shards = {"grad": sum(g.numel() for g in hybrid.grad_chunks), "padded": sum(u.padded for u in hybrid.units),
+              "moments": sum(v.numel() for st in hybrid.optimizer.optimizer.state.values()
+                             for k, v in st.items() if k == "exp_avg"),
+              "describe": hybrid.describe()}
+    runs = train_each(rank, configs)
+    return {"layout": found, "grads": grads, "shards": shards, "runs": runs, "resumed": train_each(rank, [resume])[0]}
 
 
-def _averaged_gradients(comm: Any, strategy: str) -> list[torch.Tensor]:
-    """One backward on this rank's own batch; the gradients the strategy leaves (the mean)."""
+def _averaged_gradients(comm: Any, strategy: str) -> tuple[list[torch.Tensor], Any]:
+    """One backward on this rank's own batch and one update; the gradients the strategy leaves (the
+    mean) before it, and the strategy."""
     from gradsync.config import OptimConfig, ParallelConfig
     from gradsync.model import build_gpt
     from gradsync.optim import optimizer_factory
@@ -43,7 +51,9 @@ def _averaged_gradients(comm: Any, strategy: str) -> list[torch.Tensor]:
     with s.micro_step(last=True):
         s.module(x, x).backward()
     s.finish_grad_sync()
-    return [p.grad.detach().clone() for p in model.parameters()]
+    grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    s.optimizer.step()  # the moments now exist where this rank holds them
+    return grads, s
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +61,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("hier")
-    configs = [merge(TINY, {"parallel.nproc": 4, "parallel.strategy": s, "train.micro_batch": 2,
-                            "train.global_batch": 8, "train.max_steps": 20, "train.run_dir": str(root / str(i))})
-               for i, s in enumerate(["bucketed", "bucketed:hierarchical=true"])]
-    return run_world(4, _as_two_nodes, configs, timeout=300)
+    base = merge(TINY, {"parallel.nproc": 4, "train.micro_batch": 2, "train.global_batch": 8, "train.max_steps": 20})
+    configs = [merge(base, {"parallel.strategy": s, "train.run_dir": str(root / str(i))}) for i, s in enumerate(RUNS)]
+    stopped = merge(base, {"parallel.strategy": "zero3:hybrid=true", "train.checkpoint_format": "dcp",
+                           "train.stop_after": 10, "train.ckpt_interval": 10, "train.run_dir": str(root / "stop")})
+    resume = merge(stopped, {"train.stop_after": 0, "train.resume": "auto"})
+    return run_world(4, _as_two_nodes, [*configs, stopped], resume, timeout=300)
+
+
+RUNS = ["bucketed", "bucketed:hierarchical=true", "zero2:hybrid=true", "zero3:hybrid=true"]
 
 
 def test_two_level_all_reduce_equals_the_flat_one(world: list[dict[str, Any]]) -> None:
@@ -69,9 +84,24 @@ def test_two_level_all_reduce_equals_the_flat_one(world: list[dict[str, Any]]) -
 def test_two_level_training_matches_the_flat_ring(world: list[dict[str, Any]]) -> None:
     """20 AdamW steps: AdamW divides by each coordinate's running RMS, so rounding differences of
     near-zero gradients grow a little (measured 6.7e-6); the bound every exact strategy meets."""
-    flat, two_level = world[0]["runs"]
-    d = max_rel_diff(flat["params"], two_level["params"])
-    assert d <= 1e-5, f"{d:.3g} of the parameter scale"
+    flat = world[0]["runs"][0]
+    for name, run in zip(RUNS[1:], world[0]["runs"][1:]):
+        d = max_rel_diff(flat["params"], run["params"])
+        assert d <= 1e-5, f"{name}: {d:.3g} of the parameter scale"
+
+
+def test_hybrid_sharding_shards_over_the_node_only(world: list[dict[str, Any]]) -> None:
+    for out in world:
+        shards = out["shards"]
+        assert shards["grad"] * 2 == shards["padded"]  # 1/2 of every unit: the node's 2 workers, not 1/4
+        assert 0 < shards["moments"] <= shards["grad"]
+        assert shards["describe"].startswith("hybrid sharding over 2 node(s) x 2 worker(s)")
+
+
+def test_hybrid_sharding_resumes_bitwise_from_a_sharded_checkpoint(world: list[dict[str, Any]]) -> None:
+    straight, resumed = world[0]["runs"][RUNS.index("zero3:hybrid=true")], world[0]["resumed"]
+    assert [r["step"] for r in resumed["history"]] == list(range(11, 21))
+    assert all(torch.equal(straight["params"][k], resumed["params"][k]) for k in straight["params"])
 
 
 def test_node_layout_comes_from_the_launcher(world: list[dict[str, Any]]) -> None:

@@ -1,6 +1,7 @@
 """Streaming DiLoCo in a real 2-process gloo world: its special case is DiLoCo (checked against
 DiLoCo as first written, kept here as the reference), fragments and quantisation cut the bytes
-of an outer step as they say, and a run stopped with fragments in flight resumes bitwise."""
+of an outer step as they say, a run stopped with fragments in flight resumes bitwise, and keep=true
+keeps the progress made while a fragment travelled."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _train_with_reference(rank: int, configs: list[dict[str, dict[str, Any]]]) -
     return train_each(rank, configs)
 
 
-STREAM = "diloco:4,fragments=2,overlap=3,quant=int8,mix=0.5"  # at step 10 two fragments are in flight
+STREAM = "diloco:4,fragments=2,overlap=3,quant=int8,keep=true"  # at step 10 two fragments are in flight
 RUNS = {
     "reference": ("diloco-reference:4", {}),
     "diloco": ("diloco:4", {}),
@@ -100,3 +101,19 @@ def test_resume_with_fragments_in_flight_is_bitwise(runs: dict[str, Any]) -> Non
     a, b = full["params"], rest["params"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the straight run"
     assert [r["loss"] for r in full["history"][10:]] == [r["loss"] for r in rest["history"]]
+
+
+def test_keep_adds_the_outer_correction_to_the_progress_made_in_flight(tmp_path: Any) -> None:
+    """One worker, outer lr 1 without momentum: the outer step returns what was sent, so keeping the
+    progress made while it travelled is training with no outer step at all (localsgd on one
+    worker), to rounding; replacing the fragment (mix=0) drops that progress and trains differently."""
+    from conftest import TINY, merge
+
+    specs = ["localsgd:4", *(f"diloco:4,fragments=2,overlap=1,outer_lr=1.0,momentum=0{k}" for k in (",keep=true", ""))]
+    configs = [merge(TINY, {"parallel.nproc": 1, "parallel.strategy": s, "train.micro_batch": 4, "train.global_batch": 4,
+                            "train.max_steps": 12, "train.run_dir": str(tmp_path / str(i))}) for i, s in enumerate(specs)]
+    plain, kept, replaced = (r["params"] for r in run_world(1, train_each, configs)[0])
+    scale = max(t.abs().max().item() for t in plain.values())
+    assert max((plain[k] - kept[k]).abs().max().item() for k in plain) / scale < 1e-5  # measured 4.0e-6
+    replaced_d = max((plain[k] - replaced[k]).abs().max().item() for k in plain) / scale
+    assert replaced_d > 1e-3, f"{replaced_d:.3g}"

@@ -189,3 +189,19 @@ def test_two_level_all_reduce_sends_only_shards_across_nodes() -> None:
     flat = cm.predict("bucketed", w, 4, hw, net)
     two = cm.predict("bucketed:hierarchical=true", w, 4, hw, net)
     assert flat.comm_s / two.comm_s == pytest.approx(1.5, rel=0.02)
+
+
+def test_hybrid_sharding_crosses_nodes_with_shards_and_shards_state_over_the_node() -> None:
+    """zero2:hybrid=true on 2 nodes x 2: the slow link carries each bucket's node shard all-reduced
+    (1 n per step, as the two-level all-reduce) where flat ZeRO-2's reduce-scatter and gather carry
+    2 x 0.75 n; the moments are sharded over the node's 2 devices, not over all 4."""
+    slow = cm.Network.uniform("100mbit", cm.Link.from_bandwidth(0.1, 0.0))
+    fast = cm.Network.uniform("fast", cm.Link.from_bandwidth(1000.0, 0.0))
+    net = dataclasses.replace(slow, intra=fast, per_node=2)
+    w, hw = _gpt2(), cm.device_preset("h100")
+    flat, hybrid = (cm.predict(s, w, 4, hw, net) for s in ("zero2", "zero2:hybrid=true"))
+    assert flat.comm_s / hybrid.comm_s == pytest.approx(1.5, rel=0.02)
+    assert hybrid.memory["optimizer"] == pytest.approx(2 * flat.memory["optimizer"])
+    z3, z3h = (cm.predict(s, w, 4, hw, net) for s in ("zero3", "zero3:hybrid=true"))
+    assert z3h.comm_s < z3.comm_s and z3h.memory["params"] > z3.memory["params"]
+    assert cm.predict("zero2:hybrid=true", w, 4, hw, slow).comm_s == cm.predict("zero2", w, 4, hw, slow).comm_s

@@ -78,6 +78,7 @@ def test_fragments_are_strided_blocks_with_the_rest_balanced() -> None:
     ("diloco:8,quant=int3", "quant must be one of fp32, bf16, int8, int4"),
     ("diloco:8,mix=1", "mix must be in [0, 1)"),
     ("diloco:8,fragments=0", "fragments must be a positive integer"),
+    ("diloco:8,overlap=1,keep=true,mix=0.5", "keep=true and mix=0.5 both say what a landing fragment becomes"),
 ])
 def test_streaming_specs_say_what_to_fix(spec: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -89,6 +90,7 @@ def test_streaming_specs_say_what_to_fix(spec: str, needle: str) -> None:
     ("bucketed:hierarchical=true", "fp16", "does not compose with bucketed:hierarchical=true"),
     ("bucketed:hierarchical=maybe", "none", "hierarchical must be of type bool"),
     ("zero3:prefetch=-1", "none", "prefetch must be >= 0"),
+    ("zero2:hybrid=yes please", "none", "hybrid must be of type bool"),
 ])
 def test_hierarchical_and_prefetch_specs_say_what_to_fix(strategy: str, compress: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:

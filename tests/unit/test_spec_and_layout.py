@@ -15,7 +15,8 @@ from gradsync.spec import parse_spec
 
 
 def test_spec_defaults_positional_and_named_options() -> None:
-    assert parse_spec("zero2", STRATEGIES, "s").options == {}
+    assert parse_spec("zero1", STRATEGIES, "s").options == {}
+    assert parse_spec("zero2", STRATEGIES, "s").options == {"hybrid": False}
     assert parse_spec("localsgd", STRATEGIES, "s")["H"] == 8
     assert parse_spec("localsgd:16", STRATEGIES, "s")["H"] == 16
     d = parse_spec("diloco:4, outer_lr=0.5 ,nesterov=false", STRATEGIES, "s")

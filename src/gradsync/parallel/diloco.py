@@ -19,6 +19,9 @@ Streaming DiLoCo changes what moves and when, not the outer step:
   inner steps later; the inner steps in between run while it travels. When it lands, the fragment
   becomes ``mix · θ_local + (1 − mix) · θ_outer``: ``mix=0`` (default) takes the outer parameters,
   dropping the τ local steps' progress on that fragment; the paper merges with mix = 0.5.
+  ``keep=true`` keeps that progress instead: θ ← θ_outer + (θ_local − θ_sent), the outer
+  correction applied on top of the steps taken while it travelled (with small H, where dropping
+  τ of every H steps costs most; it holds the sent fragment, Ψ/P, until it lands).
 - ``quant=bf16|int8|int4``: the pseudo-gradients are sent in reduced precision with error
   feedback (:mod:`gradsync.parallel.outer_sync`); ``fp32`` sends the parameters, as DiLoCo does.
 
@@ -80,6 +83,8 @@ class DiLoCoStrategy(LocalSGDStrategy):
         count = int(self.spec["fragments"])
         self.overlap = int(self.spec["overlap"])
         self.mix = float(self.spec["mix"])
+        self.keep = bool(self.spec["keep"])
+        self.sent: dict[int, torch.Tensor] = {}  # keep=true: fragment -> its parameters when sent
         self.quant = str(self.spec["quant"])
         self.fragments = fragment_params(model, self._params, count)
         self.outer = [torch.nn.Parameter(parameters_to_vector(ps).detach().clone()) for ps in self.fragments]
@@ -114,6 +119,8 @@ class DiLoCoStrategy(LocalSGDStrategy):
 
     def _send(self, f: int, step: int) -> None:
         flat = parameters_to_vector(self.fragments[f])
+        if self.keep and self.overlap:
+            self.sent[f] = flat.clone()
         if self.quant != "fp32":  # the pseudo-gradient, small and centred: what quantises well
             flat = torch.sub(self.outer[f].detach(), flat)
         self.in_flight[f] = (step + self.overlap, self.reducer.start(f, flat))
@@ -127,7 +134,10 @@ class DiLoCoStrategy(LocalSGDStrategy):
         outer.grad = outer.detach() - mean if self.quant == "fp32" else mean  # the pseudo-gradient
         self.outer_optimizer.step()
         outer.grad = None
-        if self.mix == 0:
+        if f in self.sent:  # keep=true: the outer parameters plus the progress made since the send
+            local = parameters_to_vector(self.fragments[f])
+            copy_into(self.fragments[f], local.sub_(self.sent.pop(f)).add_(outer.detach()))
+        elif self.mix == 0:
             copy_into(self.fragments[f], outer.detach())
         else:
             local = parameters_to_vector(self.fragments[f])
@@ -138,11 +148,13 @@ class DiLoCoStrategy(LocalSGDStrategy):
 
     # -- state -----------------------------------------------------------------------------------
     def local_state(self) -> dict[str, Any]:
-        return {**super().local_state(), "residuals": self.reducer.state_dict()}
+        return {**super().local_state(), "residuals": self.reducer.state_dict(),
+                "sent": {f: t.clone() for f, t in self.sent.items()}}
 
     def load_local_state(self, state: dict[str, Any]) -> None:
         super().load_local_state(state)
         self.reducer.load_state_dict(state.get("residuals", {}))
+        self.sent = {int(f): t.clone() for f, t in state.get("sent", {}).items()}
 
     def state_dict(self) -> dict[str, Any]:
         # collect what is in flight now (every rank saves at the same step); it is applied at the
@@ -173,6 +185,6 @@ class DiLoCoStrategy(LocalSGDStrategy):
 
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         held = super().holdings()
-        held["params"] += list(self.outer)
+        held["params"] += list(self.outer) + list(self.sent.values())
         held["optimizer"] += optimizer_tensors(self.outer_optimizer) + list(self.reducer.residuals.values())
         return held

@@ -7,6 +7,11 @@ order, as in ``bucketed``); the chunk a rank receives is added to its gradient s
 ``max_inflight`` units travel at once: launching one more first completes the oldest and frees
 its buffer, which bounds gradient memory to the shard plus a few buffers. Every micro-step is
 reduced (gradient accumulation happens in the shard, as DeepSpeed's stage 2 does).
+
+With ``replicas`` (hybrid sharding: ``comm`` is the node, ``replicas`` the ranks holding the same
+shard on the other nodes) a unit is reduce-scattered inside the node at once and the received
+chunk all-reduced across the nodes asynchronously: the slow link starts on a unit as soon as
+backward has produced it, as in the two-level all-reduce (:mod:`gradsync.parallel.hierarchical`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ class ReduceScatterGrads:
 
     def __init__(self, name: str, model: nn.Module, units: list[FlatUnit], comm: Comm,
                  on_unit_done: Callable[[FlatUnit], None] = lambda u: None,
-                 on_launch: Callable[[], Any] = lambda: None) -> None:
+                 on_launch: Callable[[], Any] = lambda: None, replicas: Comm | None = None) -> None:
         self.name = name
         self.units = units
         self.comm = comm
+        self.replicas = replicas
+        self.world = comm.world_size * (replicas.world_size if replicas is not None else 1)
         self.on_unit_done = on_unit_done
         self.on_launch = on_launch
         ref = units[0].params[0]
@@ -92,15 +99,20 @@ class ReduceScatterGrads:
     def _launch(self, u: FlatUnit) -> None:
         while len(self._inflight) >= self.max_inflight:
             self._complete_oldest()
-        buf = self._buffer(u).div_(self.comm.world_size)
+        buf = self._buffer(u).div_(self.world)
         out = torch.empty(u.chunk, dtype=buf.dtype, device=buf.device)
-        self._inflight.append((u, buf, out, self.comm.reduce_scatter(out, buf, async_op=True)))
+        if self.replicas is None:
+            work = self.comm.reduce_scatter(out, buf, async_op=True)
+        else:
+            self.comm.reduce_scatter(out, buf)
+            work = self.replicas.all_reduce(out, async_op=True)
+        self._inflight.append((u, buf, out, work))
         self._next_launch += 1
         self.on_launch()
 
     def _complete_oldest(self) -> None:
         u, _, out, work = self._inflight.pop(0)
-        self.comm.wait(work)
+        (self.comm if self.replicas is None else self.replicas).wait(work)
         self.chunks[u.index].add_(out)
         del self._buffers[u.index]
 

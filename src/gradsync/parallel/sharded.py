@@ -2,6 +2,14 @@
 gradient norm from every rank's chunks, full-model checkpoints; and, for ZeRO-1/2, the parameter
 all-gathers after the update (:class:`ParamGathers`).
 
+Hybrid sharding (``zero2:hybrid=true``, ``zero3:hybrid=true``; PyTorch's HSDP, Zhao et al. VLDB
+2023): the state is sharded over the workers of a node only (``shard_comm``: the fast link) and
+every node holds a replica of it. A unit's gradients are reduce-scattered inside the node and the
+node's shard is all-reduced with the ranks holding the same shard on the other nodes
+(``replicas``: the slow link carries 2(N−1)/N of the gradient per node, as the two-level
+all-reduce); parameters are gathered inside the node. Memory per rank is that of ZeRO over the p
+workers of a node, not over all N·p ranks.
+
 The gradient paths are parts the strategies hold (:mod:`gradsync.parallel.bucket_allreduce` for
 ZeRO-1, :mod:`gradsync.parallel.reduce_scatter` for ZeRO-2/3); the layout is in
 :mod:`gradsync.parallel.layout`, the optimizer in :mod:`gradsync.parallel.sharded_optimizer`.
@@ -15,12 +23,15 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from gradsync.config import ParallelConfig
 from gradsync.dist import Comm
+from gradsync.optim import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.parallel.layout import FlatUnit, bind_params
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.sharded_optimizer import ShardedOptimizer
 from gradsync.parallel.slices import StateSlices, sharded_load, sharded_save
+from gradsync.parallel.topology import TwoLevel, two_level_groups
 
 
 def bind_unit_buffers(units: list[FlatUnit]) -> list[torch.Tensor]:
@@ -76,6 +87,28 @@ class ShardedStrategy(Strategy):
     param_chunks: list[torch.Tensor]
     grad_chunks: list[torch.Tensor]
     gathers: ParamGathers | None = None
+    shard_comm: Comm  # the ranks the state is sharded over: every rank, or the node's (hybrid)
+    replicas: Comm | None = None  # hybrid: the ranks holding this rank's shard on the other nodes
+    levels: TwoLevel | None = None
+
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
+                 cfg: ParallelConfig) -> None:
+        super().__init__(model, optimizer_factory, comm, cfg)
+        self.init_sharding()
+
+    def init_sharding(self) -> None:
+        """Shard over every rank, or with ``hybrid=true`` over the node's ranks, one replica per node
+        (collective: builds the node groups)."""
+        self.shard_comm = self.comm
+        if self.spec.options.get("hybrid"):
+            self.levels = two_level_groups(self.comm)
+            self.shard_comm, self.replicas = self.levels.intra, self.levels.inter
+
+    def describe(self) -> str:
+        if self.levels is None:
+            return ""
+        return (f"hybrid sharding over {self.levels.layout.describe()}: state sharded over the node's workers, "
+                "one replica per node; gradient shards all-reduced across nodes")
 
     def shard_optimizer(self) -> None:
         """Replace the full-model optimizer by the same optimizer over this rank's pieces."""
@@ -87,7 +120,7 @@ class ShardedStrategy(Strategy):
     def grad_norm(self) -> float:
         """The global norm: every rank's sum of squares over its chunks, summed over ranks."""
         sq = sum(float(g.double().pow(2).sum()) for g in self.grad_chunks)
-        return math.sqrt(self.comm.sum_scalars([sq])[0])
+        return math.sqrt(self.shard_comm.sum_scalars([sq])[0])  # replicas hold the same chunks
 
     def finish_grad_sync(self) -> None:
         super().finish_grad_sync()
@@ -103,7 +136,7 @@ class ShardedStrategy(Strategy):
             self.gathers.launch()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.full_model_state(), "optimizer": self.optimizer.full_state_dict(self.comm)}
+        return {"model": self.full_model_state(), "optimizer": self.optimizer.full_state_dict(self.shard_comm)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wait_params()
@@ -115,10 +148,11 @@ class ShardedStrategy(Strategy):
         return super().full_model_state()
 
     def save_slices(self) -> StateSlices:
-        return sharded_save(self, self.comm)
+        # one replica writes; the others' slices are empty (the same bytes are on node 0)
+        return sharded_save(self, self.shard_comm, writes=self.replicas is None or self.replicas.rank == 0)
 
     def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
-        return sharded_load(self, self.comm, saved)
+        return sharded_load(self, self.shard_comm, saved)
 
     def load_full_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)  # parameters are views into the flat buffers: copied in place

@@ -105,16 +105,19 @@ def replicated_load(model: nn.Module, optimizer: torch.optim.Optimizer,
     return StateSlices(slices + opt_slices, finish=finish)
 
 
-def sharded_save(strategy: Any, comm: Comm) -> StateSlices:
-    """A ZeRO strategy's own pieces (collective: the optimizer's scalars are gathered)."""
+def sharded_save(strategy: Any, comm: Comm, writes: bool = True) -> StateSlices:
+    """A ZeRO strategy's own pieces, sharded over ``comm`` (collective: the optimizer's scalars are
+    gathered); with ``writes`` False (a replica of pieces another rank writes) every slice is empty."""
     strategy.wait_params()
     model, opt = strategy.model, strategy.optimizer
-    slices = _param_pieces(strategy) + _buffer_slices(model, comm.world_size, comm.env.rank)
+    slices = _param_pieces(strategy) + _buffer_slices(model, comm.world_size, comm.rank)
     for _, pc, leaf in opt.slots:
         for k, v in opt.optimizer.state.get(leaf, {}).items():
             if per_element(v, leaf):
                 slices.append(Slice(f"optim/{opt.index[id(pc.param)]}/{k}", tuple(pc.param.shape), pc.lo,
                                     v.detach().reshape(-1)))
+    if not writes:
+        slices = [Slice(s.key, s.shape, s.lo, s.tensor[:0]) for s in slices]
     return StateSlices(slices, {"scalars": opt.gather_scalars(comm), "param_groups": opt.full_param_groups(),
                                 "aliases": aliases(model)})
 
@@ -143,7 +146,7 @@ def sharded_load(strategy: Any, comm: Comm, saved: dict[str, tuple[tuple[int, ..
     """This rank's pieces to fill: parameters into its chunks, optimizer state for its slots."""
     strategy.wait_params()
     opt = strategy.optimizer
-    slices = _param_pieces(strategy) + _buffer_slices(strategy.model, comm.world_size, comm.env.rank, full=True)
+    slices = _param_pieces(strategy) + _buffer_slices(strategy.model, comm.world_size, comm.rank, full=True)
     slot_slices: list[tuple[nn.Parameter, str, Slice]] = []
     for _, pc, leaf in opt.slots:
         index = opt.index[id(pc.param)]

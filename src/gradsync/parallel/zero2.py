@@ -7,7 +7,8 @@ into the bucket's buffer as they are accumulated, reduce-scattered asynchronousl
 is full (overlapped with the rest of backward), and added to the rank's shard; a rank holds 4Ψ/N
 bytes of gradients plus at most two buckets in flight. With gradient accumulation every
 micro-step is reduce-scattered (as DeepSpeed's stage 2 does): communication grows with the number
-of micro-steps, memory does not. After the sharded update every bucket's parameters are
+of micro-steps, memory does not. With ``hybrid=true`` all of this is over the workers of a node, and
+each unit's shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharded`). After the sharded update every bucket's parameters are
 all-gathered asynchronously; the next forward waits, module by module, only for the buckets that
 hold its own parameters, so the gathers overlap the forward of the layers before.
 """
@@ -31,10 +32,12 @@ class Zero2Strategy(ShardedStrategy):
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
                  cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
-        self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, comm.world_size, comm.env.rank)
-        self.gathers = ParamGathers(model, self.units, comm)
+        shard = self.shard_comm
+        self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, shard.world_size, shard.rank)
+        self.gathers = ParamGathers(model, self.units, shard)
         self.param_chunks = self.gathers.chunks
-        self.grads = ReduceScatterGrads(self.name, model, self.units, comm, on_launch=self.sample_memory)
+        self.grads = ReduceScatterGrads(self.name, model, self.units, shard, on_launch=self.sample_memory,
+                                        replicas=self.replicas)
         self.grad_chunks = self.grads.chunks
         self.shard_optimizer()
 

@@ -25,6 +25,9 @@ activation checkpointing's recomputation asks for in backward do not prefetch (b
 order does), and whatever is still gathered or in flight after the update is waited for and
 released, so no forward ever sees parameters from before the update.
 
+With ``hybrid=true`` units are sharded over, and gathered from, the workers of a node, and each
+unit's gradient shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharded`).
+
 At any moment a rank holds its chunks plus the units in use: one block, and the root unit, which
 the tied output head keeps gathered from the start of forward to the end of backward.
 """
@@ -53,7 +56,8 @@ class Zero3Strategy(ShardedStrategy):
                  cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         layers, root = layer_units(model)
-        world, rank = comm.world_size, comm.env.rank
+        shard = self.shard_comm
+        world, rank = shard.world_size, shard.rank
         owners = [(m, ps) for m in layers if (ps := [p for p in m.parameters() if p.requires_grad])]
         seen: set[int] = set()
         for _, ps in owners:
@@ -75,8 +79,8 @@ class Zero3Strategy(ShardedStrategy):
         for u in self.units:
             self._release(u)
         # every use of a unit's parameters in this backward is done when its last gradient is in
-        self.grads = ReduceScatterGrads(self.name, model, self.units, comm, on_unit_done=self._release,
-                                        on_launch=self.sample_memory)
+        self.grads = ReduceScatterGrads(self.name, model, self.units, shard, on_unit_done=self._release,
+                                        on_launch=self.sample_memory, replicas=self.replicas)
         self.grad_chunks = self.grads.chunks
         self.names = self.grads.names
         for (m, _), u in zip(reversed(owners), self.units):
@@ -94,12 +98,12 @@ class Zero3Strategy(ShardedStrategy):
         if phase and u.index not in self._seen[phase]:
             self._seen[phase].append(u.index)
         if u.index in self._pending:
-            self.comm.wait(self._pending.pop(u.index))
+            self.shard_comm.wait(self._pending.pop(u.index))
             self._gathered[u.index] = True
         elif not self._gathered[u.index]:
             self._allocate(u)
             with torch.no_grad():
-                self.comm.all_gather(self.full[u.index], self.param_chunks[u.index])
+                self.shard_comm.all_gather(self.full[u.index], self.param_chunks[u.index])
             self._gathered[u.index] = True
             self.sample_memory()
         if phase and self.prefetch:
@@ -118,14 +122,14 @@ class Zero3Strategy(ShardedStrategy):
             return
         self._allocate(u)
         with torch.no_grad():
-            self._pending[u.index] = self.comm.all_gather(self.full[u.index], self.param_chunks[u.index],
-                                                          async_op=True)
+            self._pending[u.index] = self.shard_comm.all_gather(self.full[u.index], self.param_chunks[u.index],
+                                                                async_op=True)
         self.prefetches += 1
         self.sample_memory()
 
     def _release(self, u: FlatUnit) -> None:
         if u.index in self._pending:  # a prefetch nobody used: it must land before the buffer goes
-            self.comm.wait(self._pending.pop(u.index))
+            self.shard_comm.wait(self._pending.pop(u.index))
             self._gathered[u.index] = True
         if self._gathered[u.index]:
             self.full[u.index].untyped_storage().resize_(0)

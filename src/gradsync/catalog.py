@@ -85,7 +85,7 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
     StrategyEntry("bucketed", f"{_P}.bucketed:BucketedStrategy",
                   f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
                   options={"hierarchical": Param(bool, False)},
-                  exact=True, compressors=("fp16", "bf16", "powersgd", "topk")),
+                  exact=True, compressors=("fp16", "bf16", "powersgd", "topk", "int8", "int4")),
     StrategyEntry("torch-ddp", f"{_P}.torch_ddp:TorchDDPStrategy",
                   f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
                   reference=None, compressors=_TORCH_HOOKS, priced_as="bucketed"),
@@ -139,6 +139,9 @@ COMPRESSORS: dict[str, CompressorEntry] = {e.name: e for e in (
                     options={"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
                              "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
                     error_feedback=True, example="topk:ratio=0.01"),
+    CompressorEntry("int8", f"{_P}.compression:Quantized", f"{_CM}:bucket_comm_quantized", error_feedback=True),
+    CompressorEntry("int4", f"{_P}.compression:Quantized", f"{_CM}:bucket_comm_quantized", error_feedback=True,
+                    in_all=False),
 )}
 
 # The option schemas the spec parser checks --strategy and --compress against.

@@ -546,6 +546,13 @@ def bucket_comm_low_precision(x: StepContext, sizes: Sequence[int]) -> tuple[lis
     return [x.net.time("all_reduce", b / 2, x.p) for b in sizes], 3 * x.hw.elementwise_cost * elems
 
 
+def bucket_comm_quantized(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
+    """8 or 4 bits a value and a scale per block, in two stages (:func:`outer_comm_time`);
+    encode, decode and the residuals: ~12 element-wise passes."""
+    elems = sum(sizes) / 4
+    return [outer_comm_time(x, b / 4, x.compress.name) for b in sizes], 12 * x.hw.elementwise_cost * elems
+
+
 def bucket_comm_powersgd(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
     """Rank-r factors P and Q (two all-reduces) for matrices, the rest uncompressed."""
     r = int(x.compress.options["rank"])

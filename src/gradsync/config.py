@@ -243,7 +243,7 @@ class ParallelConfig:
     local_addr: str = ""  # this node's address as the other nodes reach it; "" = from the hostname
     strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
     compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
-    bucket_mb: float = 25.0  # size of a gradient bucket all-reduced as one (bucketed, torch-ddp)
+    bucket_mb: float = 25.0  # size of a gradient bucket all-reduced as one (bucketed, zero1/2, torch-ddp); 0 = the size the cost model predicts fastest from the calibrated profile
     first_bucket_mb: float = 1.0  # the first bucket is smaller, so communication starts early in backward
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
     timeout_s: float = 300.0  # every collective fails after this long instead of hanging
@@ -259,8 +259,9 @@ class ParallelConfig:
         check_composition(self.strategy_spec, self.compress_spec)
         _check(self.strategy != AUTO or self.compress == "none",
                "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy")
-        _check(self.bucket_mb > 0 and self.first_bucket_mb > 0,
-               "parallel.bucket_mb and parallel.first_bucket_mb must be > 0")
+        _check(self.bucket_mb >= 0 and self.first_bucket_mb > 0,
+               "parallel.bucket_mb must be > 0 (or 0: chosen from the calibrated profile) and "
+               "parallel.first_bucket_mb > 0")
         _check(self.backend in BACKENDS,
                f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
         _check(self.timeout_s >= 1, f"parallel.timeout_s must be at least 1 second, got {self.timeout_s:g}")

@@ -155,6 +155,28 @@ def workload_of(cfg: Config, vocab: int) -> cm.Workload:
     return replace(w, checkpointing=cfg.train.activation_checkpointing)
 
 
+BUCKET_CHOICES_MB = (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
+
+
+def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
+    """``--bucket-mb 0``: the bucket size (of :data:`BUCKET_CHOICES_MB`) for which the cost model,
+    fed this machine's calibration profile, predicts the run's strategy fastest, with the reason.
+    The trade-off it weighs (Li et al. VLDB 2020, section 3.2.3): every collective pays the link's
+    latency α, so small buckets cost more in all; but a bucket starts only when backward has filled
+    it, so large buckets leave more of the communication after backward. Ties (sizes above the
+    model's, which give the same buckets) go to the smallest."""
+    path = cfg.parallel.profile or str(default_profile_path())
+    profile = load_profile(path)
+    hw, net = profile_hardware(profile), profile_network(profile)
+    world, strategy, compress = cfg.parallel.world_size, cfg.parallel.strategy, cfg.parallel.compress
+    base = workload_of(cfg, vocab)
+    step = {mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
+            for mb in BUCKET_CHOICES_MB}
+    best = min(step, key=lambda mb: (round(step[mb], 9), mb))
+    table = ", ".join(f"{mb:g} MB {1e3 * t:.1f} ms" for mb, t in step.items())
+    return best, f"{best:g} MB (predicted step: {table}) [profile {path}]"
+
+
 def auto_strategy(cfg: Config, vocab: int) -> tuple[str, str]:
     """``--strategy auto``: the exact strategy the cost model, fed this machine's calibration
     profile, predicts fastest for this run (and that fits in memory), with the reason."""

@@ -21,7 +21,7 @@ from gradsync.data import ShardedBatches
 from gradsync.errors import ConfigError
 from gradsync.parallel import strategy_class
 from gradsync.peak import worker_peak_flops
-from gradsync.plan import auto_strategy
+from gradsync.plan import auto_bucket_mb, auto_strategy
 from gradsync.sharded_checkpoint import check_supported
 from gradsync.tasks import Task, build_task
 from gradsync.trackers import check_installed, parse_loggers
@@ -52,6 +52,8 @@ def prepare(cfg: Config) -> Config:
     path = ckpt.resolve_resume(t.resume, run_dir)
     if cfg.parallel.strategy == AUTO:
         cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, task)})
+    if cfg.parallel.bucket_mb == 0:
+        cfg = cfg.replace(**{"parallel.bucket_mb": _resolve_bucket_mb(cfg, path, task)})
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
@@ -74,6 +76,21 @@ def _resolve_auto(cfg: Config, resume: Path | None, task: Task | None) -> str:
     vocab = task.vocab_size  # type: ignore[attr-defined]
     chosen, why = auto_strategy(cfg, vocab)
     print(f"gradsync: --strategy auto chose {why}", flush=True)
+    return chosen
+
+
+def _resolve_bucket_mb(cfg: Config, resume: Path | None, task: Task | None) -> float:
+    """``--bucket-mb 0``: the size a resumed run was using (compression residuals are kept per
+    bucket), else the cost model's choice from the calibrated profile."""
+    if resume is not None:
+        chosen = float(ckpt.load_checkpoint(resume)["config"]["parallel"]["bucket_mb"])
+        print(f"gradsync: --bucket-mb 0: continuing with {chosen:g} MB, the bucket size of {resume}", file=sys.stderr)
+        return chosen
+    task = task or build_task(cfg)
+    if task.name != "gpt":
+        raise ConfigError(f"--bucket-mb 0 prices gradsync's GPT only; for task {task.name}, give a size in MB")
+    chosen, why = auto_bucket_mb(cfg, task.vocab_size)  # type: ignore[attr-defined]
+    print(f"gradsync: --bucket-mb 0 chose {why}", flush=True)
     return chosen
 
 

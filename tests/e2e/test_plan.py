@@ -90,12 +90,16 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "gradsync.cli", "train", "--nproc", "2", "--model", "tiny", "--data", "synthetic",
             "--seq-len", "16", "--micro-batch", "4", "--global-batch", "8", "--max-steps", "3",
             "--sample-tokens", "0", "--no-progress", "--strategy", "auto"]
-    r = subprocess.run([*args, "--parallel.profile", "p.json", "--run-dir", "a"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run([*args, "--parallel.profile", "p.json", "--bucket-mb", "0", "--run-dir", "a"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     chosen = r.stdout.split("--strategy auto chose ", 1)[1].split(":", 1)[0]
     assert chosen in ("bucketed", "zero1", "zero2", "zero3")
     assert f"strategy {chosen}," in r.stdout  # the workers ran what was chosen
+    assert "--bucket-mb 0 chose 1 MB (predicted step: 1 MB" in r.stdout  # tiny: every size gives one bucket
+    from gradsync.config import load_toml
+
+    assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 1.0  # what the workers read
     missing = subprocess.run([*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=180)
     assert missing.returncode == 2

@@ -90,6 +90,9 @@ def bucket_units(model: nn.Module, first_mb: float, cap_mb: float, world: int, r
     """The trainable parameters in reverse registration order (roughly the order in which backward
     produces their gradients), grouped into buckets of ``cap_mb`` MiB (the first of ``first_mb``),
     each a unit padded to ``world`` (1: unpadded)."""
+    if cap_mb <= 0:
+        raise ValueError(f"bucket size {cap_mb} MB: 0 (chosen from the profile) is resolved by `gradsync train` "
+                         "before workers start; give a size in MB here")
     params = [p for p in model.parameters() if p.requires_grad][::-1]
     mb = 1024 * 1024
     return [FlatUnit(i, g, world, rank) for i, g in enumerate(plan_buckets(params, int(first_mb * mb), int(cap_mb * mb)))]

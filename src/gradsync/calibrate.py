@@ -39,6 +39,7 @@ from gradsync.config import Config
 from gradsync.costmodel import CostModelError
 from gradsync.dist import Comm, DistEnv
 from gradsync.files import atomic_write_bytes
+from gradsync.parallel.quantize import codec_work
 from gradsync.optim import optimizer_factory
 from gradsync.peak import device_name, worker_peak_flops
 from gradsync.ring import OPS, ring_factors
@@ -211,9 +212,11 @@ def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], Non
         upd.append(u)
     big = torch.ones(1 << 22, device=device)
     ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
+    vec = torch.randn(1 << 20, device=device)
+    qe = statistics.median(_timed(lambda: codec_work(vec, 8), sync) for _ in range(5)) / vec.numel()
     out = {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
            "optimizer_s_per_param": statistics.median(upd[2:]) / n_params,
-           "elementwise_s_per_elem": ew, "flops_per_token": flops_per_token,
+           "elementwise_s_per_elem": ew, "quantize_s_per_elem": qe, "flops_per_token": flops_per_token,
            "tokens": b * task.tokens_per_sample, "n_params": n_params, "overlap_penalty": 0.0}
     if multi:
         out["overlap_penalty"] = _overlap_penalty(model, lambda: task.loss(model, batch), cast, sync, barrier)
@@ -283,6 +286,7 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
         "optimizer": cfg.optim.name,
         "optimizer_s_per_param": compute.pop("optimizer_s_per_param"),
         "elementwise_s_per_elem": compute.pop("elementwise_s_per_elem"),
+        "quantize_s_per_elem": compute.pop("quantize_s_per_elem"),
         "compute": {"task": task.name,
                     "model": {"preset": cfg.model.preset, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
                               "n_embd": cfg.model.n_embd, "vocab": getattr(task, "vocab_size", None)},

@@ -142,6 +142,7 @@ class Hardware:
     optimizer_s_per_param: float | None = None  # measured; else priced from mem_bw
     elementwise_s_per_elem: float | None = None  # one read-modify-write pass over fp32 elements
     overlap_penalty: float = 0.0  # step seconds lost per second of communication hidden behind compute
+    quantize_s_per_elem: float | None = None  # measured 8/4-bit encode/decode of a two-stage mean, per element
 
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.memory_bytes > 0 and self.mem_bw > 0 and 0 < self.efficiency <= 1):
@@ -160,6 +161,13 @@ class Hardware:
     @property
     def elementwise_cost(self) -> float:
         return self.elementwise_s_per_elem if self.elementwise_s_per_elem is not None else 8.0 / self.mem_bw
+
+    @property
+    def quantize_cost(self) -> float:
+        """Seconds per element of a rank's 8/4-bit encode/decode work in a two-stage mean
+        (:func:`gradsync.parallel.quantize.codec_work`): measured, else ~12 bandwidth-bound passes
+        (what a GPU's kernels approach; a CPU pays far more, in allocations)."""
+        return self.quantize_s_per_elem if self.quantize_s_per_elem is not None else 12 * self.elementwise_cost
 
 
 GB = 1e9
@@ -489,7 +497,7 @@ def price_local(x: StepContext) -> Priced:
     Streaming DiLoCo (``fragments=P, overlap=τ, quant=...``): each of P fragments (n/P parameters)
     travels once every H steps in its precision (:func:`outer_comm_time`); with τ > 0 its
     communication runs behind the next τ steps' compute and only what outlasts them is exposed.
-    Quantisation adds its encode/decode passes (~6 per element, twice for the two stages)."""
+    Quantisation adds its encode/decode work (:attr:`Hardware.quantize_cost`)."""
     o = x.strategy.options
     h, n = int(o["H"]), x.w.n_params
     if x.strategy.name != "diloco":
@@ -499,8 +507,9 @@ def price_local(x: StepContext) -> Priced:
     per_fragment = outer_comm_time(x, n / frags, quant)
     step = x.w.accum * (x.fwd + x.bwd) + x.opt_full
     exposed = max(0.0, per_fragment - overlap * step) * frags / h
-    passes = 4 + (12 if quant in ("int8", "int4") else 2 if quant == "bf16" else 0)
-    return Priced(per_fragment * frags / h, exposed, x.opt_full + passes * x.hw.elementwise_cost * n / h)
+    per_elem = (4 + (2 if quant == "bf16" else 0)) * x.hw.elementwise_cost + \
+        (x.hw.quantize_cost if quant in ("int8", "int4") else 0.0)
+    return Priced(per_fragment * frags / h, exposed, x.opt_full + per_elem * n / h)
 
 
 def outer_comm_time(x: StepContext, n: float, quant: str) -> float:
@@ -548,9 +557,9 @@ def bucket_comm_low_precision(x: StepContext, sizes: Sequence[int]) -> tuple[lis
 
 def bucket_comm_quantized(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
     """8 or 4 bits a value and a scale per block, in two stages (:func:`outer_comm_time`);
-    encode, decode and the residuals: ~12 element-wise passes."""
+    encode, decode and the residuals at the measured :attr:`Hardware.quantize_cost`."""
     elems = sum(sizes) / 4
-    return [outer_comm_time(x, b / 4, x.compress.name) for b in sizes], 12 * x.hw.elementwise_cost * elems
+    return [outer_comm_time(x, b / 4, x.compress.name) for b in sizes], x.hw.quantize_cost * elems
 
 
 def bucket_comm_powersgd(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:

@@ -32,7 +32,8 @@ def profile_hardware(profile: dict[str, Any]) -> Hardware:
     return Hardware(f"{profile['device']} (calibrated, {profile['threads']} thread(s))", peak,
                     profile["memory_bytes"], 8.0 / profile["elementwise_s_per_elem"], achieved / peak,
                     c["backward_s"] / c["forward_s"], profile["optimizer_s_per_param"],
-                    profile["elementwise_s_per_elem"], c.get("overlap_penalty", 0.0))
+                    profile["elementwise_s_per_elem"], c.get("overlap_penalty", 0.0),
+                    profile.get("quantize_s_per_elem"))  # absent from profiles older than int8
 
 
 def profile_network(profile: dict[str, Any]) -> Network:

@@ -38,13 +38,27 @@ def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"a quantised vector holds whole blocks of {BLOCK}, got {x.numel()} elements")
     levels = LEVELS[bits]
     blocks = x.view(-1, BLOCK)
-    scales = blocks.abs().amax(dim=1) / levels
+    scales = torch.maximum(blocks.amax(dim=1), blocks.amin(dim=1).neg_()).div_(levels)  # 4x abs().amax() on CPU
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     q = torch.round(blocks / safe[:, None]).clamp_(-levels, levels).to(torch.int16) + levels
     codes = q.to(torch.uint8).view(-1)
     if bits == 4:
         codes = (codes[0::2] << 4) | codes[1::2]
     return codes, scales
+
+
+def codec_work(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The encoding work one rank does per element of a two-stage quantised mean (p = 2): encode
+    with its residual, decode the codes it and its peer sent for its chunk, encode the average
+    and keep that residual, decode the gathered mean. ``gradsync calibrate`` times it, so the cost
+    model prices quantisation with what it costs here (allocation-heavy: far more than a few
+    element-wise passes on a CPU)."""
+    codes, scales = quantize(x, bits)
+    residual = x - dequantize(codes, scales, bits)
+    chunk = dequantize(codes, scales, bits).add_(residual).div_(2)
+    c2, s2 = quantize(chunk, bits)
+    residual.copy_(chunk - dequantize(c2, s2, bits))
+    return dequantize(c2, s2, bits)
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:

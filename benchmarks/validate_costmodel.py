@@ -322,7 +322,7 @@ def main() -> int:
                                                       "command": " ".join(sys.argv)}, indent=1))
         (out / "results.md").write_text(f"command: `python {' '.join(sys.argv)}`\n\n{table}\n")
         plot(rows, out, profiles, ns)
-        print(f"wrote {out}/results.json, results.md, predicted-vs-measured.png, step-breakdown.png, scaling.png")
+        print(f"wrote {', '.join(sorted(f.name for f in out.iterdir()))} in {out}")
     return 0
 
 

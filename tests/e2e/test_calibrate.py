@@ -63,4 +63,6 @@ def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:
     # The profile turns into the cost model's inputs.
     hw, net = profile_hardware(profile), profile_network(profile)
     assert 0 < hw.efficiency <= 1 and hw.backward_ratio > 0.5 and hw.optimizer_cost > 0
+    # 8-bit encode/decode is measured (a CPU pays far more than a few passes): what int8 is priced at
+    assert hw.quantize_cost == profile["quantize_s_per_elem"] > hw.elementwise_cost
     assert net.time("all_reduce", 1e6, 2) > 0

@@ -102,6 +102,7 @@ STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
     StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
                   f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
                   options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)"),
+                           "reshard": Param(bool, True),
                            "hybrid": Param(bool, False)},
                   exact=True, reference="torch-fsdp"),
     StrategyEntry("torch-fsdp", f"{_P}.torch_fsdp:TorchFSDPStrategy",

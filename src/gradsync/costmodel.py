@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from gradsync import catalog
 from gradsync.buckets import plan_buckets
@@ -412,7 +412,7 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
         comm, exposed = comm + log, exposed + log
     name = strategy if isinstance(strategy, str) else str(s)
     return Prediction(name, world, compute, comm, exposed, priced.opt, priced.compression,
-                      memory(s.name, w, shard_group(s, net, world)[0], c), tok_micro * w.accum * world,
+                      memory(s, w, shard_group(s, net, world)[0], c), tok_micro * w.accum * world,
                       w.flops_per_token, hw.peak_flops, hw.memory_bytes)
 
 
@@ -472,22 +472,27 @@ def price_zero3(x: StepContext) -> Priced:
     """gradsync's ZeRO-3: each unit gathered in its forward hook and again before its backward;
     reduce-scatters overlap. With ``prefetch`` ≥ 1 (the default) the next unit's gather runs
     behind the current unit's compute, as FSDP2's does (:func:`price_fsdp`); with ``prefetch=0``
-    forward and backward wait for every gather."""
+    forward and backward wait for every gather. ``reshard=false`` keeps units from forward to
+    backward: backward gathers nothing."""
     if int(x.strategy.options.get("prefetch", 0)) > 0:
         return price_fsdp(x)
     us, ag, rs, layer_bwd = _zero3_collectives(x)
-    per_micro = sum(ag) + sum(ag[:-1]) + exposed_after(
+    regather = ag[:-1] if x.strategy.options.get("reshard", True) else []
+    per_micro = sum(ag) + sum(regather) + exposed_after(
         _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
-    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
+    return Priced(x.w.accum * (sum(ag) + sum(regather) + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
 def price_fsdp(x: StepContext) -> Priced:
-    """FSDP2: as ZeRO-3, but the next unit's gather is prefetched behind the current unit's compute."""
+    """FSDP2: as ZeRO-3, but the next unit's gather is prefetched behind the current unit's compute
+    (gradsync's ``zero3:reshard=false``, like FSDP2's ``reshard_after_forward=False``: no gathers
+    in backward)."""
     us, ag, rs, layer_bwd = _zero3_collectives(x)
+    regather = ag[-2::-1] if x.strategy.options.get("reshard", True) else []
     per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_before(
-        ag[-2::-1], layer_bwd[-2::-1]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd],
-                                                       rs[-2::-1] + rs[-1:], x.bwd)
-    return Priced(x.w.accum * (2 * sum(ag) - ag[-1] + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
+        regather, layer_bwd[-2::-1][:len(regather)]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd],
+                                                                     rs[-2::-1] + rs[-1:], x.bwd)
+    return Priced(x.w.accum * (sum(ag) + sum(regather) + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
 def price_local(x: StepContext) -> Priced:
@@ -618,12 +623,14 @@ def recompute_s(w: Workload, hw: Hardware, fwd_s: float) -> float:
     return 0.0
 
 
-def memory(strategy: str, w: Workload, p: int, compress: str | Spec = "none") -> dict[str, float]:
+def memory(strategy: str | Spec, w: Workload, p: int, compress: str | Spec = "none") -> dict[str, float]:
     """Bytes per rank: fp32 parameters, gradients, AdamW moments and strategy extras (the catalog
-    entry's memory function), error feedback of a compressor, and the activations of one
-    micro-batch (:func:`activation_bytes`, with the workload's activation checkpointing)."""
+    entry's memory function, given the spec's options), error feedback of a compressor, and the
+    activations of one micro-batch (:func:`activation_bytes`, with the workload's activation
+    checkpointing)."""
     c = compress if isinstance(compress, Spec) else parse_spec(compress, COMPRESSOR_SCHEMA, "compress")
-    params, grads, opt, extra = catalog.resolve(catalog.strategy(strategy).memory)(w, p)
+    s = strategy if isinstance(strategy, Spec) else parse_spec(strategy, STRATEGY_SCHEMA, "strategy")
+    params, grads, opt, extra = catalog.resolve(catalog.strategy(s.name).memory)(w, p, s.options)
     if catalog.compressor(c.name).error_feedback:
         extra += 4.0 * w.n_params
     activations = activation_bytes(w)
@@ -633,33 +640,45 @@ def memory(strategy: str, w: Workload, p: int, compress: str | Spec = "none") ->
 
 
 Held = tuple[float, float, float, float]  # params, grads, optimizer, extra: bytes per rank
+Options = Mapping[str, Any]  # the strategy spec's options
 
 
-def memory_replicated(w: Workload, p: int) -> Held:
+def memory_replicated(w: Workload, p: int, o: Options) -> Held:
     """The ZeRO paper's yardstick (Rajbhandari et al. 2020): 4Ψ + 4Ψ + 8Ψ bytes for fp32 AdamW."""
     psi = 4.0 * w.n_params
     return psi, psi, 2 * psi, 0.0
 
 
-def memory_zero1(w: Workload, p: int) -> Held:
+def memory_zero1(w: Workload, p: int, o: Options) -> Held:
     psi = 4.0 * w.n_params
     return psi, psi, 2 * psi / p, 0.0
 
 
-def memory_zero2(w: Workload, p: int) -> Held:
+def memory_zero2(w: Workload, p: int, o: Options) -> Held:
     psi = 4.0 * w.n_params
     return psi, psi / p + 2 * w.bucket_bytes, 2 * psi / p, 0.0  # two buckets in flight
 
 
-def memory_zero3(w: Workload, p: int) -> Held:
+def memory_zero3(w: Workload, p: int, o: Options) -> Held:
+    """Shards + the root and the block in use; with ``reshard=false`` every block stays gathered
+    from its forward to its backward, so at the end of forward all of them are."""
     psi, us = 4.0 * w.n_params, units(w)
-    params = psi / p + us[-1] + max(us[:-1] or [0])  # root + the block in use
-    return params, psi / p + 2 * max(us), 2 * psi / p, 0.0
+    held = sum(us) if o.get("reshard", True) is False else us[-1] + max(us[:-1] or [0])
+    return psi / p + held, psi / p + 2 * max(us), 2 * psi / p, 0.0
 
 
-def memory_diloco(w: Workload, p: int) -> Held:
+def memory_diloco(w: Workload, p: int, o: Options) -> Held:
+    """+ the outer parameters and momentum (8Ψ); quantised sends keep a residual (4Ψ, and the
+    owner's Ψ/p); ``keep=true`` holds the fragment in flight (4Ψ/P)."""
     psi = 4.0 * w.n_params
-    return psi, psi, 2 * psi, 2 * psi  # the outer parameters and the outer momentum
+    extra = 2 * psi
+    if o.get("quant", "fp32") in ("int8", "int4"):
+        extra += psi + psi / p
+    elif o.get("quant") == "bf16":
+        extra += psi
+    if o.get("keep") and int(o.get("overlap", 0)) > 0:
+        extra += psi / int(o.get("fragments", 1))
+    return psi, psi, 2 * psi, extra
 
 
 def scaling_efficiency(strategy: str, w: Workload, worlds: Sequence[int], hw: Hardware, net: Network,

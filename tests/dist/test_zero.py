@@ -15,7 +15,7 @@ from gradsync.testing import max_rel_diff, run_world, train_and_collect
 STEPS = 20
 ZERO = ["zero1", "zero2", "zero3"]
 REFS = ["torch-zero1", "torch-fsdp"]
-PREFETCH = ["zero3:prefetch=0", "zero3:prefetch=2"]  # zero3 itself prefetches 1 unit
+PREFETCH = ["zero3:prefetch=0", "zero3:prefetch=2", "zero3:reshard=false"]  # zero3 itself prefetches 1 unit
 
 
 def _run_all(rank: int, configs: list[dict[str, Any]]) -> list[Any]:
@@ -62,7 +62,7 @@ def test_torch_references_match_bucketed(params: dict[Any, Any], strategy: str, 
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-@pytest.mark.parametrize("prefetch", ["zero3", "zero3:prefetch=2"])
+@pytest.mark.parametrize("prefetch", ["zero3", "zero3:prefetch=2", "zero3:reshard=false"])
 def test_zero3_prefetch_changes_nothing_but_when_units_arrive(params: dict[Any, Any], prefetch: str,
                                                               accum: int) -> None:
     a, b = params[("zero3:prefetch=0", 2, accum)], params[(prefetch, 2, accum)]
@@ -80,18 +80,20 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     from gradsync.optim import optimizer_factory
 
     out: dict[str, Any] = {}
-    for strategy in ["bucketed", *ZERO]:
+    for strategy in ["bucketed", *ZERO, "zero3:reshard=false"]:
         cfg = ParallelConfig(nproc=world, strategy=strategy, bucket_mb=0.02, first_bucket_mb=0.005)
         env = init_distributed(cfg.backend, cfg.timeout_s)
         torch.manual_seed(0)
         model = build_gpt("tiny", 16, 16)
         s = STRATEGIES[strategy](model, optimizer_factory(OptimConfig()), Comm(env), cfg)
         x = torch.randint(0, 16, (2, 16))
-        for _ in range(2 if strategy == "zero3" else 1):  # zero3 prefetches from its second step
+        for _ in range(2 if strategy.startswith("zero3") else 1):  # zero3 prefetches from its second step
+            s.comm.take_stats()
             with s.micro_step(last=True):
                 s.module(x, x).backward()
             s.step(grad_clip=1.0)
         out[strategy] = s.memory_report().to_dict()
+        out[f"{strategy}_calls"] = s.comm.take_stats().calls
         if strategy in ("zero2", "zero3"):
             out[f"{strategy}_units"] = [4 * u.padded for u in s.units]
         if strategy == "zero3":
@@ -137,6 +139,14 @@ def test_zero3_peak_is_the_shards_plus_the_layers_in_use(memory: dict[int, Any],
     assert m["zero3"]["peak"] <= 1.05 * (shards + in_use + max(units[:-1])), m["zero3"]
     assert m["zero3_prefetches"] == 2 * (len(units) - 1)
     assert m["zero1"]["peak"] < m["bucketed"]["peak"]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_zero3_without_resharding_gathers_no_block_again_in_backward(memory: dict[int, Any], world: int) -> None:
+    """``reshard=false`` keeps each block from its forward to its backward: a step issues one
+    all-gather fewer per block (the root unit is gathered once a step either way)."""
+    m = memory[world]
+    assert m["zero3_calls"] - m["zero3:reshard=false_calls"] == len(m["zero3_units"]) - 1
 
 
 @pytest.mark.parametrize("world", [2, 4])

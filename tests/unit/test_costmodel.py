@@ -95,6 +95,13 @@ def test_step_time_adds_up_and_strategies_rank_sensibly() -> None:
     # ZeRO-3 holds 1/p of everything plus the root unit (embeddings, final norm) and one block
     root, block = 4 * (50257 * 768 + 1024 * 768 + 2 * 768), 4 * (12 * 768 * 768 + 13 * 768)
     assert cm.memory("zero3", w, 8)["params"] == pytest.approx(4 * w.n_params / 8 + root + block)
+    assert cm.memory("zero3:reshard=false", w, 8)["params"] == pytest.approx(4 * w.n_params / 8 + sum(cm.units(w)))
+    # DiLoCo's quantised sends keep residuals: 4Ψ on the sender, Ψ/p more on the chunk's owner
+    plain, int8 = cm.memory("diloco:8", w, 8), cm.memory("diloco:8,quant=int8", w, 8)
+    assert int8["extra"] - plain["extra"] == pytest.approx(4 * w.n_params * (1 + 1 / 8))
+    # without resharding, backward gathers nothing: one gather per block fewer a micro-step
+    kept = cm.predict("zero3:reshard=false", w, 8, hw, net)
+    assert kept.comm_s < preds["zero3"].comm_s and kept.exposed_comm_s <= preds["zero3"].exposed_comm_s
 
 
 def NETWORK_AR(net: cm.Network, nbytes: float, p: int) -> float:

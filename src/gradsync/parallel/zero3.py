@@ -25,6 +25,11 @@ activation checkpointing's recomputation asks for in backward do not prefetch (b
 order does), and whatever is still gathered or in flight after the update is waited for and
 released, so no forward ever sees parameters from before the update.
 
+``reshard=false`` (FSDP2's ``reshard_after_forward=False``): a unit gathered for a forward with
+autograd on stays gathered until its gradients are in, so backward gathers nothing: one gather per
+unit and micro-step instead of two, for holding every block's parameters from the end of forward
+until backward reaches it (forwards without autograd, such as evaluation, release as usual).
+
 With ``hybrid=true`` units are sharded over, and gathered from, the workers of a node, and each
 unit's gradient shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharded`).
 
@@ -70,6 +75,7 @@ class Zero3Strategy(ShardedStrategy):
         self.full = bind_unit_buffers(self.units)
         self.param_chunks = [u.my_chunk(full).clone() for u, full in zip(self.units, self.full)]
         self.prefetch = int(self.spec["prefetch"])
+        self.reshard = bool(self.spec["reshard"])
         self._gathered = [True] * len(self.units)
         self._pending: dict[int, Any] = {}  # unit -> its all-gather in flight (a prefetch)
         self._order: dict[str, list[int]] = {}  # phase -> units in the order the last step gathered them
@@ -167,7 +173,8 @@ class Zero3Strategy(ShardedStrategy):
             self._gather(u, "backward")
 
         def post(_m: nn.Module, _args: Any, out: Any) -> None:
-            self._release(u)
+            if self.reshard or not torch.is_grad_enabled():
+                self._release(u)
             if torch.is_grad_enabled():
                 for t in _tensors(out):
                     if t.requires_grad:

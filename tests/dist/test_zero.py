@@ -85,7 +85,7 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
         env = init_distributed(cfg.backend, cfg.timeout_s)
         torch.manual_seed(0)
         model = build_gpt("tiny", 16, 16)
-        s = STRATEGIES[strategy](model, optimizer_factory(OptimConfig()), Comm(env), cfg)
+        s = STRATEGIES[strategy.split(":")[0]](model, optimizer_factory(OptimConfig()), Comm(env), cfg)
         x = torch.randint(0, 16, (2, 16))
         for _ in range(2 if strategy.startswith("zero3") else 1):  # zero3 prefetches from its second step
             s.comm.take_stats()

@@ -62,7 +62,7 @@ def test_table_ratios_and_scaling_efficiency() -> None:
 def test_strategy_entries_keep_spec_options_together() -> None:
     assert split_entries("bucketed, diloco:8,outer_lr=0.5,momentum=0,zero2,bucketed+powersgd:rank=4,min_numel=0") == [
         "bucketed", "diloco:8,outer_lr=0.5,momentum=0", "zero2", "bucketed+powersgd:rank=4,min_numel=0"]
-    assert len(split_entries("all")) == 15
+    assert len(split_entries("all")) == 16
     assert entry_overrides("bucketed+topk:ratio=0.1") == {"parallel.strategy": "bucketed",
                                                            "parallel.compress": "topk:ratio=0.1"}
     assert entry_overrides("zero3") == {"parallel.strategy": "zero3", "parallel.compress": "none"}

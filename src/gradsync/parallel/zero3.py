@@ -8,7 +8,8 @@ only while it is needed; at rest a rank holds just its chunk (1/N) of every unit
 
 - forward: a pre-hook all-gathers the unit, a post-hook releases the storage (resized to zero,
   so the views and the tensors autograd saved keep their shapes), and a hook on the unit's output
-  gradient gathers it again just before the unit's backward;
+  gradient gathers it again just before the unit's backward (the root unit, whose tied output head
+  starts backward, is kept from forward to backward instead, as FSDP2 keeps its root);
 - backward: as each parameter's gradient is accumulated it is copied into the unit's gradient
   buffer and released; when the unit's last gradient is in, the parameters are released and the
   buffer is reduce-scattered asynchronously (units in backward order, as ``bucketed``), and the
@@ -92,8 +93,8 @@ class Zero3Strategy(ShardedStrategy):
         for (m, _), u in zip(reversed(owners), self.units):
             self._hook_module(m, u)
         model.register_forward_pre_hook(self._forward_starts)
-        if root:
-            self._hook_module(model, self.units[-1])
+        if root:  # kept from forward to backward: backward starts with the output head that ties to it
+            self._hook_module(model, self.units[-1], keep=True)
         self.shard_optimizer()
 
     # -- gathering and releasing parameters ------------------------------------------------------
@@ -163,7 +164,7 @@ class Zero3Strategy(ShardedStrategy):
     def _forward_starts(self, _m: nn.Module, _args: Any) -> None:
         self._in_backward = False  # a new micro-step (recomputation runs blocks, never the whole model)
 
-    def _hook_module(self, module: nn.Module, u: FlatUnit) -> None:
+    def _hook_module(self, module: nn.Module, u: FlatUnit, keep: bool = False) -> None:
         def pre(_m: nn.Module, _args: Any) -> None:
             # a gather during backward is activation checkpointing's recomputation: no prefetch
             self._gather(u, "" if self._in_backward else "forward")
@@ -173,7 +174,7 @@ class Zero3Strategy(ShardedStrategy):
             self._gather(u, "backward")
 
         def post(_m: nn.Module, _args: Any, out: Any) -> None:
-            if self.reshard or not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() or (self.reshard and not keep):
                 self._release(u)
             if torch.is_grad_enabled():
                 for t in _tensors(out):

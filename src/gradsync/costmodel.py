@@ -489,9 +489,10 @@ def price_fsdp(x: StepContext) -> Priced:
     in backward)."""
     us, ag, rs, layer_bwd = _zero3_collectives(x)
     regather = ag[-2::-1] if x.strategy.options.get("reshard", True) else []
-    per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_before(
-        regather, layer_bwd[-2::-1][:len(regather)]) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd],
-                                                                     rs[-2::-1] + rs[-1:], x.bwd)
+    per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_after(
+        _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
+    if regather:
+        per_micro += exposed_before(regather, layer_bwd[-2::-1])
     return Priced(x.w.accum * (sum(ag) + sum(regather) + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
@@ -663,7 +664,7 @@ def memory_zero3(w: Workload, p: int, o: Options) -> Held:
     """Shards + the root and the block in use; with ``reshard=false`` every block stays gathered
     from its forward to its backward, so at the end of forward all of them are."""
     psi, us = 4.0 * w.n_params, units(w)
-    held = sum(us) if o.get("reshard", True) is False else us[-1] + max(us[:-1] or [0])
+    held = us[-1] + max(us[:-1] or [0]) if o.get("reshard", True) else sum(us)
     return psi / p + held, psi / p + 2 * max(us), 2 * psi / p, 0.0
 
 

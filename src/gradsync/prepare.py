@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -50,47 +52,54 @@ def prepare(cfg: Config) -> Config:
         task = build_task(cfg)
         ShardedBatches(task.train_examples(), t.global_batch, t.micro_batch, 0, cfg.parallel.world_size, t.seed)
     path = ckpt.resolve_resume(t.resume, run_dir)
+    saved = ckpt.load_checkpoint(path) if path is not None else None  # read once, for all that follows
     if cfg.parallel.strategy == AUTO:
-        cfg = cfg.replace(**{"parallel.strategy": _resolve_auto(cfg, path, task)})
+        cfg = cfg.replace(**{"parallel.strategy": _chosen_at_launch(
+            cfg, saved, path, task, LaunchChoice("--strategy auto", "strategy", "strategy", "name a strategy",
+                                                 auto_strategy))})
     if cfg.parallel.bucket_mb == 0:
-        cfg = cfg.replace(**{"parallel.bucket_mb": _resolve_bucket_mb(cfg, path, task)})
+        cfg = cfg.replace(**{"parallel.bucket_mb": _chosen_at_launch(
+            cfg, saved, path, task, LaunchChoice("--bucket-mb 0", "bucket_mb", "bucket size", "give a size in MB",
+                                                 auto_bucket_mb, lambda mb: f"{float(mb):g} MB"))})
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
-        ckpt.check_compatible(ckpt.load_checkpoint(path), cfg, path)
+        assert saved is not None
+        ckpt.check_compatible(saved, cfg, path)
         updates["train.resume"] = str(path)
     if t.peak_tflops == 0 and not _cuda():  # measure once here, not on every worker at once
         updates["train.peak_tflops"] = worker_peak_flops(cfg, torch.device("cpu"), cfg.parallel.nproc) / 1e12
     return cfg.replace(**updates)
 
 
-def _resolve_auto(cfg: Config, resume: Path | None, task: Task | None) -> str:
-    """``--strategy auto``: the strategy a resumed run was using, else the cost model's choice."""
-    if resume is not None:
-        chosen = ckpt.load_checkpoint(resume)["config"]["parallel"]["strategy"]
-        print(f"gradsync: --strategy auto: continuing with {chosen}, the strategy of {resume}", file=sys.stderr)
+@dataclass(frozen=True)
+class LaunchChoice:
+    """A setting the cost model chooses at launch from the calibrated profile: the ``flag`` that
+    asks for it, its ``parallel.KEY``, what it is called, what to do where it cannot be priced, and
+    the planner (:mod:`gradsync.plan`) returning (value, reason)."""
+
+    flag: str
+    key: str
+    what: str
+    remedy: str
+    choose: Callable[[Config, int], tuple[Any, str]]
+    show: Callable[[Any], str] = str
+
+
+def _chosen_at_launch(cfg: Config, saved: dict[str, Any] | None, resume: Path | None, task: Task | None,
+                      c: LaunchChoice) -> Any:
+    """The value of ``c``: a resumed run keeps its own (its state was built with it: the strategy's
+    checkpoint format, compression residuals kept per bucket); else the planner's choice, which
+    prices gradsync's GPT only."""
+    if saved is not None:
+        chosen = saved["config"]["parallel"][c.key]
+        print(f"gradsync: {c.flag}: continuing with {c.show(chosen)}, the {c.what} of {resume}", file=sys.stderr)
         return chosen
     task = task or build_task(cfg)
     if task.name != "gpt":
-        raise ConfigError(f"--strategy auto prices gradsync's GPT only; for task {task.name}, name a strategy")
-    vocab = task.vocab_size  # type: ignore[attr-defined]
-    chosen, why = auto_strategy(cfg, vocab)
-    print(f"gradsync: --strategy auto chose {why}", flush=True)
-    return chosen
-
-
-def _resolve_bucket_mb(cfg: Config, resume: Path | None, task: Task | None) -> float:
-    """``--bucket-mb 0``: the size a resumed run was using (compression residuals are kept per
-    bucket), else the cost model's choice from the calibrated profile."""
-    if resume is not None:
-        chosen = float(ckpt.load_checkpoint(resume)["config"]["parallel"]["bucket_mb"])
-        print(f"gradsync: --bucket-mb 0: continuing with {chosen:g} MB, the bucket size of {resume}", file=sys.stderr)
-        return chosen
-    task = task or build_task(cfg)
-    if task.name != "gpt":
-        raise ConfigError(f"--bucket-mb 0 prices gradsync's GPT only; for task {task.name}, give a size in MB")
-    chosen, why = auto_bucket_mb(cfg, task.vocab_size)  # type: ignore[attr-defined]
-    print(f"gradsync: --bucket-mb 0 chose {why}", flush=True)
+        raise ConfigError(f"{c.flag} prices gradsync's GPT only; for task {task.name}, {c.remedy}")
+    chosen, why = c.choose(cfg, task.vocab_size)  # type: ignore[attr-defined]
+    print(f"gradsync: {c.flag} chose {why}", flush=True)
     return chosen
 
 

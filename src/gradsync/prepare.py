@@ -2,8 +2,9 @@
 
 Everything that can be wrong with the input (config, data path, batch divisibility, checkpoint) is
 checked here, in one process, so bad input costs a second and prints one line; the run folder, the
-checkpoint to resume, ``--strategy auto`` (the cost model's choice, :func:`gradsync.plan.auto_strategy`)
-and the peak FLOP/s used for MFU are resolved here and written into the config the workers read.
+checkpoint to resume, ``--strategy auto`` and ``--bucket-mb 0`` (the cost model's choices,
+:func:`gradsync.plan.auto_strategy` and :func:`gradsync.plan.auto_bucket_mb`) and the peak FLOP/s
+used for MFU are resolved here and written into the config the workers read.
 """
 
 from __future__ import annotations

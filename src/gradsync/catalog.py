@@ -78,7 +78,7 @@ _CM = "gradsync.costmodel"
 _TORCH_HOOKS = ("fp16", "bf16", "powersgd")  # torch's own DDP communication hooks
 
 # Each entry: name, class, price, memory, then what differs from the defaults. Described in
-# docs/strategies.md.
+# the guide's chapter 3 (docs/guide/algorithm.md).
 STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
     StrategyEntry("allreduce", f"{_P}.allreduce:AllReduceStrategy",
                   f"{_CM}:price_allreduce", f"{_CM}:memory_replicated"),
@@ -254,7 +254,7 @@ def split_entries(text: str) -> list[str]:
 
 
 # Built-in tasks (``--task``): name -> the Task class, resolved when a run builds it. Any other
-# task is ``package.module:factory``. Described in docs/tasks.md.
+# task is ``package.module:factory``. Described in the guide's chapter 6 (docs/guide/applications.md).
 _T = "gradsync.tasks"
 TASKS: dict[str, str] = {
     "gpt": f"{_T}.gpt:GPTTask",

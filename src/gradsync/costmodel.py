@@ -4,7 +4,8 @@ Pure functions, no process group: ``predict(strategy, workload, world, hardware)
 time of one optimizer step split into compute, exposed communication, optimizer and compression,
 the tokens/s, MFU and per-rank memory. ``gradsync calibrate`` measures the inputs on a real machine
 (:class:`Hardware` from a profile); ``gradsync plan`` uses presets (published peak FLOP/s, memory,
-link bandwidths). The derivation, with its assumptions, is in ``docs/costmodel.md``.
+link bandwidths). The derivation, with its assumptions, is in the guide's chapter 4
+(``docs/guide/math.md``).
 
 Communication is the alpha-beta model of ring collectives (Thakur et al. 2005; Patarasuk & Yuan
 2009), with the factors of :mod:`gradsync.ring`: with p ranks and an n-byte buffer, all-reduce

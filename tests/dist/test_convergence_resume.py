@@ -28,7 +28,7 @@ def test_converges_to_the_entropy_rate_of_a_markov_source(tiny_config: Callable[
 # Communication-saving methods, same data, model and steps. Top-k keeps 1% of every bucket after
 # DGC's sparsity warm-up (Lin et al. 2018): without it, AdamW's per-coordinate normalisation turns
 # the rare, large error-feedback bursts into small steps and 500 steps end 0.61 nats above the
-# entropy rate (0.31 after 1500), see docs/strategies.md.
+# entropy rate (0.31 after 1500), see docs/guide/math.md (error feedback).
 REDUCED = {
     "powersgd:rank=4": {"parallel.compress": "powersgd:rank=4"},
     "topk:ratio=0.01": {"parallel.compress": "topk:ratio=0.01,warmup=200"},

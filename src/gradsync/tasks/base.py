@@ -7,7 +7,7 @@ trainer, the strategies, checkpoints, bench and calibrate use only this seam; a 
 ``nn.Module`` and a loss.
 
 Write your own by subclassing :class:`Task` and pass ``--task package.module:factory``, where
-``factory(cfg)`` returns it (see docs/tasks.md).
+``factory(cfg)`` returns it (see docs/guide/applications.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""The guide (docs/, mkdocs.yml) cannot rot: it builds strictly in both languages, its Python
+runs, its commands parse, the errors it quotes are the ones gradsync prints, and its measured
+numbers come from results files (tools/guide_numbers.py), never typed by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+GRADSYNC = str(Path(sys.executable).with_name("gradsync"))
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+
+spec = importlib.util.spec_from_file_location("guide_numbers", ROOT / "tools" / "guide_numbers.py")
+guide_numbers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(guide_numbers)
+
+
+def english_pages() -> list[Path]:
+    excluded = {"design.md", "bench-strategies.md"}
+    return sorted(p for p in DOCS.rglob("*.md") if not p.name.endswith(".zh.md")
+                  and p.name not in excluded and not {"network", "validation"} & set(p.parts))
+
+
+def chinese(page: Path) -> Path:
+    return page.with_name(page.stem + ".zh.md")
+
+
+def blocks(page: Path, lang: str) -> list[str]:
+    return [body for kind, body in FENCE.findall(page.read_text(encoding="utf-8")) if kind == lang]
+
+
+def page_id(page: Path) -> str:
+    return str(page.relative_to(DOCS))
+
+
+def without_comments(code: str) -> list[str]:
+    lines = [re.sub(r"\s+#.*$", "", ln).rstrip() for ln in code.splitlines()]
+    return [ln for ln in lines if ln and not ln.lstrip().startswith("#")]
+
+
+def test_site_builds_strictly_in_both_languages(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for page in english_pages():
+        html = page.relative_to(DOCS).with_suffix("")
+        html = Path("index.html") if html.name == "index" and html.parent == Path(".") else (
+            html.parent / "index.html" if html.name == "index" else html / "index.html")
+        assert (tmp_path / "site" / html).is_file(), html
+        assert (tmp_path / "site" / "zh" / html).is_file(), f"zh/{html}"
+
+
+@pytest.mark.parametrize("page", english_pages(), ids=page_id)
+def test_every_page_has_a_complete_translation(page: Path) -> None:
+    zh = chinese(page)
+    assert zh.is_file(), f"{page_id(page)} has no Chinese page {zh.name}"
+    en_text, zh_text = page.read_text(encoding="utf-8"), zh.read_text(encoding="utf-8")
+    heading = re.compile(r"^#{1,4} ", re.M)
+    assert len(heading.findall(zh_text)) == len(heading.findall(en_text)), "same sections"
+    for lang in ("python", "bash", "console"):
+        assert [without_comments(b) for b in blocks(zh, lang)] == \
+               [without_comments(b) for b in blocks(page, lang)], f"same {lang} blocks"
+    assert sorted(guide_numbers.PLACEHOLDER.findall(zh_text)) == \
+           sorted(guide_numbers.PLACEHOLDER.findall(en_text)), "the same measured numbers"
+    images = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+    assert images.findall(zh_text) == images.findall(en_text), "the same plots"
+    # a translation, not a summary: Chinese runs about 0.3-0.6 characters per English one
+    assert len(zh_text) > 0.25 * len(en_text)
+
+
+PY_PAGES = [p for p in english_pages() if blocks(p, "python")]
+
+
+@pytest.mark.parametrize("page", PY_PAGES, ids=page_id)
+def test_python_blocks_run(page: Path, tmp_path: Path) -> None:
+    """A page's Python blocks run in order in one fresh interpreter from the repository's root, as a
+    reader would paste them (blocks that write files write them to a temporary folder)."""
+    code = "\n\n".join(f"# ---- block {i + 1}\n{b}" for i, b in enumerate(blocks(page, "python")))
+    script = tmp_path / "page.py"
+    script.write_text(code, encoding="utf-8")
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, f"{page_id(page)}:\n{out.stderr[-3000:]}"
+
+
+def gradsync_commands() -> list[tuple[str, str]]:
+    found = []
+    for page in english_pages():
+        for body in blocks(page, "bash"):
+            for line in body.replace("\\\n", " ").splitlines():
+                line = re.sub(r"\s+#.*$", "", line).strip()
+                for part in re.split(r"&&|\|", line):
+                    part = part.strip()
+                    m = re.match(r"^(?:\S*/)?gradsync (\w+)(.*)$", part)
+                    if m:
+                        found.append((page_id(page), part[part.index("gradsync"):]))
+    return found
+
+
+@pytest.mark.parametrize("where,cmd", gradsync_commands(), ids=[c for _, c in gradsync_commands()])
+def test_gradsync_commands_in_the_guide_parse(where: str, cmd: str) -> None:
+    """Every ``gradsync ...`` line of a bash block names real flags and valid values."""
+    from gradsync.args import config_from_args
+    from gradsync.cli import COMMANDS, build_parser
+    argv = shlex.split(cmd)[1:]
+    assert argv[0] in COMMANDS, f"{where}: {cmd}"
+    parser = build_parser(argv[0])
+    try:
+        ns, extra = parser.parse_known_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"{where}: `{cmd}` does not parse")
+    if argv[0] == "train" and "--config" not in argv:
+        config_from_args(ns, extra)  # raises with gradsync's one line on a bad value or key
+    elif argv[0] not in ("train", "run", "config"):
+        assert not extra, f"{where}: `{cmd}`: unknown arguments {extra}"
+
+
+def console_examples() -> list[tuple[str, str, list[str]]]:
+    found = []
+    for page in english_pages():
+        for body in blocks(page, "console"):
+            for chunk in re.split(r"^\$ ", body, flags=re.M)[1:]:
+                cmd, *expected = chunk.rstrip("\n").split("\n")
+                found.append((page_id(page), cmd, expected))
+    return found
+
+
+@pytest.mark.parametrize("where,cmd,expected", console_examples(), ids=[c for _, c, _ in console_examples()])
+def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expected: list[str],
+                                                     tmp_path: Path) -> None:
+    argv = shlex.split(cmd)
+    assert argv[0] == "gradsync", f"{where}: console examples are gradsync commands"
+    out = subprocess.run([GRADSYNC, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    printed = out.stdout + out.stderr
+    for line in expected:
+        assert line in printed, f"{where}: `{cmd}` no longer prints:\n{line}\nit printed:\n{printed[-2000:]}"
+
+
+MEASURED = re.compile(r"\d[\d,]*\.\d+\s?(?:ms|s\b|%|×|x\b|MiB|MB|GB|GiB|nats|tokens/s)"
+                      r"|\d[\d,.]*\s?×|\d[\d,]{3,}\s?tokens/s")
+
+
+@pytest.mark.parametrize("page", english_pages() + [chinese(p) for p in english_pages()], ids=page_id)
+def test_no_measured_number_is_typed_by_hand(page: Path) -> None:
+    """Figures with units of measurement come from placeholders filled from results files."""
+    text = page.read_text(encoding="utf-8")
+    text = FENCE.sub(lambda m: "" if m.group(1) in ("python", "bash", "console") else m.group(0), text)
+    text = guide_numbers.PLACEHOLDER.sub("", text)
+    text = re.sub(r"`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$|\]\([^)]*\)", "", text, flags=re.S)
+    typed = MEASURED.findall(text)
+    assert not typed, f"{page_id(page)}: type these via docs/numbers.yml: {typed}"
+
+
+def test_every_registered_number_resolves_and_has_its_command() -> None:
+    names = guide_numbers.registry(DOCS)
+    used = set()
+    for page in english_pages():
+        used |= {b for k, b in guide_numbers.PLACEHOLDER.findall(page.read_text(encoding="utf-8")) if not k}
+    for spec in names.values():  # names an expression reads are used too
+        used |= set(re.findall(r"[A-Za-z_]\w*", spec.get("expr", ""))) & set(names)
+    assert used <= set(names), f"placeholders with no entry: {sorted(used - set(names))}"
+    assert set(names) <= used, f"entries no page uses: {sorted(set(names) - used)}"
+    for name, spec in names.items():
+        guide_numbers.value(name, DOCS)
+        if "expr" not in spec:
+            assert guide_numbers.command(name, DOCS).strip(), name
+
+
+def test_numbers_are_read_from_the_file_not_typed(tmp_path: Path) -> None:
+    (tmp_path / "t.md").write_text("command: `bench --x`\n\n| strategy | step ms |\n|---|---|\n"
+                                   "| a | 1,234.5 |\n| b | 600.0 |\n| b | 7 |\n", encoding="utf-8")
+    (tmp_path / "r.json").write_text('{"command": "cal", "rows": [{"s": "a", "t": 0.25}]}', encoding="utf-8")
+    (tmp_path / "numbers.yml").write_text(
+        "a_ms: {file: t.md, match: {strategy: a}, col: step ms}\n"
+        "b_ms: {file: t.md, match: {strategy: b}, col: step ms}\n"
+        "t_ms: {file: r.json, path: rows, match: {s: a}, field: t, scale: 1000, format: '{:.0f}'}\n"
+        "ratio: {expr: a_ms / t_ms, format: '{:.2f}×'}\n", encoding="utf-8")
+    guide_numbers.registry.cache_clear()
+    try:
+        assert guide_numbers.render("{{ a_ms }} ms, {{ t_ms }} ms, {{ ratio }}; {{ command: t_ms }}",
+                                    tmp_path) == "1,234.5 ms, 250 ms, 4.94×; `cal`"
+        assert guide_numbers.command("a_ms", tmp_path) == "bench --x"
+        with pytest.raises(guide_numbers.NumberError, match="2 rows match"):
+            guide_numbers.value("b_ms", tmp_path)
+        with pytest.raises(guide_numbers.NumberError, match="no such number"):
+            guide_numbers.render("{{ nope }}", tmp_path)
+    finally:
+        guide_numbers.registry.cache_clear()

@@ -30,6 +30,11 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 PLACEHOLDER = re.compile(r"\{\{\s*(?:(command|run|table):\s*)?([^{}]+?)\s*\}\}")
 
 
+def expr_names(expr: str) -> list[str]:
+    """The names an ``expr`` reads (not the exponent of a literal such as ``1e6``)."""
+    return re.findall(r"(?<![\w.])[A-Za-z_]\w*", expr)
+
+
 class NumberError(ValueError):
     """A placeholder that cannot be filled from its results file."""
 
@@ -75,7 +80,7 @@ def _raw(name: str, docs: Path) -> tuple[Any, Path | None]:
     if spec is None:
         raise NumberError(f"{{{{ {name} }}}}: no such number in docs/numbers.yml")
     if "expr" in spec:
-        names = set(re.findall(r"[A-Za-z_]\w*", spec["expr"])) - {"abs", "min", "max", "round"}
+        names = set(expr_names(spec["expr"])) - {"abs", "min", "max", "round"}
         env = {n: _scaled(n, docs) for n in names}
         first = _raw(sorted(names)[0], docs)[1] if names else None
         return eval(spec["expr"], {"__builtins__": {}, "abs": abs, "min": min, "max": max,

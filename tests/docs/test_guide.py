@@ -146,8 +146,9 @@ def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expec
         assert line in printed, f"{where}: `{cmd}` no longer prints:\n{line}\nit printed:\n{printed[-2000:]}"
 
 
-MEASURED = re.compile(r"\d[\d,]*\.\d+\s?(?:ms|s\b|%|×|x\b|MiB|MB|GB|GiB|nats|tokens/s)"
-                      r"|\d[\d,.]*\s?×|\d[\d,]{3,}\s?tokens/s")
+# a decimal with a unit of measurement, a ratio ("1.46×", not the product "2 × 2"), a throughput
+MEASURED = re.compile(r"\d[\d,]*\.\d+\s?(?:ms|s\b|%|x\b|MiB|MB|GB|GiB|nats|tokens/s)"
+                      r"|\d[\d,]*\.\d+\s?×(?!\s*\d)|\d[\d,]{3,}\s?tokens/s")
 
 
 @pytest.mark.parametrize("page", english_pages() + [chinese(p) for p in english_pages()], ids=page_id)
@@ -167,7 +168,7 @@ def test_every_registered_number_resolves_and_has_its_command() -> None:
     for page in english_pages():
         used |= {b for k, b in guide_numbers.PLACEHOLDER.findall(page.read_text(encoding="utf-8")) if not k}
     for spec in names.values():  # names an expression reads are used too
-        used |= set(re.findall(r"[A-Za-z_]\w*", spec.get("expr", ""))) & set(names)
+        used |= set(guide_numbers.expr_names(spec.get("expr", ""))) & set(names)
     assert used <= set(names), f"placeholders with no entry: {sorted(used - set(names))}"
     assert set(names) <= used, f"entries no page uses: {sorted(set(names) - used)}"
     for name, spec in names.items():

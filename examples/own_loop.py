@@ -1,6 +1,6 @@
 """Your own model and training loop under gradsync: a 30-line script.
 
-    gradsync run examples/own_loop.py --nproc 2 -- --strategy zero2 --steps 40 --ckpt /tmp/own.pt
+    gradsync run --nproc 2 examples/own_loop.py --strategy zero2 --steps 40 --ckpt /tmp/own.pt
 
 Each worker trains a small MLP on its shard of a fixed regression problem; the checkpoint lets a
 second invocation continue where the first stopped (exactly: data is a function of the step).

@@ -13,7 +13,7 @@ The way people use torch DDP or Accelerate, with every gradsync strategy and com
         if step % 100 == 0:
             dp.save("ckpt.pt", step=step)
 
-Start the script with ``gradsync run script.py --nproc N`` (gradsync's launcher: rendezvous,
+Start the script with ``gradsync run --nproc N script.py`` (gradsync's launcher: rendezvous,
 collective timeouts, restarts, one-line errors) or ``torchrun``; run alone, it is a world of one.
 """
 

@@ -95,7 +95,7 @@ def test_python_blocks_run(page: Path, tmp_path: Path) -> None:
 
 def gradsync_commands() -> list[tuple[str, str]]:
     found = []
-    for page in english_pages():
+    for page in english_pages() + [ROOT / "README.md"]:
         for body in blocks(page, "bash"):
             for line in body.replace("\\\n", " ").splitlines():
                 line = re.sub(r"\s+#.*$", "", line).strip()
@@ -103,13 +103,14 @@ def gradsync_commands() -> list[tuple[str, str]]:
                     part = part.strip()
                     m = re.match(r"^(?:\S*/)?gradsync (\w+)(.*)$", part)
                     if m:
-                        found.append((page_id(page), part[part.index("gradsync"):]))
+                        found.append((str(page.relative_to(ROOT)), part[part.index("gradsync"):]))
     return found
 
 
 @pytest.mark.parametrize("where,cmd", gradsync_commands(), ids=[c for _, c in gradsync_commands()])
 def test_gradsync_commands_in_the_guide_parse(where: str, cmd: str) -> None:
-    """Every ``gradsync ...`` line of a bash block names real flags and valid values."""
+    """Every ``gradsync ...`` line of a bash block (guide and README) names real flags and valid
+    values, and a training configuration that validates (a world size that divides the batch)."""
     from gradsync.args import config_from_args
     from gradsync.cli import COMMANDS, build_parser
     argv = shlex.split(cmd)[1:]

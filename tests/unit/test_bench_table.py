@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gradsync.catalog import split_entries
-from gradsync.commands.bench import RunStats, _median, _run_stats, entry_overrides, format_table
+from gradsync.commands.bench import RunStats, _median, _run_stats, entry_overrides, format_table, plot_bench
 from gradsync.config import Config
 from gradsync.errors import ConfigError
 
@@ -66,3 +66,10 @@ def test_strategy_entries_keep_spec_options_together() -> None:
     assert entry_overrides("bucketed+topk:ratio=0.1") == {"parallel.strategy": "bucketed",
                                                            "parallel.compress": "topk:ratio=0.1"}
     assert entry_overrides("zero3") == {"parallel.strategy": "zero3", "parallel.compress": "none"}
+
+
+def test_plot_draws_every_entry_as_a_png(tmp_path: Path) -> None:
+    res = {("bucketed", 2): RunStats(180, 6, 1.0, 1, val_loss=2.5), ("torch-ddp", 2): RunStats(200, 5, None, 1)}
+    plot_bench(res, ["bucketed", "torch-ddp"], [2], tmp_path / "sub" / "bench.png")
+    data = (tmp_path / "sub" / "bench.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

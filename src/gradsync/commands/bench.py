@@ -30,6 +30,7 @@ from gradsync import catalog
 from gradsync.args import add_config_args, config_from_args
 from gradsync.config import Config
 from gradsync.errors import ConfigError
+from gradsync.files import save_figure
 from gradsync.launch import launch_workers, write_run_config
 from gradsync.metrics import read_metrics
 from gradsync.prepare import prepare
@@ -44,6 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     p.add_argument("--out", default="", help="write the table as Markdown to this file")
+    p.add_argument("--plot", default="", help="draw tokens/s of every entry, next to its torch reference, "
+                   "as a PNG")
 
 
 @dataclass
@@ -145,11 +148,41 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
                         _run_stats(run_dir / "metrics.jsonl", ns.warmup))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    table = format_table({k: _median(v) for k, v in results.items()}, entries, worlds, cfg, ns)
+    medians = {k: _median(v) for k, v in results.items()}
+    table = format_table(medians, entries, worlds, cfg, ns)
     print(table)
     if ns.out:
         Path(ns.out).write_text(table + "\n", encoding="utf-8")
+    if ns.plot:
+        plot_bench(medians, entries, worlds, Path(ns.plot))
     return 0
+
+
+def plot_bench(res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int], path: Path) -> None:
+    """Tokens/s of every (entry, workers) as horizontal bars, torch's references in grey, each
+    bar labelled with its validation loss (a faster entry that learns less shows it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(e, w) for w in worlds for e in entries]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ys = range(len(rows))[::-1]
+    colors = ["0.6" if catalog.split_entry(e)[0].startswith("torch-") else "tab:blue" for e, _ in rows]
+    tps = [res[r].tokens_per_sec for r in rows]
+    ax.barh(list(ys), tps, color=colors)
+    for y, r, v in zip(ys, rows, tps):
+        loss = res[r].val_loss
+        ax.text(v, y, f" {v:,.0f}" + (f"  (val loss {loss:.3f})" if loss is not None else ""), va="center",
+                fontsize=7)
+    ax.set_yticks(list(ys), [f"{e} ({w})" if len(worlds) > 1 else e for e, w in rows], fontsize=8)
+    ax.set_xlabel("tokens/s (median of repeats); grey: torch's own")
+    ax.set_xlim(0, max(tps) * 1.45)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def _fmt(v: float | None, spec: str) -> str:

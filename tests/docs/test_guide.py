@@ -198,3 +198,11 @@ def test_numbers_are_read_from_the_file_not_typed(tmp_path: Path) -> None:
             guide_numbers.render("{{ nope }}", tmp_path)
     finally:
         guide_numbers.registry.cache_clear()
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [m for m in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) if "://" not in m]
+    assert links, "the README links into the guide"
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"

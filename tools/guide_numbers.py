@@ -114,7 +114,6 @@ REDUCTIONS = {
     "median_abs": lambda xs: statistics.median(abs(x) for x in xs),
     "max_abs": lambda xs: max(abs(x) for x in xs),
     "count": len,
-    "count_abs_within": None,  # needs a bound: see _reduced
 }
 
 
@@ -132,7 +131,8 @@ def _reduced(name: str, spec: dict[str, Any], docs: Path) -> tuple[float, Path]:
     if spec["reduce"] == "count_abs_within":
         return float(sum(abs(x) <= float(spec["bound"]) for x in xs)), _file(name, files[0], docs)
     if spec["reduce"] not in REDUCTIONS:
-        raise NumberError(f"{name}: unknown reduce {spec['reduce']!r}; known: {', '.join(REDUCTIONS)}")
+        known = ", ".join([*REDUCTIONS, "count_abs_within"])
+        raise NumberError(f"{name}: unknown reduce {spec['reduce']!r}; known: {known}")
     return float(REDUCTIONS[spec["reduce"]](xs)), _file(name, files[0], docs)
 
 

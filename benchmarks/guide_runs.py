@@ -2,9 +2,9 @@
 
 Each run is one ``gradsync train`` command as a user types it (2 workers over gloo on this
 machine). What it leaves is copied into ``--out-dir``: ``results.json`` (per run: the command,
-wall time, ``summary.json``, every validation line of ``metrics.jsonl``, the median step time and
-throughput of steps after warm-up, the first lines of the sample) and ``<run>.png`` (the run's own
-``loss.png``). The guide's numbers and plots of these runs come from there (``docs/numbers.yml``).
+wall time, ``summary.json``, every validation line of ``metrics.jsonl``, the median step time
+and throughput of steps after warm-up, the first lines of the sample) and ``<run>.png`` (the
+run's own ``loss.png``). The guide's numbers and plots of these runs come from there (``docs/numbers.yml``).
 
     python benchmarks/guide_runs.py --out-dir docs/runs                 # all, ~11 min on 2 cores
     python benchmarks/guide_runs.py --runs image,speech --out-dir docs/runs   # some, merged in
@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gradsync.files import atomic_write_bytes
+from gradsync.metrics import read_metrics
 
 RUNS = {
     "default": "gradsync train",
@@ -43,16 +46,15 @@ def run_one(name: str, command: str, work: Path) -> dict:
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    steps = [r for r in lines if r.get("kind", "train") == "train" and r["step"] > WARMUP_STEPS]
-    evals = [r for r in lines if r.get("kind") == "eval"]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "train" and r["step"] > WARMUP_STEPS]
+    evals = [r for r in records if r["kind"] == "eval"]
     sample = (run_dir / "sample.txt").read_text() if (run_dir / "sample.txt").exists() else ""
     return {
         "command": command,
         "wall_s": wall,
         "summary": json.loads((run_dir / "summary.json").read_text()),
         "evals": evals,
-        "steps": lines and max(r["step"] for r in lines if "step" in r),
         "median_step_ms": statistics.median(r["step_time_s"] for r in steps) * 1e3,
         "median_tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steps),
         "sample": "\n".join(sample.splitlines()[:8]),
@@ -77,9 +79,7 @@ def main() -> None:
             results["runs"][name] = run_one(name, RUNS[name], Path(tmp))
             shutil.copyfile(Path(tmp) / name / "loss.png", args.out_dir / f"{name}.png")
             results["command"] = "python benchmarks/guide_runs.py --out-dir " + str(args.out_dir)
-            tmp_out = out.with_suffix(".tmp")
-            tmp_out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-            tmp_out.replace(out)
+            atomic_write_bytes(out, json.dumps(results, indent=1).encode("utf-8"))
             print(f"guide_runs: {name}: {results['runs'][name]['wall_s']:.0f} s", flush=True)
 
 

@@ -67,8 +67,13 @@ def _tables(path: Path) -> list[list[dict[str, str]]]:
     return tables
 
 
+def _matching(rows: list[dict[str, Any]], match: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows whose every ``match`` column holds that value (compared as text)."""
+    return [r for r in rows if all(str(r.get(k)) == str(v) for k, v in match.items())]
+
+
 def _pick(rows: list[dict[str, Any]], match: dict[str, Any], where: str) -> dict[str, Any]:
-    found = [r for r in rows if all(str(r.get(k)) == str(v) for k, v in match.items())]
+    found = _matching(rows, match)
     if len(found) != 1:
         raise NumberError(f"{where}: {len(found)} rows match {match}, need exactly 1")
     return found[0]
@@ -119,20 +124,16 @@ REDUCTIONS = {
 
 def _reduced(name: str, spec: dict[str, Any], docs: Path) -> tuple[float, Path]:
     """A statistic over the rows of one or more JSON results files (``file`` may be a list):
-    ``reduce`` is median_abs, max_abs, count, or count_abs_within with ``bound``."""
+    ``reduce`` is one of :data:`REDUCTIONS`."""
     files = spec["file"] if isinstance(spec["file"], list) else [spec["file"]]
     xs: list[float] = []
     for file in files:
         rows = _json(_file(name, file, docs))[spec.get("path", "rows")]
-        rows = [r for r in rows if all(str(r.get(k)) == str(v) for k, v in spec.get("match", {}).items())]
-        xs += [float(r[spec["field"]]) for r in rows]
+        xs += [float(r[spec["field"]]) for r in _matching(rows, spec.get("match", {}))]
     if not xs:
         raise NumberError(f"{name}: no rows to reduce")
-    if spec["reduce"] == "count_abs_within":
-        return float(sum(abs(x) <= float(spec["bound"]) for x in xs)), _file(name, files[0], docs)
     if spec["reduce"] not in REDUCTIONS:
-        known = ", ".join([*REDUCTIONS, "count_abs_within"])
-        raise NumberError(f"{name}: unknown reduce {spec['reduce']!r}; known: {known}")
+        raise NumberError(f"{name}: unknown reduce {spec['reduce']!r}; known: {', '.join(REDUCTIONS)}")
     return float(REDUCTIONS[spec["reduce"]](xs)), _file(name, files[0], docs)
 
 
@@ -178,8 +179,13 @@ def command_of_file(path: Path, docs: Path = DOCS) -> str:
         return str(_json(path)["command"])
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("command:"):
-            return line.split(":", 1)[1].strip().strip("`")
+            return _recorded_command(line)
     raise NumberError(f"docs/{path.relative_to(docs)} records no 'command:' line")
+
+
+def _recorded_command(line: str) -> str:
+    """The command of a Markdown results file's ``command: ...`` line (with or without backticks)."""
+    return line.split(":", 1)[1].strip().strip("`")
 
 
 def run(cmd: str) -> str:
@@ -196,12 +202,11 @@ def run(cmd: str) -> str:
 
 def table(file: str, docs: Path = DOCS) -> str:
     """A Markdown results file as it is, its ``command:`` line shown as code."""
-    path = docs / file
-    if not path.is_file() or path.suffix != ".md":
-        raise NumberError(f"{{{{ table: {file} }}}}: no Markdown results file docs/{file}")
+    path = _file(f"{{{{ table: {file} }}}}", file, docs)
+    if path.suffix != ".md":
+        raise NumberError(f"{{{{ table: {file} }}}}: not a Markdown results file")
     lines = path.read_text(encoding="utf-8").strip().splitlines()
-    return "\n".join("Command: `" + ln.split(":", 1)[1].strip().strip("`") + "`"
-                     if ln.startswith("command:") else ln for ln in lines)
+    return "\n".join(f"Command: `{_recorded_command(ln)}`" if ln.startswith("command:") else ln for ln in lines)
 
 
 def render(markdown: str, docs: Path = DOCS) -> str:

@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from gradsync.args import config_from_args
+from gradsync.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -25,9 +29,13 @@ spec.loader.exec_module(guide_numbers)
 
 
 def english_pages() -> list[Path]:
-    excluded = {"design.md", "bench-strategies.md"}
-    return sorted(p for p in DOCS.rglob("*.md") if not p.name.endswith(".zh.md")
-                  and p.name not in excluded and not {"network", "validation"} & set(p.parts))
+    """The site's pages, as mkdocs.yml's nav lists them (the strict build fails on a page left out)."""
+    def walk(node: object) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        items = node.values() if isinstance(node, dict) else node
+        return [page for item in items for page in walk(item)]
+    return sorted(DOCS / page for page in walk(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]))
 
 
 def chinese(page: Path) -> Path:
@@ -53,9 +61,8 @@ def test_site_builds_strictly_in_both_languages(tmp_path: Path) -> None:
                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     for page in english_pages():
-        html = page.relative_to(DOCS).with_suffix("")
-        html = Path("index.html") if html.name == "index" and html.parent == Path(".") else (
-            html.parent / "index.html" if html.name == "index" else html / "index.html")
+        rel = page.relative_to(DOCS)
+        html = rel.parent / "index.html" if rel.stem == "index" else rel.with_suffix("") / "index.html"
         assert (tmp_path / "site" / html).is_file(), html
         assert (tmp_path / "site" / "zh" / html).is_file(), f"zh/{html}"
 
@@ -101,18 +108,18 @@ def gradsync_commands() -> list[tuple[str, str]]:
                 line = re.sub(r"\s+#.*$", "", line).strip()
                 for part in re.split(r"&&|\|", line):
                     part = part.strip()
-                    m = re.match(r"^(?:\S*/)?gradsync (\w+)(.*)$", part)
-                    if m:
+                    if re.match(r"^(?:\S*/)?gradsync \w", part):
                         found.append((str(page.relative_to(ROOT)), part[part.index("gradsync"):]))
     return found
 
 
-@pytest.mark.parametrize("where,cmd", gradsync_commands(), ids=[c for _, c in gradsync_commands()])
+COMMAND_LINES = gradsync_commands()
+
+
+@pytest.mark.parametrize("where,cmd", COMMAND_LINES, ids=[c for _, c in COMMAND_LINES])
 def test_gradsync_commands_in_the_guide_parse(where: str, cmd: str) -> None:
     """Every ``gradsync ...`` line of a bash block (guide and README) names real flags and valid
     values, and a training configuration that validates (a world size that divides the batch)."""
-    from gradsync.args import config_from_args
-    from gradsync.cli import COMMANDS, build_parser
     argv = shlex.split(cmd)[1:]
     assert argv[0] in COMMANDS, f"{where}: {cmd}"
     parser = build_parser(argv[0])
@@ -136,7 +143,10 @@ def console_examples() -> list[tuple[str, str, list[str]]]:
     return found
 
 
-@pytest.mark.parametrize("where,cmd,expected", console_examples(), ids=[c for _, c, _ in console_examples()])
+CONSOLE_EXAMPLES = console_examples()
+
+
+@pytest.mark.parametrize("where,cmd,expected", CONSOLE_EXAMPLES, ids=[c for _, c, _ in CONSOLE_EXAMPLES])
 def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expected: list[str],
                                                      tmp_path: Path) -> None:
     argv = shlex.split(cmd)

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gradsync import costmodel as cm
+from gradsync.planning import costmodel as cm
 from gradsync.data.shard_writer import ShardWriter
-from gradsync.profile import profile_hardware
-from gradsync.shapes import GPTShape
+from gradsync.planning.calibration_profile import profile_hardware
+from gradsync.core.shapes import GPTShape
 
 VOCAB = 50304
 

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradsync.files import atomic_write_bytes
-from gradsync.metrics import read_metrics
+from gradsync.core.files import atomic_write_bytes
+from gradsync.training.metrics import read_metrics
 
 RUNS = {
     "default": "gradsync train",

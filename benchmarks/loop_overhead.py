@@ -28,7 +28,8 @@ def _plain(trainer: Any, steps: int) -> list[float]:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from gradsync.data import ShardedBatches
-    from gradsync.optim import lr_at, optimizer_factory
+    from gradsync.optim.factory import optimizer_factory
+    from gradsync.optim.schedule import lr_at
 
     cfg, task = trainer.cfg, trainer.task
     torch.manual_seed(cfg.train.seed)
@@ -61,8 +62,8 @@ def _plain(trainer: Any, steps: int) -> list[float]:
 
 
 def _world(rank: int, strategy: str, steps: int, rounds: int, skip: int) -> dict[str, list[float]]:
-    from gradsync.config import build_config
-    from gradsync.train import Trainer
+    from gradsync.core.config import build_config
+    from gradsync.training.trainer import Trainer
 
     out: dict[str, list[float]] = {"gradsync": [], "plain": []}
     for r in range(rounds):

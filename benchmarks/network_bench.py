@@ -36,8 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gradsync.files import save_figure
-from gradsync.metrics import read_metrics
+from gradsync.core.files import save_figure
+from gradsync.training.metrics import read_metrics
 from gradsync.testing import netns
 
 JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress",

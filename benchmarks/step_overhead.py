@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from gradsync.config import build_config
+from gradsync.core.config import build_config
 from gradsync.data import load_tokens
-from gradsync.train import Trainer
+from gradsync.training.trainer import Trainer
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ torchrun's c10d rendezvous across the namespaces; and ``netns-2x2x100mbit``, 2 n
 the workers of a node on its own loopback) this script
 
 1. runs ``gradsync calibrate`` in exactly that setting (same nodes, links, model, micro-batch),
-2. predicts each strategy's step time with ``gradsync.costmodel`` from that profile (for nodes of
+2. predicts each strategy's step time with ``gradsync.planning.costmodel`` from that profile (for nodes of
    several workers: a two-level network, the link between nodes from the ``netns-NxRATE`` setting's
    profile and the link inside a node from ``loopback-P``'s, both run earlier in the same
    invocation; compute from the setting's own calibration),
@@ -35,13 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradsync import costmodel as cm
-from gradsync.catalog import split_entries
-from gradsync.config import build_config
-from gradsync.files import save_figure
-from gradsync.metrics import read_metrics
-from gradsync.plan import workload_of
-from gradsync.profile import profile_hardware, profile_network
+from gradsync.planning import costmodel as cm
+from gradsync.core.catalog import split_entries
+from gradsync.core.config import build_config
+from gradsync.core.files import save_figure
+from gradsync.training.metrics import read_metrics
+from gradsync.planning.plan import workload_of
+from gradsync.planning.calibration_profile import profile_hardware, profile_network
 from gradsync.testing import netns
 
 STRATEGIES = ("allreduce,bucketed,zero1,zero2,zero3,zero3:prefetch=0,localsgd:4,diloco:4,"

@@ -7,17 +7,17 @@ The public Python API — :func:`parallelize` (your loop), :class:`Trainer` and 
 
 from typing import Any
 
-from gradsync.catalog import resolve
+from gradsync.core.catalog import resolve
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
     "parallelize": "gradsync.api:parallelize",
     "Parallel": "gradsync.api:Parallel",
-    "Trainer": "gradsync.train:Trainer",
+    "Trainer": "gradsync.training.trainer:Trainer",
     "Task": "gradsync.tasks:Task",
-    "build_config": "gradsync.config:build_config",
-    "apply_activation_checkpointing": "gradsync.model.checkpointing:apply_activation_checkpointing",
+    "build_config": "gradsync.core.config:build_config",
+    "apply_activation_checkpointing": "gradsync.model.activation_checkpointing:apply_activation_checkpointing",
 }
 
 

@@ -25,11 +25,11 @@ from typing import Any, Callable, ContextManager
 import torch
 import torch.nn as nn
 
-from gradsync import checkpoint as ckpt
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm, DistEnv, init_distributed
-from gradsync.errors import ConfigError
-from gradsync.optim import OptimizerFactory
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm, DistEnv, init_distributed
+from gradsync.core.errors import ConfigError
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel import StepResult, Strategy, build_strategy
 
 SAVED = ("strategy", "rng", "world_size", "extra")  # what Parallel.save writes

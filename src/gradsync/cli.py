@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Sequence
 
-from gradsync.args import ArgParser, fail
-from gradsync.console import survive_closed_output
-from gradsync.errors import EXIT_PREEMPTED, GradsyncError, Preempted, one_line_error
+from gradsync.core.args import ArgParser, fail
+from gradsync.core.console import survive_closed_output
+from gradsync.core.errors import EXIT_PREEMPTED, GradsyncError, Preempted, one_line_error
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
 COMMANDS: dict[str, tuple[str, str]] = {

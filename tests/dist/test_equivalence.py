@@ -53,7 +53,7 @@ def test_matches_torch_ddp(results: dict[str, Any], strategy: str, micro: int) -
 
 def test_training_moved_the_parameters(results: dict[str, Any], tiny_config: Any) -> None:
     """Guard against a vacuous pass: 20 steps must change the parameters well beyond tolerance."""
-    from gradsync.config import build_config
+    from gradsync.core.config import build_config
     from gradsync.model import build_gpt
 
     cfg = build_config(tiny_config())

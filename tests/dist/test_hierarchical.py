@@ -17,8 +17,8 @@ from gradsync.testing import max_rel_diff, run_world, train_each
 def _as_two_nodes(rank: int, configs: list[dict[str, Any]], resume: dict[str, Any]) -> dict[str, Any]:
     # ranks 0, 2 on node "1" and 1, 3 on node "0": the layout must come from the variables, not the numbering
     os.environ.update(GROUP_RANK=str(1 - rank % 2), LOCAL_RANK=str(rank // 2), LOCAL_WORLD_SIZE="2")
-    from gradsync.dist import Comm, init_distributed
-    from gradsync.parallel.topology import two_level_groups
+    from gradsync.runtime.dist import Comm, init_distributed
+    from gradsync.runtime.topology import two_level_groups
 
     comm = Comm(init_distributed("gloo", 60))
     levels = two_level_groups(comm)
@@ -37,9 +37,9 @@ def _as_two_nodes(rank: int, configs: list[dict[str, Any]], resume: dict[str, An
 def _averaged_gradients(comm: Any, strategy: str) -> tuple[list[torch.Tensor], Any]:
     """One backward on this rank's own batch and one update; the gradients the strategy leaves (the
     mean) before it, and the strategy."""
-    from gradsync.config import OptimConfig, ParallelConfig
+    from gradsync.core.config import OptimConfig, ParallelConfig
     from gradsync.model import build_gpt
-    from gradsync.optim import optimizer_factory
+    from gradsync.optim.factory import optimizer_factory
     from gradsync.parallel import build_strategy
 
     cfg = ParallelConfig(nproc=4, strategy=strategy, bucket_mb=0.02, first_bucket_mb=0.005)

@@ -15,9 +15,9 @@ from gradsync.testing import run_world
 
 def _train_with_nan(rank: int, config: dict[str, Any], nan_rank: int, nan_steps: list[int]) -> dict[str, Any]:
     """Train, with rank ``nan_rank``'s loss replaced by NaN on the (1-based) steps ``nan_steps``."""
-    from gradsync.config import build_config
-    from gradsync.dist import state_checksum
-    from gradsync.train import Trainer
+    from gradsync.core.config import build_config
+    from gradsync.runtime.dist import state_checksum
+    from gradsync.training.trainer import Trainer
 
     trainer = Trainer(build_config(config))
     forward = trainer.model.forward
@@ -55,7 +55,7 @@ def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tiny_con
                          "train.max_steps": 12, "train.ckpt_interval": 2, "train.max_bad_steps": 3})
     with pytest.raises(RuntimeError, match=r"4 consecutive steps had non-finite loss or gradients \(up to step 8\)"):
         run_world(2, _train_with_nan, cfg, 0, list(range(5, 13)))
-    from gradsync import checkpoint as ckpt
+    from gradsync.checkpoint import format as ckpt
 
     run = Path(cfg["train"]["run_dir"])
     found = ckpt.list_checkpoints(run)
@@ -65,8 +65,8 @@ def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tiny_con
 
 
 def _save_poisoned(rank: int, config: dict[str, Any]) -> str:
-    from gradsync.config import build_config
-    from gradsync.train import Trainer
+    from gradsync.core.config import build_config
+    from gradsync.training.trainer import Trainer
 
     trainer = Trainer(build_config(config))
     trainer.fit()
@@ -87,6 +87,6 @@ def test_non_finite_weights_are_never_written_as_a_checkpoint(tiny_config: Any) 
     for r in out:  # every rank refuses together, not only the one that sees the inf
         assert r.startswith("TrainingError: the model's weights are not finite after step 99"), r
         assert "the last checkpoint" in r and "ckpt_0000002.pt, is intact" in r
-    from gradsync import checkpoint as ckpt
+    from gradsync.checkpoint import format as ckpt
 
     assert [p.name for p in ckpt.list_checkpoints(cfg["train"]["run_dir"])] == ["ckpt_0000002.pt"]

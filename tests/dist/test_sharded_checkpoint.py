@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from gradsync import checkpoint as ckpt
-from gradsync.errors import CheckpointError
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.errors import CheckpointError
 from gradsync.testing import max_rel_diff, run_world, train_each
 
 STRATEGIES = ["bucketed", "zero3"]

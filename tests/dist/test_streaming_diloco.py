@@ -36,7 +36,7 @@ class ReferenceDiLoCo(LocalSGDStrategy):
 
 
 def _train_with_reference(rank: int, configs: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    from gradsync import catalog
+    from gradsync.core import catalog
 
     entry = catalog.STRATEGIES["diloco"]
     catalog.STRATEGIES["diloco-reference"] = dataclasses.replace(

@@ -79,7 +79,7 @@ def test_training_moved_the_parameters(equivalence: dict[str, Any], task: str, t
     """Guard against a vacuous pass: ten steps move every task's parameters well beyond tolerance."""
     from conftest import TINY, merge
 
-    from gradsync.config import build_config
+    from gradsync.core.config import build_config
     from gradsync.tasks import build_task
 
     cfg = build_config(merge(TINY, task_overrides(tmp_path)[task]))
@@ -148,7 +148,7 @@ def test_classifier_learns(learned: dict[str, Any], task: str) -> None:
 
 
 def test_bert_beats_the_unigram_baseline(learned: dict[str, Any]) -> None:
-    from gradsync.config import build_config
+    from gradsync.core.config import build_config
     from gradsync.tasks.bert import BertTask
 
     out = learned["bert"]

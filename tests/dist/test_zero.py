@@ -73,11 +73,11 @@ def test_zero3_prefetch_changes_nothing_but_when_units_arrive(params: dict[Any, 
 
 def _memory(rank: int, world: int) -> dict[str, Any]:
     """One AdamW step of the tiny GPT under each strategy; the reports and the unit sizes."""
-    from gradsync.config import OptimConfig, ParallelConfig
-    from gradsync.dist import Comm, init_distributed
+    from gradsync.core.config import OptimConfig, ParallelConfig
+    from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model import build_gpt
     from gradsync.parallel import STRATEGIES
-    from gradsync.optim import optimizer_factory
+    from gradsync.optim.factory import optimizer_factory
 
     out: dict[str, Any] = {}
     for strategy in ["bucketed", *ZERO, "zero3:reshard=false"]:

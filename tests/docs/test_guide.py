@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradsync.args import config_from_args
+from gradsync.core.args import config_from_args
 from gradsync.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

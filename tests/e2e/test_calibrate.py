@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gradsync import costmodel as cm
-from gradsync.calibrate import MEASURED_OPS, fit_alpha_beta, message_sizes, trimmed_mean
-from gradsync.profile import profile_hardware, profile_network
+from gradsync.planning import costmodel as cm
+from gradsync.planning.calibrate import MEASURED_OPS, fit_alpha_beta, message_sizes, trimmed_mean
+from gradsync.planning.calibration_profile import profile_hardware, profile_network
 
 
 def test_fit_recovers_alpha_and_beta_of_exact_ring_times() -> None:

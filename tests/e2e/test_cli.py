@@ -163,7 +163,7 @@ def test_in_a_file_progress_is_plain_lines_not_a_bar(tmp_path: Path) -> None:
 def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path: Path) -> None:
     import tomllib
 
-    from gradsync.config import all_keys, build_config, key_meanings
+    from gradsync.core.config import all_keys, build_config, key_meanings
 
     assert [k for k, v in key_meanings().items() if not v] == []
     assert sorted(key_meanings()) == sorted(all_keys())

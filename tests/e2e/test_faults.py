@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsync import checkpoint as ckpt
-from gradsync.errors import EXIT_PREEMPTED
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.errors import EXIT_PREEMPTED
 
 ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
         "--global-batch", "8", "--max-steps", "300", "--ckpt-interval", "50", "--eval-interval", "1000",
@@ -31,7 +31,7 @@ def _start(cwd: Path, run: str, *extra: str) -> subprocess.Popen[str]:
 
 
 def _workers(agent: int) -> list[int]:
-    """PIDs of the agent's worker processes (children running gradsync.worker)."""
+    """PIDs of the agent's worker processes (children running gradsync.runtime.worker)."""
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -41,7 +41,7 @@ def _workers(agent: int) -> list[int]:
             cmd = (d / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == agent and b"gradsync.worker" in cmd:
+        if ppid == agent and b"gradsync.runtime.worker" in cmd:
             pids.append(int(d.name))
     return sorted(pids)
 

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from gradsync import checkpoint as ckpt
+from gradsync.checkpoint import format as ckpt
 
 TINY = ["--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
         "--eval-sequences", "8", "--sample-tokens", "0", "--timeout", "60"]

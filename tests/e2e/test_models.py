@@ -179,7 +179,7 @@ def _fit(rank: int, cfg: object, task: object) -> int:
 
 
 def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) -> None:
-    from gradsync import checkpoint as ckpt
+    from gradsync.checkpoint import format as ckpt
     from gradsync.api import SAVED
 
     script = str(REPO / "examples" / "own_loop.py")
@@ -224,7 +224,7 @@ def test_fine_tune_pretrained_hf_weights_with_their_tokenizer(tmp_path: Path) ->
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gradsync.config import build_config
+    from gradsync.core.config import build_config
     from gradsync.tasks import build_task
 
     data = corpus(tmp_path)

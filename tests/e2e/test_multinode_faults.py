@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsync import checkpoint as ckpt
+from gradsync.checkpoint import format as ckpt
 from gradsync.testing import netns
 
 _why = netns.unavailable_reason()

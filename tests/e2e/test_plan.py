@@ -97,7 +97,7 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
     assert chosen in ("bucketed", "zero1", "zero2", "zero3")
     assert f"strategy {chosen}," in r.stdout  # the workers ran what was chosen
     assert "--bucket-mb 0 chose 1 MB (predicted step: 1 MB" in r.stdout  # tiny: every size gives one bucket
-    from gradsync.config import load_toml
+    from gradsync.core.config import load_toml
 
     assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 1.0  # what the workers read
     missing = subprocess.run([*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True,

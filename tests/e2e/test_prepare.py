@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsync import checkpoint as ckpt
+from gradsync.checkpoint import format as ckpt
 
 TRAIN = ["--nproc", "2", "--model", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
          "--max-steps", "6", "--eval-interval", "3", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]

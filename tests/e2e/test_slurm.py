@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from gradsync import checkpoint as ckpt
-from gradsync import slurm
+from gradsync.checkpoint import format as ckpt
+from gradsync.core import slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm" / "train.sbatch"

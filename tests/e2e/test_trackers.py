@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.metrics import read_metrics
+from gradsync.training.metrics import read_metrics
 
 for _package in ("tensorboard", "wandb", "trackio"):  # the 'track' extra, which the README's set-up installs
     if importlib.util.find_spec(_package) is None:

@@ -43,10 +43,10 @@ def test_zero3_releases_cuda_storage_between_uses() -> None:
 
     import torch.distributed as dist
 
-    from gradsync.config import OptimConfig, ParallelConfig
-    from gradsync.dist import Comm, init_distributed
+    from gradsync.core.config import OptimConfig, ParallelConfig
+    from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model.gpt import GPT, GPTShape
-    from gradsync.optim import optimizer_factory
+    from gradsync.optim.factory import optimizer_factory
     from gradsync.parallel import build_strategy
     from gradsync.testing import free_port
 

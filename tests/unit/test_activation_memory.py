@@ -10,15 +10,15 @@ import sys
 
 import pytest
 
-from gradsync import costmodel as cm
-from gradsync.config import CHECKPOINTING
+from gradsync.planning import costmodel as cm
+from gradsync.core.config import CHECKPOINTING
 
 L, H, HEADS, T, B, V = 4, 256, 4, 256, 16, 256
 
 MEASURE = f"""
 import sys, threading, time, torch
 from gradsync.model.gpt import GPT, GPTShape
-from gradsync.model.checkpointing import apply_activation_checkpointing
+from gradsync.model.activation_checkpointing import apply_activation_checkpointing
 torch.set_num_threads(1)
 torch.manual_seed(0)
 m = GPT(GPTShape({V}, {T}, {L}, {HEADS}, {H}, 0.0))

@@ -17,26 +17,27 @@ import gradsync
 
 SRC = Path(gradsync.__file__).parent
 
-# Every module's layer (docs/design.md): a module may import its own layer and those below it.
-LAYERS: dict[str, int] = {}
-for layer, names in enumerate([
-    # 0 base: no torch, nothing above
-    ["errors", "console", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args", "runlock", "devices"],
-    # 1 runtime: the process group and its launch
-    ["dist", "watchdog", "worker", "launch", "script"],
-    # 2 engine: models, data, strategies, the trainer and its parts
-    ["model", "data", "tasks", "parallel", "optim", "precision", "metrics", "checkpoint", "peak", "sample", "api", "export", "stopping", "trackers", "sharded_checkpoint",
-     "evaluation", "checkpointer", "runlog", "train"],
-    # 3 planning: the cost model and what feeds it
-    ["costmodel", "profile", "plan", "calibrate", "prepare"],
-    # 4 commands and the command table
-    ["commands", "cli"],
-    # 5 helpers for tests and benchmarks
-    ["testing"],
-]):
-    LAYERS.update({n: layer for n in names})
-TORCH_FREE = {"errors", "console", "devices", "values", "files", "ring", "buckets", "shapes", "spec", "catalog", "config", "slurm", "args",
-              "costmodel", "profile", "plan", "cli"}
+# The layers, lowest first (docs/design.md): each is a folder of src/gradsync/ (or, at the top,
+# the module api.py or cli.py), and a folder may import only itself and the folders before it, so
+# no two import each other.
+LAYERS: list[tuple[str, ...]] = [
+    ("core",),        # base: no torch (errors, config, specs and the catalog, ring and bucket arithmetic)
+    ("runtime",),     # the process group, node groups, launching workers, the worker entry
+    ("checkpoint",),  # checkpoints on disk: the file format, sharded (DCP) checkpoints, state slices
+    ("data",),        # corpora, tokenizers, shards, batches
+    ("model",),       # GPT, BERT, ConvNet, generation, activation checkpointing
+    ("tasks",),       # the workload seam (model + data + loss + metrics), loading and exporting trained ones
+    ("optim",),       # the optimizer factory and the learning-rate schedule
+    ("parallel",),    # the strategies and what they are built from
+    ("training",),    # the trainer and its parts
+    ("api",),         # parallelize: your own loop
+    ("planning",),    # cost model, calibration, planner, the pre-launch check
+    ("commands", "cli"),  # the commands and their table
+    ("testing",),     # helpers for tests and benchmarks
+]
+LAYER = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+# torch-free: every module of the base, and what `gradsync plan` and `--help` need above it
+TORCH_FREE_ABOVE_CORE = ["planning.costmodel", "planning.calibration_profile", "planning.plan", "cli"]
 
 
 def _modules() -> dict[str, Path]:
@@ -70,10 +71,14 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return found
 
 
+def _unit(module: str) -> str:
+    """The folder (or top-level module) of ``gradsync.X.Y...``: X."""
+    return module.split(".")[1] if module.count(".") else ""
+
+
 def _layer(module: str) -> int:
-    top = module.split(".")[1] if module.count(".") else ""
-    assert top in LAYERS, f"{module} has no layer: add it to LAYERS and to docs/design.md"
-    return LAYERS[top]
+    assert _unit(module) in LAYER, f"{module} is in no layer: add its folder to LAYERS and to docs/design.md"
+    return LAYER[_unit(module)]
 
 
 def _graph() -> dict[str, set[str]]:
@@ -89,15 +94,30 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_every_module_has_a_layer_and_imports_only_downwards() -> None:
+def test_every_folder_has_a_layer_and_imports_only_downwards() -> None:
     bad = []
     for name, path in _modules().items():
         if name == "gradsync":
             continue
         for imported, _ in _imports(path):
             if imported != "gradsync" and _layer(imported) > _layer(name):
-                bad.append(f"{name} (layer {_layer(name)}) imports {imported} (layer {_layer(imported)})")
+                bad.append(f"{name} ({_unit(name)}, layer {_layer(name)}) imports {imported} "
+                           f"({_unit(imported)}, layer {_layer(imported)})")
     assert not bad, "\n".join(bad)
+
+
+def test_no_two_folders_import_each_other() -> None:
+    edges = {(_unit(a), _unit(b)) for a, targets in _graph().items() for b in targets
+             if a != "gradsync" and b != "gradsync" and _unit(a) != _unit(b)}
+    both = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
+    assert not both, "folders that import each other: " + ", ".join(both)
+
+
+def test_the_folders_are_the_layers() -> None:
+    # every folder and top-level module of the package is in LAYERS, and every name there exists
+    units = {p.name if p.is_dir() else p.stem for p in SRC.iterdir()
+             if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    assert units == set(LAYER), f"only in the package: {units - set(LAYER)}; only in LAYERS: {set(LAYER) - units}"
 
 
 def test_no_gradsync_import_inside_a_function() -> None:
@@ -148,8 +168,8 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_the_walker_sees_hidden_imports(tmp_path: Path) -> None:
     # the checks above can fail: the walker sees imports at module level and inside functions
     f = tmp_path / "m.py"
-    f.write_text("from gradsync.config import Config\n\ndef g():\n    from gradsync.train import Trainer\n")
-    assert _imports(f) == [("gradsync.config", False), ("gradsync.train", True)]
+    f.write_text("from gradsync.core.config import Config\n\ndef g():\n    from gradsync.training.trainer import Trainer\n")
+    assert _imports(f) == [("gradsync.core.config", False), ("gradsync.training.trainer", True)]
 
 
 _BLOCK_TORCH = textwrap.dedent("""
@@ -184,8 +204,8 @@ def test_plan_runs_without_torch(tmp_path: Path) -> None:
     assert blocked.returncode != 0 and "torch is blocked" in blocked.stderr
 
 
-@pytest.mark.parametrize("name", sorted(n for n in LAYERS if n in TORCH_FREE))
-def test_torch_free_modules_import_without_torch(name: str) -> None:
-    code = _BLOCK_TORCH.split("from gradsync.cli")[0] + f"import gradsync.{name}\n"
+def test_torch_free_modules_import_without_torch() -> None:
+    names = [m for m in _modules() if _unit(m) == "core"] + [f"gradsync.{m}" for m in TORCH_FREE_ABOVE_CORE]
+    code = _BLOCK_TORCH.split("from gradsync.cli")[0] + "".join(f"import {name}\n" for name in names)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]

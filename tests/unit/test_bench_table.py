@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.catalog import split_entries
+from gradsync.core.catalog import split_entries
 from gradsync.commands.bench import RunStats, _median, _run_stats, entry_overrides, format_table, plot_bench
-from gradsync.config import Config
-from gradsync.errors import ConfigError
+from gradsync.core.config import Config
+from gradsync.core.errors import ConfigError
 
 
 def _write(path: Path, blocked: float | None) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.config import build_config
-from gradsync.errors import ConfigError
-from gradsync.plan import BUCKET_CHOICES_MB, auto_bucket_mb
+from gradsync.core.config import build_config
+from gradsync.core.errors import ConfigError
+from gradsync.planning.plan import BUCKET_CHOICES_MB, auto_bucket_mb
 
 
 def _profile(path: Path, alpha: float, beta: float) -> str:

@@ -7,13 +7,13 @@ import inspect
 
 import pytest
 
-from gradsync import catalog
-from gradsync import costmodel as cm
-from gradsync.errors import ConfigError
+from gradsync.core import catalog
+from gradsync.planning import costmodel as cm
+from gradsync.core.errors import ConfigError
 from gradsync.parallel import STRATEGIES, Strategy
-from gradsync.parallel.compression import Reducer
-from gradsync.shapes import PRESETS
-from gradsync.spec import parse_spec
+from gradsync.parallel.grad_paths.compression import Reducer
+from gradsync.core.shapes import PRESETS
+from gradsync.core.spec import parse_spec
 
 
 @pytest.mark.parametrize("name", list(catalog.STRATEGIES))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsync import checkpoint as ckpt
-from gradsync.errors import CheckpointError
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.errors import CheckpointError
 
 
 def _save(run: Path, step: int, keep: int = 0) -> Path:

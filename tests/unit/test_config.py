@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.args import config_from_args, parse_dotted
+from gradsync.core.args import config_from_args, parse_dotted
 from gradsync.cli import build_parser
-from gradsync.config import Config, build_config, incompatible_fields, load_toml
-from gradsync.errors import ConfigError
+from gradsync.core.config import Config, build_config, incompatible_fields, load_toml
+from gradsync.core.errors import ConfigError
 
 
 def test_defaults_are_valid_and_round_trip_through_toml(tmp_path: Path) -> None:

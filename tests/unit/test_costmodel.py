@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from gradsync import costmodel as cm
+from gradsync.planning import costmodel as cm
 from gradsync.model.gpt import GPT, PRESETS, GPTShape
 
 NET = cm.Network.uniform("test", cm.Link(alpha_s=1e-5, beta_s_per_byte=1e-9))  # 10 us, 1 GB/s
@@ -55,16 +55,16 @@ def test_gpt_workload_matches_the_real_model() -> None:
         assert [t.shape for t in w.tensors] == [tuple(p.shape) for p in model.parameters()]
 
 
-def test_buckets_follow_plan_buckets() -> None:
+def test_priced_buckets_are_the_buckets_strategies_plan() -> None:
     import torch.nn as nn
 
-    from gradsync.parallel.bucketed import plan_buckets
+    from gradsync.parallel.layout import param_buckets
 
     d = PRESETS["small"]
     model = GPT(GPTShape.from_preset("small", vocab_size=256, block_size=64))
     w = cm.gpt_workload(d["n_layer"], d["n_head"], d["n_embd"], 256, 64, 4, bucket_mb=0.5, first_bucket_mb=0.1)
     params: list[nn.Parameter] = list(model.parameters())[::-1]
-    groups = plan_buckets(params, int(0.1 * 2**20), int(0.5 * 2**20))
+    groups = param_buckets(params, int(0.1 * 2**20), int(0.5 * 2**20))
     assert [b for b, _ in cm.buckets(w)] == [sum(4 * p.numel() for p in g) for g in groups]
     ready = [r for _, r in cm.buckets(w)]
     assert ready == sorted(ready) and ready[-1] == 1.0  # the tied embedding is final last
@@ -153,7 +153,7 @@ def test_overlap_penalty_charges_hidden_communication() -> None:
 
 
 def test_gpus_are_known_by_the_names_torch_gives_them() -> None:
-    from gradsync.devices import datasheet_for
+    from gradsync.core.devices import datasheet_for
 
     assert datasheet_for("NVIDIA H200").peak_flops == cm.device_preset("h200").peak_flops  # type: ignore[union-attr]
     assert datasheet_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"  # type: ignore[union-attr]

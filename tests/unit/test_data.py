@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradsync.config import DataConfig
+from gradsync.core.config import DataConfig
 from gradsync.data import load_tokens
 from gradsync.data.markov import MarkovChain
 from gradsync.data.sources import LLMC_MAGIC, read_shard
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 
 def _corpus(folder: Path, n: int = 40) -> Path:

@@ -12,10 +12,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gradsync.args import parse_dotted
-from gradsync.config import all_keys, build_config
+from gradsync.core.args import parse_dotted
+from gradsync.core.config import all_keys, build_config
 from gradsync.data import ShardedBatches, TokenSequences, load_tokens
-from gradsync.errors import GradsyncError
+from gradsync.core.errors import GradsyncError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsync.peak import device_name, peak_flops
+from gradsync.training.peak import device_name, peak_flops
 
 
 def test_a_wrong_cached_peak_is_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

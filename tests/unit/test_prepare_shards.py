@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradsync.config import DataConfig
+from gradsync.core.config import DataConfig
 from gradsync.data.documents import open_corpus
 from gradsync.data.shard_writer import ShardWriter, prepare_shards
 from gradsync.data.sources import load_tokens, read_shard
 from gradsync.data.stream import TokenStream
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 TEXTS = [f"document {i}: " + "lorem ipsum dolor " * (i % 7 + 1) + "\u00e9t\u00e9" for i in range(60)]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.errors import ConfigError
+from gradsync.core.config import ParallelConfig
+from gradsync.core.errors import ConfigError
 from gradsync.parallel.diloco import fragment_params
-from gradsync.parallel.quantize import BLOCK, LEVELS, dequantize, padded_length, payload_bytes, quantize
+from gradsync.parallel.grad_paths.quantize import BLOCK, LEVELS, dequantize, padded_length, payload_bytes, quantize
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -109,7 +109,7 @@ class _Told:
 
 
 def test_node_layout_groups_ranks_by_node_and_local_rank() -> None:
-    from gradsync.parallel.topology import node_layout
+    from gradsync.runtime.topology import node_layout
 
     told = [("node1", 1), ("node0", 0), ("node1", 0), ("node0", 1)]
     # by local rank inside a node; nodes ordered by their lowest rank (rank 0's node first)

@@ -9,7 +9,7 @@ import torch
 
 from gradsync.data import ShardedBatches, TokenSequences
 from gradsync.data.stream import TokenStream
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 251
 T, G, SEED = 16, 16, 7

@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
-from gradsync import slurm
-from gradsync.args import add_config_args, config_from_args
-from gradsync.errors import ConfigError
+from gradsync.core import slurm
+from gradsync.core.args import add_config_args, config_from_args
+from gradsync.core.errors import ConfigError
 
 STEP = {"SLURM_JOB_ID": "81234", "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NUM_TASKS": "3", "SLURM_NODEID": "2",
         "SLURM_STEP_NODELIST": "gpu[007-009]", "SLURM_GPUS_ON_NODE": "8"}

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradsync.errors import ConfigError
+from gradsync.core.errors import ConfigError
 from gradsync.parallel.layout import FlatUnit
-from gradsync.catalog import COMPRESSOR_SCHEMA as COMPRESSORS
-from gradsync.catalog import STRATEGY_SCHEMA as STRATEGIES
-from gradsync.catalog import check_composition
-from gradsync.spec import parse_spec
+from gradsync.core.catalog import COMPRESSOR_SCHEMA as COMPRESSORS
+from gradsync.core.catalog import STRATEGY_SCHEMA as STRATEGIES
+from gradsync.core.catalog import check_composition
+from gradsync.core.spec import parse_spec
 
 
 def test_spec_defaults_positional_and_named_options() -> None:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from gradsync.config import build_config
+from gradsync.core.config import build_config
 from gradsync.data import TokenSequences
 from gradsync.data.audio import fit_clip, log_mel, mel_filterbank, read_wav
 from gradsync.data.images import load_images
 from gradsync.data.tokenizers import byte_alphabet
-from gradsync.errors import ConfigError, DataError
+from gradsync.core.errors import ConfigError, DataError
 from gradsync.model.bert import IGNORE
 from gradsync.tasks.bert import MaskedSequences
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradsync import checkpoint as ckpt
-from gradsync.config import OptimConfig
-from gradsync.errors import CheckpointError
-from gradsync.files import atomic_write_bytes
-from gradsync.parallel.bucketed import plan_buckets
-from gradsync.optim import lr_at
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.config import OptimConfig
+from gradsync.core.errors import CheckpointError
+from gradsync.core.files import atomic_write_bytes
+from gradsync.parallel.layout import param_buckets
+from gradsync.optim.schedule import lr_at
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:
@@ -27,14 +27,14 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:
 
 def test_buckets_respect_caps_and_keep_order() -> None:
     params = [nn.Parameter(torch.zeros(n)) for n in (10, 10, 30, 5, 5, 100)]  # 4 bytes each
-    groups = plan_buckets(params, first_bytes=80, cap_bytes=160)
+    groups = param_buckets(params, first_bytes=80, cap_bytes=160)
     assert [[p.numel() for p in g] for g in groups] == [[10, 10], [30, 5, 5], [100]]
     assert [p for g in groups for p in g] == params
 
 
 def test_buckets_never_mix_dtypes() -> None:
     params = [nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4, dtype=torch.float64))]
-    assert len(plan_buckets(params, 1 << 20, 1 << 20)) == 2
+    assert len(param_buckets(params, 1 << 20, 1 << 20)) == 2
 
 
 def test_checkpoint_round_trip_and_listing(tmp_path: Path) -> None:
@@ -92,8 +92,8 @@ def test_a_metrics_line_cut_off_mid_write_is_dropped_and_resume_goes_on(
     import errno
     import json
 
-    from gradsync.errors import DataError, TrainingError
-    from gradsync.metrics import MetricsWriter, read_metrics
+    from gradsync.core.errors import DataError, TrainingError
+    from gradsync.training.metrics import MetricsWriter, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"kind": "train", "step": s}) + "\n" for s in (1, 2, 3)) + '{"kind": "tr')

@@ -7,8 +7,8 @@ rest per-step means, so periodic costs count); per (entry, workers) we take the 
 ``--repeats`` runs, interleaved so that drift in a shared machine's speed hits every strategy
 alike. An entry is a strategy spec, optionally with a compressor: ``zero2``,
 ``localsgd:8``, ``bucketed+powersgd:rank=4``; ``all`` is every entry of the catalog
-(:func:`gradsync.catalog.all_entries`). Each entry is compared with its torch reference measured
-in the same invocation (:func:`gradsync.catalog.reference_of`) and with ``bucketed``; scaling
+(:func:`gradsync.core.catalog.all_entries`). Each entry is compared with its torch reference measured
+in the same invocation (:func:`gradsync.core.catalog.reference_of`) and with ``bucketed``; scaling
 efficiency is tokens/s with W workers / (W x tokens/s with 1).
 """
 
@@ -26,14 +26,14 @@ from typing import Any, Sequence
 
 import torch
 
-from gradsync import catalog
-from gradsync.args import add_config_args, config_from_args
-from gradsync.config import Config
-from gradsync.errors import ConfigError
-from gradsync.files import save_figure
-from gradsync.launch import launch_workers, write_run_config
-from gradsync.metrics import read_metrics
-from gradsync.prepare import prepare
+from gradsync.core import catalog
+from gradsync.core.args import add_config_args, config_from_args
+from gradsync.core.config import Config
+from gradsync.core.errors import ConfigError
+from gradsync.core.files import save_figure
+from gradsync.runtime.launch import launch_workers, write_run_config
+from gradsync.training.metrics import read_metrics
+from gradsync.planning.preflight import preflight
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +129,7 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     for entry in entries:  # every entry is a valid config before anything runs
         cfg.replace(**entry_overrides(entry))
     root = Path(tempfile.mkdtemp(prefix="gradsync-bench-"))
-    base = prepare(cfg.replace(**{"train.run_dir": str(root / "check"), "train.resume": ""}))
+    base = preflight(cfg.replace(**{"train.run_dir": str(root / "check"), "train.resume": ""}))
     results: dict[tuple[str, int], list[RunStats]] = {}
     try:
         for rep in range(ns.repeats):

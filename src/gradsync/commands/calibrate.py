@@ -1,8 +1,8 @@
 """``gradsync calibrate``: measure collectives (alpha, beta), compute and optimizer speed on this
-machine and process group, for the cost model; writes a JSON profile (:mod:`gradsync.profile`).
+machine and process group, for the cost model; writes a JSON profile (:mod:`gradsync.planning.calibration_profile`).
 
 Launched like ``gradsync train`` (same launcher and flags), every worker measures
-(:func:`gradsync.calibrate.worker_job`) and rank 0 writes the profile.
+(:func:`gradsync.planning.calibrate.worker_job`) and rank 0 writes the profile.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from gradsync.args import add_config_args, config_from_args
-from gradsync.calibrate import message_sizes
-from gradsync.errors import ConfigError
-from gradsync.launch import run_job, write_run_config
-from gradsync.profile import default_profile_path, describe
+from gradsync.core.args import add_config_args, config_from_args
+from gradsync.planning.calibrate import message_sizes
+from gradsync.core.errors import ConfigError
+from gradsync.runtime.launch import run_job, write_run_config
+from gradsync.planning.calibration_profile import default_profile_path, describe
 
-JOB = "gradsync.calibrate:worker_job"
+JOB = "gradsync.planning.calibrate:worker_job"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

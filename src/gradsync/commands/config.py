@@ -3,7 +3,7 @@ TOML (reusable with ``--config``), before anything is checked on disk or started
 differ from the defaults, or with ``--show`` every key with its meaning.
 
 Values come from the defaults, a Slurm job step's environment, ``--config`` and the flags, in
-that order (:func:`gradsync.args.config_from_args`); what ``gradsync train`` resolves later (the
+that order (:func:`gradsync.core.args.config_from_args`); what ``gradsync train`` resolves later (the
 run folder, ``--strategy auto``, the measured peak) is written into the run's ``config.toml``.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from gradsync.args import add_config_args, config_from_args
-from gradsync.config import key_meanings
+from gradsync.core.args import add_config_args, config_from_args
+from gradsync.core.config import key_meanings
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

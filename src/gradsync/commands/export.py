@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from gradsync.errors import ConfigError
-from gradsync.export import FORMATS, export
+from gradsync.core.errors import ConfigError
+from gradsync.tasks.export import FORMATS, export
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

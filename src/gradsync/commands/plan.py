@@ -1,8 +1,8 @@
 """``gradsync plan``: which strategy, how fast, and does it fit, before anyone buys or books GPUs.
 
-The cost model (:mod:`gradsync.costmodel`) on a model, a number of devices, a device (datasheet
+The cost model (:mod:`gradsync.planning.costmodel`) on a model, a number of devices, a device (datasheet
 presets or a ``gradsync calibrate`` profile) and a network: every strategy's predicted step time,
-tokens/s, MFU and memory, a recommendation with its reason (:func:`gradsync.plan.choose`), and a
+tokens/s, MFU and memory, a recommendation with its reason (:func:`gradsync.planning.plan.choose`), and a
 plot of predicted scaling efficiency from 1 to 4096 devices. Runs without torch.
 """
 
@@ -14,11 +14,13 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from gradsync import catalog, plan
-from gradsync import costmodel as cm
-from gradsync.errors import ConfigError
-from gradsync.profile import load_profile, profile_hardware, profile_network
-from gradsync.shapes import PRESETS
+from gradsync.core import catalog
+
+from gradsync.planning import plan
+from gradsync.planning import costmodel as cm
+from gradsync.core.errors import ConfigError
+from gradsync.planning.calibration_profile import load_profile, profile_hardware, profile_network
+from gradsync.core.shapes import PRESETS
 
 ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
 

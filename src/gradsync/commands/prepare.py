@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from gradsync.config import DataConfig
+from gradsync.core.config import DataConfig
 from gradsync.data.documents import open_corpus
 from gradsync.data.shard_writer import prepare_shards
 from gradsync.data.sources import resolve_paths
-from gradsync.errors import ConfigError
+from gradsync.core.errors import ConfigError
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -13,12 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from gradsync.args import ALIASES
-from gradsync.config import ParallelConfig, build_config
-from gradsync.errors import ConfigError
-from gradsync.launch import run_job, write_run_config
-from gradsync.script import SCRIPT_JOB
-from gradsync.slurm import announce, slurm_settings
+from gradsync.core.args import ALIASES
+from gradsync.core.config import ParallelConfig, build_config
+from gradsync.core.errors import ConfigError
+from gradsync.runtime.launch import run_job, write_run_config
+from gradsync.runtime.script import SCRIPT_JOB
+from gradsync.core.slurm import announce, slurm_settings
 
 LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--node-rank", "--local-addr", "--backend", "--timeout",
                   "--threads", "--max-restarts")
@@ -38,7 +38,7 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ConfigError(f"run: unrecognized argument(s) {' '.join(extra)}; launcher flags go before the script")
     if not Path(ns.script).is_file():
         raise ConfigError(f"run: script '{ns.script}' does not exist")
-    # under srun, the job step's nodes (gradsync.slurm); the flags win
+    # under srun, the job step's nodes (gradsync.core.slurm); the flags win
     overrides = {**slurm_settings(), **{k: v for k, v in vars(ns).items() if "." in k and v is not None}}
     with tempfile.TemporaryDirectory(prefix="gradsync-run-") as tmp:
         # the workers read the launcher's settings from a config file, as under `gradsync train`;

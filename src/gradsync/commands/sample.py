@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from gradsync.errors import ConfigError
+from gradsync.core.errors import ConfigError
 from gradsync.tasks import load_trained
 
 

@@ -1,8 +1,8 @@
 """``gradsync train``: the main job. Check the input once, then train on N workers.
 
-The inputs are validated and resolved on one process (:func:`gradsync.prepare.prepare`), the
+The inputs are validated and resolved on one process (:func:`gradsync.planning.preflight.preflight`), the
 resolved config is written into the run folder, and every worker reads it from there
-(:func:`gradsync.launch.launch_workers`); a world of one trains in this process.
+(:func:`gradsync.runtime.launch.launch_workers`); a world of one trains in this process.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import argparse
 import contextlib
 from typing import Sequence
 
-from gradsync import checkpoint as ckpt
-from gradsync.args import add_config_args, config_from_args
-from gradsync.errors import EXIT_PREEMPTED, Preempted
-from gradsync.launch import run_job, write_run_config
-from gradsync.prepare import prepare
-from gradsync.runlock import RunLock
-from gradsync.slurm import announce
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.args import add_config_args, config_from_args
+from gradsync.core.errors import EXIT_PREEMPTED, Preempted
+from gradsync.runtime.launch import run_job, write_run_config
+from gradsync.planning.preflight import preflight
+from gradsync.core.runlock import RunLock
+from gradsync.core.slurm import announce
 
 
 
@@ -26,7 +26,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
-    cfg = prepare(config_from_args(ns, extra))
+    cfg = preflight(config_from_args(ns, extra))
     announce(cfg.parallel)
     # one run per folder (across nodes the folder is shared by design: each node's launcher runs)
     lock = RunLock(cfg.train.run_dir) if cfg.parallel.nnodes == 1 else contextlib.nullcontext()

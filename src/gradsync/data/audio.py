@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradsync.config import SpeechConfig
+from gradsync.core.config import SpeechConfig
 from gradsync.data.labeled import LabeledData
-from gradsync.errors import DataError
-from gradsync.files import cache_dir
+from gradsync.core.errors import DataError
+from gradsync.core.files import cache_dir
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gradsync.data.stream import TokenStream
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 Batch = tuple[torch.Tensor, ...]
 

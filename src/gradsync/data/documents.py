@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 ROW_FORMATS = (".jsonl", ".parquet", ".arrow")
 

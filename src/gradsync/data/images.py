@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradsync.config import ImageConfig
+from gradsync.core.config import ImageConfig
 from gradsync.data.labeled import LabeledData
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 

@@ -29,8 +29,8 @@ import numpy as np
 from gradsync.data.documents import Corpus
 from gradsync.data.sources import LLMC_HEADER_INTS, LLMC_MAGIC, SHARDS_META, is_val_document
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
-from gradsync.errors import DataError
-from gradsync.files import atomic_write_bytes
+from gradsync.core.errors import DataError
+from gradsync.core.files import atomic_write_bytes
 
 BATCH_BYTES = 1 << 20  # documents are sent to the tokenizing processes in batches of about 1 MB
 

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from gradsync.config import DataConfig
+from gradsync.core.config import DataConfig
 from gradsync.data.documents import Corpus
 from gradsync.data.markov import MarkovChain
 from gradsync.data.stream import TokenStream
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256

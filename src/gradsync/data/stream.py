@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gradsync.errors import DataError
+from gradsync.core.errors import DataError
 
 
 class TokenStream:

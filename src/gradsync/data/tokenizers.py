@@ -9,8 +9,8 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from gradsync.errors import DataError
-from gradsync.files import cache_dir, write_cache
+from gradsync.core.errors import DataError
+from gradsync.core.files import cache_dir, write_cache
 
 
 class Tokenizer(Protocol):

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradsync.model.gpt import SelfAttention
-from gradsync.shapes import GPTShape
+from gradsync.core.shapes import GPTShape
 
 IGNORE = -100
 LN_EPS = 1e-12  # BERT's

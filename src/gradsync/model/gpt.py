@@ -15,12 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradsync.model.generation import generate
-from gradsync.shapes import PRESETS, GPTShape
+from gradsync.core.shapes import PRESETS, GPTShape
 
 __all__ = ["GPT", "GPTShape", "PRESETS", "build_gpt", "gpt_from_config"]
 
 if TYPE_CHECKING:
-    from gradsync.config import ModelConfig
+    from gradsync.core.config import ModelConfig
 
 
 class SelfAttention(nn.Module):
@@ -118,7 +118,7 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (see :meth:`gradsync.shapes.GPTShape.flops_per_token`)."""
+        """Training FLOPs per token (see :meth:`gradsync.core.shapes.GPTShape.flops_per_token`)."""
         return self.shape.flops_per_token(seq_len)
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,

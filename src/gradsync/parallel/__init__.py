@@ -1,6 +1,6 @@
 """Data-parallel strategies behind one interface (:class:`~gradsync.parallel.base.Strategy`).
 
-Which strategies exist, and which class runs each, is written once, in :mod:`gradsync.catalog`;
+Which strategies exist, and which class runs each, is written once, in :mod:`gradsync.core.catalog`;
 :func:`build_strategy` imports only the class the run names. A new strategy is one new file here
 and one catalog entry.
 """
@@ -11,11 +11,11 @@ from typing import Mapping
 
 import torch.nn as nn
 
-from gradsync import catalog
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.errors import ConfigError
-from gradsync.optim import OptimizerFactory
+from gradsync.core import catalog
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.core.errors import ConfigError
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import StepResult, Strategy
 
 

@@ -33,12 +33,12 @@ from typing import Any, ClassVar, ContextManager, Iterator, Protocol
 import torch
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm, replicate
-from gradsync.errors import ConfigError
-from gradsync.optim import OptimizerFactory
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm, replicate
+from gradsync.core.errors import ConfigError
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
-from gradsync.parallel.slices import StateSlices, replicated_load, replicated_save
+from gradsync.checkpoint.slices import StateSlices, replicated_load, replicated_save
 
 MEMORY_SAMPLED_STEPS = 3  # steps whose memory use is measured (later steps repeat them)
 
@@ -197,7 +197,7 @@ class Strategy(ABC):
 
     def save_slices(self) -> StateSlices:
         """What this rank writes of the full-model state in a sharded checkpoint
-        (:mod:`gradsync.parallel.slices`): here an even 1/N of every tensor."""
+        (:mod:`gradsync.checkpoint.slices`): here an even 1/N of every tensor."""
         return replicated_save(self.model, self.optimizer, self.comm.world_size, self.comm.env.rank)
 
     def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:

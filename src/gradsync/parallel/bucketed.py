@@ -1,7 +1,7 @@
 """``bucketed``: bucketed all-reduce overlapped with backward (the design of PyTorch DDP, Li et al.
 VLDB 2020), optionally compressed (``--compress``), or reduced in two levels, inside each node
-then across nodes (``bucketed:hierarchical=true``, :mod:`gradsync.parallel.hierarchical`). The gradient path is
-:class:`~gradsync.parallel.bucket_allreduce.BucketedAllReduce`; this strategy holds it and steps
+then across nodes (``bucketed:hierarchical=true``, :mod:`gradsync.parallel.grad_paths.hierarchical`). The gradient path is
+:class:`~gradsync.parallel.grad_paths.bucket_allreduce.BucketedAllReduce`; this strategy holds it and steps
 the configured optimizer on the averaged gradients."""
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from typing import Any
 
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.optim import OptimizerFactory
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
-from gradsync.parallel.bucket_allreduce import BucketedAllReduce
-from gradsync.parallel.layout import plan_buckets
-from gradsync.parallel.topology import two_level_groups
+from gradsync.parallel.grad_paths.bucket_allreduce import BucketedAllReduce
+from gradsync.runtime.topology import two_level_groups
 
-__all__ = ["BucketedStrategy", "plan_buckets"]
+__all__ = ["BucketedStrategy"]
 
 
 class BucketedStrategy(Strategy):

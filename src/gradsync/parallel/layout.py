@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from gradsync.buckets import plan_buckets as plan_byte_buckets
+from gradsync.core.buckets import plan_buckets
 
 
 @dataclass
@@ -78,12 +78,12 @@ def bind_params(unit: FlatUnit, flat: torch.Tensor) -> None:
         p.data = v
 
 
-def plan_buckets(params: list[nn.Parameter], first_bytes: int, cap_bytes: int) -> list[list[nn.Parameter]]:
-    """:func:`gradsync.buckets.plan_buckets` on ``params`` (already in reverse order): buckets of at
+def param_buckets(params: list[nn.Parameter], first_bytes: int, cap_bytes: int) -> list[list[nn.Parameter]]:
+    """:func:`gradsync.core.buckets.plan_buckets` on ``params`` (already in reverse order): buckets of at
     most ``cap_bytes`` (the first of ``first_bytes``), never mixing dtypes or devices."""
     sizes = [p.numel() * p.element_size() for p in params]
     kinds = [(p.dtype, p.device) for p in params]
-    return [[params[i] for i in g] for g in plan_byte_buckets(sizes, first_bytes, cap_bytes, kinds)]
+    return [[params[i] for i in g] for g in plan_buckets(sizes, first_bytes, cap_bytes, kinds)]
 
 
 def bucket_units(model: nn.Module, first_mb: float, cap_mb: float, world: int, rank: int) -> list[FlatUnit]:
@@ -95,7 +95,7 @@ def bucket_units(model: nn.Module, first_mb: float, cap_mb: float, world: int, r
                          "before workers start; give a size in MB here")
     params = [p for p in model.parameters() if p.requires_grad][::-1]
     mb = 1024 * 1024
-    return [FlatUnit(i, g, world, rank) for i, g in enumerate(plan_buckets(params, int(first_mb * mb), int(cap_mb * mb)))]
+    return [FlatUnit(i, g, world, rank) for i, g in enumerate(param_buckets(params, int(first_mb * mb), int(cap_mb * mb)))]
 
 
 @dataclass

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.optim import OptimizerFactory
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
 
 

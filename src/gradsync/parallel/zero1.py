@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.optim import OptimizerFactory
-from gradsync.parallel.bucket_allreduce import BucketedAllReduce
-from gradsync.parallel.sharded import ParamGathers, ShardedStrategy
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.optim.factory import OptimizerFactory
+from gradsync.parallel.grad_paths.bucket_allreduce import BucketedAllReduce
+from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
 
 
 class Zero1Strategy(ShardedStrategy):

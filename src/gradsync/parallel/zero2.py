@@ -2,13 +2,13 @@
 
 Parameters are grouped into buckets (reverse registration order, as in ``bucketed``), padded to a
 multiple of the world size, and each bucket's parameters are views into one flat buffer. During
-backward, gradients go through :class:`~gradsync.parallel.reduce_scatter.ReduceScatterGrads`: copied
+backward, gradients go through :class:`~gradsync.parallel.grad_paths.reduce_scatter.ReduceScatterGrads`: copied
 into the bucket's buffer as they are accumulated, reduce-scattered asynchronously when the bucket
 is full (overlapped with the rest of backward), and added to the rank's shard; a rank holds 4Ψ/N
 bytes of gradients plus at most two buckets in flight. With gradient accumulation every
 micro-step is reduce-scattered (as DeepSpeed's stage 2 does): communication grows with the number
 of micro-steps, memory does not. With ``hybrid=true`` all of this is over the workers of a node, and
-each unit's shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharded`). After the sharded update every bucket's parameters are
+each unit's shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharding.sharded`). After the sharded update every bucket's parameters are
 all-gathered asynchronously; the next forward waits, module by module, only for the buckets that
 hold its own parameters, so the gathers overlap the forward of the layers before.
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.optim import OptimizerFactory
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.layout import bucket_units
-from gradsync.parallel.reduce_scatter import ReduceScatterGrads
-from gradsync.parallel.sharded import ParamGathers, ShardedStrategy
+from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
 
 
 class Zero2Strategy(ShardedStrategy):

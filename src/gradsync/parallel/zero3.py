@@ -15,7 +15,7 @@ only while it is needed; at rest a rank holds just its chunk (1/N) of every unit
   buffer is reduce-scattered asynchronously (units in backward order, as ``bucketed``), and the
   received chunk is added to the rank's gradient shard;
 - step: the sharded optimizer updates the chunks in place; nothing is gathered until the next
-  forward (no :class:`~gradsync.parallel.sharded.ParamGathers`).
+  forward (no :class:`~gradsync.parallel.sharding.sharded.ParamGathers`).
 
 Prefetch (``zero3:prefetch=k``, default 1; the pattern of FSDP2): the order in which units are
 gathered in forward and in backward is recorded on the first step; from then on, gathering a unit
@@ -32,7 +32,7 @@ unit and micro-step instead of two, for holding every block's parameters from th
 until backward reaches it (forwards without autograd, such as evaluation, release as usual).
 
 With ``hybrid=true`` units are sharded over, and gathered from, the workers of a node, and each
-unit's gradient shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharded`).
+unit's gradient shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharding.sharded`).
 
 At any moment a rank holds its chunks plus the units in use: one block, and the root unit, which
 the tied output head keeps gathered from the start of forward to the end of backward.
@@ -46,13 +46,13 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from gradsync.config import ParallelConfig
-from gradsync.dist import Comm
-from gradsync.errors import ConfigError
-from gradsync.optim import OptimizerFactory
+from gradsync.core.config import ParallelConfig
+from gradsync.runtime.dist import Comm
+from gradsync.core.errors import ConfigError
+from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.layout import FlatUnit, layer_units
-from gradsync.parallel.reduce_scatter import ReduceScatterGrads
-from gradsync.parallel.sharded import ShardedStrategy, bind_unit_buffers
+from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.sharding.sharded import ShardedStrategy, bind_unit_buffers
 
 
 class Zero3Strategy(ShardedStrategy):

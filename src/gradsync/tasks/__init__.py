@@ -1,5 +1,5 @@
 """Tasks: what is trained (see :class:`~gradsync.tasks.base.Task`). The built-in ones are named in
-:data:`gradsync.catalog.TASKS`; ``--task package.module:factory`` runs any other."""
+:data:`gradsync.core.catalog.TASKS`; ``--task package.module:factory`` runs any other."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from gradsync import checkpoint as ckpt
-from gradsync.catalog import TASKS, resolve
-from gradsync.config import Config, build_config
-from gradsync.errors import CheckpointError, ConfigError
+from gradsync.checkpoint import format as ckpt
+from gradsync.core.catalog import TASKS, resolve
+from gradsync.core.config import Config, build_config
+from gradsync.core.errors import CheckpointError, ConfigError
 from gradsync.tasks.base import Task, accuracy_metrics, classification_sums
 
 __all__ = ["Task", "accuracy_metrics", "build_task", "classification_sums", "load_trained"]

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gradsync.config import Config
+from gradsync.core.config import Config
 from gradsync.data import Batch, Examples
 
 

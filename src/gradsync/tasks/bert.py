@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from gradsync.data import Batch, TokenSequences
 from gradsync.model.bert import IGNORE, Bert
-from gradsync.shapes import GPTShape
+from gradsync.core.shapes import GPTShape
 from gradsync.tasks.base import accuracy_metrics, classification_sums
 from gradsync.tasks.lm import TokenTask
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gradsync.config import Config
+from gradsync.core.config import Config
 from gradsync.data import Batch
 from gradsync.data.labeled import Augment, LabeledData, LabeledExamples
 from gradsync.tasks.base import Task, accuracy_metrics, classification_sums

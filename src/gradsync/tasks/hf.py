@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from gradsync.model.bert import IGNORE
 from gradsync.model.generation import generate
 from gradsync.data.tokenizers import BPETokenizer
-from gradsync.errors import ConfigError
+from gradsync.core.errors import ConfigError
 from gradsync.tasks.bert import MaskedLMTask
 from gradsync.tasks.lm import TokenTask
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from gradsync.config import Config
+from gradsync.core.config import Config
 from gradsync.data import TokenData, TokenSequences, load_tokens
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
-from gradsync.errors import CheckpointError
-from gradsync.files import atomic_write_bytes
-from gradsync.sample import sample_text
+from gradsync.core.errors import CheckpointError
+from gradsync.core.files import atomic_write_bytes
+from gradsync.model.generation import sample_text
 from gradsync.tasks.base import Task
 
 TASK_FILE = "task.json"

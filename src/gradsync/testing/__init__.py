@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from gradsync.config import build_config
-from gradsync.dist import shutdown
-from gradsync.train import Trainer
+from gradsync.core.config import build_config
+from gradsync.runtime.dist import shutdown
+from gradsync.training.trainer import Trainer
 
 
 def free_port() -> int:

@@ -1,0 +1,275 @@
+"""Every strategy and every compressor, one entry each: the one list the rest of gradsync reads.
+
+An entry says what a user may write (its name and options schema), what it composes with, whether
+it is *exact* (the same math as one big batch on one device, so ``--strategy auto`` may choose it),
+which torch implementation it is measured against, and where its code is: the class that runs it,
+and the cost model's price and memory formula (``"module:attribute"``, imported only when used,
+so this module stays torch-free). Spec parsing (:mod:`gradsync.core.config`), the strategy registry
+(:func:`gradsync.parallel.build_strategy`), ``gradsync bench --strategies all``, ``gradsync
+plan``'s table and ``auto``'s candidates all read it.
+
+Adding a strategy = one file under ``gradsync/parallel/`` + one entry here (+ its price and memory
+functions in :mod:`gradsync.planning.costmodel`); ``tests/unit/test_catalog.py`` checks that every
+reference resolves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from gradsync.core.errors import ConfigError
+from gradsync.core.spec import Param, Spec, positive
+
+QUANT = ("fp32", "bf16", "int8", "int4")  # precisions of DiLoCo's outer communication
+QUANT_BLOCK = 128  # elements per fp32 scale when quantised to int8 / int4
+AUTO = "auto"  # --strategy auto: chosen by the cost model at launch, never run as such
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    name: str
+    cls: str  # "module:Class" of its gradsync.parallel.base.Strategy
+    price: str  # "module:function" pricing one step in the cost model
+    memory: str  # "module:function": bytes per rank of parameters, gradients, optimizer, extras
+    options: Mapping[str, Param] = field(default_factory=dict)
+    exact: bool = False  # synchronous, same math as one big batch: a candidate of --strategy auto
+    reference: str | None = "torch-ddp"  # the torch implementation it is benchmarked against
+    compressors: tuple[str, ...] = ()  # the --compress values it takes besides none
+    example: str = ""  # the spec bench and plan use ("" = the bare name)
+    priced_as: str | None = None  # a torch reference that moves the same bytes as this entry of ours
+    synchronous: bool = True  # False: workers step on their own gradients between averages
+    # what the options must meet together: options -> the error message, "" when they are fine
+    rules: Callable[[Mapping[str, Any]], str] = lambda options: ""
+
+    @property
+    def spec(self) -> str:
+        return self.example or self.name
+
+
+@dataclass(frozen=True)
+class CompressorEntry:
+    name: str
+    reducer: str  # "module:Class" of its gradsync.parallel.grad_paths.compression.Reducer (the bucketed path)
+    price: str  # "module:function": per-bucket communication and compression compute
+    options: Mapping[str, Param] = field(default_factory=dict)
+    error_feedback: bool = False  # keeps a residual as large as the gradient
+    example: str = ""
+    in_all: bool = True  # part of ``bench --strategies all`` and plan's default rows
+
+    @property
+    def spec(self) -> str:
+        return self.example or self.name
+
+
+def _diloco_rules(o: Mapping[str, Any]) -> str:
+    if o["H"] % o["fragments"]:
+        return f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
+    if o["overlap"] >= o["H"]:
+        return f"overlap={o['overlap']} must be < H={o['H']}: a fragment lands before it is sent again"
+    if o["keep"] and o["mix"] > 0:
+        return f"keep=true and mix={o['mix']} both say what a landing fragment becomes; choose one"
+    return ""
+
+
+_P = "gradsync.parallel"
+_CM = "gradsync.planning.costmodel"
+_TORCH_HOOKS = ("fp16", "bf16", "powersgd")  # torch's own DDP communication hooks
+
+# Each entry: name, class, price, memory, then what differs from the defaults. Described in
+# the guide's chapter 3 (docs/guide/algorithm.md).
+STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
+    StrategyEntry("allreduce", f"{_P}.allreduce:AllReduceStrategy",
+                  f"{_CM}:price_allreduce", f"{_CM}:memory_replicated"),
+    StrategyEntry("bucketed", f"{_P}.bucketed:BucketedStrategy",
+                  f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
+                  options={"hierarchical": Param(bool, False)},
+                  exact=True, compressors=("fp16", "bf16", "powersgd", "topk", "int8", "int4")),
+    StrategyEntry("torch-ddp", f"{_P}.reference.torch_ddp:TorchDDPStrategy",
+                  f"{_CM}:price_bucketed", f"{_CM}:memory_replicated",
+                  reference=None, compressors=_TORCH_HOOKS, priced_as="bucketed"),
+    StrategyEntry("zero1", f"{_P}.zero1:Zero1Strategy",
+                  f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
+                  exact=True, reference="torch-zero1"),
+    StrategyEntry("torch-zero1", f"{_P}.reference.torch_zero:TorchZero1Strategy",
+                  f"{_CM}:price_zero1", f"{_CM}:memory_zero1",
+                  reference=None, priced_as="zero1"),
+    StrategyEntry("zero2", f"{_P}.zero2:Zero2Strategy",
+                  f"{_CM}:price_zero2", f"{_CM}:memory_zero2",
+                  options={"hybrid": Param(bool, False)},
+                  exact=True, reference="torch-fsdp"),
+    StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
+                  f"{_CM}:price_zero3", f"{_CM}:memory_zero3",
+                  options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)"),
+                           "reshard": Param(bool, True),
+                           "hybrid": Param(bool, False)},
+                  exact=True, reference="torch-fsdp"),
+    StrategyEntry("torch-fsdp", f"{_P}.reference.torch_fsdp:TorchFSDPStrategy",
+                  f"{_CM}:price_fsdp", f"{_CM}:memory_zero3",
+                  reference=None),
+    StrategyEntry("localsgd", f"{_P}.localsgd:LocalSGDStrategy",
+                  f"{_CM}:price_local", f"{_CM}:memory_replicated",
+                  options={"H": Param(int, 8, positive, "a positive number of steps")},
+                  example="localsgd:8", synchronous=False),
+    StrategyEntry("diloco", f"{_P}.diloco:DiLoCoStrategy",
+                  f"{_CM}:price_local", f"{_CM}:memory_diloco",
+                  options={"H": Param(int, 8, positive, "a positive number of steps"),
+                           "outer_lr": Param(float, 0.7, positive, "> 0"),
+                           "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
+                           "nesterov": Param(bool, True),
+                           "fragments": Param(int, 1, positive, "a positive integer"),
+                           "overlap": Param(int, 0, lambda v: v >= 0, ">= 0 (inner steps)"),
+                           "mix": Param(float, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+                           "keep": Param(bool, False),
+                           "quant": Param(str, "fp32", lambda v: v in QUANT, f"one of {', '.join(QUANT)}")},
+                  example="diloco:8", synchronous=False, rules=_diloco_rules),
+)}
+
+COMPRESSORS: dict[str, CompressorEntry] = {e.name: e for e in (
+    CompressorEntry("none", f"{_P}.grad_paths.compression:AllReduceMean", f"{_CM}:bucket_comm_none"),
+    CompressorEntry("fp16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}:bucket_comm_low_precision"),
+    # bf16 takes fp16's path and bytes: name it to bench it
+    CompressorEntry("bf16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}:bucket_comm_low_precision", in_all=False),
+    CompressorEntry("powersgd", f"{_P}.grad_paths.compression:PowerSGD", f"{_CM}:bucket_comm_powersgd",
+                    options={"rank": Param(int, 4, positive, "a positive integer"),
+                             "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
+                             "warm_start": Param(bool, True)},
+                    error_feedback=True, example="powersgd:rank=4"),
+    CompressorEntry("topk", f"{_P}.grad_paths.compression:TopK", f"{_CM}:bucket_comm_topk",
+                    options={"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
+                             "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
+                    error_feedback=True, example="topk:ratio=0.01"),
+    CompressorEntry("int8", f"{_P}.grad_paths.compression:Quantized", f"{_CM}:bucket_comm_quantized", error_feedback=True),
+    CompressorEntry("int4", f"{_P}.grad_paths.compression:Quantized", f"{_CM}:bucket_comm_quantized", error_feedback=True,
+                    in_all=False),
+)}
+
+# The option schemas the spec parser checks --strategy and --compress against.
+STRATEGY_SCHEMA: Mapping[str, Mapping[str, Param]] = {AUTO: {}, **{n: e.options for n, e in STRATEGIES.items()}}
+COMPRESSOR_SCHEMA: Mapping[str, Mapping[str, Param]] = {n: e.options for n, e in COMPRESSORS.items()}
+
+
+def strategy(name: str) -> StrategyEntry:
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy '{name}' is unknown; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def compressor(name: str) -> CompressorEntry:
+    if name not in COMPRESSORS:
+        raise ConfigError(f"compressor '{name}' is unknown; choose one of {', '.join(COMPRESSORS)}")
+    return COMPRESSORS[name]
+
+
+def check_composition(strategy_spec: Spec, compress: Spec) -> None:
+    """Raise unless ``strategy_spec``'s options agree with each other and ``compress`` can run
+    under it."""
+    entry = STRATEGIES.get(strategy_spec.name)
+    problem = entry.rules(strategy_spec.options) if entry else ""
+    if problem:
+        raise ConfigError(f"parallel.strategy {strategy_spec.name}: {problem}")
+    if compress.name == "none":
+        return
+    if strategy_spec.options.get("hierarchical"):
+        raise ConfigError(f"parallel.compress {compress.name} does not compose with bucketed:hierarchical=true "
+                          "(the two-level all-reduce sends fp32 shards); drop one of them")
+    if entry is None or compress.name not in entry.compressors:
+        where = ", ".join(f"{e.name} ({'/'.join(e.compressors)})" for e in STRATEGIES.values() if e.compressors)
+        raise ConfigError(f"parallel.compress {compress.name} is not implemented for strategy "
+                          f"{strategy_spec.name}; compression composes with {where}")
+
+
+def resolve(ref: str) -> Any:
+    """The object a ``"module:attribute"`` reference names (imported now)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# -- entries as bench and plan list them ("strategy[+compressor spec]") --------------------------
+
+def entry_name(strategy_spec: str, compress_spec: str = "none") -> str:
+    return strategy_spec if compress_spec == "none" else f"{strategy_spec}+{compress_spec}"
+
+
+def split_entry(entry: str) -> tuple[str, str]:
+    """``bucketed+powersgd:rank=4`` -> (``bucketed``, ``powersgd:rank=4``); no ``+`` -> compressor none."""
+    strategy_spec, _, compress_spec = entry.partition("+")
+    return strategy_spec, compress_spec or "none"
+
+
+def compressed_entries(strategy_name: str) -> list[str]:
+    """The strategy with each compressor it takes (those in ``all``), at the compressor's example
+    options."""
+    e = STRATEGIES[strategy_name]
+    return [entry_name(e.spec, COMPRESSORS[c].spec) for c in e.compressors if COMPRESSORS[c].in_all]
+
+
+def all_entries() -> list[str]:
+    """``bench --strategies all``: every strategy, then every composition with a compressor."""
+    return [e.spec for e in STRATEGIES.values()] + [c for n in STRATEGIES for c in compressed_entries(n)]
+
+
+def _strategy_of(entry: str) -> StrategyEntry:
+    return STRATEGIES[split_entry(entry)[0].partition(":")[0]]
+
+
+def reference_of(entry: str) -> str | None:
+    """The torch entry ``entry`` is measured against: the strategy's reference, with the same
+    compressor where that reference takes it (torch's communication hooks)."""
+    compress_spec = split_entry(entry)[1]
+    ref = _strategy_of(entry).reference
+    if ref is None:
+        return None
+    c = compress_spec.partition(":")[0]
+    return entry_name(ref, compress_spec) if c in STRATEGIES[ref].compressors else ref
+
+
+def plan_entries() -> list[str]:
+    """``gradsync plan``'s default rows: every strategy priced on its own (torch references that
+    move the same bytes as one of ours are left out), and ``bucketed`` with each compressor."""
+    return [e.spec for e in STRATEGIES.values() if e.priced_as is None] + compressed_entries("bucketed")
+
+
+def changes_optimization(entry: str) -> bool:
+    """True for entries that are not the math of one big batch: a compressor, or a strategy whose
+    workers step on their own gradients (local SGD, DiLoCo)."""
+    return split_entry(entry)[1] != "none" or not _strategy_of(entry).synchronous
+
+
+def split_entries(text: str) -> list[str]:
+    """``a,b:1,k=v,c`` -> ``["a", "b:1,k=v", "c"]``: a comma starts a new entry unless what follows
+    is a ``key=value`` option of the previous spec; ``all`` is :func:`all_entries`."""
+    if text.strip() == "all":
+        return all_entries()
+    entries: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if entries and "=" in part and ":" not in part.split("=")[0] and "+" not in part:
+            entries[-1] += "," + part
+        else:
+            entries.append(part)
+    return entries
+
+
+# Built-in tasks (``--task``): name -> the Task class, resolved when a run builds it. Any other
+# task is ``package.module:factory``. Described in the guide's chapter 6 (docs/guide/applications.md).
+_T = "gradsync.tasks"
+TASKS: dict[str, str] = {
+    "gpt": f"{_T}.gpt:GPTTask",
+    "bert": f"{_T}.bert:BertTask",
+    "image": f"{_T}.image:ImageTask",
+    "speech": f"{_T}.speech:SpeechTask",
+    "hf-causal-lm": f"{_T}.hf:HFCausalLMTask",
+    "hf-masked-lm": f"{_T}.hf:HFMaskedLMTask",
+}
+
+
+# Tasks whose examples are token sequences (tokens/s counts tokens; elsewhere it counts samples).
+LANGUAGE_TASKS = ("gpt", "bert", "hf-causal-lm", "hf-masked-lm")
+
+
+def exact_strategies() -> list[str]:
+    """The candidates of ``--strategy auto``."""
+    return [n for n, e in STRATEGIES.items() if e.exact]

@@ -1,0 +1,34 @@
+"""The worker job of ``gradsync run``: run a user's training script as ``__main__`` on this worker.
+
+The process group is already joined (by :mod:`gradsync.runtime.worker`, with gradsync's timeouts), so
+:func:`gradsync.parallelize` or plain ``torch.distributed`` calls in the script use it; the
+environment is torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, TORCHELASTIC_RESTART_COUNT, ...).
+The worker leaves with ``os._exit`` once the group is shut down (see :func:`gradsync.runtime.worker.main`),
+so the script's ``atexit`` handlers do not run: finish its work before it returns.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from gradsync.core.config import Config
+from gradsync.runtime.dist import DistEnv
+from gradsync.core.errors import ConfigError
+
+SCRIPT_JOB = "gradsync.runtime.script:worker_job"
+
+
+def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
+    if not argv:
+        raise ConfigError("run: no script given")
+    script, *args = argv
+    path = Path(script)
+    if not path.is_file():
+        raise ConfigError(f"run: script '{script}' does not exist")
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.resolve().parent))  # as `python script.py` would
+    namespace = runpy.run_path(str(path), run_name="__main__")
+    namespace.clear()  # the script's objects (its model, open files) go now, not at interpreter exit

@@ -17,9 +17,29 @@ from pathlib import Path
 
 
 def run(root: Path, name: str, steps: int, skip: int, extra: list[str]) -> float:
-    r = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", "--max-steps", str(steps), "--sample-tokens",
-                        "0", "--eval-interval", "100000", "--ckpt-interval", "0", "--no-progress",
-                        "--run-dir", str(root / name), *extra], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradsync.cli",
+            "train",
+            "--max-steps",
+            str(steps),
+            "--sample-tokens",
+            "0",
+            "--eval-interval",
+            "100000",
+            "--ckpt-interval",
+            "0",
+            "--no-progress",
+            "--run-dir",
+            str(root / name),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     recs = [json.loads(x) for x in (root / name / "metrics.jsonl").read_text().splitlines() if '"train"' in x]

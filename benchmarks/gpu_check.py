@@ -28,17 +28,23 @@ from pathlib import Path
 
 import numpy as np
 
-from gradsync.planning import costmodel as cm
-from gradsync.data.shard_writer import ShardWriter
-from gradsync.planning.calibration_profile import profile_hardware
 from gradsync.core.shapes import GPTShape
+from gradsync.data.shard_writer import ShardWriter
+from gradsync.planning import costmodel as cm
+from gradsync.planning.calibration_profile import profile_hardware
 
 VOCAB = 50304
 
 
 def gradsync(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def shard(root: Path, tokens: int) -> Path:
@@ -64,21 +70,57 @@ def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace)
     """Median tokens/s, step time and MFU of one run (the first quarter of the steps left out), or
     None if it ran out of memory."""
     run = root / f"run-{strategy}-{mb}"
-    r = gradsync("train", "--nproc", "1", "--model", a.model, "--data", str(data), "--data.vocab_size", str(VOCAB),
-                 "--seq-len", str(a.seq_len), "--micro-batch", str(mb), "--global-batch", str(mb),
-                 "--max-steps", str(a.steps), "--strategy", strategy, "--precision", "bf16",
-                 "--eval-interval", "100000", "--eval-sequences", "1", "--sample-tokens", "0", "--no-progress",
-                 "--ckpt-interval", "0", "--run-dir", str(run), *([] if a.no_compile else ["--compile"]),
-                 *(["--backend", "gloo"] if a.cpu else []), cwd=root, timeout=a.timeout)
+    r = gradsync(
+        "train",
+        "--nproc",
+        "1",
+        "--model",
+        a.model,
+        "--data",
+        str(data),
+        "--data.vocab_size",
+        str(VOCAB),
+        "--seq-len",
+        str(a.seq_len),
+        "--micro-batch",
+        str(mb),
+        "--global-batch",
+        str(mb),
+        "--max-steps",
+        str(a.steps),
+        "--strategy",
+        strategy,
+        "--precision",
+        "bf16",
+        "--eval-interval",
+        "100000",
+        "--eval-sequences",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--no-progress",
+        "--ckpt-interval",
+        "0",
+        "--run-dir",
+        str(run),
+        *([] if a.no_compile else ["--compile"]),
+        *(["--backend", "gloo"] if a.cpu else []),
+        cwd=root,
+        timeout=a.timeout,
+    )
     if r.returncode != 0:
         if "out of memory" in r.stderr:
             return None
         raise SystemExit(f"gpu_check: {strategy} failed:\n{r.stderr[-3000:]}")
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
-    steady = recs[len(recs) // 4:]
+    steady = recs[len(recs) // 4 :]
     med = lambda k: statistics.median(x[k] for x in steady if x.get(k) is not None)  # noqa: E731
-    return {"tokens_per_sec": med("tokens_per_sec"), "step_s": med("step_time_s"), "mfu": med("mfu"),
-            "mfu_datasheet": med("mfu_datasheet") if any("mfu_datasheet" in x for x in steady) else float("nan")}
+    return {
+        "tokens_per_sec": med("tokens_per_sec"),
+        "step_s": med("step_time_s"),
+        "mfu": med("mfu"),
+        "mfu_datasheet": med("mfu_datasheet") if any("mfu_datasheet" in x for x in steady) else float("nan"),
+    }
 
 
 def main() -> None:
@@ -110,28 +152,59 @@ def main() -> None:
             raise SystemExit("gpu_check: out of memory even at micro-batch 1")
         ref = train(root, data, "torch-ddp", mb, a)
         profile = root / "profile.json"
-        r = gradsync("calibrate", "--nproc", "1", "--model", a.model, "--data", str(data), "--data.vocab_size",
-                     str(VOCAB), "--seq-len", str(a.seq_len), "--micro-batch", str(mb), "--global-batch", str(mb),
-                     "--precision", "bf16", "--out", str(profile), "--max-mb", "1",
-                     *(["--backend", "gloo"] if a.cpu else []), cwd=root, timeout=a.timeout)
+        r = gradsync(
+            "calibrate",
+            "--nproc",
+            "1",
+            "--model",
+            a.model,
+            "--data",
+            str(data),
+            "--data.vocab_size",
+            str(VOCAB),
+            "--seq-len",
+            str(a.seq_len),
+            "--micro-batch",
+            str(mb),
+            "--global-batch",
+            str(mb),
+            "--precision",
+            "bf16",
+            "--out",
+            str(profile),
+            "--max-mb",
+            "1",
+            *(["--backend", "gloo"] if a.cpu else []),
+            cwd=root,
+            timeout=a.timeout,
+        )
         if r.returncode != 0:
             raise SystemExit(f"gpu_check: calibrate failed:\n{r.stderr[-3000:]}")
         hw = profile_hardware(json.loads(profile.read_text()))
         w = cm.gpt_workload(shape.n_layer, shape.n_head, shape.n_embd, VOCAB, a.seq_len, mb, precision="bf16")
         predicted = cm.predict("bucketed", w, 1, hw, cm.network_preset("nvlink4")).step_s
     compiled = "" if a.no_compile else ", --compile"
-    print(f"## gpu_check on {device}: GPT {a.model} ({shape.num_params() / 1e6:.1f}M parameters), seq "
-          f"{a.seq_len}, bf16{compiled}, micro-batch {mb}, 1 device\n")
+    print(
+        f"## gpu_check on {device}: GPT {a.model} ({shape.num_params() / 1e6:.1f}M parameters), seq "
+        f"{a.seq_len}, bf16{compiled}, micro-batch {mb}, 1 device\n"
+    )
     print("| measure | gradsync bucketed | torch-ddp reference | ratio |")
     print("|---|---|---|---|")
     ref_tps = ref["tokens_per_sec"] if ref else float("nan")
-    print(f"| tokens/s (median) | {ours['tokens_per_sec']:,.0f} | {ref_tps:,.0f} | {ours['tokens_per_sec'] / ref_tps:.3f} |")
+    print(
+        f"| tokens/s (median) | {ours['tokens_per_sec']:,.0f} | {ref_tps:,.0f} "
+        f"| {ours['tokens_per_sec'] / ref_tps:.3f} |"
+    )
     print(f"| MFU vs measured matmul peak | {ours['mfu']:.1%} | {ref['mfu'] if ref else float('nan'):.1%} | |")
-    print(f"| MFU vs datasheet bf16 peak | {ours['mfu_datasheet']:.1%} | "
-          f"{ref['mfu_datasheet'] if ref else float('nan'):.1%} | |")
+    print(
+        f"| MFU vs datasheet bf16 peak | {ours['mfu_datasheet']:.1%} | "
+        f"{ref['mfu_datasheet'] if ref else float('nan'):.1%} | |"
+    )
     print(f"| calibrated fraction of peak (presets assume 45%) | {hw.efficiency:.1%} | | |")
-    print(f"| step time: cost model (calibrated) vs measured | {1e3 * predicted:.1f} ms | "
-          f"{1e3 * ours['step_s']:.1f} ms measured | {predicted / ours['step_s']:.3f} |")
+    print(
+        f"| step time: cost model (calibrated) vs measured | {1e3 * predicted:.1f} ms | "
+        f"{1e3 * ours['step_s']:.1f} ms measured | {predicted / ours['step_s']:.3f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,14 @@ from gradsync.training.metrics import read_metrics
 RUNS = {
     "default": "gradsync train",
     "bert": "gradsync train --task bert --lr 1e-3 --seq-len 32 --global-batch 256 --micro-batch 64",
-    "image": ("gradsync train --task image --micro-batch 32 --global-batch 64 --max-steps 300 "
-              "--eval-interval 50 --train.eval_sequences 1000"),
-    "speech": ("gradsync train --task speech --micro-batch 32 --global-batch 64 --max-steps 200 "
-               "--eval-interval 50 --train.eval_sequences 1000"),
+    "image": (
+        "gradsync train --task image --micro-batch 32 --global-batch 64 --max-steps 300 "
+        "--eval-interval 50 --train.eval_sequences 1000"
+    ),
+    "speech": (
+        "gradsync train --task speech --micro-batch 32 --global-batch 64 --max-steps 200 "
+        "--eval-interval 50 --train.eval_sequences 1000"
+    ),
 }
 WARMUP_STEPS = 10  # steps left out of the median step time and throughput
 

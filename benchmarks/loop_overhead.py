@@ -36,8 +36,9 @@ def _plain(trainer: Any, steps: int) -> list[float]:
     model = DDP(task.build_model(), bucket_cap_mb=cfg.parallel.bucket_mb)
     opt = optimizer_factory(cfg.optim)(model.module)
     t = cfg.train
-    batches = ShardedBatches(task.train_examples(), t.global_batch, t.micro_batch, dist.get_rank(),
-                             dist.get_world_size(), t.seed)
+    batches = ShardedBatches(
+        task.train_examples(), t.global_batch, t.micro_batch, dist.get_rank(), dist.get_world_size(), t.seed
+    )
     times, mark = [], time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
@@ -67,10 +68,20 @@ def _world(rank: int, strategy: str, steps: int, rounds: int, skip: int) -> dict
 
     out: dict[str, list[float]] = {"gradsync": [], "plain": []}
     for r in range(rounds):
-        cfg = build_config(None, {"parallel.nproc": 2, "parallel.threads": 1, "parallel.strategy": strategy,
-                                  "train.max_steps": steps, "train.eval_interval": 10 * steps,
-                                  "train.ckpt_interval": 0, "train.sample_tokens": 0, "train.progress": False,
-                                  "train.run_dir": tempfile.mkdtemp(prefix=f"gradsync-loop-{r}-")})
+        cfg = build_config(
+            None,
+            {
+                "parallel.nproc": 2,
+                "parallel.threads": 1,
+                "parallel.strategy": strategy,
+                "train.max_steps": steps,
+                "train.eval_interval": 10 * steps,
+                "train.ckpt_interval": 0,
+                "train.sample_tokens": 0,
+                "train.progress": False,
+                "train.run_dir": tempfile.mkdtemp(prefix=f"gradsync-loop-{r}-"),
+            },
+        )
         trainer = Trainer(cfg)
         history = trainer.fit().history
         out["gradsync"] += [h["step_time_s"] for h in history][skip:]

@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from gradsync.core.files import save_figure
-from gradsync.training.metrics import read_metrics
 from gradsync.testing import netns
+from gradsync.training.metrics import read_metrics
 
-JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress",
-       "--threads", "1"]
-STRATEGIES = ("bucketed@100mbit;localsgd:16@100mbit;diloco:32;diloco:8,fragments=4,overlap=1,mix=0.5,quant=int8;"
-              "diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8@10mbit")
+JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress", "--threads", "1"]
+STRATEGIES = (
+    "bucketed@100mbit;localsgd:16@100mbit;diloco:32;diloco:8,fragments=4,overlap=1,mix=0.5,quant=int8;"
+    "diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8@10mbit"
+)
 
 
 class Jobs:
@@ -62,17 +63,32 @@ class Jobs:
             self.clusters[rate] = c
         return self.clusters[rate]
 
-    def train(self, where: str, nproc: int, args: list[str], run_dir: Path, timeout: float = 1800) -> list[dict[str, Any]]:
+    def train(
+        self, where: str, nproc: int, args: list[str], run_dir: Path, timeout: float = 1800
+    ) -> list[dict[str, Any]]:
         argv = [sys.executable, "-m", "gradsync.cli", "train", *JOB, *args, "--run-dir", str(run_dir)]
         if where == "loopback":
-            r = subprocess.run([*argv, "--nproc", str(nproc)], cwd=self.work, env=self.env, capture_output=True,
-                               text=True, timeout=timeout)
+            r = subprocess.run(
+                [*argv, "--nproc", str(nproc)],
+                cwd=self.work,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"train {' '.join(args)} failed:\n{r.stderr[-3000:]}")
         else:
             self.port += 1
-            self.cluster(where).run_job([*argv, "--timeout", "300"], self.port, nproc, cwd=self.work, env=self.env,
-                                        timeout=timeout, logs=self.work)
+            self.cluster(where).run_job(
+                [*argv, "--timeout", "300"],
+                self.port,
+                nproc,
+                cwd=self.work,
+                env=self.env,
+                timeout=timeout,
+                logs=self.work,
+            )
         return read_metrics(run_dir / "metrics.jsonl")
 
     def close(self) -> None:
@@ -101,15 +117,31 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
     common = ["--eval-interval", str(ns.eval_every), *shlex.split(ns.extra)]
     refs = []
     for r in range(ns.repeats):
-        pts = curve(jobs.train("loopback", 2, [*common, "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
-                               jobs.work / f"ref-{r}"))
+        pts = curve(
+            jobs.train(
+                "loopback",
+                2,
+                [*common, "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
+                jobs.work / f"ref-{r}",
+            )
+        )
         refs.append(pts)
-        print(f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]} in {pts[-1][1]:.1f}s",
-              flush=True)
+        print(
+            f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]} in {pts[-1][1]:.1f}s",
+            flush=True,
+        )
     target = statistics.median(p[-1][2] for p in refs)
     ref_time = statistics.median(p[-1][1] for p in refs)
-    rows: list[dict[str, Any]] = [{"link": "loopback", "entry": "bucketed", "curves": refs, "reached": [
-        (p[-1][0], p[-1][1]) for p in refs], "target": target, "ref_time": ref_time}]
+    rows: list[dict[str, Any]] = [
+        {
+            "link": "loopback",
+            "entry": "bucketed",
+            "curves": refs,
+            "reached": [(p[-1][0], p[-1][1]) for p in refs],
+            "target": target,
+            "ref_time": ref_time,
+        }
+    ]
     for rate in ns.rates.split(","):
         for item in ns.strategies.split(";"):
             entry, _, only = item.partition("@")
@@ -119,18 +151,42 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
             curves, reached = [], []
             for r in range(ns.repeats):
                 folder = jobs.work / f"{rate}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
-                pts = curve(jobs.train(rate, 1, [*common, "--strategy", strategy, "--compress", compress or "none",
-                                                 "--max-steps", str(ns.max_steps)], folder))
+                pts = curve(
+                    jobs.train(
+                        rate,
+                        1,
+                        [
+                            *common,
+                            "--strategy",
+                            strategy,
+                            "--compress",
+                            compress or "none",
+                            "--max-steps",
+                            str(ns.max_steps),
+                        ],
+                        folder,
+                    )
+                )
                 curves.append(pts)
                 reached.append(time_to(pts, target))
                 hit = reached[-1]
-                print(f"[{rate}] {entry} repeat {r + 1}: " + (f"target at step {hit[0]} in {hit[1]:.1f}s"
-                      if hit else f"not at the target by step {ns.max_steps} (val {pts[-1][2]:.4f})"), flush=True)
+                print(
+                    f"[{rate}] {entry} repeat {r + 1}: "
+                    + (
+                        f"target at step {hit[0]} in {hit[1]:.1f}s"
+                        if hit
+                        else f"not at the target by step {ns.max_steps} (val {pts[-1][2]:.4f})"
+                    ),
+                    flush=True,
+                )
             rows.append({"link": rate, "entry": entry, "curves": curves, "reached": reached})
-    lines = [f"Target: validation loss {target:.4f}, reached by `bucketed` on loopback (2 workers) at step "
-             f"{ns.target_step} in {ref_time:.1f} s of training (median of {ns.repeats}).", "",
-             "| link | strategy | step at target | time to target s | ratio (loopback time / time) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Target: validation loss {target:.4f}, reached by `bucketed` on loopback (2 workers) at step "
+        f"{ns.target_step} in {ref_time:.1f} s of training (median of {ns.repeats}).",
+        "",
+        "| link | strategy | step at target | time to target s | ratio (loopback time / time) |",
+        "|---|---|---|---|---|",
+    ]
     for row in rows[1:]:
         t = statistics.median([h[1] if h else float("inf") for h in row["reached"]])  # a miss counts as never
         if t < float("inf"):
@@ -140,8 +196,10 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
         else:
             longest = max(c[-1][1] for c in row["curves"])
             row["ratio"] = None
-            lines.append(f"| {row['link']} | {row['entry']} | not by {ns.max_steps} | > {longest:.1f} | "
-                         f"< {ref_time / longest:.2f} |")
+            lines.append(
+                f"| {row['link']} | {row['entry']} | not by {ns.max_steps} | > {longest:.1f} | "
+                f"< {ref_time / longest:.2f} |"
+            )
     return rows, "\n".join(lines)
 
 
@@ -166,20 +224,36 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> None:
 
 def hierarchy(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
     rows = []
-    args = ["--max-steps", str(ns.warmup + ns.steps), "--eval-interval", str(ns.warmup + ns.steps),
-            "--eval-sequences", "8", *shlex.split(ns.extra)]
+    args = [
+        "--max-steps",
+        str(ns.warmup + ns.steps),
+        "--eval-interval",
+        str(ns.warmup + ns.steps),
+        "--eval-sequences",
+        "8",
+        *shlex.split(ns.extra),
+    ]
     for entry in ("bucketed", "bucketed:hierarchical=true"):
         tps = []
         for r in range(ns.repeats):
             recs = jobs.train(ns.rate, 2, [*args, "--strategy", entry], jobs.work / f"hier-{entry[-4:]}-{r}")
-            train = [x for x in recs if x["kind"] == "train"][ns.warmup:]
+            train = [x for x in recs if x["kind"] == "train"][ns.warmup :]
             tps.append(statistics.fmean(x["tokens_per_sec"] for x in train))
             print(f"[2x2 {ns.rate}] {entry} repeat {r + 1}: {tps[-1]:,.0f} tokens/s", flush=True)
         rows.append({"entry": entry, "tokens_per_sec": tps, "median": statistics.median(tps)})
     ratio = rows[1]["median"] / rows[0]["median"]
-    text = "\n".join(["| 2 nodes x 2 workers, inter-node " + ns.rate + " | tokens/s (median) | runs |", "|---|---|---|",
-                      *(f"| {r['entry']} | {r['median']:,.0f} | {', '.join(f'{t:,.0f}' for t in r['tokens_per_sec'])} |"
-                        for r in rows), "", f"two-level / flat: {ratio:.2f}x"])
+    text = "\n".join(
+        [
+            "| 2 nodes x 2 workers, inter-node " + ns.rate + " | tokens/s (median) | runs |",
+            "|---|---|---|",
+            *(
+                f"| {r['entry']} | {r['median']:,.0f} | {', '.join(f'{t:,.0f}' for t in r['tokens_per_sec'])} |"
+                for r in rows
+            ),
+            "",
+            f"two-level / flat: {ratio:.2f}x",
+        ]
+    )
     return rows, text
 
 
@@ -190,8 +264,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--extra", default="", help="more gradsync train flags for every run (e.g. --model tiny)")
     ap.add_argument("--rates", default="100mbit,10mbit", help="time-to-loss: the links between the 2 nodes")
-    ap.add_argument("--strategies", default=STRATEGIES,
-                    help="time-to-loss: ';'-separated strategy[+compressor][@rate] (@rate: at that link only)")
+    ap.add_argument(
+        "--strategies",
+        default=STRATEGIES,
+        help="time-to-loss: ';'-separated strategy[+compressor][@rate] (@rate: at that link only)",
+    )
     ap.add_argument("--target-step", type=int, default=160)
     ap.add_argument("--max-steps", type=int, default=320)
     ap.add_argument("--eval-every", type=int, default=20)

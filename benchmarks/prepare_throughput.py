@@ -29,7 +29,7 @@ def make_corpus(root: Path, total_bytes: int, file_bytes: int = 1 << 20) -> list
         start = (i * 7919 * 1021) % (len(text) - file_bytes)
         path = root / f"{i // 100:03d}" / f"doc{i:05d}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text[start:start + file_bytes])
+        path.write_bytes(text[start : start + file_bytes])
         files.append(path)
         written += file_bytes
         i += 1
@@ -61,8 +61,12 @@ def main() -> None:
                     shutil.rmtree(out)
                 name = "byte" if tokenizer == "byte" else "bpe-4096"
                 rates[(name, workers)] = statistics.median(runs)
-                print(f"{name:9s} workers={workers}: {rates[(name, workers)]:7.1f} MB/s  (runs: "
-                      + ", ".join(f"{x:.1f}" for x in runs) + ")", flush=True)
+                print(
+                    f"{name:9s} workers={workers}: {rates[(name, workers)]:7.1f} MB/s  (runs: "
+                    + ", ".join(f"{x:.1f}" for x in runs)
+                    + ")",
+                    flush=True,
+                )
         for name in ("byte", "bpe-4096"):
             ws = sorted(w for n, w in rates if n == name)
             if len(ws) > 1:

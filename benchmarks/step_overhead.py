@@ -28,10 +28,17 @@ def main() -> None:
     ap.add_argument("--strategies", default="allreduce,bucketed,torch-ddp,zero1,zero2,zero3")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base = build_config(None, {
-        "parallel.nproc": 1, "parallel.threads": 1, "train.progress": False,
-        "train.run_dir": tempfile.mkdtemp(prefix="gradsync-overhead-"),
-        "train.micro_batch": args.micro_batch, "train.global_batch": args.global_batch})
+    base = build_config(
+        None,
+        {
+            "parallel.nproc": 1,
+            "parallel.threads": 1,
+            "train.progress": False,
+            "train.run_dir": tempfile.mkdtemp(prefix="gradsync-overhead-"),
+            "train.micro_batch": args.micro_batch,
+            "train.global_batch": args.global_batch,
+        },
+    )
     data = load_tokens(base.data)
     trainers = {s: Trainer(base.replace(**{"parallel.strategy": s}), data=data) for s in args.strategies.split(",")}
     times: dict[str, list[float]] = {s: [] for s in trainers}
@@ -40,9 +47,9 @@ def main() -> None:
             t0 = time.perf_counter()
             trainer.train_step(step)
             times[name].append(time.perf_counter() - t0)
-    ref = statistics.median(times["torch-ddp"][args.skip:])
+    ref = statistics.median(times["torch-ddp"][args.skip :])
     for name, t in times.items():
-        med = statistics.median(t[args.skip:])
+        med = statistics.median(t[args.skip :])
         print(f"{name:10s} {1e3 * med:7.1f} ms/step  ({med / ref:.3f} x torch-ddp)")
 
 

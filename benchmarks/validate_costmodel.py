@@ -35,20 +35,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradsync.planning import costmodel as cm
 from gradsync.core.catalog import split_entries
 from gradsync.core.config import build_config
 from gradsync.core.files import save_figure
-from gradsync.training.metrics import read_metrics
-from gradsync.planning.plan import workload_of
+from gradsync.planning import costmodel as cm
 from gradsync.planning.calibration_profile import profile_hardware, profile_network
+from gradsync.planning.plan import workload_of
 from gradsync.testing import netns
+from gradsync.training.metrics import read_metrics
 
-STRATEGIES = ("allreduce,bucketed,zero1,zero2,zero3,zero3:prefetch=0,localsgd:4,diloco:4,"
-              "diloco:8,fragments=4,overlap=1,quant=int8,bucketed+fp16,bucketed+powersgd:rank=4,bucketed+int8")
+STRATEGIES = (
+    "allreduce,bucketed,zero1,zero2,zero3,zero3:prefetch=0,localsgd:4,diloco:4,"
+    "diloco:8,fragments=4,overlap=1,quant=int8,bucketed+fp16,bucketed+powersgd:rank=4,bucketed+int8"
+)
 TWO_LEVEL = "bucketed,bucketed:hierarchical=true,zero2,zero2:hybrid=true,zero3,zero3:hybrid=true"
-SETTINGS = ("loopback-1", "loopback-2", "netns-2x1gbit", "netns-2x100mbit", "netns-4x1gbit", "netns-4x100mbit",
-            "netns-2x2x100mbit")
+SETTINGS = (
+    "loopback-1",
+    "loopback-2",
+    "netns-2x1gbit",
+    "netns-2x100mbit",
+    "netns-4x1gbit",
+    "netns-4x100mbit",
+    "netns-2x2x100mbit",
+)
 
 
 def parse_setting(name: str) -> tuple[str, int, str, int]:
@@ -83,22 +92,37 @@ class Runner:
     def run(self, command: str, args: list[str], timeout: float = 900) -> None:
         base = [sys.executable, "-m", "gradsync.cli", command, *self.common, *args]
         if self.cluster is None:
-            r = subprocess.run([*base, "--nproc", str(self.world), "--threads", "1"], cwd=self.work, env=self.env,
-                               capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(
+                [*base, "--nproc", str(self.world), "--threads", "1"],
+                cwd=self.work,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"{command} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
             return
         self._port += 1
-        self.cluster.run_job([*base, "--threads", "1", "--timeout", "120"], self._port, self.per_node, cwd=self.work,
-                             env=self.env, timeout=timeout, logs=self.work)
+        self.cluster.run_job(
+            [*base, "--threads", "1", "--timeout", "120"],
+            self._port,
+            self.per_node,
+            cwd=self.work,
+            env=self.env,
+            timeout=timeout,
+            logs=self.work,
+        )
 
 
 def measured_step(metrics: Path, warmup: int) -> dict[str, float]:
     train = [r for r in read_metrics(metrics) if r["kind"] == "train"][warmup:]
     blocked = [r["comm_blocked_s"] for r in train if r.get("comm_blocked_s") is not None]
-    return {"step_s": statistics.fmean(r["step_time_s"] for r in train),
-            "median_step_s": statistics.median(r["step_time_s"] for r in train),
-            "blocked_s": statistics.fmean(blocked) if blocked else float("nan")}
+    return {
+        "step_s": statistics.fmean(r["step_time_s"] for r in train),
+        "median_step_s": statistics.median(r["step_time_s"] for r in train),
+        "blocked_s": statistics.fmean(blocked) if blocked else float("nan"),
+    }
 
 
 def network_of(setting: str, profile: dict[str, Any], work: Path) -> cm.Network:
@@ -114,8 +138,10 @@ def network_of(setting: str, profile: dict[str, Any], work: Path) -> cm.Network:
     found = {k: work / f"profile-{v}.json" for k, v in parts.items()}
     missing = [parts[k] for k, f in found.items() if not f.exists()]
     if missing:
-        raise SystemExit(f"validate_costmodel: {setting} is priced with the profiles of {' and '.join(parts.values())}; "
-                         f"put {', '.join(missing)} before it in --settings")
+        raise SystemExit(
+            f"validate_costmodel: {setting} is priced with the profiles of {' and '.join(parts.values())}; "
+            f"put {', '.join(missing)} before it in --settings"
+        )
     inter = profile_network(json.loads(found["inter"].read_text()))
     return dataclasses.replace(inter, intra=profile_network(json.loads(found["intra"].read_text())), per_node=per_node)
 
@@ -123,25 +149,48 @@ def network_of(setting: str, profile: dict[str, Any], work: Path) -> cm.Network:
 def validate_setting(setting: str, ns: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     kind, world, rate, per_node = parse_setting(setting)
     gb = ns.micro_batch * world
-    common = ["--model", ns.model, "--data", "synthetic", "--seq-len", str(ns.seq_len), "--micro-batch",
-              str(ns.micro_batch), "--global-batch", str(gb)]
+    common = [
+        "--model",
+        ns.model,
+        "--data",
+        "synthetic",
+        "--seq-len",
+        str(ns.seq_len),
+        "--micro-batch",
+        str(ns.micro_batch),
+        "--global-batch",
+        str(gb),
+    ]
     runner = Runner(setting, work, common)
     rows = []
     try:
         profile_path = work / f"profile-{setting}.json"
         t0 = time.monotonic()
-        runner.run("calibrate", ["--out", str(profile_path), "--max-mb", str(ns.max_mb), "--run-dir",
-                                 str(work / f"cal-{setting}")])
+        runner.run(
+            "calibrate",
+            ["--out", str(profile_path), "--max-mb", str(ns.max_mb), "--run-dir", str(work / f"cal-{setting}")],
+        )
         profile = json.loads(profile_path.read_text())
         print(f"[{setting}] calibrated in {time.monotonic() - t0:.0f}s", flush=True)
         hw = profile_hardware(profile)
         net = network_of(setting, profile, work)
-        cfg = build_config({}, {"model.preset": ns.model, "data.source": "synthetic", "data.seq_len": ns.seq_len,
-                                "train.micro_batch": ns.micro_batch, "train.global_batch": gb,
-                                "parallel.nproc": world})
+        cfg = build_config(
+            {},
+            {
+                "model.preset": ns.model,
+                "data.source": "synthetic",
+                "data.seq_len": ns.seq_len,
+                "train.micro_batch": ns.micro_batch,
+                "train.global_batch": gb,
+                "parallel.nproc": world,
+            },
+        )
         w = workload_of(cfg, profile["compute"]["model"]["vocab"])
-        entries = ["bucketed"] if world == 1 else (ns.two_level if per_node > 1 and kind == "netns"
-                                                   else ns.strategies).split(";")
+        entries = (
+            ["bucketed"]
+            if world == 1
+            else (ns.two_level if per_node > 1 and kind == "netns" else ns.strategies).split(";")
+        )
         for entry in entries:
             strategy, _, compress = entry.partition("+")
             pred = cm.predict(strategy, w, world, hw, net, compress or "none")
@@ -149,21 +198,56 @@ def validate_setting(setting: str, ns: argparse.Namespace, work: Path) -> list[d
             runs = []
             for r in range(ns.repeats):
                 run_dir = work / f"run-{setting}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
-                runner.run("train", ["--strategy", strategy, "--compress", compress or "none", "--max-steps",
-                                     str(steps), "--eval-interval", str(steps), "--eval-sequences", "8",
-                                     "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress",
-                                     "--run-dir", str(run_dir)])
+                runner.run(
+                    "train",
+                    [
+                        "--strategy",
+                        strategy,
+                        "--compress",
+                        compress or "none",
+                        "--max-steps",
+                        str(steps),
+                        "--eval-interval",
+                        str(steps),
+                        "--eval-sequences",
+                        "8",
+                        "--ckpt-interval",
+                        "0",
+                        "--sample-tokens",
+                        "0",
+                        "--no-progress",
+                        "--run-dir",
+                        str(run_dir),
+                    ],
+                )
                 runs.append(measured_step(run_dir / "metrics.jsonl", ns.warmup))
             meas = {k: statistics.median(m[k] for m in runs) for k in runs[0]}
             err = pred.step_s / meas["step_s"] - 1
-            rows.append({"setting": setting, "kind": kind, "world": world, "per_node": per_node, "rate": rate or "loopback",
-                         "strategy": entry, "predicted_s": pred.step_s, "measured_s": meas["step_s"],
-                         "measured_runs_s": [m["step_s"] for m in runs],
-                         "measured_median_s": meas["median_step_s"], "measured_blocked_s": meas["blocked_s"],
-                         "error": err, "compute_s": pred.compute_s, "exposed_comm_s": pred.exposed_comm_s,
-                         "comm_s": pred.comm_s, "optimizer_s": pred.optimizer_s + pred.compression_s})
-            print(f"[{setting}] {entry:26s} predicted {1e3 * pred.step_s:8.1f} ms  measured {1e3 * meas['step_s']:8.1f}"
-                  f" ms (median of {len(runs)})  error {err:+.1%}", flush=True)
+            rows.append(
+                {
+                    "setting": setting,
+                    "kind": kind,
+                    "world": world,
+                    "per_node": per_node,
+                    "rate": rate or "loopback",
+                    "strategy": entry,
+                    "predicted_s": pred.step_s,
+                    "measured_s": meas["step_s"],
+                    "measured_runs_s": [m["step_s"] for m in runs],
+                    "measured_median_s": meas["median_step_s"],
+                    "measured_blocked_s": meas["blocked_s"],
+                    "error": err,
+                    "compute_s": pred.compute_s,
+                    "exposed_comm_s": pred.exposed_comm_s,
+                    "comm_s": pred.comm_s,
+                    "optimizer_s": pred.optimizer_s + pred.compression_s,
+                }
+            )
+            print(
+                f"[{setting}] {entry:26s} predicted {1e3 * pred.step_s:8.1f} ms  measured {1e3 * meas['step_s']:8.1f}"
+                f" ms (median of {len(runs)})  error {err:+.1%}",
+                flush=True,
+            )
     finally:
         runner.close()
     return rows
@@ -171,15 +255,22 @@ def validate_setting(setting: str, ns: argparse.Namespace, work: Path) -> list[d
 
 def summarize(rows: list[dict[str, Any]]) -> str:
     errs = [abs(r["error"]) for r in rows]
-    lines = ["| setting | strategy | predicted ms | measured ms | error | predicted compute / exposed comm / "
-             "optimizer ms |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | strategy | predicted ms | measured ms | error | predicted compute / exposed comm / optimizer ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['strategy']} | {1e3 * r['predicted_s']:.1f} | {1e3 * r['measured_s']:.1f} "
-                     f"| {r['error']:+.1%} | {1e3 * r['compute_s']:.1f} / {1e3 * r['exposed_comm_s']:.1f} / "
-                     f"{1e3 * r['optimizer_s']:.1f} |")
-    lines += ["", f"{len(rows)} runs: median |error| {statistics.median(errs):.1%}, worst {max(errs):.1%} "
-              f"({max(rows, key=lambda r: abs(r['error']))['setting']}, "
-              f"{max(rows, key=lambda r: abs(r['error']))['strategy']})"]
+        lines.append(
+            f"| {r['setting']} | {r['strategy']} | {1e3 * r['predicted_s']:.1f} | {1e3 * r['measured_s']:.1f} "
+            f"| {r['error']:+.1%} | {1e3 * r['compute_s']:.1f} / {1e3 * r['exposed_comm_s']:.1f} / "
+            f"{1e3 * r['optimizer_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"{len(rows)} runs: median |error| {statistics.median(errs):.1%}, worst {max(errs):.1%} "
+        f"({max(rows, key=lambda r: abs(r['error']))['setting']}, "
+        f"{max(rows, key=lambda r: abs(r['error']))['strategy']})",
+    ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         e = [abs(r["error"]) for r in rows if r["setting"] == setting]
         lines.append(f"- {setting}: median |error| {statistics.median(e):.1%}, worst {max(e):.1%}")
@@ -199,8 +290,13 @@ def plot(rows: list[dict[str, Any]], out: Path, profiles: dict[str, dict[str, An
     markers = "os^vD<>pP*hX"
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for r in rows:
-        ax.scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"], color=colours[settings.index(r["setting"]) % 10],
-                   marker=markers[strategies.index(r["strategy"]) % len(markers)], s=40)
+        ax.scatter(
+            1e3 * r["measured_s"],
+            1e3 * r["predicted_s"],
+            color=colours[settings.index(r["setting"]) % 10],
+            marker=markers[strategies.index(r["strategy"]) % len(markers)],
+            s=40,
+        )
     lo = min(min(r["measured_s"], r["predicted_s"]) for r in rows) * 1e3 * 0.8
     hi = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1e3 * 1.25
     ax.plot([lo, hi], [lo, hi], "k-", lw=1)
@@ -254,19 +350,43 @@ def plot(rows: list[dict[str, Any]], out: Path, profiles: dict[str, dict[str, An
         if prof is None or t1 is None or base is None:
             continue
         hw, net = profile_hardware(base), profile_network(prof)
-        cfg = build_config({}, {"model.preset": ns.model, "data.source": "synthetic", "data.seq_len": ns.seq_len,
-                                "train.micro_batch": ns.micro_batch, "train.global_batch": ns.micro_batch,
-                                "parallel.nproc": 1})
+        cfg = build_config(
+            {},
+            {
+                "model.preset": ns.model,
+                "data.source": "synthetic",
+                "data.seq_len": ns.seq_len,
+                "train.micro_batch": ns.micro_batch,
+                "train.global_batch": ns.micro_batch,
+                "parallel.nproc": 1,
+            },
+        )
         w = workload_of(cfg, prof["compute"]["model"]["vocab"])
         for j, strategy in enumerate(("bucketed", "zero2", "localsgd:4")):
             eff = cm.scaling_efficiency(strategy, w, devices, hw, net)
-            ax.plot(devices, [100 * e for e in eff], ls="-" if i == 0 else "--", color=colours[j],
-                    label=f"{strategy}, {rate}: extrapolated")
+            ax.plot(
+                devices,
+                [100 * e for e in eff],
+                ls="-" if i == 0 else "--",
+                color=colours[j],
+                label=f"{strategy}, {rate}: extrapolated",
+            )
             sel = [r for r in rows if r["strategy"] == strategy and r["rate"] == rate and r.get("per_node", 1) == 1]
-            ax.scatter([r["world"] for r in sel], [100 * t1["predicted_s"] / r["predicted_s"] for r in sel],
-                       facecolors="none", edgecolors=colours[j], marker="o" if i == 0 else "s", zorder=3)
-            ax.scatter([r["world"] for r in sel], [100 * t1["measured_s"] / r["measured_s"] for r in sel],
-                       color=colours[j], marker="o" if i == 0 else "s", zorder=3)
+            ax.scatter(
+                [r["world"] for r in sel],
+                [100 * t1["predicted_s"] / r["predicted_s"] for r in sel],
+                facecolors="none",
+                edgecolors=colours[j],
+                marker="o" if i == 0 else "s",
+                zorder=3,
+            )
+            ax.scatter(
+                [r["world"] for r in sel],
+                [100 * t1["measured_s"] / r["measured_s"] for r in sel],
+                color=colours[j],
+                marker="o" if i == 0 else "s",
+                zorder=3,
+            )
     ax.scatter([], [], facecolors="none", edgecolors="grey", label="predicted, as measured (nodes share 2 cores)")
     ax.scatter([], [], color="grey", label="measured")
     ax.set_xscale("log", base=2)
@@ -318,8 +438,9 @@ def main() -> int:
     if ns.out_dir:
         out = Path(ns.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"rows": rows, "profiles": profiles,
-                                                      "command": " ".join(sys.argv)}, indent=1))
+        (out / "results.json").write_text(
+            json.dumps({"rows": rows, "profiles": profiles, "command": " ".join(sys.argv)}, indent=1)
+        )
         (out / "results.md").write_text(f"command: `python {' '.join(sys.argv)}`\n\n{table}\n")
         plot(rows, out, profiles, ns)
         print(f"wrote {', '.join(sorted(f.name for f in out.iterdir()))} in {out}")

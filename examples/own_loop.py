@@ -5,6 +5,7 @@
 Each worker trains a small MLP on its shard of a fixed regression problem; the checkpoint lets a
 second invocation continue where the first stopped (exactly: data is a function of the step).
 """
+
 import argparse
 import os
 
@@ -21,8 +22,7 @@ args = p.parse_args()
 
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 1))
-dp = gradsync.parallelize(model, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2),
-                          strategy=args.strategy)
+dp = gradsync.parallelize(model, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), strategy=args.strategy)
 start = dp.load(args.ckpt)["step"] if os.path.exists(args.ckpt) else 0
 w_true = torch.randn(16, 1, generator=torch.Generator().manual_seed(1))
 for step in range(start, args.steps):

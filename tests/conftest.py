@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,16 @@ TINY: dict[str, dict[str, Any]] = {
     "data": {"source": "synthetic", "seq_len": 16, "synthetic_tokens": 60_000},
     "optim": {"lr": 3e-3, "warmup_steps": 5},
     "parallel": {"nproc": 1, "bucket_mb": 0.02, "first_bucket_mb": 0.005, "timeout_s": 60},
-    "train": {"micro_batch": 8, "global_batch": 8, "max_steps": 20, "eval_interval": 1000,
-              "eval_sequences": 16, "ckpt_interval": 0, "sample_tokens": 0, "progress": False},
+    "train": {
+        "micro_batch": 8,
+        "global_batch": 8,
+        "max_steps": 20,
+        "eval_interval": 1000,
+        "eval_sequences": 16,
+        "ckpt_interval": 0,
+        "sample_tokens": 0,
+        "progress": False,
+    },
 }
 
 

@@ -20,7 +20,7 @@ import shlex
 import statistics
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +39,17 @@ class NumberError(ValueError):
     """A placeholder that cannot be filled from its results file."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def registry(docs: Path = DOCS) -> dict[str, dict[str, Any]]:
     return yaml.safe_load((docs / "numbers.yml").read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables(path: Path) -> list[list[dict[str, str]]]:
     """Every Markdown table of ``path``, as rows of {header: cell}."""
     tables: list[list[dict[str, str]]] = []
@@ -88,8 +88,7 @@ def _raw(name: str, docs: Path) -> tuple[Any, Path | None]:
         names = set(expr_names(spec["expr"])) - {"abs", "min", "max", "round"}
         env = {n: _scaled(n, docs) for n in names}
         first = _raw(sorted(names)[0], docs)[1] if names else None
-        return eval(spec["expr"], {"__builtins__": {}, "abs": abs, "min": min, "max": max,
-                                   "round": round}, env), first
+        return eval(spec["expr"], {"__builtins__": {}, "abs": abs, "min": min, "max": max, "round": round}, env), first
     if "reduce" in spec:
         return _reduced(name, spec, docs)
     path = _file(name, spec["file"], docs)
@@ -193,8 +192,7 @@ def run(cmd: str) -> str:
     argv = shlex.split(cmd)
     if argv[:1] != ["gradsync"]:
         raise NumberError(f"{{{{ run: {cmd} }}}}: only gradsync commands run at build time")
-    out = subprocess.run([sys.executable, "-m", "gradsync.cli", *argv[1:]], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "gradsync.cli", *argv[1:]], capture_output=True, text=True, timeout=120)
     if out.returncode:
         raise NumberError(f"{{{{ run: {cmd} }}}} failed: {out.stderr.strip()[-300:]}")
     return out.stdout.strip()
@@ -211,6 +209,7 @@ def table(file: str, docs: Path = DOCS) -> str:
 
 def render(markdown: str, docs: Path = DOCS) -> str:
     """``markdown`` with every placeholder filled."""
+
     def fill(m: re.Match[str]) -> str:
         kind, body = m.group(1), m.group(2)
         if kind == "command":
@@ -220,6 +219,7 @@ def render(markdown: str, docs: Path = DOCS) -> str:
         if kind == "table":
             return table(body, docs)
         return value(body, docs)
+
     return PLACEHOLDER.sub(fill, markdown)
 
 

@@ -19,18 +19,20 @@ collective timeouts, restarts, one-line errors) or ``torchrun``; run alone, it i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from gradsync.checkpoint import format as ckpt
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm, DistEnv, init_distributed
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel import StepResult, Strategy, build_strategy
+from gradsync.runtime.dist import Comm, DistEnv, init_distributed
 
 SAVED = ("strategy", "rng", "world_size", "extra")  # what Parallel.save writes
 Optimizer = torch.optim.Optimizer | Callable[[nn.Module], torch.optim.Optimizer]
@@ -70,7 +72,7 @@ class Parallel:
     def device(self) -> torch.device:
         return self.env.device
 
-    def micro_step(self, last: bool = True) -> ContextManager[None]:
+    def micro_step(self, last: bool = True) -> AbstractContextManager[None]:
         """Wrap one micro-batch's forward and backward; ``last`` marks the one whose backward
         starts the gradient exchange (earlier ones only accumulate)."""
         return self.strategy.micro_step(last)
@@ -98,8 +100,9 @@ class Parallel:
         rngs = self.strategy.comm.all_gather_object(ckpt.rng_state())
         state = self.state_dict()
         if self.is_main:
-            ckpt.save_checkpoint(Path(path), {"strategy": state, "rng": rngs, "world_size": self.world_size,
-                                              "extra": extra})
+            ckpt.save_checkpoint(
+                Path(path), {"strategy": state, "rng": rngs, "world_size": self.world_size, "extra": extra}
+            )
         self.strategy.comm.all_gather_object(None)  # nobody reads the file before it is complete
 
     def load(self, path: str | Path) -> dict[str, Any]:
@@ -121,25 +124,42 @@ def as_factory(optimizer: Optimizer, model: nn.Module) -> OptimizerFactory:
             raise ConfigError("parallelize: optimizer must be a torch optimizer or a function model -> optimizer")
         return optimizer
     if len(optimizer.param_groups) != 1:
-        raise ConfigError(f"parallelize: the optimizer has {len(optimizer.param_groups)} parameter groups; pass a "
-                          "factory instead, optimizer=lambda m: YourOptimizer(groups_of(m), ...)")
+        raise ConfigError(
+            f"parallelize: the optimizer has {len(optimizer.param_groups)} parameter groups; pass a "
+            "factory instead, optimizer=lambda m: YourOptimizer(groups_of(m), ...)"
+        )
     if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in model.parameters()}:
         raise ConfigError("parallelize: the optimizer must be built over model.parameters() (or pass a factory)")
     cls, settings = type(optimizer), {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     return lambda m: cls(m.parameters(), **settings)
 
 
-def parallelize(model: nn.Module, optimizer: Optimizer, strategy: str = "bucketed", compress: str = "none",
-                *, bucket_mb: float = 25.0, first_bucket_mb: float = 1.0, backend: str = "auto",
-                timeout_s: float = 300.0) -> Parallel:
+def parallelize(
+    model: nn.Module,
+    optimizer: Optimizer,
+    strategy: str = "bucketed",
+    compress: str = "none",
+    *,
+    bucket_mb: float = 25.0,
+    first_bucket_mb: float = 1.0,
+    backend: str = "auto",
+    timeout_s: float = 300.0,
+) -> Parallel:
     """Put ``model`` under a data-parallel ``strategy`` (a spec, as ``--strategy``: ``bucketed``,
     ``zero1``, ``zero2``, ``zero3``, ``localsgd:8``, ``diloco:8``, ``torch-ddp``, ...) with an
     optional gradient ``compress``or (``fp16``, ``powersgd:rank=4``, ...).
 
     Joins the process group the launcher describes (``gradsync run`` or ``torchrun``), or makes
     a world of one; moves the model to this worker's device and replicates rank 0's weights."""
-    cfg = ParallelConfig(nproc=1, strategy=strategy, compress=compress, bucket_mb=bucket_mb,
-                         first_bucket_mb=first_bucket_mb, backend=backend, timeout_s=timeout_s)
+    cfg = ParallelConfig(
+        nproc=1,
+        strategy=strategy,
+        compress=compress,
+        bucket_mb=bucket_mb,
+        first_bucket_mb=first_bucket_mb,
+        backend=backend,
+        timeout_s=timeout_s,
+    )
     env = init_distributed(backend, timeout_s)
     model.to(env.device)
     factory = as_factory(optimizer, model)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.core.args import ArgParser, fail
 from gradsync.core.console import survive_closed_output
@@ -18,21 +18,36 @@ from gradsync.core.errors import EXIT_PREEMPTED, GradsyncError, Preempted, one_l
 
 # name: (module, one-line help). The help is here so that `gradsync --help` imports no command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("gradsync.commands.train", "train a model (--task gpt, bert, image, speech, hf-*, yours) "
-              "with N data-parallel workers (the main job)"),
-    "run": ("gradsync.commands.run", "run your own training script on N workers (launcher, rendezvous, "
-            "timeouts, restarts)"),
-    "prepare": ("gradsync.commands.prepare", "tokenize a corpus once, in parallel, into shards a run memory-maps "
-                "(text, JSON Lines, Parquet, a saved datasets folder)"),
+    "train": (
+        "gradsync.commands.train",
+        "train a model (--task gpt, bert, image, speech, hf-*, yours) with N data-parallel workers (the main job)",
+    ),
+    "run": (
+        "gradsync.commands.run",
+        "run your own training script on N workers (launcher, rendezvous, timeouts, restarts)",
+    ),
+    "prepare": (
+        "gradsync.commands.prepare",
+        "tokenize a corpus once, in parallel, into shards a run memory-maps "
+        "(text, JSON Lines, Parquet, a saved datasets folder)",
+    ),
     "sample": ("gradsync.commands.sample", "what a trained model says: text, or predictions"),
     "export": ("gradsync.commands.export", "write a trained model for other tools (transformers, safetensors)"),
     "bench": ("gradsync.commands.bench", "compare strategies side by side (tokens/s, step time, comm)"),
-    "calibrate": ("gradsync.commands.calibrate", "measure collectives (alpha, beta), compute and optimizer "
-                  "speed for the cost model; writes a JSON profile"),
-    "config": ("gradsync.commands.config", "print the configuration a train with these flags would run: the "
-               "changed keys as TOML, or --show every key with its meaning"),
-    "plan": ("gradsync.commands.plan", "predict step time, tokens/s, MFU and memory of every strategy on a "
-             "cluster, recommend one, plot scaling (the cost model; no GPUs needed)"),
+    "calibrate": (
+        "gradsync.commands.calibrate",
+        "measure collectives (alpha, beta), compute and optimizer speed for the cost model; writes a JSON profile",
+    ),
+    "config": (
+        "gradsync.commands.config",
+        "print the configuration a train with these flags would run: the "
+        "changed keys as TOML, or --show every key with its meaning",
+    ),
+    "plan": (
+        "gradsync.commands.plan",
+        "predict step time, tokens/s, MFU and memory of every strategy on a "
+        "cluster, recommend one, plot scaling (the cost model; no GPUs needed)",
+    ),
 }
 
 
@@ -47,8 +62,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 def _top_level_help() -> str:
     width = max(len(n) for n in COMMANDS)
     rows = "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in COMMANDS.items())
-    return ("usage: gradsync {" + ",".join(COMMANDS) + "} ...\n\nData-parallel training of language models.\n\n"
-            f"commands:\n{rows}\n\n`gradsync COMMAND --help` lists a command's options.")
+    return (
+        "usage: gradsync {" + ",".join(COMMANDS) + "} ...\n\nData-parallel training of language models.\n\n"
+        f"commands:\n{rows}\n\n`gradsync COMMAND --help` lists a command's options."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradsync.core.args import config_from_args
 from gradsync.cli import COMMANDS, build_parser
+from gradsync.core.args import config_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -30,11 +30,13 @@ spec.loader.exec_module(guide_numbers)
 
 def english_pages() -> list[Path]:
     """The site's pages, as mkdocs.yml's nav lists them (the strict build fails on a page left out)."""
+
     def walk(node: object) -> list[str]:
         if isinstance(node, str):
             return [node]
         items = node.values() if isinstance(node, dict) else node
         return [page for item in items for page in walk(item)]
+
     return sorted(DOCS / page for page in walk(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]))
 
 
@@ -56,9 +58,14 @@ def without_comments(code: str) -> list[str]:
 
 
 def test_site_builds_strictly_in_both_languages(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for page in english_pages():
         rel = page.relative_to(DOCS)
@@ -75,10 +82,12 @@ def test_every_page_has_a_complete_translation(page: Path) -> None:
     heading = re.compile(r"^#{1,4} ", re.M)
     assert len(heading.findall(zh_text)) == len(heading.findall(en_text)), "same sections"
     for lang in ("python", "bash", "console"):
-        assert [without_comments(b) for b in blocks(zh, lang)] == \
-               [without_comments(b) for b in blocks(page, lang)], f"same {lang} blocks"
-    assert sorted(guide_numbers.PLACEHOLDER.findall(zh_text)) == \
-           sorted(guide_numbers.PLACEHOLDER.findall(en_text)), "the same measured numbers"
+        assert [without_comments(b) for b in blocks(zh, lang)] == [without_comments(b) for b in blocks(page, lang)], (
+            f"same {lang} blocks"
+        )
+    assert sorted(guide_numbers.PLACEHOLDER.findall(zh_text)) == sorted(guide_numbers.PLACEHOLDER.findall(en_text)), (
+        "the same measured numbers"
+    )
     images = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
     assert images.findall(zh_text) == images.findall(en_text), "the same plots"
     # a translation, not a summary: Chinese runs about 0.3-0.6 characters per English one
@@ -95,8 +104,14 @@ def test_python_blocks_run(page: Path, tmp_path: Path) -> None:
     code = "\n\n".join(f"# ---- block {i + 1}\n{b}" for i, b in enumerate(blocks(page, "python")))
     script = tmp_path / "page.py"
     script.write_text(code, encoding="utf-8")
-    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, f"{page_id(page)}:\n{out.stderr[-3000:]}"
 
 
@@ -109,7 +124,7 @@ def gradsync_commands() -> list[tuple[str, str]]:
                 for part in re.split(r"&&|\|", line):
                     part = part.strip()
                     if re.match(r"^(?:\S*/)?gradsync \w", part):
-                        found.append((str(page.relative_to(ROOT)), part[part.index("gradsync"):]))
+                        found.append((str(page.relative_to(ROOT)), part[part.index("gradsync") :]))
     return found
 
 
@@ -147,8 +162,7 @@ CONSOLE_EXAMPLES = console_examples()
 
 
 @pytest.mark.parametrize("where,cmd,expected", CONSOLE_EXAMPLES, ids=[c for _, c, _ in CONSOLE_EXAMPLES])
-def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expected: list[str],
-                                                     tmp_path: Path) -> None:
+def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expected: list[str], tmp_path: Path) -> None:
     argv = shlex.split(cmd)
     assert argv[0] == "gradsync", f"{where}: console examples are gradsync commands"
     out = subprocess.run([GRADSYNC, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -158,8 +172,10 @@ def test_console_examples_print_what_the_guide_shows(where: str, cmd: str, expec
 
 
 # a decimal with a unit of measurement, a ratio ("1.46×", not the product "2 × 2"), a throughput
-MEASURED = re.compile(r"\d[\d,]*\.\d+\s?(?:ms|s\b|%|x\b|MiB|MB|GB|GiB|nats|tokens/s)"
-                      r"|\d[\d,]*\.\d+\s?×(?!\s*\d)|\d[\d,]{3,}\s?tokens/s")
+MEASURED = re.compile(
+    r"\d[\d,]*\.\d+\s?(?:ms|s\b|%|x\b|MiB|MB|GB|GiB|nats|tokens/s)"
+    r"|\d[\d,]*\.\d+\s?×(?!\s*\d)|\d[\d,]{3,}\s?tokens/s"
+)
 
 
 @pytest.mark.parametrize("page", english_pages() + [chinese(p) for p in english_pages()], ids=page_id)
@@ -189,18 +205,24 @@ def test_every_registered_number_resolves_and_has_its_command() -> None:
 
 
 def test_numbers_are_read_from_the_file_not_typed(tmp_path: Path) -> None:
-    (tmp_path / "t.md").write_text("command: `bench --x`\n\n| strategy | step ms |\n|---|---|\n"
-                                   "| a | 1,234.5 |\n| b | 600.0 |\n| b | 7 |\n", encoding="utf-8")
+    (tmp_path / "t.md").write_text(
+        "command: `bench --x`\n\n| strategy | step ms |\n|---|---|\n| a | 1,234.5 |\n| b | 600.0 |\n| b | 7 |\n",
+        encoding="utf-8",
+    )
     (tmp_path / "r.json").write_text('{"command": "cal", "rows": [{"s": "a", "t": 0.25}]}', encoding="utf-8")
     (tmp_path / "numbers.yml").write_text(
         "a_ms: {file: t.md, match: {strategy: a}, col: step ms}\n"
         "b_ms: {file: t.md, match: {strategy: b}, col: step ms}\n"
         "t_ms: {file: r.json, path: rows, match: {s: a}, field: t, scale: 1000, format: '{:.0f}'}\n"
-        "ratio: {expr: a_ms / t_ms, format: '{:.2f}×'}\n", encoding="utf-8")
+        "ratio: {expr: a_ms / t_ms, format: '{:.2f}×'}\n",
+        encoding="utf-8",
+    )
     guide_numbers.registry.cache_clear()
     try:
-        assert guide_numbers.render("{{ a_ms }} ms, {{ t_ms }} ms, {{ ratio }}; {{ command: t_ms }}",
-                                    tmp_path) == "1,234.5 ms, 250 ms, 4.94×; `cal`"
+        assert (
+            guide_numbers.render("{{ a_ms }} ms, {{ t_ms }} ms, {{ ratio }}; {{ command: t_ms }}", tmp_path)
+            == "1,234.5 ms, 250 ms, 4.94×; `cal`"
+        )
         assert guide_numbers.command("a_ms", tmp_path) == "bench --x"
         with pytest.raises(guide_numbers.NumberError, match="2 rows match"):
             guide_numbers.value("b_ms", tmp_path)

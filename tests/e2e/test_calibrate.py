@@ -42,10 +42,39 @@ def test_trimmed_mean_drops_a_tenth_at_each_end() -> None:
 def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:
     out = tmp_path / "profile.json"
     env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-m", "gradsync.cli", "calibrate", "--nproc", "2", "--threads", "1",
-                        "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
-                        "--global-batch", "8", "--max-mb", "64", "--out", str(out), "--run-dir", "cal"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradsync.cli",
+            "calibrate",
+            "--nproc",
+            "2",
+            "--threads",
+            "1",
+            "--model",
+            "tiny",
+            "--data",
+            "synthetic",
+            "--seq-len",
+            "32",
+            "--micro-batch",
+            "4",
+            "--global-batch",
+            "8",
+            "--max-mb",
+            "64",
+            "--out",
+            str(out),
+            "--run-dir",
+            "cal",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "all_reduce" in r.stdout and "profile written to" in r.stdout
     profile = json.loads(out.read_text())
@@ -58,7 +87,8 @@ def test_calibrate_two_workers_predicts_a_held_out_size(tmp_path: Path) -> None:
     held = next(pt for pt in pts if pt[0] == 16 * 2**20)
     fit = fit_alpha_beta([pt for pt in pts if pt is not held], "all_reduce", 2)
     predicted = cm.Network.uniform("fit", cm.Link(fit["alpha_s"], fit["beta_s_per_byte"])).time(
-        "all_reduce", held[0], 2)
+        "all_reduce", held[0], 2
+    )
     assert abs(predicted / held[1] - 1) <= 0.30, (predicted, held, pts)
     # The profile turns into the cost model's inputs.
     hw, net = profile_hardware(profile), profile_network(profile)

@@ -10,14 +10,28 @@ from pathlib import Path
 
 import pytest
 
-TINY_FLAGS = ["--model", "tiny", "--seq-len", "32", "--micro-batch", "2", "--global-batch", "8",
-              "--eval-sequences", "8", "--sample-tokens", "40", "--no-progress"]
+TINY_FLAGS = [
+    "--model",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "2",
+    "--global-batch",
+    "8",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "40",
+    "--no-progress",
+]
 
 
 def gradsync(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_console_script_is_installed() -> None:
@@ -43,18 +57,17 @@ def test_train_two_workers_leaves_metrics_plot_checkpoint_and_sample(tmp_path: P
     assert "2 worker(s), strategy bucketed, backend gloo" in r.stdout
 
     # Continuing the same run to 8 steps appends to its metrics.
-    r2 = gradsync("train", "--nproc", "2", "--max-steps", "8", "--run-dir", "run", "--resume", *TINY_FLAGS,
-                  cwd=tmp_path)
+    r2 = gradsync(
+        "train", "--nproc", "2", "--max-steps", "8", "--run-dir", "run", "--resume", *TINY_FLAGS, cwd=tmp_path
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "resumed from" in r2.stdout
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if '"train"' in line]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert steps == list(range(1, 9))
 
     # Text from the finished run's latest checkpoint, reproducible with the same seed.
     s1 = gradsync("sample", "run", "--prompt", "import ", "--tokens", "30", cwd=tmp_path)
-    s2 = gradsync("sample", "run/checkpoints/ckpt_0000008.pt", "--prompt", "import ", "--tokens", "30",
-                  cwd=tmp_path)
+    s2 = gradsync("sample", "run/checkpoints/ckpt_0000008.pt", "--prompt", "import ", "--tokens", "30", cwd=tmp_path)
     assert s1.returncode == 0, s1.stderr[-2000:]
     assert s1.stdout.startswith("import ") and s1.stdout == s2.stdout
     _one_line_error(gradsync("sample", "nowhere", cwd=tmp_path), "'nowhere' does not exist")
@@ -69,21 +82,24 @@ def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--data", "does/not/exist"], ["data path 'does/not/exist' does not exist"]),
-    (["--global-batch", "30"], ["train.global_batch (30)", "divisible"]),
-    (["--strategy", "magic"], ["parallel.strategy 'magic' is unknown", "bucketed"]),
-    (["--strategy", "localsgd:0"], ["H must be a positive number of steps, got 0"]),
-    (["--strategy", "diloco:8,outer_lr=fast"], ["outer_lr must be of type float"]),
-    (["--compress", "powersgd:rank=4,colour=red"], ["unknown option 'colour' for powersgd"]),
-    (["--strategy", "zero2", "--compress", "fp16"], ["fp16 is not implemented for strategy zero2"]),
-    (["--strategy", "torch-ddp", "--compress", "topk"], ["topk is not implemented for strategy torch-ddp"]),
-    (["--optimizer", "lion"], ["optim.name 'lion' is unknown"]),
-    (["--precision", "fp8"], ["train.precision 'fp8'"]),
-    (["--nproc", "0"], ["parallel.nproc must be >= 1"]),
-    (["--max-steps", "many"], ["train.max_steps must be of type int"]),
-    (["--frobnicate", "1"], ["unrecognized argument '--frobnicate'"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--data", "does/not/exist"], ["data path 'does/not/exist' does not exist"]),
+        (["--global-batch", "30"], ["train.global_batch (30)", "divisible"]),
+        (["--strategy", "magic"], ["parallel.strategy 'magic' is unknown", "bucketed"]),
+        (["--strategy", "localsgd:0"], ["H must be a positive number of steps, got 0"]),
+        (["--strategy", "diloco:8,outer_lr=fast"], ["outer_lr must be of type float"]),
+        (["--compress", "powersgd:rank=4,colour=red"], ["unknown option 'colour' for powersgd"]),
+        (["--strategy", "zero2", "--compress", "fp16"], ["fp16 is not implemented for strategy zero2"]),
+        (["--strategy", "torch-ddp", "--compress", "topk"], ["topk is not implemented for strategy torch-ddp"]),
+        (["--optimizer", "lion"], ["optim.name 'lion' is unknown"]),
+        (["--precision", "fp8"], ["train.precision 'fp8'"]),
+        (["--nproc", "0"], ["parallel.nproc must be >= 1"]),
+        (["--max-steps", "many"], ["train.max_steps must be of type int"]),
+        (["--frobnicate", "1"], ["unrecognized argument '--frobnicate'"]),
+    ],
+)
 def test_bad_flags_give_one_line_errors(tmp_path: Path, args: list[str], needles: list[str]) -> None:
     _one_line_error(gradsync("train", "--run-dir", "run", *TINY_FLAGS, *args, cwd=tmp_path), *needles)
 
@@ -95,8 +111,10 @@ def test_empty_corpus_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_a_run_folder_that_is_a_file_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("not a folder")
-    _one_line_error(gradsync("train", "--run-dir", "taken", "--nproc", "1", "--data", "synthetic", *TINY_FLAGS,
-                             cwd=tmp_path), "run folder 'taken' is a file")
+    _one_line_error(
+        gradsync("train", "--run-dir", "taken", "--nproc", "1", "--data", "synthetic", *TINY_FLAGS, cwd=tmp_path),
+        "run folder 'taken' is a file",
+    )
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
@@ -110,8 +128,22 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
 def test_incompatible_resume_names_the_fields(tmp_path: Path) -> None:
     r = gradsync("train", "--nproc", "1", "--max-steps", "2", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = gradsync("train", "--nproc", "1", "--max-steps", "4", "--run-dir", "run", "--resume", *TINY_FLAGS,
-                 "--n-layer", "3", "--seed", "5", cwd=tmp_path)
+    r = gradsync(
+        "train",
+        "--nproc",
+        "1",
+        "--max-steps",
+        "4",
+        "--run-dir",
+        "run",
+        "--resume",
+        *TINY_FLAGS,
+        "--n-layer",
+        "3",
+        "--seed",
+        "5",
+        cwd=tmp_path,
+    )
     _one_line_error(r, "different config", "model.n_layer: None -> 3", "train.seed: 1337 -> 5")
 
 
@@ -151,8 +183,22 @@ def test_in_a_file_progress_is_plain_lines_not_a_bar(tmp_path: Path) -> None:
     """stderr not a terminal (a batch job's output file): no bar's carriage returns; a plain line
     every --train.print_interval steps, with loss, throughput and time left."""
     flags = [f for f in TINY_FLAGS if f != "--no-progress"]
-    r = gradsync("train", "--nproc", "2", "--max-steps", "6", "--run-dir", "run", "--data", "synthetic",
-                 "--sample-tokens", "0", "--train.print_interval=3", *flags, cwd=tmp_path)
+    r = gradsync(
+        "train",
+        "--nproc",
+        "2",
+        "--max-steps",
+        "6",
+        "--run-dir",
+        "run",
+        "--data",
+        "synthetic",
+        "--sample-tokens",
+        "0",
+        "--train.print_interval=3",
+        *flags,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\r" not in r.stderr + r.stdout
     plain = [line for line in r.stdout.splitlines() if line.startswith("gradsync: step ")]
@@ -169,8 +215,11 @@ def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path
     assert sorted(key_meanings()) == sorted(all_keys())
     r = gradsync("config", "--lr", "1e-3", "--nproc", "4", "--train.sample_prompt=a\nb", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert tomllib.loads(r.stdout) == {"optim": {"lr": 0.001}, "parallel": {"nproc": 4},
-                                       "train": {"sample_prompt": "a\nb"}}
+    assert tomllib.loads(r.stdout) == {
+        "optim": {"lr": 0.001},
+        "parallel": {"nproc": 4},
+        "train": {"sample_prompt": "a\nb"},
+    }
     shown = gradsync("config", "--show", "--lr", "1e-3", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "lr = 0.001  # peak learning rate, after linear warmup" in shown.stdout
@@ -181,16 +230,40 @@ def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path
 def test_compile_trains_the_same_losses_and_refuses_zero(tmp_path: Path) -> None:
     """--compile (inductor's C++ backend on CPU) under bucketed, 2 workers, 20 steps: the losses of
     the eager run within 1e-5 (measured 2.4e-7); ZeRO is one line."""
-    flags = ["train", "--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "64", "--micro-batch",
-             "4", "--global-batch", "8", "--max-steps", "20", "--sample-tokens", "0", "--no-progress",
-             "--eval-interval", "1000"]
+    flags = [
+        "train",
+        "--nproc",
+        "2",
+        "--model",
+        "tiny",
+        "--data",
+        "synthetic",
+        "--seq-len",
+        "64",
+        "--micro-batch",
+        "4",
+        "--global-batch",
+        "8",
+        "--max-steps",
+        "20",
+        "--sample-tokens",
+        "0",
+        "--no-progress",
+        "--eval-interval",
+        "1000",
+    ]
     runs = {}
     for name, extra in (("compiled", ["--compile"]), ("eager", [])):
         r = gradsync(*flags, "--run-dir", name, *extra, cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                      if '"train"' in line]
+        runs[name] = [
+            json.loads(line)["loss"]
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            if '"train"' in line
+        ]
     assert len(runs["compiled"]) == 20
     assert max(abs(a - b) for a, b in zip(runs["compiled"], runs["eager"])) < 1e-5
-    _one_line_error(gradsync(*flags, "--run-dir", "z", "--compile", "--strategy", "zero3", cwd=tmp_path),
-                    "--compile does not compose with --strategy zero3")
+    _one_line_error(
+        gradsync(*flags, "--run-dir", "z", "--compile", "--strategy", "zero3", cwd=tmp_path),
+        "--compile does not compose with --strategy zero3",
+    )

@@ -4,6 +4,7 @@ parameters of a run that was never interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -19,15 +20,44 @@ import torch
 from gradsync.checkpoint import format as ckpt
 from gradsync.core.errors import EXIT_PREEMPTED
 
-ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
-        "--global-batch", "8", "--max-steps", "300", "--ckpt-interval", "50", "--eval-interval", "1000",
-        "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress", "--model.dropout=0.1"]
+ARGS = [
+    "--nproc",
+    "2",
+    "--model",
+    "tiny",
+    "--data",
+    "synthetic",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--max-steps",
+    "300",
+    "--ckpt-interval",
+    "50",
+    "--eval-interval",
+    "1000",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+    "--model.dropout=0.1",
+]
 
 
 def _start(cwd: Path, run: str, *extra: str) -> subprocess.Popen[str]:
     env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", run, *extra],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", run, *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _workers(agent: int) -> list[int]:
@@ -76,8 +106,11 @@ def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_p
 
     a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "faulty")
     assert all(torch.equal(a[k], b[k]) for k in a), "the restarted run ended with different parameters"
-    steps = [json.loads(line)["step"] for line in (tmp_path / "faulty" / "metrics.jsonl").read_text().splitlines()
-             if '"kind": "train"' in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "faulty" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "train"' in line
+    ]
     assert steps == list(range(1, 301)), "metrics after the last checkpoint were logged twice"
 
 
@@ -103,10 +136,8 @@ def test_a_stalled_worker_is_an_error_within_the_timeout_not_a_hang(tmp_path: Pa
         _, err = run.communicate(timeout=120)
     finally:
         for pid in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert run.returncode == 2, err[-3000:]
     assert time.time() - t0 < 60
     assert "gradsync: error: [rank 0] rank 0: all_reduce failed while waiting up to 6s for the other ranks" in err
@@ -122,8 +153,12 @@ def test_workers_die_with_a_launcher_killed_by_sigkill(tmp_path: Path) -> None:
     deadline = time.time() + 15
     alive = victims
     while alive and time.time() < deadline:
-        alive = [p for p in victims if Path(f"/proc/{p}").exists()
-                 and (Path(f"/proc/{p}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = [
+            p
+            for p in victims
+            if Path(f"/proc/{p}").exists()
+            and (Path(f"/proc/{p}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        ]
         time.sleep(0.1)
     assert not alive, f"workers {alive} outlived their launcher"
     found = ckpt.list_checkpoints(tmp_path / "run")
@@ -145,8 +180,10 @@ def test_the_rank_that_died_is_the_rank_named(tmp_path: Path) -> None:
     os.kill(next(p for p in victims if _rank_of(p) == 1), signal.SIGKILL)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 2
-    assert err.strip().splitlines()[-1] == \
-        "gradsync: error: worker rank 1 was killed by SIGKILL; the other workers were stopped", err[-2000:]
+    assert (
+        err.strip().splitlines()[-1]
+        == "gradsync: error: worker rank 1 was killed by SIGKILL; the other workers were stopped"
+    ), err[-2000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -184,11 +221,19 @@ def test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -
     _workers_after(first, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
     env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
     for extra in (["--resume"], ["--resume", "--nproc", "1"]):
-        r = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run", *extra],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run", *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2, r.stderr[-2000:]
-        assert r.stderr.strip().splitlines() == [
-            r.stderr.strip().splitlines()[-1]] and "is in use by another gradsync run" in r.stderr, r.stderr
+        assert (
+            r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]
+            and "is in use by another gradsync run" in r.stderr
+        ), r.stderr
         assert f"PID {first.pid}" in r.stderr
     assert first.poll() is None  # the first run was not disturbed
     first.kill()
@@ -210,12 +255,33 @@ def test_a_silent_listener_on_the_rendezvous_port_is_one_line_within_the_timeout
         silent.listen(8)  # the kernel completes the handshake; nobody ever reads or writes
         port = silent.getsockname()[1]
         t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run",
-                            "--timeout", "4", "--global-batch", "16", "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"],
-                           cwd=tmp_path, env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gradsync.cli",
+                "train",
+                *ARGS,
+                "--run-dir",
+                "run",
+                "--timeout",
+                "4",
+                "--global-batch",
+                "16",
+                "--nnodes",
+                "2",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=tmp_path,
+            env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert r.returncode == 2, r.stderr[-2000:]
     assert time.time() - t0 < 40
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"the rendezvous store at 127.0.0.1:{port} could not be reached within 4s" in lines[0], \
+    assert len(lines) == 1 and f"the rendezvous store at 127.0.0.1:{port} could not be reached within 4s" in lines[0], (
         r.stderr[-2000:]
+    )

@@ -16,14 +16,35 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-LM_FLAGS = ["--model", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
-            "--max-steps", "4", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
+LM_FLAGS = [
+    "--model",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--max-steps",
+    "4",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+]
 
 
 def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
     full = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1", **env)
-    return subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -47,8 +68,9 @@ def test_export_to_transformers_gives_the_same_logits(tmp_path: Path) -> None:
 
     data = corpus(tmp_path)
     for task, cls in (("gpt", GPT2LMHeadModel), ("bert", BertForMaskedLM)):
-        r = cli("train", "--task", task, "--nproc", "1", "--data", str(data), "--run-dir", task, *LM_FLAGS,
-                     cwd=tmp_path)
+        r = cli(
+            "train", "--task", task, "--nproc", "1", "--data", str(data), "--run-dir", task, *LM_FLAGS, cwd=tmp_path
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         e = cli("export", task, f"{task}-hf", "--format", "hf", cwd=tmp_path)
         assert e.returncode == 0, e.stderr[-2000:]
@@ -75,9 +97,27 @@ def test_image_run_exports_as_safetensors_and_not_as_hf(tmp_path: Path) -> None:
 
     from gradsync.tasks import load_trained
 
-    r = cli("train", "--task", "image", "--image.width", "8", "--nproc", "1", "--micro-batch", "8",
-                 "--global-batch", "8", "--max-steps", "3", "--sample-tokens", "4", "--no-progress",
-                 "--run-dir", "img", cwd=tmp_path)
+    r = cli(
+        "train",
+        "--task",
+        "image",
+        "--image.width",
+        "8",
+        "--nproc",
+        "1",
+        "--micro-batch",
+        "8",
+        "--global-batch",
+        "8",
+        "--max-steps",
+        "3",
+        "--sample-tokens",
+        "4",
+        "--no-progress",
+        "--run-dir",
+        "img",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "4 of 359 test examples" in (tmp_path / "img" / "sample.txt").read_text()
     e = cli("export", "img", "img-st", "--format", "safetensors", cwd=tmp_path)
@@ -144,12 +184,32 @@ MY_TASK = textwrap.dedent('''
 
 def test_your_own_task_by_factory_and_in_python(tmp_path: Path) -> None:
     (tmp_path / "mytask.py").write_text(MY_TASK)
-    r = cli("train", "--task", "mytask:make", "--nproc", "2", "--strategy", "zero2", "--micro-batch", "8",
-                 "--global-batch", "32", "--max-steps", "60", "--lr", "1e-2", "--no-progress", "--run-dir", "mine",
-                 cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    r = cli(
+        "train",
+        "--task",
+        "mytask:make",
+        "--nproc",
+        "2",
+        "--strategy",
+        "zero2",
+        "--micro-batch",
+        "8",
+        "--global-batch",
+        "32",
+        "--max-steps",
+        "60",
+        "--lr",
+        "1e-2",
+        "--no-progress",
+        "--run-dir",
+        "mine",
+        cwd=tmp_path,
+        PYTHONPATH=str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    evals = [json.loads(line) for line in (tmp_path / "mine" / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [
+        json.loads(line) for line in (tmp_path / "mine" / "metrics.jsonl").read_text().splitlines() if '"eval"' in line
+    ]
     assert evals[-1]["val_loss"] < 0.1, evals[-1]
     assert "task regression" in r.stdout
 
@@ -161,15 +221,26 @@ def test_your_own_task_by_factory_and_in_python(tmp_path: Path) -> None:
         from gradsync import build_config
         from gradsync.testing import run_world
 
-        cfg = build_config(None, {"train.run_dir": str(tmp_path / "py"), "train.micro_batch": 8,
-                                           "train.global_batch": 8, "train.max_steps": 5, "train.progress": False,
-                                           "parallel.nproc": 1, "train.sample_tokens": 0})
+        cfg = build_config(
+            None,
+            {
+                "train.run_dir": str(tmp_path / "py"),
+                "train.micro_batch": 8,
+                "train.global_batch": 8,
+                "train.max_steps": 5,
+                "train.progress": False,
+                "parallel.nproc": 1,
+                "train.sample_tokens": 0,
+            },
+        )
         out = run_world(1, _fit, cfg, mytask.make(cfg))[0]
         assert out == 5
     finally:
         sys.path.remove(str(tmp_path))
-    one_line_error(cli("train", "--task", "nosuch.module:make", "--nproc", "1", cwd=tmp_path),
-                   "task 'nosuch.module:make' cannot be imported")
+    one_line_error(
+        cli("train", "--task", "nosuch.module:make", "--nproc", "1", cwd=tmp_path),
+        "task 'nosuch.module:make' cannot be imported",
+    )
 
 
 def _fit(rank: int, cfg: object, task: object) -> int:
@@ -179,15 +250,16 @@ def _fit(rank: int, cfg: object, task: object) -> int:
 
 
 def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) -> None:
-    from gradsync.checkpoint import format as ckpt
     from gradsync.api import SAVED
+    from gradsync.checkpoint import format as ckpt
 
     script = str(REPO / "examples" / "own_loop.py")
     runs = {"straight": [("40", "a.pt")], "split": [("20", "b.pt"), ("40", "b.pt")]}
     for steps_and_files in runs.values():
         for steps, file in steps_and_files:
-            r = cli("run", "--nproc", "2", script, "--strategy", "zero2", "--steps", steps, "--ckpt", file,
-                         cwd=tmp_path)
+            r = cli(
+                "run", "--nproc", "2", script, "--strategy", "zero2", "--steps", steps, "--ckpt", file, cwd=tmp_path
+            )
             assert r.returncode == 0, r.stderr[-2000:]
     a = ckpt.load_checkpoint(tmp_path / "a.pt", SAVED)
     b = ckpt.load_checkpoint(tmp_path / "b.pt", SAVED)
@@ -199,16 +271,20 @@ def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) ->
 
 def test_bad_task_input_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
-    one_line_error(cli("train", "--task", "hf-causal-lm", "--hf.config", "bad.json", "--nproc", "1",
-                            cwd=tmp_path), "is not valid JSON")
+    one_line_error(
+        cli("train", "--task", "hf-causal-lm", "--hf.config", "bad.json", "--nproc", "1", cwd=tmp_path),
+        "is not valid JSON",
+    )
     (tmp_path / "notype.json").write_text('{"n_layer": 2}')
-    one_line_error(cli("train", "--task", "hf-causal-lm", "--hf.config", "notype.json", "--nproc", "1",
-                            cwd=tmp_path), "model_type")
+    one_line_error(
+        cli("train", "--task", "hf-causal-lm", "--hf.config", "notype.json", "--nproc", "1", cwd=tmp_path), "model_type"
+    )
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "a.png").write_bytes(b"")
-    one_line_error(cli("train", "--task", "image", "--image.source", "flat", "--nproc", "1", cwd=tmp_path),
-                   "no class subfolders")
+    one_line_error(
+        cli("train", "--task", "image", "--image.source", "flat", "--nproc", "1", cwd=tmp_path), "no class subfolders"
+    )
     speech = tmp_path / "speech" / "yes"
     speech.mkdir(parents=True)
     with wave.open(str(speech / "a.wav"), "wb") as w:
@@ -216,8 +292,10 @@ def test_bad_task_input_is_one_line(tmp_path: Path) -> None:
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(np.zeros(8000, dtype="<i2").tobytes())
-    one_line_error(cli("train", "--task", "speech", "--speech.source", "speech", "--nproc", "1",
-                            cwd=tmp_path), "sampled at 8000 Hz")
+    one_line_error(
+        cli("train", "--task", "speech", "--speech.source", "speech", "--nproc", "1", cwd=tmp_path),
+        "sampled at 8000 Hz",
+    )
 
 
 def test_fine_tune_pretrained_hf_weights_with_their_tokenizer(tmp_path: Path) -> None:
@@ -231,24 +309,54 @@ def test_fine_tune_pretrained_hf_weights_with_their_tokenizer(tmp_path: Path) ->
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train([str(data)], trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train(
+        [str(data)],
+        trainers.BpeTrainer(vocab_size=300, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     torch.manual_seed(5)
-    pretrained = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(),
-                                            n_positions=64))
+    pretrained = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tok.get_vocab_size(), n_positions=64)
+    )
     pretrained.save_pretrained(tmp_path / "pretrained")
 
-    over = {"task.name": "hf-causal-lm", "hf.pretrained": str(tmp_path / "pretrained"), "data.source": str(data),
-            "data.tokenizer": str(tmp_path / "tokenizer.json"), "data.seq_len": 32}
+    over = {
+        "task.name": "hf-causal-lm",
+        "hf.pretrained": str(tmp_path / "pretrained"),
+        "data.source": str(data),
+        "data.tokenizer": str(tmp_path / "tokenizer.json"),
+        "data.seq_len": 32,
+    }
     model = build_task(build_config(None, over)).build_model()
     assert all(torch.equal(model.state_dict()[f"hf.{k}"], v) for k, v in pretrained.state_dict().items())
 
-    flags = ["--task", "hf-causal-lm", "--hf.pretrained", "pretrained", "--data", str(data),
-             "--tokenizer", "tokenizer.json", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
-             "--max-steps", "3", "--sample-tokens", "5", "--no-progress", "--nproc", "1"]
+    flags = [
+        "--task",
+        "hf-causal-lm",
+        "--hf.pretrained",
+        "pretrained",
+        "--data",
+        str(data),
+        "--tokenizer",
+        "tokenizer.json",
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "4",
+        "--global-batch",
+        "8",
+        "--max-steps",
+        "3",
+        "--sample-tokens",
+        "5",
+        "--no-progress",
+        "--nproc",
+        "1",
+    ]
     r = cli("train", *flags, "--run-dir", "ft", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ft" / "tokenizer.json").is_file()
-    one_line_error(cli("train", *flags, "--run-dir", "bad", "--tokenizer", "missing.json", cwd=tmp_path),
-                   "tokenizer file 'missing.json' does not exist")
+    one_line_error(
+        cli("train", *flags, "--run-dir", "bad", "--tokenizer", "missing.json", cwd=tmp_path),
+        "tokenizer file 'missing.json' does not exist",
+    )

@@ -32,9 +32,34 @@ from gradsync.testing import netns
 _why = netns.unavailable_reason()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"multi-node tests need network namespaces: {_why}")
 
-ARGS = ["--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
-        "--max-steps", "300", "--ckpt-interval", "50", "--eval-interval", "1000", "--eval-sequences", "8",
-        "--sample-tokens", "0", "--no-progress", "--model.dropout=0.1", "--threads", "1", "--run-dir", "run"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "synthetic",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--max-steps",
+    "300",
+    "--ckpt-interval",
+    "50",
+    "--eval-interval",
+    "1000",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+    "--model.dropout=0.1",
+    "--threads",
+    "1",
+    "--run-dir",
+    "run",
+]
 
 
 class Node:
@@ -43,9 +68,26 @@ class Node:
     def __init__(self, cluster: netns.Cluster, i: int, cwd: Path, *extra: str, timeout: int) -> None:
         self.out, self.err = cwd / f"node{i}-{time.monotonic_ns()}.out", cwd / f"node{i}-{time.monotonic_ns()}.err"
         env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--nnodes", "2", "--nproc", "1",
-                "--rdzv-endpoint", f"{cluster.addrs[0]}:29400", "--rdzv-id", "faults",
-                "--local-addr", cluster.addrs[i], "--timeout", str(timeout), *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "gradsync.cli",
+            "train",
+            *ARGS,
+            "--nnodes",
+            "2",
+            "--nproc",
+            "1",
+            "--rdzv-endpoint",
+            f"{cluster.addrs[0]}:29400",
+            "--rdzv-id",
+            "faults",
+            "--local-addr",
+            cluster.addrs[i],
+            "--timeout",
+            str(timeout),
+            *extra,
+        ]
         self.proc = cluster.popen(i, argv, cwd=cwd, env=env, stdout=self.out.open("w"), stderr=self.err.open("w"))
 
     def finish(self, within: float) -> tuple[int, str, str]:
@@ -99,14 +141,22 @@ def test_node_dies_and_comes_back_resumes_to_the_uninterrupted_result(cluster: n
     assert "rank 0" in first and "all_reduce failed" in first and "peer" in first, first
     assert "resumed from run/checkpoints/ckpt_0000" in out_a
     assert time.monotonic() - t_kill < 180
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if '"train"' in ln]
+    steps = [
+        json.loads(ln)["step"]
+        for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in ln
+    ]
     assert steps == list(range(1, 301)), "every step logged exactly once across the restart"
 
     # The same job, never interrupted, on one node with two workers: bitwise the same parameters.
-    ref = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS[:-1], "ref", "--nproc", "2"],
-                         cwd=tmp_path, env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
-                         capture_output=True, text=True, timeout=180)
+    ref = subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", "train", *ARGS[:-1], "ref", "--nproc", "2"],
+        cwd=tmp_path,
+        env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     got, want = _final_params(tmp_path / "run"), _final_params(tmp_path / "ref")
     assert got.keys() == want.keys()
@@ -115,8 +165,9 @@ def test_node_dies_and_comes_back_resumes_to_the_uninterrupted_result(cluster: n
 
 
 @pytest.mark.parametrize("dead", [1, 0], ids=["worker-node-dies", "rendezvous-host-dies"])
-def test_a_node_that_stays_dead_stops_the_other_with_one_line(cluster: netns.Cluster, tmp_path: Path,
-                                                               dead: int) -> None:
+def test_a_node_that_stays_dead_stops_the_other_with_one_line(
+    cluster: netns.Cluster, tmp_path: Path, dead: int
+) -> None:
     nodes = [Node(cluster, 0, tmp_path, "--max-restarts", "1", timeout=8)]
     time.sleep(0.5)
     nodes.append(Node(cluster, 1, tmp_path, "--max-restarts", "1", timeout=8))

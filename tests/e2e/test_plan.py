@@ -10,13 +10,25 @@ import pytest
 
 
 def _plan(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gradsync.cli", "plan", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", "plan", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plan_124m_on_8_a100_over_100gbe(tmp_path: Path) -> None:
-    r = _plan("--model", "124m", "--devices", "8", "--device", "a100-80gb", "--network", "100gbe",
-              "--plot", "scaling.png", cwd=tmp_path)
+    r = _plan(
+        "--model",
+        "124m",
+        "--devices",
+        "8",
+        "--device",
+        "a100-80gb",
+        "--network",
+        "100gbe",
+        "--plot",
+        "scaling.png",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "124.4M parameters" in r.stdout and "8 x A100 80GB" in r.stdout
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| strategy")]
@@ -29,8 +41,9 @@ def test_plan_124m_on_8_a100_over_100gbe(tmp_path: Path) -> None:
 
 
 def test_plan_says_when_nothing_fits(tmp_path: Path) -> None:
-    r = _plan("--params", "7e10", "--devices", "2", "--global-batch", "2", "--device", "a100-40gb", "--plot", "",
-              cwd=tmp_path)
+    r = _plan(
+        "--params", "7e10", "--devices", "2", "--global-batch", "2", "--device", "a100-40gb", "--plot", "", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert "recommendation: none: nothing fits" in r.stdout
 
@@ -49,19 +62,22 @@ def test_an_8b_model_at_8k_tokens_fits_with_activation_checkpointing(tmp_path: P
     assert "activation checkpointing" in rec.split(":")[1], rec
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--device", "tpu-v9"), "unknown device 'tpu-v9'"),
-    (("--devices", "0"), "--devices must be >= 1"),
-    (("--bandwidth-gbps", "-10", "--latency-us", "5"), "bandwidth must be > 0"),
-    (("--latency-us", "5"), "--latency-us needs --bandwidth-gbps"),
-    (("--network", "carrier-pigeon"), "unknown network 'carrier-pigeon'"),
-    (("--model", "gpt5"), "unknown model 'gpt5'"),
-    (("--global-batch", "100", "--devices", "8"), "must be divisible by the number of devices"),
-    (("--device", "missing.json"), "calibration profile 'missing.json' does not exist"),
-    (("--params", "nan"), "--params must be between 1e5 and 1e13, got nan"),
-    (("--efficiency", "0"), "--efficiency must be in (0, 1], got 0.0"),
-    (("--gpus-per-node", "3", "--devices", "8"), "must be a whole number of nodes of --gpus-per-node (3)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--device", "tpu-v9"), "unknown device 'tpu-v9'"),
+        (("--devices", "0"), "--devices must be >= 1"),
+        (("--bandwidth-gbps", "-10", "--latency-us", "5"), "bandwidth must be > 0"),
+        (("--latency-us", "5"), "--latency-us needs --bandwidth-gbps"),
+        (("--network", "carrier-pigeon"), "unknown network 'carrier-pigeon'"),
+        (("--model", "gpt5"), "unknown model 'gpt5'"),
+        (("--global-batch", "100", "--devices", "8"), "must be divisible by the number of devices"),
+        (("--device", "missing.json"), "calibration profile 'missing.json' does not exist"),
+        (("--params", "nan"), "--params must be between 1e5 and 1e13, got nan"),
+        (("--efficiency", "0"), "--efficiency must be in (0, 1], got 0.0"),
+        (("--gpus-per-node", "3", "--devices", "8"), "must be a whole number of nodes of --gpus-per-node (3)"),
+    ],
+)
 def test_plan_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     r = _plan(*args, "--plot", "", cwd=tmp_path)
     assert r.returncode == 2
@@ -73,13 +89,27 @@ def _profile(path: Path, beta: float) -> None:
     """A calibration profile with chosen numbers (the format `gradsync calibrate` writes)."""
     import json
 
-    coll = {op: {"alpha_s": 1e-4, "beta_s_per_byte": beta, "residual": 0.0, "points": []}
-            for op in ("all_reduce", "reduce_scatter", "all_gather", "broadcast")}
-    path.write_text(json.dumps({
-        "version": 1, "device": "test CPU", "backend": "gloo", "world_size": 2, "threads": 1,
-        "peak_flops": 5e10, "memory_bytes": 8e9, "optimizer_s_per_param": 5e-9, "elementwise_s_per_elem": 1e-10,
-        "compute": {"flops_per_token": 3e5, "tokens": 128, "forward_s": 1e-3, "backward_s": 2e-3},
-        "collectives": coll}))
+    coll = {
+        op: {"alpha_s": 1e-4, "beta_s_per_byte": beta, "residual": 0.0, "points": []}
+        for op in ("all_reduce", "reduce_scatter", "all_gather", "broadcast")
+    }
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "device": "test CPU",
+                "backend": "gloo",
+                "world_size": 2,
+                "threads": 1,
+                "peak_flops": 5e10,
+                "memory_bytes": 8e9,
+                "optimizer_s_per_param": 5e-9,
+                "elementwise_s_per_elem": 1e-10,
+                "compute": {"flops_per_token": 3e5, "tokens": 128, "forward_s": 1e-3, "backward_s": 2e-3},
+                "collectives": coll,
+            }
+        )
+    )
 
 
 def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
@@ -87,11 +117,39 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
 
     _profile(tmp_path / "p.json", beta=1e-8)  # a slow link: 100 MB/s
     env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
-    args = [sys.executable, "-m", "gradsync.cli", "train", "--nproc", "2", "--model", "tiny", "--data", "synthetic",
-            "--seq-len", "16", "--micro-batch", "4", "--global-batch", "8", "--max-steps", "3",
-            "--sample-tokens", "0", "--no-progress", "--strategy", "auto"]
-    r = subprocess.run([*args, "--parallel.profile", "p.json", "--bucket-mb", "0", "--run-dir", "a"], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=180)
+    args = [
+        sys.executable,
+        "-m",
+        "gradsync.cli",
+        "train",
+        "--nproc",
+        "2",
+        "--model",
+        "tiny",
+        "--data",
+        "synthetic",
+        "--seq-len",
+        "16",
+        "--micro-batch",
+        "4",
+        "--global-batch",
+        "8",
+        "--max-steps",
+        "3",
+        "--sample-tokens",
+        "0",
+        "--no-progress",
+        "--strategy",
+        "auto",
+    ]
+    r = subprocess.run(
+        [*args, "--parallel.profile", "p.json", "--bucket-mb", "0", "--run-dir", "a"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     chosen = r.stdout.split("--strategy auto chose ", 1)[1].split(":", 1)[0]
     assert chosen in ("bucketed", "zero1", "zero2", "zero3")
@@ -100,7 +158,8 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
     from gradsync.core.config import load_toml
 
     assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 1.0  # what the workers read
-    missing = subprocess.run([*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=180)
+    missing = subprocess.run(
+        [*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
     assert missing.returncode == 2
     assert "does not exist; run `gradsync calibrate` first" in missing.stderr.strip().splitlines()[-1]

@@ -16,14 +16,34 @@ import torch
 
 from gradsync.checkpoint import format as ckpt
 
-TRAIN = ["--nproc", "2", "--model", "tiny", "--seq-len", "32", "--micro-batch", "4", "--global-batch", "8",
-         "--max-steps", "6", "--eval-interval", "3", "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
+TRAIN = [
+    "--nproc",
+    "2",
+    "--model",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--max-steps",
+    "6",
+    "--eval-interval",
+    "3",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+]
 
 
 def _gradsync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"))
-    r = subprocess.run([sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -35,11 +55,25 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("tokenizer", ["bpe"])  # byte passes too; one keeps the suite short
 def test_prepared_shards_train_exactly_like_tokenizing_in_the_run(tmp_path: Path, tokenizer: str) -> None:
     corpus = tmp_path / "corpus"
-    shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / "email", corpus,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(sysconfig.get_paths()["stdlib"]) / "email", corpus, ignore=shutil.ignore_patterns("__pycache__")
+    )
     extra = ["--tokenizer", tokenizer, "--data.bpe_vocab_size=320"]
-    r = _gradsync(tmp_path, "prepare", "corpus", "shards", "--workers", "2", "--shard-tokens", "20000",
-                  "--tokenizer", tokenizer, "--bpe-vocab-size", "320", "--no-progress")
+    r = _gradsync(
+        tmp_path,
+        "prepare",
+        "corpus",
+        "shards",
+        "--workers",
+        "2",
+        "--shard-tokens",
+        "20000",
+        "--tokenizer",
+        tokenizer,
+        "--bpe-vocab-size",
+        "320",
+        "--no-progress",
+    )
     assert "split by document" in r.stdout and "with 2 process(es)" in r.stdout
     assert len(list((tmp_path / "shards").glob("train_*.bin"))) > 3  # sequences cross shard ends
 

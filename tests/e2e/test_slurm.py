@@ -19,9 +19,31 @@ from gradsync.core import slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm" / "train.sbatch"
-ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
-        "--global-batch", "8", "--max-steps", "150", "--ckpt-interval", "50", "--eval-interval", "1000",
-        "--eval-sequences", "8", "--sample-tokens", "0", "--no-progress"]
+ARGS = [
+    "--nproc",
+    "2",
+    "--model",
+    "tiny",
+    "--data",
+    "synthetic",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--max-steps",
+    "150",
+    "--ckpt-interval",
+    "50",
+    "--eval-interval",
+    "1000",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+]
 
 FAKE_SRUN = """#!/bin/bash
 # srun on one host: its own options dropped, one task with a one-node job step's environment
@@ -43,17 +65,30 @@ def _job(tmp_path: Path) -> tuple[dict[str, str], Path]:
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "scontrol.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}", SCONTROL_LOG=str(log),
-               SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST=socket.gethostname(),
-               GRADSYNC_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}",
+        SCONTROL_LOG=str(log),
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_JOB_NODELIST=socket.gethostname(),
+        GRADSYNC_CACHE=str(tmp_path / "cache"),
+        PYTHONUNBUFFERED="1",
+    )
     return env, log
 
 
 def test_sbatch_is_preempted_requeues_and_the_requeued_job_finishes(tmp_path: Path) -> None:
     env, log = _job(tmp_path)
     run = tmp_path / "runs" / "slurm-4242"
-    first = subprocess.Popen(["bash", str(SBATCH), *ARGS], cwd=tmp_path, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    first = subprocess.Popen(
+        ["bash", str(SBATCH), *ARGS],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while not ckpt.list_checkpoints(run) and time.time() < deadline and first.poll() is None:
         time.sleep(0.1)
@@ -68,11 +103,14 @@ def test_sbatch_is_preempted_requeues_and_the_requeued_job_finishes(tmp_path: Pa
     assert 50 <= stopped_at < 150
 
     log.unlink()
-    second = subprocess.run(["bash", str(SBATCH), *ARGS], cwd=tmp_path, env=env, text=True,
-                            capture_output=True, timeout=300)
+    second = subprocess.run(
+        ["bash", str(SBATCH), *ARGS], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"gradsync: resumed from runs/slurm-4242/checkpoints/ckpt_{stopped_at:07d}.pt at step {stopped_at}" \
-        in second.stdout, second.stdout[-2000:]
+    assert (
+        f"gradsync: resumed from runs/slurm-4242/checkpoints/ckpt_{stopped_at:07d}.pt at step {stopped_at}"
+        in second.stdout
+    ), second.stdout[-2000:]
     assert not log.exists()  # a finished job is not requeued
     assert ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["step"] == 150
     assert (run / "summary.json").is_file()
@@ -96,15 +134,39 @@ def test_a_two_node_job_step_trains_with_the_rendezvous_slurm_gives(tmp_path: Pa
     the job id, and both train together with nothing but the environment."""
     env, _ = _job(tmp_path)
     job = _free_job_id()
-    step = dict(env, SLURM_JOB_ID=job, SLURM_STEP_NUM_NODES="2", SLURM_STEP_NUM_TASKS="2",
-                SLURM_STEP_NODELIST="localhost,localhost")
+    step = dict(
+        env,
+        SLURM_JOB_ID=job,
+        SLURM_STEP_NUM_NODES="2",
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_NODELIST="localhost,localhost",
+    )
     args = [a if a != "2" or i == 0 or ARGS[i - 1] != "--nproc" else "1" for i, a in enumerate(ARGS)]
-    nodes = [subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *args, "--max-steps", "8",
-                               "--run-dir", "run", "--timeout", "60"],
-                              cwd=tmp_path, env=dict(step, SLURM_NODEID=str(n)), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gradsync.cli",
+                "train",
+                *args,
+                "--max-steps",
+                "8",
+                "--run-dir",
+                "run",
+                "--timeout",
+                "60",
+            ],
+            cwd=tmp_path,
+            env=dict(step, SLURM_NODEID=str(n)),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in (0, 1)
+    ]
     outs = [n.communicate(timeout=240) for n in nodes]
-    for n, (out, err) in zip(nodes, outs):
+    for n, (_, err) in zip(nodes, outs):
         assert n.returncode == 0, err[-3000:]
     port = slurm.rendezvous_port(job)
     assert f"gradsync: Slurm job {job}: node 1 of 2, 1 worker(s) per node, rendezvous at localhost:{port}" in outs[1][1]

@@ -29,14 +29,44 @@ runs = SQLiteStorage.get_runs("gradsync")
 print(json.dumps({r: [x["step"] for x in SQLiteStorage.get_logs("gradsync", r) if "train/loss" in x] for r in runs}))
 """
 
-ARGS = ["--nproc", "2", "--model", "tiny", "--data", "synthetic", "--seq-len", "32", "--micro-batch", "4",
-        "--global-batch", "8", "--ckpt-interval", "50", "--eval-interval", "25", "--eval-sequences", "8",
-        "--sample-tokens", "0", "--no-progress", "--loggers", "tensorboard,wandb,trackio", "--run-dir", "run"]
+ARGS = [
+    "--nproc",
+    "2",
+    "--model",
+    "tiny",
+    "--data",
+    "synthetic",
+    "--seq-len",
+    "32",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "8",
+    "--ckpt-interval",
+    "50",
+    "--eval-interval",
+    "25",
+    "--eval-sequences",
+    "8",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+    "--loggers",
+    "tensorboard,wandb,trackio",
+    "--run-dir",
+    "run",
+]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"), WANDB_MODE="offline", WANDB_SILENT="true",
-                TRACKIO_DIR=str(tmp_path / "trackio"), PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        GRADSYNC_CACHE=str(tmp_path / "cache"),
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        TRACKIO_DIR=str(tmp_path / "trackio"),
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def _tensorboard(run: Path, tag: str) -> list[tuple[int, float]]:
@@ -59,8 +89,8 @@ def _wandb_history(path: Path) -> list[dict[str, str]]:
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         pending += chunk
         if kind in (1, 4):  # a whole record, or the last piece of one
             rec = pb.Record()
@@ -73,8 +103,14 @@ def _wandb_history(path: Path) -> list[dict[str, str]]:
 
 def test_trackers_mirror_the_metrics_and_hold_one_value_per_step_after_kill_and_resume(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    first = subprocess.Popen([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--max-steps", "100000"],
-                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--max-steps", "100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and first.poll() is None:  # past checkpoint 50, so steps 51.. run twice
@@ -85,8 +121,14 @@ def test_trackers_mirror_the_metrics_and_hold_one_value_per_step_after_kill_and_
     first.kill()
     first.communicate(timeout=30)
     time.sleep(1)  # its workers die with it
-    second = subprocess.run([sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--max-steps", "100", "--resume"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--max-steps", "100", "--resume"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
 
     records = read_metrics(metrics)

@@ -12,8 +12,7 @@ import torch
 
 from gradsync.testing import max_rel_diff, run_world, train_each
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
 STRATEGIES = ["allreduce", "bucketed", "zero1", "zero2", "zero3", "torch-ddp"]
 
@@ -21,8 +20,19 @@ STRATEGIES = ["allreduce", "bucketed", "zero1", "zero2", "zero3", "torch-ddp"]
 def _configs(tmp: Any, precision: str = "fp32") -> list[dict[str, dict[str, Any]]]:
     from conftest import TINY, merge
 
-    return [merge(TINY, {"parallel.strategy": s, "parallel.backend": "nccl", "train.precision": precision,
-                         "train.max_steps": 6, "train.run_dir": str(tmp / f"{s}-{precision}")}) for s in STRATEGIES]
+    return [
+        merge(
+            TINY,
+            {
+                "parallel.strategy": s,
+                "parallel.backend": "nccl",
+                "train.precision": precision,
+                "train.max_steps": 6,
+                "train.run_dir": str(tmp / f"{s}-{precision}"),
+            },
+        )
+        for s in STRATEGIES
+    ]
 
 
 def test_every_strategy_trains_on_cuda_with_nccl(tmp_path: Any) -> None:
@@ -44,14 +54,20 @@ def test_zero3_releases_cuda_storage_between_uses() -> None:
     import torch.distributed as dist
 
     from gradsync.core.config import OptimConfig, ParallelConfig
-    from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model.gpt import GPT, GPTShape
     from gradsync.optim.factory import optimizer_factory
     from gradsync.parallel import build_strategy
+    from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.testing import free_port
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+    )
     env = init_distributed("nccl", 60)
     try:
         model = GPT(GPTShape(256, 32, 4, 4, 256, 0.0)).to(env.device)

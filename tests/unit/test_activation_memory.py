@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from gradsync.planning import costmodel as cm
 from gradsync.core.config import CHECKPOINTING
+from gradsync.planning import costmodel as cm
 
 L, H, HEADS, T, B, V = 4, 256, 4, 256, 16, 256
 

@@ -11,8 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import gradsync
 
 SRC = Path(gradsync.__file__).parent
@@ -21,19 +19,19 @@ SRC = Path(gradsync.__file__).parent
 # the module api.py or cli.py), and a folder may import only itself and the folders before it, so
 # no two import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("core",),        # base: no torch (errors, config, specs and the catalog, ring and bucket arithmetic)
-    ("runtime",),     # the process group, node groups, launching workers, the worker entry
+    ("core",),  # base: no torch (errors, config, specs and the catalog, ring and bucket arithmetic)
+    ("runtime",),  # the process group, node groups, launching workers, the worker entry
     ("checkpoint",),  # checkpoints on disk: the file format, sharded (DCP) checkpoints, state slices
-    ("data",),        # corpora, tokenizers, shards, batches
-    ("model",),       # GPT, BERT, ConvNet, generation, activation checkpointing
-    ("tasks",),       # the workload seam (model + data + loss + metrics), loading and exporting trained ones
-    ("optim",),       # the optimizer factory and the learning-rate schedule
-    ("parallel",),    # the strategies and what they are built from
-    ("training",),    # the trainer and its parts
-    ("api",),         # parallelize: your own loop
-    ("planning",),    # cost model, calibration, planner, the pre-launch check
+    ("data",),  # corpora, tokenizers, shards, batches
+    ("model",),  # GPT, BERT, ConvNet, generation, activation checkpointing
+    ("tasks",),  # the workload seam (model + data + loss + metrics), loading and exporting trained ones
+    ("optim",),  # the optimizer factory and the learning-rate schedule
+    ("parallel",),  # the strategies and what they are built from
+    ("training",),  # the trainer and its parts
+    ("api",),  # parallelize: your own loop
+    ("planning",),  # cost model, calibration, planner, the pre-launch check
     ("commands", "cli"),  # the commands and their table
-    ("testing",),     # helpers for tests and benchmarks
+    ("testing",),  # helpers for tests and benchmarks
 ]
 LAYER = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # torch-free: every module of the base, and what `gradsync plan` and `--help` need above it
@@ -88,8 +86,13 @@ def _graph() -> dict[str, set[str]]:
         targets = set()
         for imported, _ in _imports(path):
             # `from gradsync.parallel import x` may name a submodule or an attribute
-            targets.add(imported if imported in mods else imported.rsplit(".", 1)[0] if
-                        imported.rsplit(".", 1)[0] in mods else imported)
+            targets.add(
+                imported
+                if imported in mods
+                else imported.rsplit(".", 1)[0]
+                if imported.rsplit(".", 1)[0] in mods
+                else imported
+            )
         graph[name] = {t for t in targets if t in mods and t != name}
     return graph
 
@@ -101,34 +104,52 @@ def test_every_folder_has_a_layer_and_imports_only_downwards() -> None:
             continue
         for imported, _ in _imports(path):
             if imported != "gradsync" and _layer(imported) > _layer(name):
-                bad.append(f"{name} ({_unit(name)}, layer {_layer(name)}) imports {imported} "
-                           f"({_unit(imported)}, layer {_layer(imported)})")
+                bad.append(
+                    f"{name} ({_unit(name)}, layer {_layer(name)}) imports {imported} "
+                    f"({_unit(imported)}, layer {_layer(imported)})"
+                )
     assert not bad, "\n".join(bad)
 
 
 def test_no_two_folders_import_each_other() -> None:
-    edges = {(_unit(a), _unit(b)) for a, targets in _graph().items() for b in targets
-             if a != "gradsync" and b != "gradsync" and _unit(a) != _unit(b)}
+    edges = {
+        (_unit(a), _unit(b))
+        for a, targets in _graph().items()
+        for b in targets
+        if a != "gradsync" and b != "gradsync" and _unit(a) != _unit(b)
+    }
     both = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
     assert not both, "folders that import each other: " + ", ".join(both)
 
 
 def test_the_folders_are_the_layers() -> None:
     # every folder and top-level module of the package is in LAYERS, and every name there exists
-    units = {p.name if p.is_dir() else p.stem for p in SRC.iterdir()
-             if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    units = {
+        p.name if p.is_dir() else p.stem
+        for p in SRC.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")
+    }
     assert units == set(LAYER), f"only in the package: {units - set(LAYER)}; only in LAYERS: {set(LAYER) - units}"
 
 
 def test_no_gradsync_import_inside_a_function() -> None:
-    hidden = [f"{name} imports {imported} inside a function" for name, path in _modules().items()
-              for imported, inside in _imports(path) if inside]
+    hidden = [
+        f"{name} imports {imported} inside a function"
+        for name, path in _modules().items()
+        for imported, inside in _imports(path)
+        if inside
+    ]
     assert not hidden, "\n".join(hidden)
 
 
 def test_nothing_imports_a_command() -> None:
-    users = [f"{name} imports {imported}" for name, path in _modules().items() if not name.startswith(
-        "gradsync.commands") for imported, _ in _imports(path) if imported.startswith("gradsync.commands")]
+    users = [
+        f"{name} imports {imported}"
+        for name, path in _modules().items()
+        if not name.startswith("gradsync.commands")
+        for imported, _ in _imports(path)
+        if imported.startswith("gradsync.commands")
+    ]
     assert not users, "\n".join(users)
 
 
@@ -142,7 +163,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := walk(nxt)):
                 return found
         stack.pop()
@@ -168,7 +189,9 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_the_walker_sees_hidden_imports(tmp_path: Path) -> None:
     # the checks above can fail: the walker sees imports at module level and inside functions
     f = tmp_path / "m.py"
-    f.write_text("from gradsync.core.config import Config\n\ndef g():\n    from gradsync.training.trainer import Trainer\n")
+    f.write_text(
+        "from gradsync.core.config import Config\n\ndef g():\n    from gradsync.training.trainer import Trainer\n"
+    )
     assert _imports(f) == [("gradsync.core.config", False), ("gradsync.training.trainer", True)]
 
 
@@ -187,8 +210,9 @@ _BLOCK_TORCH = textwrap.dedent("""
 
 def _without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"))
-    return subprocess.run([sys.executable, "-c", _BLOCK_TORCH, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK_TORCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plan_runs_without_torch(tmp_path: Path) -> None:

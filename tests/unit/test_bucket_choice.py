@@ -14,20 +14,44 @@ from gradsync.planning.plan import BUCKET_CHOICES_MB, auto_bucket_mb
 
 
 def _profile(path: Path, alpha: float, beta: float) -> str:
-    coll = {op: {"alpha_s": alpha, "beta_s_per_byte": beta, "residual": 0.0, "points": []}
-            for op in ("all_reduce", "reduce_scatter", "all_gather", "broadcast")}
-    path.write_text(json.dumps({
-        "version": 1, "device": "test CPU", "backend": "gloo", "world_size": 4, "threads": 1,
-        "peak_flops": 5e12, "memory_bytes": 8e10, "optimizer_s_per_param": 1e-10, "elementwise_s_per_elem": 1e-11,
-        "compute": {"flops_per_token": 1e9, "tokens": 1024, "forward_s": 0.1, "backward_s": 0.2},
-        "collectives": coll}))
+    coll = {
+        op: {"alpha_s": alpha, "beta_s_per_byte": beta, "residual": 0.0, "points": []}
+        for op in ("all_reduce", "reduce_scatter", "all_gather", "broadcast")
+    }
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "device": "test CPU",
+                "backend": "gloo",
+                "world_size": 4,
+                "threads": 1,
+                "peak_flops": 5e12,
+                "memory_bytes": 8e10,
+                "optimizer_s_per_param": 1e-10,
+                "elementwise_s_per_elem": 1e-11,
+                "compute": {"flops_per_token": 1e9, "tokens": 1024, "forward_s": 0.1, "backward_s": 0.2},
+                "collectives": coll,
+            }
+        )
+    )
     return str(path)
 
 
 def _cfg(profile: str) -> object:
-    return build_config({}, {"model.preset": "gpt2", "data.source": "synthetic", "data.seq_len": 128,
-                             "train.micro_batch": 4, "train.global_batch": 16, "parallel.nproc": 4,
-                             "parallel.bucket_mb": 0, "parallel.profile": profile})
+    return build_config(
+        {},
+        {
+            "model.preset": "gpt2",
+            "data.source": "synthetic",
+            "data.seq_len": 128,
+            "train.micro_batch": 4,
+            "train.global_batch": 16,
+            "parallel.nproc": 4,
+            "parallel.bucket_mb": 0,
+            "parallel.profile": profile,
+        },
+    )
 
 
 def test_latency_bound_links_get_large_buckets_bandwidth_bound_ones_small(tmp_path: Path) -> None:

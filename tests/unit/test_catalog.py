@@ -8,12 +8,12 @@ import inspect
 import pytest
 
 from gradsync.core import catalog
-from gradsync.planning import costmodel as cm
 from gradsync.core.errors import ConfigError
-from gradsync.parallel import STRATEGIES, Strategy
-from gradsync.parallel.grad_paths.compression import Reducer
 from gradsync.core.shapes import PRESETS
 from gradsync.core.spec import parse_spec
+from gradsync.parallel import STRATEGIES, Strategy
+from gradsync.parallel.grad_paths.compression import Reducer
+from gradsync.planning import costmodel as cm
 
 
 @pytest.mark.parametrize("name", list(catalog.STRATEGIES))
@@ -44,7 +44,7 @@ def test_every_compressor_has_a_reducer_and_a_price(name: str) -> None:
 
 def test_lists_are_read_from_the_catalog() -> None:
     entries = catalog.all_entries()
-    assert entries[:len(catalog.STRATEGIES)] == [e.spec for e in catalog.STRATEGIES.values()]
+    assert entries[: len(catalog.STRATEGIES)] == [e.spec for e in catalog.STRATEGIES.values()]
     assert "bucketed+powersgd:rank=4" in entries and "torch-ddp+powersgd:rank=4" in entries
     assert catalog.reference_of("bucketed+fp16") == "torch-ddp+fp16"
     assert catalog.reference_of("bucketed+topk:ratio=0.01") == "torch-ddp"  # torch has no top-k hook
@@ -56,7 +56,9 @@ def test_lists_are_read_from_the_catalog() -> None:
 
 
 def test_a_compressor_outside_its_strategies_is_one_line() -> None:
-    with pytest.raises(ConfigError, match="not implemented for strategy zero2; compression composes with "
-                                          "bucketed .*, torch-ddp"):
-        catalog.check_composition(parse_spec("zero2", catalog.STRATEGY_SCHEMA, "s"),
-                                  parse_spec("fp16", catalog.COMPRESSOR_SCHEMA, "c"))
+    with pytest.raises(
+        ConfigError, match="not implemented for strategy zero2; compression composes with bucketed .*, torch-ddp"
+    ):
+        catalog.check_composition(
+            parse_spec("zero2", catalog.STRATEGY_SCHEMA, "s"), parse_spec("fp16", catalog.COMPRESSOR_SCHEMA, "c")
+        )

@@ -19,13 +19,24 @@ from gradsync.core.errors import CheckpointError
 
 def _save(run: Path, step: int, keep: int = 0) -> Path:
     path = ckpt.checkpoint_path(run, step)
-    ckpt.save_checkpoint(path, {"step": step, "strategy": {"w": torch.full((64,), float(step))}, "data": {},
-                                "rng": [], "config": {}, "world_size": 1}, keep=keep)
+    ckpt.save_checkpoint(
+        path,
+        {
+            "step": step,
+            "strategy": {"w": torch.full((64,), float(step))},
+            "data": {},
+            "rng": [],
+            "config": {},
+            "world_size": 1,
+        },
+        keep=keep,
+    )
     return path
 
 
-def test_damaged_latest_falls_back_to_the_previous_with_a_warning(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_latest_falls_back_to_the_previous_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for step in (10, 20, 30):
         _save(tmp_path, step)
     latest = ckpt.checkpoint_path(tmp_path, 30)
@@ -57,8 +68,7 @@ def test_only_the_newest_k_are_kept(tmp_path: Path) -> None:
     assert len(ckpt.list_checkpoints(tmp_path)) == 5
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _save(tmp_path, 1)
     before = ckpt.checkpoint_path(tmp_path, 1).read_bytes()
 
@@ -74,7 +84,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path,
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
 
 
-def _write_and_hang(run: str, ready: "mp.synchronize.Event") -> None:
+def _write_and_hang(run: str, ready: mp.synchronize.Event) -> None:
     def stall(fd: int) -> None:  # the data is in the temporary file; the rename has not happened
         ready.set()
         time.sleep(60)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gradsync.core.args import config_from_args, parse_dotted
 from gradsync.cli import build_parser
+from gradsync.core.args import config_from_args, parse_dotted
 from gradsync.core.config import Config, build_config, incompatible_fields, load_toml
 from gradsync.core.errors import ConfigError
 
@@ -30,42 +30,50 @@ def test_any_string_value_round_trips_through_toml(tmp_path: Path) -> None:
 
 
 def test_overrides_are_coerced_to_field_types() -> None:
-    cfg = build_config(None, {"train.max_steps": "7", "optim.lr": "1e-3", "train.progress": "false",
-                              "model.n_layer": "3"})
+    cfg = build_config(
+        None, {"train.max_steps": "7", "optim.lr": "1e-3", "train.progress": "false", "model.n_layer": "3"}
+    )
     assert cfg.train.max_steps == 7 and cfg.optim.lr == 1e-3 and cfg.train.progress is False
     assert cfg.model.n_layer == 3
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("parallel.strategy", "magic", "parallel.strategy 'magic' is unknown"),
-    ("train.precision", "fp8", "train.precision"),
-    ("train.max_steps", "0", "train.max_steps must be >= 1"),
-    ("train.max_steps", "ten", "train.max_steps must be of type int"),
-    ("model.preset", "gpt5", "model.preset 'gpt5' is unknown"),
-    ("optim.lr", "-1", "optim.lr must be > 0"),
-    ("model.n_embd", "30", "divisible by model.n_head"),
-    ("nope.key", "1", "unknown config key 'nope.key'"),
-    ("optim.lr", "inf", "optim.lr must be a finite number"),
-    ("optim.lr", "nan", "optim.lr must be a finite number"),
-    ("parallel.timeout_s", "inf", "parallel.timeout_s must be a finite number"),
-    ("parallel.timeout_s", "0.5", "parallel.timeout_s must be at least 1 second"),
-    ("train.seed", "-1", r"train.seed must be in \[0, 2\*\*63\)"),
-    ("train.seed", str(2 ** 64), r"train.seed must be in \[0, 2\*\*63\)"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("parallel.strategy", "magic", "parallel.strategy 'magic' is unknown"),
+        ("train.precision", "fp8", "train.precision"),
+        ("train.max_steps", "0", "train.max_steps must be >= 1"),
+        ("train.max_steps", "ten", "train.max_steps must be of type int"),
+        ("model.preset", "gpt5", "model.preset 'gpt5' is unknown"),
+        ("optim.lr", "-1", "optim.lr must be > 0"),
+        ("model.n_embd", "30", "divisible by model.n_head"),
+        ("nope.key", "1", "unknown config key 'nope.key'"),
+        ("optim.lr", "inf", "optim.lr must be a finite number"),
+        ("optim.lr", "nan", "optim.lr must be a finite number"),
+        ("parallel.timeout_s", "inf", "parallel.timeout_s must be a finite number"),
+        ("parallel.timeout_s", "0.5", "parallel.timeout_s must be at least 1 second"),
+        ("train.seed", "-1", r"train.seed must be in \[0, 2\*\*63\)"),
+        ("train.seed", str(2**64), r"train.seed must be in \[0, 2\*\*63\)"),
+    ],
+)
 def test_bad_values_name_the_key(key: str, value: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         build_config(None, {key: value})
 
 
 def test_global_batch_must_divide_by_world_times_micro_batch() -> None:
-    with pytest.raises(ConfigError, match=r"global_batch \(30\) must be divisible by world size × "
-                                          r"train.micro_batch \(2 × 8 = 16\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"global_batch \(30\) must be divisible by world size × "
+        r"train.micro_batch \(2 × 8 = 16\)",
+    ):
         build_config(None, {"train.global_batch": 30, "train.micro_batch": 8})
 
 
 def test_cli_flags_aliases_and_dotted_keys() -> None:
     ns, extra = build_parser("train").parse_known_args(
-        ["--nproc", "4", "--max-steps", "9", "--train.seed=3", "--sample-tokens", "5", "--resume"])
+        ["--nproc", "4", "--max-steps", "9", "--train.seed=3", "--sample-tokens", "5", "--resume"]
+    )
     cfg = config_from_args(ns, extra)
     assert (cfg.parallel.nproc, cfg.train.max_steps, cfg.train.seed) == (4, 9, 3)
     assert cfg.train.sample_tokens == 5 and cfg.train.resume == "auto"

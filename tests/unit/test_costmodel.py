@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from gradsync.planning import costmodel as cm
 from gradsync.model.gpt import GPT, PRESETS, GPTShape
+from gradsync.planning import costmodel as cm
 
 NET = cm.Network.uniform("test", cm.Link(alpha_s=1e-5, beta_s_per_byte=1e-9))  # 10 us, 1 GB/s
 
@@ -23,7 +23,8 @@ def test_ring_all_reduce_formula_by_hand() -> None:
     # all-reduce = reduce-scatter + all-gather, for any p
     for p in (2, 3, 8, 1024):
         assert NET.time("all_reduce", 5e7, p) == pytest.approx(
-            NET.time("reduce_scatter", 5e7, p) + NET.time("all_gather", 5e7, p))
+            NET.time("reduce_scatter", 5e7, p) + NET.time("all_gather", 5e7, p)
+        )
 
 
 def test_link_from_bandwidth() -> None:
@@ -78,8 +79,9 @@ def _gpt2(accum: int = 1) -> cm.Workload:
 def test_step_time_adds_up_and_strategies_rank_sensibly() -> None:
     w, hw = _gpt2(), cm.device_preset("a100-80gb")
     net = cm.network_preset("100gbe")
-    preds = {s: cm.predict(s, w, 8, hw, net) for s in ("allreduce", "bucketed", "zero1", "zero2", "zero3",
-                                                        "localsgd:8")}
+    preds = {
+        s: cm.predict(s, w, 8, hw, net) for s in ("allreduce", "bucketed", "zero1", "zero2", "zero3", "localsgd:8")
+    }
     for p in preds.values():
         assert p.step_s == pytest.approx(p.compute_s + p.exposed_comm_s + p.optimizer_s + p.compression_s)
         assert 0 <= p.exposed_comm_s <= p.comm_s + 1e-12
@@ -105,8 +107,10 @@ def test_step_time_adds_up_and_strategies_rank_sensibly() -> None:
 
 
 def NETWORK_AR(net: cm.Network, nbytes: float, p: int) -> float:
-    return 2 * (p - 1) / p * nbytes * net.links["all_reduce"].beta_s_per_byte + 2 * (p - 1) * net.links[
-        "all_reduce"].alpha_s
+    return (
+        2 * (p - 1) / p * nbytes * net.links["all_reduce"].beta_s_per_byte
+        + 2 * (p - 1) * net.links["all_reduce"].alpha_s
+    )
 
 
 def test_one_device_scales_perfectly_and_more_devices_do_not_help_per_device() -> None:
@@ -149,7 +153,8 @@ def test_overlap_penalty_charges_hidden_communication() -> None:
     assert costly.exposed_comm_s == pytest.approx(free.exposed_comm_s + hidden)
     # nothing is hidden in the textbook strategy, so nothing changes
     assert cm.predict("allreduce", w, 8, dataclasses.replace(hw, overlap_penalty=1.0), net).step_s == pytest.approx(
-        cm.predict("allreduce", w, 8, hw, net).step_s)
+        cm.predict("allreduce", w, 8, hw, net).step_s
+    )
 
 
 def test_gpus_are_known_by_the_names_torch_gives_them() -> None:
@@ -167,11 +172,13 @@ def test_streaming_diloco_prices_fragments_quantisation_and_overlap() -> None:
     frag = cm.predict("diloco:32,fragments=4", w, 2, hw, net)
     # the same bytes per H steps, in four pieces (three more latencies)
     assert frag.comm_s == pytest.approx(plain.comm_s, rel=1e-3) and frag.exposed_comm_s == pytest.approx(
-        plain.exposed_comm_s, rel=1e-3)
+        plain.exposed_comm_s, rel=1e-3
+    )
     int8 = cm.predict("diloco:32,fragments=4,quant=int8", w, 2, hw, net)
     assert int8.comm_s == pytest.approx(plain.comm_s * (1 + 4 / 128) / 4, rel=0.01)
     assert cm.predict("diloco:32,fragments=4,quant=int4", w, 2, hw, net).comm_s == pytest.approx(
-        int8.comm_s * (0.5 + 4 / 128) / (1 + 4 / 128), rel=0.01)
+        int8.comm_s * (0.5 + 4 / 128) / (1 + 4 / 128), rel=0.01
+    )
     # with overlap, a fragment's communication hides behind the next step's compute; what
     # outlasts it is exposed, and the hidden part pays the overlap penalty
     one_step = plain.compute_s + plain.optimizer_s

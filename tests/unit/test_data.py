@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gradsync.core.config import DataConfig
+from gradsync.core.errors import DataError
 from gradsync.data import load_tokens
 from gradsync.data.markov import MarkovChain
 from gradsync.data.sources import LLMC_MAGIC, read_shard
-from gradsync.core.errors import DataError
 
 
 def _corpus(folder: Path, n: int = 40) -> Path:

@@ -14,16 +14,34 @@ from hypothesis import strategies as st
 
 from gradsync.core.args import parse_dotted
 from gradsync.core.config import all_keys, build_config
-from gradsync.data import ShardedBatches, TokenSequences, load_tokens
 from gradsync.core.errors import GradsyncError
+from gradsync.data import ShardedBatches, TokenSequences, load_tokens
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 absurd = st.one_of(
-    st.text(max_size=30), st.integers(min_value=-10**30, max_value=10**30).map(str),
+    st.text(max_size=30),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["", "0", "-1", "nan", "inf", "1e309", "true", "none", "zero2:", "diloco:8,,",
-                     "powersgd:rank=", "topk:ratio=1e-400", "bucketed+fp16", "\x00", "ü" * 50]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "nan",
+            "inf",
+            "1e309",
+            "true",
+            "none",
+            "zero2:",
+            "diloco:8,,",
+            "powersgd:rank=",
+            "topk:ratio=1e-400",
+            "bucketed+fp16",
+            "\x00",
+            "ü" * 50,
+        ]
+    ),
 )
 
 
@@ -58,12 +76,14 @@ def _load(path: Path, seq_len: int = 16) -> None:
 
 
 @SETTINGS
-@given(content=st.one_of(
-    st.binary(max_size=4000),
-    st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.integers(min_value=0, max_value=200_000).map(lambda n: b"x" * n),  # one enormous line
-    st.binary(min_size=1, max_size=64).map(lambda b: b * 3000),
-))
+@given(
+    content=st.one_of(
+        st.binary(max_size=4000),
+        st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.integers(min_value=0, max_value=200_000).map(lambda n: b"x" * n),  # one enormous line
+        st.binary(min_size=1, max_size=64).map(lambda b: b * 3000),
+    )
+)
 def test_any_text_file_loads_or_is_one_line_error(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "corpus.txt"
@@ -75,11 +95,17 @@ def test_any_text_file_loads_or_is_one_line_error(content: bytes) -> None:
 
 
 @SETTINGS
-@given(tokens=st.integers(min_value=0, max_value=20_000), extra=st.integers(min_value=0, max_value=3),
-       header=st.booleans(), claimed=st.integers(min_value=-5, max_value=10**9), version=st.integers(0, 3),
-       dtype=st.sampled_from([np.uint16, np.int32, np.float32]))
-def test_any_bin_shard_loads_or_is_one_line_error(tokens: int, extra: int, header: bool, claimed: int,
-                                                  version: int, dtype: type) -> None:
+@given(
+    tokens=st.integers(min_value=0, max_value=20_000),
+    extra=st.integers(min_value=0, max_value=3),
+    header=st.booleans(),
+    claimed=st.integers(min_value=-5, max_value=10**9),
+    version=st.integers(0, 3),
+    dtype=st.sampled_from([np.uint16, np.int32, np.float32]),
+)
+def test_any_bin_shard_loads_or_is_one_line_error(
+    tokens: int, extra: int, header: bool, claimed: int, version: int, dtype: type
+) -> None:
     """Raw and llm.c-headered shards of the wrong dtype, truncated, padded or with a lying header."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "train_000.bin"

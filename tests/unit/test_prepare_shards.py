@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from gradsync.core.config import DataConfig
+from gradsync.core.errors import DataError
 from gradsync.data.documents import open_corpus
 from gradsync.data.shard_writer import ShardWriter, prepare_shards
 from gradsync.data.sources import load_tokens, read_shard
 from gradsync.data.stream import TokenStream
-from gradsync.core.errors import DataError
 
 TEXTS = [f"document {i}: " + "lorem ipsum dolor " * (i % 7 + 1) + "\u00e9t\u00e9" for i in range(60)]
 
@@ -46,8 +46,9 @@ def test_jsonl_parquet_and_a_saved_datasets_folder_give_the_same_tokens(tmp_path
     for kind, files in sources.items():
         corpus = open_corpus(files, kind)
         assert corpus.kind == kind
-        r = prepare_shards(corpus, tmp_path / f"out-{kind}", val_fraction=0.0, workers=1, progress=False,
-                           shard_tokens=500)
+        r = prepare_shards(
+            corpus, tmp_path / f"out-{kind}", val_fraction=0.0, workers=1, progress=False, shard_tokens=500
+        )
         assert r["documents"] == len(TEXTS) and r["split"] == "by tail"
         assert np.array_equal(_train_tokens(tmp_path / f"out-{kind}"), _expected(TEXTS)), kind
 
@@ -84,10 +85,13 @@ def test_a_prepared_folder_loads_with_its_vocabulary_and_tokenizer(tmp_path: Pat
     assert data.tokenizer.decode(data.train.head(8)) == data.tokenizer.decode(data.train.to_numpy()[:8])
 
 
-@pytest.mark.parametrize("write, needle", [
-    (lambda d: (d / "x.jsonl").write_text('{"text": "a"}\nnot json\n'), "line 2: not JSON"),
-    (lambda d: (d / "x.jsonl").write_text('{"body": "a"}\n'), "no string field 'text'"),
-])
+@pytest.mark.parametrize(
+    "write, needle",
+    [
+        (lambda d: (d / "x.jsonl").write_text('{"text": "a"}\nnot json\n'), "line 2: not JSON"),
+        (lambda d: (d / "x.jsonl").write_text('{"body": "a"}\n'), "no string field 'text'"),
+    ],
+)
 def test_bad_rows_are_one_line(tmp_path: Path, write, needle: str) -> None:
     write(tmp_path)
     with pytest.raises(DataError, match=needle):

@@ -66,32 +66,39 @@ def test_fragments_are_strided_blocks_with_the_rest_balanced() -> None:
     names = {id(p): n for n, p in net.named_parameters()}
     assert [[names[id(p)] for p in f] for f in frags] == [
         ["embed.weight", "blocks.0.weight", "blocks.0.bias", "blocks.2.weight", "blocks.2.bias"],
-        ["blocks.1.weight", "blocks.1.bias", "blocks.3.weight", "blocks.3.bias", "norm.weight", "norm.bias"]]
+        ["blocks.1.weight", "blocks.1.bias", "blocks.3.weight", "blocks.3.bias", "norm.weight", "norm.bias"],
+    ]
     assert fragment_params(net, params, 1) == [params]
     with pytest.raises(ConfigError, match="fragments=5 needs at least 5 blocks"):
         fragment_params(net, params, 5)
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("diloco:8,fragments=3", "fragments=3 must divide H=8"),
-    ("diloco:8,overlap=8", "overlap=8 must be < H=8"),
-    ("diloco:8,quant=int3", "quant must be one of fp32, bf16, int8, int4"),
-    ("diloco:8,mix=1", "mix must be in [0, 1)"),
-    ("diloco:8,fragments=0", "fragments must be a positive integer"),
-    ("diloco:8,overlap=1,keep=true,mix=0.5", "keep=true and mix=0.5 both say what a landing fragment becomes"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("diloco:8,fragments=3", "fragments=3 must divide H=8"),
+        ("diloco:8,overlap=8", "overlap=8 must be < H=8"),
+        ("diloco:8,quant=int3", "quant must be one of fp32, bf16, int8, int4"),
+        ("diloco:8,mix=1", "mix must be in [0, 1)"),
+        ("diloco:8,fragments=0", "fragments must be a positive integer"),
+        ("diloco:8,overlap=1,keep=true,mix=0.5", "keep=true and mix=0.5 both say what a landing fragment becomes"),
+    ],
+)
 def test_streaming_specs_say_what_to_fix(spec: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         ParallelConfig(strategy=spec)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("strategy, compress, needle", [
-    ("bucketed:hierarchical=true", "fp16", "does not compose with bucketed:hierarchical=true"),
-    ("bucketed:hierarchical=maybe", "none", "hierarchical must be of type bool"),
-    ("zero3:prefetch=-1", "none", "prefetch must be >= 0"),
-    ("zero2:hybrid=yes please", "none", "hybrid must be of type bool"),
-])
+@pytest.mark.parametrize(
+    "strategy, compress, needle",
+    [
+        ("bucketed:hierarchical=true", "fp16", "does not compose with bucketed:hierarchical=true"),
+        ("bucketed:hierarchical=maybe", "none", "hierarchical must be of type bool"),
+        ("zero3:prefetch=-1", "none", "prefetch must be >= 0"),
+        ("zero2:hybrid=yes please", "none", "hybrid must be of type bool"),
+    ],
+)
 def test_hierarchical_and_prefetch_specs_say_what_to_fix(strategy: str, compress: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         ParallelConfig(strategy=strategy, compress=compress)

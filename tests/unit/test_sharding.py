@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from gradsync.core.errors import DataError
 from gradsync.data import ShardedBatches, TokenSequences
 from gradsync.data.stream import TokenStream
-from gradsync.core.errors import DataError
 
 TOKENS = np.arange(10_000, dtype=np.uint16) % 251
 T, G, SEED = 16, 16, 7
@@ -91,14 +91,17 @@ def test_indivisible_batch_and_tiny_corpus_are_errors() -> None:
 
 def test_a_stream_of_several_parts_is_their_concatenation() -> None:
     """Sequences cross part (shard) ends, so where a corpus is cut into shards changes nothing."""
-    parts = [np.arange(0, 50, dtype=np.uint16), np.arange(100, 117, dtype=np.uint16),
-             np.arange(200, 240, dtype=np.uint16)]
+    parts = [
+        np.arange(0, 50, dtype=np.uint16),
+        np.arange(100, 117, dtype=np.uint16),
+        np.arange(200, 240, dtype=np.uint16),
+    ]
     stream = TokenStream(parts)
     T = 8
     assert stream.n_sequences(T) == (107 - 1) // T and len(stream) == 107
     rows = stream.sequences(np.arange(stream.n_sequences(T)), T)
     whole = np.concatenate(parts)
-    expected = [whole[i * T:i * T + T + 1] for i in range((len(whole) - 1) // T)]
+    expected = [whole[i * T : i * T + T + 1] for i in range((len(whole) - 1) // T)]
     assert np.array_equal(rows, np.stack(expected).astype(np.int64))
 
 
@@ -108,9 +111,9 @@ def test_sharding_over_a_multi_part_stream_matches_one_array_per_sequence() -> N
     for x, y in b.micro_batches(4):
         for row_x, row_y in zip(x, y):
             assert torch.equal(row_x[1:], row_y[:-1])
-            assert _contains(TOKENS[:len(TOKENS)], row_x.numpy())
+            assert _contains(TOKENS[: len(TOKENS)], row_x.numpy())
 
 
 def _contains(part: np.ndarray, row: np.ndarray) -> bool:
     starts = np.flatnonzero(part[: len(part) - len(row) + 1] == row[0])
-    return any(np.array_equal(part[s:s + len(row)], row) for s in starts)
+    return any(np.array_equal(part[s : s + len(row)], row) for s in starts)

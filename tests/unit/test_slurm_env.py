@@ -10,17 +10,26 @@ from gradsync.core import slurm
 from gradsync.core.args import add_config_args, config_from_args
 from gradsync.core.errors import ConfigError
 
-STEP = {"SLURM_JOB_ID": "81234", "SLURM_STEP_NUM_NODES": "3", "SLURM_STEP_NUM_TASKS": "3", "SLURM_NODEID": "2",
-        "SLURM_STEP_NODELIST": "gpu[007-009]", "SLURM_GPUS_ON_NODE": "8"}
+STEP = {
+    "SLURM_JOB_ID": "81234",
+    "SLURM_STEP_NUM_NODES": "3",
+    "SLURM_STEP_NUM_TASKS": "3",
+    "SLURM_NODEID": "2",
+    "SLURM_STEP_NODELIST": "gpu[007-009]",
+    "SLURM_GPUS_ON_NODE": "8",
+}
 
 
-@pytest.mark.parametrize("spec, names", [
-    ("node1", ["node1"]),
-    ("gpu[01-03,7],login", ["gpu01", "gpu02", "gpu03", "gpu7", "login"]),
-    ("a[08-10]", ["a08", "a09", "a10"]),
-    ("r[1-2]n[3,5]", ["r1n3", "r1n5", "r2n3", "r2n5"]),
-    ("x-[1-2].cluster,y", ["x-1.cluster", "x-2.cluster", "y"]),
-])
+@pytest.mark.parametrize(
+    "spec, names",
+    [
+        ("node1", ["node1"]),
+        ("gpu[01-03,7],login", ["gpu01", "gpu02", "gpu03", "gpu7", "login"]),
+        ("a[08-10]", ["a08", "a09", "a10"]),
+        ("r[1-2]n[3,5]", ["r1n3", "r1n5", "r2n3", "r2n5"]),
+        ("x-[1-2].cluster,y", ["x-1.cluster", "x-2.cluster", "y"]),
+    ],
+)
 def test_host_lists_expand_as_slurm_writes_them(spec: str, names: list[str]) -> None:
     assert slurm.expand_hostlist(spec) == names
 
@@ -33,8 +42,12 @@ def test_a_host_list_slurm_would_not_write_is_one_line(spec: str) -> None:
 
 def test_a_job_step_gives_nodes_rank_endpoint_and_gpus() -> None:
     assert slurm.slurm_settings(STEP) == {
-        "parallel.nnodes": "3", "parallel.node_rank": "2", "parallel.nproc": "8",
-        "parallel.rdzv_endpoint": "gpu007:21234", "parallel.rdzv_id": "slurm-81234"}
+        "parallel.nnodes": "3",
+        "parallel.node_rank": "2",
+        "parallel.nproc": "8",
+        "parallel.rdzv_endpoint": "gpu007:21234",
+        "parallel.rdzv_id": "slurm-81234",
+    }
 
 
 def test_outside_a_job_step_nothing_is_read() -> None:
@@ -43,8 +56,13 @@ def test_outside_a_job_step_nothing_is_read() -> None:
 
 
 def test_a_one_node_step_without_gpus_keeps_the_local_rendezvous() -> None:
-    env = {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_NODES": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_NODEID": "0",
-           "SLURM_STEP_NODELIST": "laptop"}
+    env = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_STEP_NUM_TASKS": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_STEP_NODELIST": "laptop",
+    }
     assert slurm.slurm_settings(env) == {"parallel.nnodes": "1", "parallel.node_rank": "0"}
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gradsync.core.errors import ConfigError
-from gradsync.parallel.layout import FlatUnit
 from gradsync.core.catalog import COMPRESSOR_SCHEMA as COMPRESSORS
 from gradsync.core.catalog import STRATEGY_SCHEMA as STRATEGIES
 from gradsync.core.catalog import check_composition
+from gradsync.core.errors import ConfigError
 from gradsync.core.spec import parse_spec
+from gradsync.parallel.layout import FlatUnit
 
 
 def test_spec_defaults_positional_and_named_options() -> None:
@@ -25,14 +25,17 @@ def test_spec_defaults_positional_and_named_options() -> None:
     assert str(parse_spec("powersgd:rank=2", COMPRESSORS, "c")) == "powersgd:rank=2,min_numel=1024,warm_start=True"
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("zero4", "'zero4' is unknown"),
-    ("localsgd:-1", "H must be a positive number of steps"),
-    ("localsgd:2,3", "write options as key=value"),
-    ("zero1:3", "write options as key=value"),
-    ("diloco:momentum=1.5", "momentum must be in [0, 1)"),
-    ("diloco:speed=3", "unknown option 'speed'"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("zero4", "'zero4' is unknown"),
+        ("localsgd:-1", "H must be a positive number of steps"),
+        ("localsgd:2,3", "write options as key=value"),
+        ("zero1:3", "write options as key=value"),
+        ("diloco:momentum=1.5", "momentum must be in [0, 1)"),
+        ("diloco:speed=3", "unknown option 'speed'"),
+    ],
+)
 def test_bad_strategy_specs_say_what_to_fix(text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_spec(text, STRATEGIES, "parallel.strategy")
@@ -60,9 +63,9 @@ def test_flat_unit_pieces_cover_every_element_exactly_once(world: int) -> None:
         flat = u.flatten([p.data for p in params])
         chunk = u.my_chunk(flat)
         for pc in u.pieces:
-            assert 0 <= pc.at and pc.at + pc.hi - pc.lo <= u.chunk
-            assert torch.equal(chunk[pc.at:pc.at + pc.hi - pc.lo], pc.param.data.reshape(-1)[pc.lo:pc.hi])
-            covered[id(pc.param)][pc.lo:pc.hi] += 1
+            assert pc.at >= 0 and pc.at + pc.hi - pc.lo <= u.chunk
+            assert torch.equal(chunk[pc.at : pc.at + pc.hi - pc.lo], pc.param.data.reshape(-1)[pc.lo : pc.hi])
+            covered[id(pc.param)][pc.lo : pc.hi] += 1
     assert all(torch.all(c == 1) for c in covered.values())
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from gradsync.core.config import build_config
+from gradsync.core.errors import ConfigError, DataError
 from gradsync.data import TokenSequences
 from gradsync.data.audio import fit_clip, log_mel, mel_filterbank, read_wav
 from gradsync.data.images import load_images
 from gradsync.data.tokenizers import byte_alphabet
-from gradsync.core.errors import ConfigError, DataError
 from gradsync.model.bert import IGNORE
 from gradsync.tasks.bert import MaskedSequences
 
@@ -68,8 +68,10 @@ def test_image_folder_and_npz(tmp_path: Path) -> None:
         (tmp_path / "pics" / c).mkdir(parents=True)
         for i in range(10):
             Image.fromarray(np.full((6, 6, 3), value + i, dtype=np.uint8)).save(tmp_path / "pics" / c / f"{i}.png")
-    cfg = build_config(None, {"task.name": "image", "image.source": str(tmp_path / "pics"), "image.channels": 3,
-                              "image.test_fraction": 0.3})
+    cfg = build_config(
+        None,
+        {"task.name": "image", "image.source": str(tmp_path / "pics"), "image.channels": 3, "image.test_fraction": 0.3},
+    )
     d = load_images(cfg.image)
     assert d.classes == ["cat", "dog"] and d.train_x.shape[1:] == (3, 6, 6)
     assert len(d.train_y) + len(d.test_y) == 20 and len(d.test_y) > 0

@@ -13,8 +13,8 @@ from gradsync.checkpoint import format as ckpt
 from gradsync.core.config import OptimConfig
 from gradsync.core.errors import CheckpointError
 from gradsync.core.files import atomic_write_bytes
-from gradsync.parallel.layout import param_buckets
 from gradsync.optim.schedule import lr_at
+from gradsync.parallel.layout import param_buckets
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor() -> None:
@@ -39,9 +39,10 @@ def test_buckets_never_mix_dtypes() -> None:
 
 def test_checkpoint_round_trip_and_listing(tmp_path: Path) -> None:
     for step in (5, 10):
-        ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, step), {
-            "step": step, "strategy": {"w": torch.ones(2)}, "data": {}, "rng": [], "config": {},
-            "world_size": 1})
+        ckpt.save_checkpoint(
+            ckpt.checkpoint_path(tmp_path, step),
+            {"step": step, "strategy": {"w": torch.ones(2)}, "data": {}, "rng": [], "config": {}, "world_size": 1},
+        )
     found = ckpt.list_checkpoints(tmp_path)
     assert [p.name for p in found] == ["ckpt_0000005.pt", "ckpt_0000010.pt"]
     assert ckpt.load_checkpoint(found[-1])["step"] == 10
@@ -52,8 +53,7 @@ def test_checkpoint_round_trip_and_listing(tmp_path: Path) -> None:
 
 def test_corrupt_truncated_and_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
     good = ckpt.checkpoint_path(tmp_path, 1)
-    ckpt.save_checkpoint(good, {"step": 1, "strategy": {}, "data": {}, "rng": [], "config": {},
-                                "world_size": 1})
+    ckpt.save_checkpoint(good, {"step": 1, "strategy": {}, "data": {}, "rng": [], "config": {}, "world_size": 1})
     data = good.read_bytes()
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
@@ -88,7 +88,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
 
 
 def test_a_metrics_line_cut_off_mid_write_is_dropped_and_resume_goes_on(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import errno
     import json
 

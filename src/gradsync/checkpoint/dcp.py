@@ -32,10 +32,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from gradsync.checkpoint import format as ckpt
-from gradsync.core.config import Config
-from gradsync.runtime.dist import Comm
-from gradsync.core.errors import CheckpointError, ConfigError
 from gradsync.checkpoint.slices import StateSlices
+from gradsync.core.config import Config
+from gradsync.core.errors import CheckpointError, ConfigError
+from gradsync.runtime.dist import Comm
+
 
 class HoldsSlices(Protocol):
     """What a sharded checkpoint reads into: a strategy that says which slices it holds."""
@@ -50,9 +51,11 @@ def check_supported(cfg: Config) -> None:
     """One line when a sharded checkpoint is asked of a strategy that cannot write one."""
     p = cfg.parallel
     if cfg.train.checkpoint_format == "dcp" and (p.strategy_spec.name not in SUPPORTED or p.compress != "none"):
-        raise ConfigError(f"train.checkpoint_format=dcp supports the strategies {', '.join(SUPPORTED)} without "
-                          f"compression; for {p.strategy}{'' if p.compress == 'none' else ' + ' + p.compress} "
-                          "use checkpoint_format=file")
+        raise ConfigError(
+            f"train.checkpoint_format=dcp supports the strategies {', '.join(SUPPORTED)} without "
+            f"compression; for {p.strategy}{'' if p.compress == 'none' else ' + ' + p.compress} "
+            "use checkpoint_format=file"
+        )
 
 
 class ShardedCheckpoints:
@@ -72,11 +75,16 @@ class ShardedCheckpoints:
         done = self.flush()
         state = {f"{s.key}@{s.lo}": s.tensor.contiguous() for s in slices.slices if s.tensor.numel()}
         shapes: dict[str, tuple[tuple[int, ...], str]] = {}
-        for part in self.comm.all_gather_object({s.key: (s.shape, str(s.tensor.dtype).removeprefix("torch."))
-                                                 for s in slices.slices}):
+        for part in self.comm.all_gather_object(
+            {s.key: (s.shape, str(s.tensor.dtype).removeprefix("torch.")) for s in slices.slices}
+        ):
             shapes.update(part)
-        manifest = {**meta, "shapes": shapes, "aliases": slices.extras["aliases"],
-                    "optimizer": {"scalars": slices.extras["scalars"], "param_groups": slices.extras["param_groups"]}}
+        manifest = {
+            **meta,
+            "shapes": shapes,
+            "aliases": slices.extras["aliases"],
+            "optimizer": {"scalars": slices.extras["scalars"], "param_groups": slices.extras["param_groups"]},
+        }
         tmp = path.with_name(f".{path.name}.tmp")
         if self.comm.env.is_main:
             for stale in path.parent.glob(".ckpt_*.dcp.tmp"):
@@ -119,8 +127,9 @@ class ShardedCheckpoints:
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)
             except OSError as e:
-                raise CheckpointError(f"could not write checkpoint '{path}' ({e.strerror or e}); "
-                                      "the previous checkpoints are intact") from None
+                raise CheckpointError(
+                    f"could not write checkpoint '{path}' ({e.strerror or e}); the previous checkpoints are intact"
+                ) from None
             ckpt.prune(path.parent, keep, path)
         self.comm.all_gather_object(None)  # complete for everyone before anyone reads it
 
@@ -140,8 +149,11 @@ def load_sharded(path: Path, manifest: dict[str, Any], strategy: HoldsSlices, co
     slices = strategy.load_slices({k: (tuple(shape), dtype) for k, (shape, dtype) in manifest["shapes"].items()})
     reader = dcp.FileSystemReader(str(path))
     saved = ckpt.saved_slices(reader)
-    wanted = {name: torch.empty(n, dtype=dtype) for s in slices.slices
-              for _, n, name, dtype in ckpt.overlapping(saved, s.key, s.lo, s.tensor.numel())}
+    wanted = {
+        name: torch.empty(n, dtype=dtype)
+        for s in slices.slices
+        for _, n, name, dtype in ckpt.overlapping(saved, s.key, s.lo, s.tensor.numel())
+    }
     dcp.load(wanted, storage_reader=reader, process_group=comm.group)
     for s in slices.slices:
         ckpt.fill_slice(s.tensor, s.key, s.lo, saved, wanted, path)

@@ -85,8 +85,9 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> None:
         if isinstance(e, RuntimeError) and "write" not in str(e) and "pos" not in str(e):
             raise
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:120]
-        raise CheckpointError(f"could not write checkpoint '{path}' ({why}); the previous checkpoints are "
-                              "intact") from None
+        raise CheckpointError(
+            f"could not write checkpoint '{path}' ({why}); the previous checkpoints are intact"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     prune(path.parent, keep, path)
@@ -133,7 +134,7 @@ def _load_file(path: str | Path, fmt: str, required: tuple[str, ...]) -> dict[st
     except OSError as e:
         raise CheckpointError(f"checkpoint '{path}' is unreadable ({e.strerror or e})") from None
     if raw.startswith(MAGIC):
-        digest, payload = raw[len(MAGIC):len(MAGIC) + 32], raw[len(MAGIC) + 32:]
+        digest, payload = raw[len(MAGIC) : len(MAGIC) + 32], raw[len(MAGIC) + 32 :]
         if hashlib.sha256(payload).digest() != digest:
             raise CheckpointError(f"checkpoint '{path}' is corrupt (checksum mismatch: truncated or damaged)")
         raw = payload
@@ -177,8 +178,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if not f.is_file():
             raise CheckpointError(f"checkpoint '{folder}' is incomplete: its file {name} is missing")
         if f.stat().st_size != size or file_digest(f)[1] != digest:
-            raise CheckpointError(f"checkpoint '{folder}' is corrupt: its file {name} is truncated or damaged "
-                                  "(checksum mismatch)")
+            raise CheckpointError(
+                f"checkpoint '{folder}' is corrupt: its file {name} is truncated or damaged (checksum mismatch)"
+            )
     return state
 
 
@@ -200,19 +202,22 @@ def overlapping(saved: SavedSlices, key: str, lo: int, n: int) -> list[tuple[int
     return [sl for sl in saved.get(key, []) if sl[0] < lo + n and sl[0] + sl[1] > lo]
 
 
-def fill_slice(target: torch.Tensor, key: str, lo: int, saved: SavedSlices, loaded: dict[str, torch.Tensor],
-               where: Path) -> None:
+def fill_slice(
+    target: torch.Tensor, key: str, lo: int, saved: SavedSlices, loaded: dict[str, torch.Tensor], where: Path
+) -> None:
     """Copy into ``target`` (elements ``[lo, lo + len)`` of ``key``, flattened) what the ``loaded``
     slices hold of it; one line of :class:`CheckpointError` when they do not cover it all."""
     n, covered = target.numel(), 0
     for lo2, n2, name, _ in overlapping(saved, key, lo, n):
         a, b = max(lo, lo2), min(lo + n, lo2 + n2)
         with torch.no_grad():
-            target[a - lo:b - lo].copy_(loaded[name][a - lo2:b - lo2])
+            target[a - lo : b - lo].copy_(loaded[name][a - lo2 : b - lo2])
         covered += b - a
     if covered != n:
-        raise CheckpointError(f"checkpoint '{where}' does not hold {key}[{lo}:{lo + n}] (incomplete, or this model's "
-                              "state differs from the one saved)")
+        raise CheckpointError(
+            f"checkpoint '{where}' does not hold {key}[{lo}:{lo + n}] (incomplete, or this model's "
+            "state differs from the one saved)"
+        )
 
 
 def read_full_state(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +236,7 @@ def read_full_state(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         t = torch.empty(int(torch.Size(shape).numel()), dtype=getattr(torch, dtype))
         fill_slice(t, key, 0, saved, pieces, folder)
         full[key] = t.view(shape)
-    model = {k[len("model/"):]: v for k, v in full.items() if k.startswith("model/")}
+    model = {k[len("model/") :]: v for k, v in full.items() if k.startswith("model/")}
     model.update({alias: model[name] for alias, name in manifest["aliases"].items()})
     state: dict[int, dict[str, Any]] = {int(i): dict(st) for i, st in manifest["optimizer"]["scalars"].items()}
     for k, v in full.items():
@@ -274,8 +279,9 @@ def newest_intact(found: list[Path], where: str | Path) -> Path | None:
             print(f"gradsync: warning: {e}; using an older one", file=sys.stderr, flush=True)
         return path
     if found:
-        raise CheckpointError(f"no intact checkpoint in '{where}': all {len(found)} are damaged; "
-                              f"the newest: {damaged[0]}")
+        raise CheckpointError(
+            f"no intact checkpoint in '{where}': all {len(found)} are damaged; the newest: {damaged[0]}"
+        )
     return None
 
 

@@ -17,8 +17,9 @@ per-element (AdamW's ``step``) and the param groups travel as ``extras``, the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -86,14 +87,19 @@ def _even(key: str, t: torch.Tensor, world: int, rank: int) -> Slice:
     return Slice(key, tuple(t.shape), lo, t.detach().reshape(-1)[lo:hi])
 
 
-def replicated_load(model: nn.Module, optimizer: torch.optim.Optimizer,
-                    saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
+def replicated_load(
+    model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, tuple[tuple[int, ...], str]]
+) -> StateSlices:
     """Slices covering the whole model state (filled in place) and every saved optimizer state."""
     tied = aliases(model)
-    slices = [Slice(f"model/{n}", tuple(t.shape), 0, t.view(-1)) for n, t in model.state_dict().items()
-              if n not in tied]
-    opt_slices = [Slice(k, tuple(shape), 0, torch.empty(torch.Size(shape).numel(), dtype=getattr(torch, dtype)))
-                  for k, (shape, dtype) in saved.items() if k.startswith("optim/")]
+    slices = [
+        Slice(f"model/{n}", tuple(t.shape), 0, t.view(-1)) for n, t in model.state_dict().items() if n not in tied
+    ]
+    opt_slices = [
+        Slice(k, tuple(shape), 0, torch.empty(torch.Size(shape).numel(), dtype=getattr(torch, dtype)))
+        for k, (shape, dtype) in saved.items()
+        if k.startswith("optim/")
+    ]
 
     def finish(extras: dict[str, Any]) -> None:
         state: dict[int, dict[str, Any]] = {int(i): dict(st) for i, st in extras["scalars"].items()}
@@ -114,12 +120,15 @@ def sharded_save(strategy: Any, comm: Comm, writes: bool = True) -> StateSlices:
     for _, pc, leaf in opt.slots:
         for k, v in opt.optimizer.state.get(leaf, {}).items():
             if per_element(v, leaf):
-                slices.append(Slice(f"optim/{opt.index[id(pc.param)]}/{k}", tuple(pc.param.shape), pc.lo,
-                                    v.detach().reshape(-1)))
+                slices.append(
+                    Slice(f"optim/{opt.index[id(pc.param)]}/{k}", tuple(pc.param.shape), pc.lo, v.detach().reshape(-1))
+                )
     if not writes:
         slices = [Slice(s.key, s.shape, s.lo, s.tensor[:0]) for s in slices]
-    return StateSlices(slices, {"scalars": opt.gather_scalars(comm), "param_groups": opt.full_param_groups(),
-                                "aliases": aliases(model)})
+    return StateSlices(
+        slices,
+        {"scalars": opt.gather_scalars(comm), "param_groups": opt.full_param_groups(), "aliases": aliases(model)},
+    )
 
 
 def _param_pieces(strategy: Any) -> list[Slice]:
@@ -127,8 +136,11 @@ def _param_pieces(strategy: Any) -> list[Slice]:
     out = []
     for u, chunk in zip(strategy.units, strategy.param_chunks):
         for pc in u.pieces:
-            out.append(Slice(f"model/{names[id(pc.param)]}", tuple(pc.param.shape), pc.lo,
-                             chunk[pc.at:pc.at + pc.hi - pc.lo]))
+            out.append(
+                Slice(
+                    f"model/{names[id(pc.param)]}", tuple(pc.param.shape), pc.lo, chunk[pc.at : pc.at + pc.hi - pc.lo]
+                )
+            )
     return out
 
 
@@ -138,7 +150,11 @@ def _buffer_slices(model: nn.Module, world: int, rank: int, full: bool = False) 
     for name, _ in model.named_buffers():
         if name in state:  # persistent buffers only
             t = state[name]
-            out.append(Slice(f"model/{name}", tuple(t.shape), 0, t.view(-1)) if full else _even(f"model/{name}", t, world, rank))
+            out.append(
+                Slice(f"model/{name}", tuple(t.shape), 0, t.view(-1))
+                if full
+                else _even(f"model/{name}", t, world, rank)
+            )
     return out
 
 
@@ -160,8 +176,10 @@ def sharded_load(strategy: Any, comm: Comm, saved: dict[str, tuple[tuple[int, ..
             g.update({k: v for k, v in saved_group.items() if k != "params"})
         opt.optimizer.state.clear()
         for _, pc, leaf in opt.slots:
-            st = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-                  for k, v in extras["scalars"].get(opt.index[id(pc.param)], {}).items()}
+            st = {
+                k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                for k, v in extras["scalars"].get(opt.index[id(pc.param)], {}).items()
+            }
             if st:
                 opt.optimizer.state[leaf] = st
         for leaf, name, s in slot_slices:
@@ -171,4 +189,3 @@ def sharded_load(strategy: Any, comm: Comm, saved: dict[str, tuple[tuple[int, ..
             strategy.gathers.wait()
 
     return StateSlices(slices + [s for _, _, s in slot_slices], finish=finish)
-

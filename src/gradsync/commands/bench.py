@@ -20,9 +20,10 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -31,22 +32,24 @@ from gradsync.core.args import add_config_args, config_from_args
 from gradsync.core.config import Config
 from gradsync.core.errors import ConfigError
 from gradsync.core.files import save_figure
+from gradsync.planning.preflight import preflight
 from gradsync.runtime.launch import launch_workers, write_run_config
 from gradsync.training.metrics import read_metrics
-from gradsync.planning.preflight import preflight
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--strategies", default="allreduce,bucketed,torch-ddp",
-                   help="entries strategy[+compressor], comma-separated, or 'all'")
+    p.add_argument(
+        "--strategies",
+        default="allreduce,bucketed,torch-ddp",
+        help="entries strategy[+compressor], comma-separated, or 'all'",
+    )
     p.add_argument("--worlds", default="1,2", help="comma-separated worker counts")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=30, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=5, help="steps before the timed ones")
     p.add_argument("--out", default="", help="write the table as Markdown to this file")
-    p.add_argument("--plot", default="", help="draw tokens/s of every entry, next to its torch reference, "
-                   "as a PNG")
+    p.add_argument("--plot", default="", help="draw tokens/s of every entry, next to its torch reference, as a PNG")
 
 
 @dataclass
@@ -68,9 +71,14 @@ def _mb(v: float | None) -> float | None:
 
 def _step_stats(record: dict[str, Any]) -> RunStats:
     blocked = record["comm_blocked_s"]
-    return RunStats(record["tokens_per_sec"], 1e3 * record["step_time_s"],
-                    None if blocked is None else 1e3 * blocked, _mb(record["comm_bytes"]),
-                    _mb(record.get("comm_wire_bytes")), record.get("comm_ratio"))
+    return RunStats(
+        record["tokens_per_sec"],
+        1e3 * record["step_time_s"],
+        None if blocked is None else 1e3 * blocked,
+        _mb(record["comm_bytes"]),
+        _mb(record.get("comm_wire_bytes")),
+        record.get("comm_ratio"),
+    )
 
 
 def _median(rows: list[RunStats]) -> RunStats:
@@ -136,16 +144,24 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
             for world in worlds:
                 for i, entry in enumerate(entries):
                     run_dir = root / f"{i}-w{world}-r{rep}"
-                    run_cfg = base.replace(**{
-                        **entry_overrides(entry), "parallel.nproc": world, "parallel.threads": 1,
-                        "train.max_steps": steps, "train.eval_interval": steps,
-                        "train.ckpt_interval": 0, "train.sample_tokens": 0, "train.progress": False,
-                        "train.run_dir": str(run_dir), "train.log_interval": 1})
+                    run_cfg = base.replace(
+                        **{
+                            **entry_overrides(entry),
+                            "parallel.nproc": world,
+                            "parallel.threads": 1,
+                            "train.max_steps": steps,
+                            "train.eval_interval": steps,
+                            "train.ckpt_interval": 0,
+                            "train.sample_tokens": 0,
+                            "train.progress": False,
+                            "train.run_dir": str(run_dir),
+                            "train.log_interval": 1,
+                        }
+                    )
                     config_path = write_run_config(run_cfg)
                     print(f"bench: repeat {rep + 1}/{ns.repeats}, {world} worker(s), {entry}", flush=True)
                     launch_workers(run_cfg, config_path)
-                    results.setdefault((entry, world), []).append(
-                        _run_stats(run_dir / "metrics.jsonl", ns.warmup))
+                    results.setdefault((entry, world), []).append(_run_stats(run_dir / "metrics.jsonl", ns.warmup))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     medians = {k: _median(v) for k, v in results.items()}
@@ -174,8 +190,7 @@ def plot_bench(res: dict[tuple[str, int], RunStats], entries: list[str], worlds:
     ax.barh(list(ys), tps, color=colors)
     for y, r, v in zip(ys, rows, tps):
         loss = res[r].val_loss
-        ax.text(v, y, f" {v:,.0f}" + (f"  (val loss {loss:.3f})" if loss is not None else ""), va="center",
-                fontsize=7)
+        ax.text(v, y, f" {v:,.0f}" + (f"  (val loss {loss:.3f})" if loss is not None else ""), va="center", fontsize=7)
     ax.set_yticks(list(ys), [f"{e} ({w})" if len(worlds) > 1 else e for e, w in rows], fontsize=8)
     ax.set_xlabel("tokens/s (median of repeats); grey: torch's own")
     ax.set_xlim(0, max(tps) * 1.45)
@@ -189,22 +204,29 @@ def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int],
-                 cfg: Config, ns: argparse.Namespace) -> str:
+def format_table(
+    res: dict[tuple[str, int], RunStats], entries: list[str], worlds: list[int], cfg: Config, ns: argparse.Namespace
+) -> str:
     lm = cfg.task.name in catalog.LANGUAGE_TASKS
     seen = (ns.warmup + ns.steps) * cfg.train.global_batch * (cfg.data.seq_len if lm else 1)
-    what = f"model {cfg.model.preset}, seq {cfg.data.seq_len}" if lm else \
-        f"task {cfg.task.name} (tokens/s counts samples)"
+    what = (
+        f"model {cfg.model.preset}, seq {cfg.data.seq_len}" if lm else f"task {cfg.task.name} (tokens/s counts samples)"
+    )
     tokens = f"{seen:,} {'tokens' if lm else 'samples'}"
-    head = (f"{what}, global batch {cfg.train.global_batch} x "
-            f"micro {cfg.train.micro_batch}, {cfg.train.precision}, one thread per worker; "
-            f"median of {ns.repeats} runs x {ns.steps} steps (after {ns.warmup} warm-up); "
-            f"val loss after {tokens}; torch {torch.__version__}, {platform.machine()}, "
-            f"python {platform.python_version()}")
-    lines = [head, "",
-             "| strategy | workers | tokens/s | step ms | exposed comm ms | wire MB/step | compression | "
-             "peak state MiB | grads+opt MiB | val loss | vs reference | vs bucketed | scaling eff. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = (
+        f"{what}, global batch {cfg.train.global_batch} x "
+        f"micro {cfg.train.micro_batch}, {cfg.train.precision}, one thread per worker; "
+        f"median of {ns.repeats} runs x {ns.steps} steps (after {ns.warmup} warm-up); "
+        f"val loss after {tokens}; torch {torch.__version__}, {platform.machine()}, "
+        f"python {platform.python_version()}"
+    )
+    lines = [
+        head,
+        "",
+        "| strategy | workers | tokens/s | step ms | exposed comm ms | wire MB/step | compression | "
+        "peak state MiB | grads+opt MiB | val loss | vs reference | vs bucketed | scaling eff. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for entry in entries:
         for world in worlds:
             r = res[(entry, world)]
@@ -218,7 +240,8 @@ def format_table(res: dict[tuple[str, int], RunStats], entries: list[str], world
             lines.append(
                 f"| {entry} | {world} | {r.tokens_per_sec:,.0f} | {r.step_ms:.1f} | {_fmt(r.exposed_comm_ms, '.1f')} | "
                 f"{_fmt(r.wire_mb_per_step, '.3f')} | {_fmt(r.compression, '.1f')} | {_fmt(r.peak_mib, '.2f')} | "
-                f"{_fmt(r.grads_opt_mib, '.2f')} | {_fmt(r.val_loss, '.4f')} | {vs_ref} | {vs_b} | {eff} |")
+                f"{_fmt(r.grads_opt_mib, '.2f')} | {_fmt(r.val_loss, '.4f')} | {vs_ref} | {vs_b} | {eff} |"
+            )
     lines.append("")
     lines.append("command: gradsync " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     return "\n".join(lines)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradsync.core.args import add_config_args, config_from_args
-from gradsync.planning.calibrate import message_sizes
 from gradsync.core.errors import ConfigError
-from gradsync.runtime.launch import run_job, write_run_config
+from gradsync.planning.calibrate import message_sizes
 from gradsync.planning.calibration_profile import default_profile_path, describe
+from gradsync.runtime.launch import run_job, write_run_config
 
 JOB = "gradsync.planning.calibrate:worker_job"
 

@@ -10,15 +10,18 @@ run folder, ``--strategy auto``, the measured peak) is written into the run's ``
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.core.args import add_config_args, config_from_args
 from gradsync.core.config import key_meanings
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--show", action="store_true", help="every key, with its meaning (default: only the keys "
-                   "that differ from the defaults)")
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="every key, with its meaning (default: only the keys that differ from the defaults)",
+    )
     add_config_args(p)
 
 

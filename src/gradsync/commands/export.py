@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.core.errors import ConfigError
 from gradsync.tasks.export import FORMATS, export
@@ -12,9 +12,13 @@ from gradsync.tasks.export import FORMATS, export
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint file, or a run folder (its newest intact checkpoint)")
     p.add_argument("out", help="a new folder to write")
-    p.add_argument("--format", choices=FORMATS, default="hf",
-                   help="hf: a folder transformers' from_pretrained loads (gpt, bert, hf-* tasks); "
-                        "safetensors: the model's tensors, any task")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="hf",
+        help="hf: a folder transformers' from_pretrained loads (gpt, bert, hf-* tasks); "
+        "safetensors: the model's tensors, any task",
+    )
 
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:

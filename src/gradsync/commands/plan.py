@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradsync.core import catalog
-
-from gradsync.planning import plan
-from gradsync.planning import costmodel as cm
 from gradsync.core.errors import ConfigError
-from gradsync.planning.calibration_profile import load_profile, profile_hardware, profile_network
 from gradsync.core.shapes import PRESETS
+from gradsync.planning import costmodel as cm
+from gradsync.planning import plan
+from gradsync.planning.calibration_profile import load_profile, profile_hardware, profile_network
 
 ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
 
@@ -34,20 +33,32 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--global-batch", type=int, default=512, help="sequences per optimizer step")
     p.add_argument("--micro-batch", type=int, default=0, help="per device (default: the largest that fits)")
     p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--device", default="a100-80gb",
-                   help=f"{', '.join(cm.DEVICES)}, or a profile written by `gradsync calibrate`")
-    p.add_argument("--efficiency", type=float, default=None,
-                   help="fraction of peak FLOP/s the model reaches (presets: 0.45; profiles: measured)")
+    p.add_argument(
+        "--device", default="a100-80gb", help=f"{', '.join(cm.DEVICES)}, or a profile written by `gradsync calibrate`"
+    )
+    p.add_argument(
+        "--efficiency",
+        type=float,
+        default=None,
+        help="fraction of peak FLOP/s the model reaches (presets: 0.45; profiles: measured)",
+    )
     p.add_argument("--network", default="100gbe", help=f"{', '.join(cm.NETWORKS)}, or 'profile'")
     p.add_argument("--bandwidth-gbps", type=float, default=None, help="instead of --network: Gbit/s per device")
     p.add_argument("--latency-us", type=float, default=None, help="with --bandwidth-gbps")
     p.add_argument("--gpus-per-node", type=int, default=1, help="devices joined by --intra-network")
     p.add_argument("--intra-network", default="nvlink", help="the link inside a node")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="activation precision")
-    p.add_argument("--activation-checkpointing", default="auto", choices=("auto", *cm.ACTIVATIONS),
-                   help="per block; auto (default): the fastest of none, selective and full that fits")
-    p.add_argument("--strategies", default=",".join(catalog.plan_entries()),
-                   help="entries strategy[+compressor], comma-separated (default: every strategy the model prices)")
+    p.add_argument(
+        "--activation-checkpointing",
+        default="auto",
+        choices=("auto", *cm.ACTIVATIONS),
+        help="per block; auto (default): the fastest of none, selective and full that fits",
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(catalog.plan_entries()),
+        help="entries strategy[+compressor], comma-separated (default: every strategy the model prices)",
+    )
     p.add_argument("--plot", default="plan-scaling.png", help="scaling plot (PNG); '' for none")
 
 
@@ -57,7 +68,7 @@ def _shape(ns: argparse.Namespace) -> tuple[int, int, int]:
     if ns.params:
         if not 1e5 <= ns.params <= 1e13:  # (also refuses nan)
             raise ConfigError(f"plan: --params must be between 1e5 and 1e13, got {ns.params:g}")
-        layers = ns.n_layer or next(L for L in range(1, 200) if 12 * L * (128 * L) ** 2 >= ns.params or L >= 96)
+        layers = ns.n_layer or next(L for L in range(1, 200) if ns.params <= 12 * L * (128 * L) ** 2 or L >= 96)
         # 12 L h^2 + V h = N  ->  h
         a, b = 12.0 * layers, float(ns.vocab)
         h = (-b + math.sqrt(b * b + 4 * a * ns.params)) / (2 * a)
@@ -65,8 +76,9 @@ def _shape(ns: argparse.Namespace) -> tuple[int, int, int]:
         return layers, n_embd // 64, n_embd
     name = ALIASES.get(ns.model.lower(), ns.model)
     if name not in PRESETS:
-        raise ConfigError(f"plan: unknown model '{ns.model}'; choose one of {', '.join([*PRESETS, *ALIASES])} "
-                          "or give --params")
+        raise ConfigError(
+            f"plan: unknown model '{ns.model}'; choose one of {', '.join([*PRESETS, *ALIASES])} or give --params"
+        )
     d = PRESETS[name]
     return d["n_layer"], d["n_head"], d["n_embd"]
 
@@ -86,8 +98,9 @@ def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Networ
         raise ConfigError("plan: --latency-us needs --bandwidth-gbps")
     if ns.bandwidth_gbps is not None:
         latency = ns.latency_us if ns.latency_us is not None else 0.0
-        net = cm.Network.uniform(f"{ns.bandwidth_gbps:g} Gbit/s, {latency:g} us",
-                                 cm.Link.from_bandwidth(ns.bandwidth_gbps, latency))
+        net = cm.Network.uniform(
+            f"{ns.bandwidth_gbps:g} Gbit/s, {latency:g} us", cm.Link.from_bandwidth(ns.bandwidth_gbps, latency)
+        )
     elif ns.network == "profile":
         if profile is None:
             raise ConfigError("plan: --network profile needs --device PROFILE.json")
@@ -106,16 +119,24 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     if ns.micro_batch < 0 or ns.gpus_per_node < 1:
         raise ConfigError("plan: --micro-batch must be >= 0 and --gpus-per-node >= 1")
     if ns.devices % ns.gpus_per_node:
-        raise ConfigError(f"plan: --devices ({ns.devices}) must be a whole number of nodes of --gpus-per-node "
-                          f"({ns.gpus_per_node})")
+        raise ConfigError(
+            f"plan: --devices ({ns.devices}) must be a whole number of nodes of --gpus-per-node ({ns.gpus_per_node})"
+        )
     n_layer, n_head, n_embd = _shape(ns)
     hw, net = hardware_and_network(ns)
     intra = cm.network_preset(ns.intra_network) if ns.gpus_per_node > 1 else None
     entries = catalog.split_entries(ns.strategies)
     w = cm.gpt_workload(n_layer, n_head, n_embd, ns.vocab, ns.seq_len, 1, precision=ns.precision)
-    rows = plan.evaluate(entries, w, ns.devices, ns.global_batch, hw,
-                         plan.network_for(ns.devices, net, intra, ns.gpus_per_node), ns.micro_batch,
-                         ns.activation_checkpointing)
+    rows = plan.evaluate(
+        entries,
+        w,
+        ns.devices,
+        ns.global_batch,
+        hw,
+        plan.network_for(ns.devices, net, intra, ns.gpus_per_node),
+        ns.micro_batch,
+        ns.activation_checkpointing,
+    )
     eff: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
     for r in rows:
@@ -123,26 +144,31 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         wr = dataclasses.replace(cm.with_accum(w, r.micro_batch, r.accum), checkpointing=r.checkpointing)
         one = cm.predict(strategy, wr, 1, hw, net, compress).tokens_per_s
 
-        def at(p: int, strategy: str = strategy, compress: str = compress, wr: cm.Workload = wr,
-               one: float = one) -> float:
+        def at(
+            p: int, strategy: str = strategy, compress: str = compress, wr: cm.Workload = wr, one: float = one
+        ) -> float:
             net_p = plan.network_for(p, net, intra, ns.gpus_per_node)
             return cm.predict(strategy, wr, p, hw, net_p, compress).tokens_per_s / (p * one)
 
         eff[r.entry] = at(ns.devices)
         curves[r.entry] = [at(p) for p in plan.SCALING_DEVICES]
     params = w.n_params
-    header = (f"plan: GPT {n_layer} layers x {n_embd} wide ({params / 1e6:,.1f}M parameters), seq {ns.seq_len}, "
-              f"global batch {ns.global_batch} sequences on {ns.devices} x {hw.name} "
-              f"({hw.peak_flops / 1e12:,.1f} TFLOP/s peak at {hw.efficiency:.0%} efficiency, "
-              f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
-              + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else ""))
+    header = (
+        f"plan: GPT {n_layer} layers x {n_embd} wide ({params / 1e6:,.1f}M parameters), seq {ns.seq_len}, "
+        f"global batch {ns.global_batch} sequences on {ns.devices} x {hw.name} "
+        f"({hw.peak_flops / 1e12:,.1f} TFLOP/s peak at {hw.efficiency:.0%} efficiency, "
+        f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
+        + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else "")
+    )
     print(plan.format_plan(rows, header, eff))
     best, why = plan.choose(rows)
     print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")
     if ns.plot:
-        title = (f"{params / 1e6:,.0f}M-parameter GPT, seq {ns.seq_len}, {ns.global_batch // ns.devices} sequences per "
-                 f"device; {hw.name} over {net.name}\nweak scaling (per-device batch fixed), ring collectives: "
-                 "the latency term grows with devices")
+        title = (
+            f"{params / 1e6:,.0f}M-parameter GPT, seq {ns.seq_len}, {ns.global_batch // ns.devices} sequences per "
+            f"device; {hw.name} over {net.name}\nweak scaling (per-device batch fixed), ring collectives: "
+            "the latency term grows with devices"
+        )
         plan.plot_scaling(curves, plan.SCALING_DEVICES, title, ns.plot)
         print(f"scaling plot: {ns.plot}")
     return 0

@@ -10,25 +10,40 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradsync.core.args import ALIASES
 from gradsync.core.config import ParallelConfig, build_config
 from gradsync.core.errors import ConfigError
+from gradsync.core.slurm import announce, slurm_settings
 from gradsync.runtime.launch import run_job, write_run_config
 from gradsync.runtime.script import SCRIPT_JOB
-from gradsync.core.slurm import announce, slurm_settings
 
-LAUNCHER_FLAGS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id", "--node-rank", "--local-addr", "--backend", "--timeout",
-                  "--threads", "--max-restarts")
+LAUNCHER_FLAGS = (
+    "--nproc",
+    "--nnodes",
+    "--rdzv-endpoint",
+    "--rdzv-id",
+    "--node-rank",
+    "--local-addr",
+    "--backend",
+    "--timeout",
+    "--threads",
+    "--max-restarts",
+)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     for flag in LAUNCHER_FLAGS:
         key = ALIASES[flag]
-        p.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), help=f"sets {key}",
-                       type=int if flag in ("--nproc", "--nnodes", "--node-rank") else None)
+        p.add_argument(
+            flag,
+            dest=key,
+            metavar=key.split(".")[1].upper(),
+            help=f"sets {key}",
+            type=int if flag in ("--nproc", "--nnodes", "--node-rank") else None,
+        )
     p.add_argument("script", help="the Python training script every worker runs")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
 
@@ -44,9 +59,12 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         # the workers read the launcher's settings from a config file, as under `gradsync train`;
         # the batch fields are not the script's business: one sequence per worker satisfies them
         default = ParallelConfig()
-        world = int(overrides.get("parallel.nproc") or default.nproc) * int(overrides.get("parallel.nnodes") or default.nnodes)
-        cfg = build_config(None, {**overrides, "train.run_dir": tmp, "train.micro_batch": 1,
-                                  "train.global_batch": max(1, world)})
+        world = int(overrides.get("parallel.nproc") or default.nproc) * int(
+            overrides.get("parallel.nnodes") or default.nnodes
+        )
+        cfg = build_config(
+            None, {**overrides, "train.run_dir": tmp, "train.micro_batch": 1, "train.global_batch": max(1, world)}
+        )
         announce(cfg.parallel)
         run_job(cfg, write_run_config(cfg), SCRIPT_JOB, (ns.script, *ns.script_args))
     return 0

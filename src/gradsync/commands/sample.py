@@ -4,7 +4,7 @@ classifiers), from a checkpoint file or the newest intact one in a run folder.""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.core.errors import ConfigError
 from gradsync.tasks import load_trained

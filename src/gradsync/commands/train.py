@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.checkpoint import format as ckpt
 from gradsync.core.args import add_config_args, config_from_args
 from gradsync.core.errors import EXIT_PREEMPTED, Preempted
-from gradsync.runtime.launch import run_job, write_run_config
-from gradsync.planning.preflight import preflight
 from gradsync.core.runlock import RunLock
 from gradsync.core.slurm import announce
-
+from gradsync.planning.preflight import preflight
+from gradsync.runtime.launch import run_job, write_run_config
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -36,6 +35,5 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     except Preempted as e:  # say what the stopped run left: the checkpoint written as it stopped
         found = ckpt.list_checkpoints(cfg.train.run_dir)
         where = f"the newest checkpoint is {found[-1]}" if found else "no checkpoint was written"
-        raise Preempted(e.reason, f"{where}; continue with --resume "
-                        f"(exit status {EXIT_PREEMPTED})") from None
+        raise Preempted(e.reason, f"{where}; continue with --resume (exit status {EXIT_PREEMPTED})") from None
     return 0

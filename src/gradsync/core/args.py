@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from gradsync.core.config import Config, all_keys, build_config, load_toml
 from gradsync.core.errors import ConfigError
@@ -75,24 +76,32 @@ class ArgParser(argparse.ArgumentParser):
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """``--config FILE.toml``, the short flags, ``--resume`` and ``--no-progress``; any other
     ``--section.key=value`` is taken from the leftovers by :func:`config_from_args`."""
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model], [data], [optim], "
-                   "[parallel], [train] tables")
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file with [model], [data], [optim], [parallel], [train] tables"
+    )
     for flag, key in ALIASES.items():
         p.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), help=f"sets {key}")
-    p.add_argument("--resume", dest="train.resume", nargs="?", const="auto", metavar="CKPT",
-                   help="continue from a checkpoint file or run folder (default: latest in --run-dir)")
-    p.add_argument("--no-progress", dest="train.progress", action="store_const", const="false",
-                   help="no progress bar")
-    p.add_argument("--compile", dest="train.compile", action="store_const", const="true",
-                   help="torch.compile the model")
+    p.add_argument(
+        "--resume",
+        dest="train.resume",
+        nargs="?",
+        const="auto",
+        metavar="CKPT",
+        help="continue from a checkpoint file or run folder (default: latest in --run-dir)",
+    )
+    p.add_argument("--no-progress", dest="train.progress", action="store_const", const="false", help="no progress bar")
+    p.add_argument(
+        "--compile", dest="train.compile", action="store_const", const="true", help="torch.compile the model"
+    )
 
 
 def config_from_args(ns: argparse.Namespace, extra: Sequence[str]) -> Config:
     """Config from the defaults, then a Slurm job step's environment (:mod:`gradsync.core.slurm`),
     then --config, then the short flags, then ``--section.key[=]value`` leftovers."""
     base = load_toml(ns.config) if getattr(ns, "config", None) else {}
-    overrides: dict[str, Any] = {k: v for k, v in slurm_settings().items()
-                                 if k.split(".")[1] not in base.get(k.split(".")[0], {})}
+    overrides: dict[str, Any] = {
+        k: v for k, v in slurm_settings().items() if k.split(".")[1] not in base.get(k.split(".")[0], {})
+    }
     overrides.update({k: v for k, v in vars(ns).items() if "." in k and v is not None})
     overrides.update(parse_dotted(extra))
     return build_config(base, overrides)
@@ -126,6 +135,8 @@ def _full_key(key: str) -> str:
     name = key.replace("-", "_")
     matches = [k for k in all_keys() if k.split(".")[1] == name]
     if len(matches) != 1:
-        raise ConfigError(f"unrecognized argument '--{key}'; config keys are set as --section.key=value "
-                          f"(valid keys: {', '.join(all_keys())})")
+        raise ConfigError(
+            f"unrecognized argument '--{key}'; config keys are set as --section.key=value "
+            f"(valid keys: {', '.join(all_keys())})"
+        )
     return matches[0]

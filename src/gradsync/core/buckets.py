@@ -6,11 +6,12 @@ buckets a run communicates are the buckets the model prices.
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 
-def plan_buckets(sizes: Sequence[int], first_bytes: int, cap_bytes: int,
-                 kinds: Sequence[Hashable] | None = None) -> list[list[int]]:
+def plan_buckets(
+    sizes: Sequence[int], first_bytes: int, cap_bytes: int, kinds: Sequence[Hashable] | None = None
+) -> list[list[int]]:
     """Group tensors of ``sizes`` bytes, in the given order (reverse registration order, roughly
     the order in which backward produces gradients), into buckets of at most ``cap_bytes``: a
     small first bucket of ``first_bytes`` so that communication starts early, then full ones.

@@ -16,8 +16,9 @@ reference resolves.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gradsync.core.errors import ConfigError
 from gradsync.core.spec import Param, Spec, positive
@@ -65,7 +66,9 @@ class CompressorEntry:
 
 def _diloco_rules(o: Mapping[str, Any]) -> str:
     if o["H"] % o["fragments"]:
-        return f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
+        return (
+            f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
+        )
     if o["overlap"] >= o["H"]:
         return f"overlap={o['overlap']} must be < H={o['H']}: a fragment lands before it is sent again"
     if o["keep"] and o["mix"] > 0:
@@ -79,71 +82,154 @@ _TORCH_HOOKS = ("fp16", "bf16", "powersgd")  # torch's own DDP communication hoo
 
 # Each entry: name, class, price, memory, then what differs from the defaults. Described in
 # the guide's chapter 3 (docs/guide/algorithm.md).
-STRATEGIES: dict[str, StrategyEntry] = {e.name: e for e in (
-    StrategyEntry("allreduce", f"{_P}.allreduce:AllReduceStrategy",
-                  f"{_CM}.price:price_allreduce", f"{_CM}.memory:memory_replicated"),
-    StrategyEntry("bucketed", f"{_P}.bucketed:BucketedStrategy",
-                  f"{_CM}.price:price_bucketed", f"{_CM}.memory:memory_replicated",
-                  options={"hierarchical": Param(bool, False)},
-                  exact=True, compressors=("fp16", "bf16", "powersgd", "topk", "int8", "int4")),
-    StrategyEntry("torch-ddp", f"{_P}.reference.torch_ddp:TorchDDPStrategy",
-                  f"{_CM}.price:price_bucketed", f"{_CM}.memory:memory_replicated",
-                  reference=None, compressors=_TORCH_HOOKS, priced_as="bucketed"),
-    StrategyEntry("zero1", f"{_P}.zero1:Zero1Strategy",
-                  f"{_CM}.price:price_zero1", f"{_CM}.memory:memory_zero1",
-                  exact=True, reference="torch-zero1"),
-    StrategyEntry("torch-zero1", f"{_P}.reference.torch_zero:TorchZero1Strategy",
-                  f"{_CM}.price:price_zero1", f"{_CM}.memory:memory_zero1",
-                  reference=None, priced_as="zero1"),
-    StrategyEntry("zero2", f"{_P}.zero2:Zero2Strategy",
-                  f"{_CM}.price:price_zero2", f"{_CM}.memory:memory_zero2",
-                  options={"hybrid": Param(bool, False)},
-                  exact=True, reference="torch-fsdp"),
-    StrategyEntry("zero3", f"{_P}.zero3:Zero3Strategy",
-                  f"{_CM}.price:price_zero3", f"{_CM}.memory:memory_zero3",
-                  options={"prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)"),
-                           "reshard": Param(bool, True),
-                           "hybrid": Param(bool, False)},
-                  exact=True, reference="torch-fsdp"),
-    StrategyEntry("torch-fsdp", f"{_P}.reference.torch_fsdp:TorchFSDPStrategy",
-                  f"{_CM}.price:price_fsdp", f"{_CM}.memory:memory_zero3",
-                  reference=None),
-    StrategyEntry("localsgd", f"{_P}.localsgd:LocalSGDStrategy",
-                  f"{_CM}.price:price_local", f"{_CM}.memory:memory_replicated",
-                  options={"H": Param(int, 8, positive, "a positive number of steps")},
-                  example="localsgd:8", synchronous=False),
-    StrategyEntry("diloco", f"{_P}.diloco:DiLoCoStrategy",
-                  f"{_CM}.price:price_local", f"{_CM}.memory:memory_diloco",
-                  options={"H": Param(int, 8, positive, "a positive number of steps"),
-                           "outer_lr": Param(float, 0.7, positive, "> 0"),
-                           "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
-                           "nesterov": Param(bool, True),
-                           "fragments": Param(int, 1, positive, "a positive integer"),
-                           "overlap": Param(int, 0, lambda v: v >= 0, ">= 0 (inner steps)"),
-                           "mix": Param(float, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
-                           "keep": Param(bool, False),
-                           "quant": Param(str, "fp32", lambda v: v in QUANT, f"one of {', '.join(QUANT)}")},
-                  example="diloco:8", synchronous=False, rules=_diloco_rules),
-)}
+STRATEGIES: dict[str, StrategyEntry] = {
+    e.name: e
+    for e in (
+        StrategyEntry(
+            "allreduce",
+            f"{_P}.allreduce:AllReduceStrategy",
+            f"{_CM}.price:price_allreduce",
+            f"{_CM}.memory:memory_replicated",
+        ),
+        StrategyEntry(
+            "bucketed",
+            f"{_P}.bucketed:BucketedStrategy",
+            f"{_CM}.price:price_bucketed",
+            f"{_CM}.memory:memory_replicated",
+            options={"hierarchical": Param(bool, False)},
+            exact=True,
+            compressors=("fp16", "bf16", "powersgd", "topk", "int8", "int4"),
+        ),
+        StrategyEntry(
+            "torch-ddp",
+            f"{_P}.reference.torch_ddp:TorchDDPStrategy",
+            f"{_CM}.price:price_bucketed",
+            f"{_CM}.memory:memory_replicated",
+            reference=None,
+            compressors=_TORCH_HOOKS,
+            priced_as="bucketed",
+        ),
+        StrategyEntry(
+            "zero1",
+            f"{_P}.zero1:Zero1Strategy",
+            f"{_CM}.price:price_zero1",
+            f"{_CM}.memory:memory_zero1",
+            exact=True,
+            reference="torch-zero1",
+        ),
+        StrategyEntry(
+            "torch-zero1",
+            f"{_P}.reference.torch_zero:TorchZero1Strategy",
+            f"{_CM}.price:price_zero1",
+            f"{_CM}.memory:memory_zero1",
+            reference=None,
+            priced_as="zero1",
+        ),
+        StrategyEntry(
+            "zero2",
+            f"{_P}.zero2:Zero2Strategy",
+            f"{_CM}.price:price_zero2",
+            f"{_CM}.memory:memory_zero2",
+            options={"hybrid": Param(bool, False)},
+            exact=True,
+            reference="torch-fsdp",
+        ),
+        StrategyEntry(
+            "zero3",
+            f"{_P}.zero3:Zero3Strategy",
+            f"{_CM}.price:price_zero3",
+            f"{_CM}.memory:memory_zero3",
+            options={
+                "prefetch": Param(int, 1, lambda v: v >= 0, ">= 0 (units gathered ahead)"),
+                "reshard": Param(bool, True),
+                "hybrid": Param(bool, False),
+            },
+            exact=True,
+            reference="torch-fsdp",
+        ),
+        StrategyEntry(
+            "torch-fsdp",
+            f"{_P}.reference.torch_fsdp:TorchFSDPStrategy",
+            f"{_CM}.price:price_fsdp",
+            f"{_CM}.memory:memory_zero3",
+            reference=None,
+        ),
+        StrategyEntry(
+            "localsgd",
+            f"{_P}.localsgd:LocalSGDStrategy",
+            f"{_CM}.price:price_local",
+            f"{_CM}.memory:memory_replicated",
+            options={"H": Param(int, 8, positive, "a positive number of steps")},
+            example="localsgd:8",
+            synchronous=False,
+        ),
+        StrategyEntry(
+            "diloco",
+            f"{_P}.diloco:DiLoCoStrategy",
+            f"{_CM}.price:price_local",
+            f"{_CM}.memory:memory_diloco",
+            options={
+                "H": Param(int, 8, positive, "a positive number of steps"),
+                "outer_lr": Param(float, 0.7, positive, "> 0"),
+                "momentum": Param(float, 0.9, lambda v: 0 <= v < 1, "in [0, 1)"),
+                "nesterov": Param(bool, True),
+                "fragments": Param(int, 1, positive, "a positive integer"),
+                "overlap": Param(int, 0, lambda v: v >= 0, ">= 0 (inner steps)"),
+                "mix": Param(float, 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
+                "keep": Param(bool, False),
+                "quant": Param(str, "fp32", lambda v: v in QUANT, f"one of {', '.join(QUANT)}"),
+            },
+            example="diloco:8",
+            synchronous=False,
+            rules=_diloco_rules,
+        ),
+    )
+}
 
-COMPRESSORS: dict[str, CompressorEntry] = {e.name: e for e in (
-    CompressorEntry("none", f"{_P}.grad_paths.compression:AllReduceMean", f"{_CM}.price:bucket_comm_none"),
-    CompressorEntry("fp16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}.price:bucket_comm_low_precision"),
-    # bf16 takes fp16's path and bytes: name it to bench it
-    CompressorEntry("bf16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}.price:bucket_comm_low_precision", in_all=False),
-    CompressorEntry("powersgd", f"{_P}.grad_paths.compression:PowerSGD", f"{_CM}.price:bucket_comm_powersgd",
-                    options={"rank": Param(int, 4, positive, "a positive integer"),
-                             "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
-                             "warm_start": Param(bool, True)},
-                    error_feedback=True, example="powersgd:rank=4"),
-    CompressorEntry("topk", f"{_P}.grad_paths.compression:TopK", f"{_CM}.price:bucket_comm_topk",
-                    options={"ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
-                             "warmup": Param(int, 0, lambda v: v >= 0, ">= 0")},
-                    error_feedback=True, example="topk:ratio=0.01"),
-    CompressorEntry("int8", f"{_P}.grad_paths.compression:Quantized", f"{_CM}.price:bucket_comm_quantized", error_feedback=True),
-    CompressorEntry("int4", f"{_P}.grad_paths.compression:Quantized", f"{_CM}.price:bucket_comm_quantized", error_feedback=True,
-                    in_all=False),
-)}
+COMPRESSORS: dict[str, CompressorEntry] = {
+    e.name: e
+    for e in (
+        CompressorEntry("none", f"{_P}.grad_paths.compression:AllReduceMean", f"{_CM}.price:bucket_comm_none"),
+        CompressorEntry("fp16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}.price:bucket_comm_low_precision"),
+        # bf16 takes fp16's path and bytes: name it to bench it
+        CompressorEntry(
+            "bf16", f"{_P}.grad_paths.compression:LowPrecision", f"{_CM}.price:bucket_comm_low_precision", in_all=False
+        ),
+        CompressorEntry(
+            "powersgd",
+            f"{_P}.grad_paths.compression:PowerSGD",
+            f"{_CM}.price:bucket_comm_powersgd",
+            options={
+                "rank": Param(int, 4, positive, "a positive integer"),
+                "min_numel": Param(int, 1024, lambda v: v >= 0, ">= 0"),
+                "warm_start": Param(bool, True),
+            },
+            error_feedback=True,
+            example="powersgd:rank=4",
+        ),
+        CompressorEntry(
+            "topk",
+            f"{_P}.grad_paths.compression:TopK",
+            f"{_CM}.price:bucket_comm_topk",
+            options={
+                "ratio": Param(float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]"),
+                "warmup": Param(int, 0, lambda v: v >= 0, ">= 0"),
+            },
+            error_feedback=True,
+            example="topk:ratio=0.01",
+        ),
+        CompressorEntry(
+            "int8", f"{_P}.grad_paths.compression:Quantized", f"{_CM}.price:bucket_comm_quantized", error_feedback=True
+        ),
+        CompressorEntry(
+            "int4",
+            f"{_P}.grad_paths.compression:Quantized",
+            f"{_CM}.price:bucket_comm_quantized",
+            error_feedback=True,
+            in_all=False,
+        ),
+    )
+}
 
 # The option schemas the spec parser checks --strategy and --compress against.
 STRATEGY_SCHEMA: Mapping[str, Mapping[str, Param]] = {AUTO: {}, **{n: e.options for n, e in STRATEGIES.items()}}
@@ -172,12 +258,16 @@ def check_composition(strategy_spec: Spec, compress: Spec) -> None:
     if compress.name == "none":
         return
     if strategy_spec.options.get("hierarchical"):
-        raise ConfigError(f"parallel.compress {compress.name} does not compose with bucketed:hierarchical=true "
-                          "(the two-level all-reduce sends fp32 shards); drop one of them")
+        raise ConfigError(
+            f"parallel.compress {compress.name} does not compose with bucketed:hierarchical=true "
+            "(the two-level all-reduce sends fp32 shards); drop one of them"
+        )
     if entry is None or compress.name not in entry.compressors:
         where = ", ".join(f"{e.name} ({'/'.join(e.compressors)})" for e in STRATEGIES.values() if e.compressors)
-        raise ConfigError(f"parallel.compress {compress.name} is not implemented for strategy "
-                          f"{strategy_spec.name}; compression composes with {where}")
+        raise ConfigError(
+            f"parallel.compress {compress.name} is not implemented for strategy "
+            f"{strategy_spec.name}; compression composes with {where}"
+        )
 
 
 def resolve(ref: str) -> Any:
@@ -187,6 +277,7 @@ def resolve(ref: str) -> Any:
 
 
 # -- entries as bench and plan list them ("strategy[+compressor spec]") --------------------------
+
 
 def entry_name(strategy_spec: str, compress_spec: str = "none") -> str:
     return strategy_spec if compress_spec == "none" else f"{strategy_spec}+{compress_spec}"

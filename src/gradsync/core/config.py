@@ -19,12 +19,13 @@ import math
 import os
 import textwrap
 import tokenize
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from gradsync.core.catalog import AUTO, COMPRESSOR_SCHEMA, STRATEGY_SCHEMA, TASKS, check_composition
 from gradsync.core.errors import ConfigError
@@ -52,9 +53,10 @@ class TaskConfig:
     name: str = "gpt"  # gpt | bert | image | speech | hf-causal-lm | hf-masked-lm | package.module:factory
 
     def __post_init__(self) -> None:
-        _check(self.name in TASKS or _is_factory_ref(self.name),
-               f"task.name '{self.name}' is unknown; choose one of {', '.join(TASKS)} or give "
-               "package.module:factory")
+        _check(
+            self.name in TASKS or _is_factory_ref(self.name),
+            f"task.name '{self.name}' is unknown; choose one of {', '.join(TASKS)} or give package.module:factory",
+        )
 
 
 def _is_factory_ref(name: str) -> bool:
@@ -100,7 +102,9 @@ class SpeechConfig:
     on this machine with espeak-ng, test voices never seen in training) or a folder of WAV files,
     one subfolder per label (the Speech Commands layout)."""
 
-    source: str = "espeak-digits"  # espeak-digits (made once with espeak-ng) | a WAV folder in the Speech Commands layout
+    source: str = (
+        "espeak-digits"  # espeak-digits (made once with espeak-ng) | a WAV folder in the Speech Commands layout
+    )
     sample_rate: int = 16000  # Hz; clips are resampled to it
     clip_s: float = 1.0  # seconds per clip; longer ones are cut, shorter ones padded
     n_mels: int = 40  # mel bands of the log-mel features
@@ -110,7 +114,9 @@ class SpeechConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "speech.source must not be empty")
-        _check(8000 <= self.sample_rate <= 48000, f"speech.sample_rate must be in [8000, 48000], got {self.sample_rate}")
+        _check(
+            8000 <= self.sample_rate <= 48000, f"speech.sample_rate must be in [8000, 48000], got {self.sample_rate}"
+        )
         _check(0.1 <= self.clip_s <= 10, f"speech.clip_s must be in [0.1, 10], got {self.clip_s}")
         _check(8 <= self.n_mels <= 128, f"speech.n_mels must be in [8, 128], got {self.n_mels}")
         _check(self.width >= 4, f"speech.width must be >= 4, got {self.width}")
@@ -140,8 +146,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout probability
 
     def __post_init__(self) -> None:
-        _check(self.preset in PRESETS,
-               f"model.preset '{self.preset}' is unknown; choose one of {', '.join(PRESETS)}")
+        _check(self.preset in PRESETS, f"model.preset '{self.preset}' is unknown; choose one of {', '.join(PRESETS)}")
         for name in ("n_layer", "n_head", "n_embd"):
             v = getattr(self, name)
             _check(v is None or v > 0, f"model.{name} must be a positive integer, got {v}")
@@ -149,8 +154,7 @@ class ModelConfig:
         if self.n_embd is not None or self.n_head is not None:
             emb = self.n_embd or PRESETS[self.preset]["n_embd"]
             heads = self.n_head or PRESETS[self.preset]["n_head"]
-            _check(emb % heads == 0,
-                   f"model.n_embd ({emb}) must be divisible by model.n_head ({heads})")
+            _check(emb % heads == 0, f"model.n_embd ({emb}) must be divisible by model.n_head ({heads})")
 
 
 @dataclass(frozen=True)
@@ -171,28 +175,37 @@ class DataConfig:
     synthetic_vocab: int = 16  # synthetic data: vocabulary of the Markov chain
     synthetic_order: int = 2  # synthetic data: tokens of context the chain depends on
     synthetic_tokens: int = 400_000  # synthetic data: tokens generated
-    synthetic_alpha: float = 0.2  # synthetic data: Dirichlet concentration of the transition rows (smaller = more predictable)
+    synthetic_alpha: float = (
+        0.2  # synthetic data: Dirichlet concentration of the transition rows (smaller = more predictable)
+    )
     synthetic_seed: int = 0  # synthetic data: seed of the chain and of the sampled tokens
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source must not be empty")
-        _check(self.tokenizer in ("byte", "bpe") or self.tokenizer.endswith(".json"),
-               f"data.tokenizer '{self.tokenizer}' is unknown; choose byte, bpe or a tokenizer.json path")
-        _check(260 <= self.bpe_vocab_size <= 65535,
-               f"data.bpe_vocab_size must be in [260, 65535], got {self.bpe_vocab_size}")
+        _check(
+            self.tokenizer in ("byte", "bpe") or self.tokenizer.endswith(".json"),
+            f"data.tokenizer '{self.tokenizer}' is unknown; choose byte, bpe or a tokenizer.json path",
+        )
+        _check(
+            260 <= self.bpe_vocab_size <= 65535,
+            f"data.bpe_vocab_size must be in [260, 65535], got {self.bpe_vocab_size}",
+        )
         _check(self.seq_len >= 2, f"data.seq_len must be at least 2, got {self.seq_len}")
-        _check(0.0 < self.val_fraction < 0.5,
-               f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        _check(self.vocab_size is None or self.vocab_size > 0,
-               f"data.vocab_size must be positive, got {self.vocab_size}")
-        _check(2 <= self.synthetic_vocab <= 1024,
-               f"data.synthetic_vocab must be in [2, 1024], got {self.synthetic_vocab}")
-        _check(1 <= self.synthetic_order <= 4,
-               f"data.synthetic_order must be in [1, 4], got {self.synthetic_order}")
-        _check(self.synthetic_vocab ** self.synthetic_order <= 1 << 20,
-               "data.synthetic_vocab ** data.synthetic_order must be at most 2**20 contexts")
-        _check(self.synthetic_tokens >= 1000,
-               f"data.synthetic_tokens must be at least 1000, got {self.synthetic_tokens}")
+        _check(0.0 < self.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        _check(
+            self.vocab_size is None or self.vocab_size > 0, f"data.vocab_size must be positive, got {self.vocab_size}"
+        )
+        _check(
+            2 <= self.synthetic_vocab <= 1024, f"data.synthetic_vocab must be in [2, 1024], got {self.synthetic_vocab}"
+        )
+        _check(1 <= self.synthetic_order <= 4, f"data.synthetic_order must be in [1, 4], got {self.synthetic_order}")
+        _check(
+            self.synthetic_vocab**self.synthetic_order <= 1 << 20,
+            "data.synthetic_vocab ** data.synthetic_order must be at most 2**20 contexts",
+        )
+        _check(
+            self.synthetic_tokens >= 1000, f"data.synthetic_tokens must be at least 1000, got {self.synthetic_tokens}"
+        )
         _check(self.synthetic_alpha > 0, f"data.synthetic_alpha must be > 0, got {self.synthetic_alpha}")
 
 
@@ -211,24 +224,31 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW's denominator epsilon
     grad_clip: float = 1.0  # 0 disables clipping
     momentum: float = 0.0  # sgd only
-    kernel: str = "default"  # default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math
+    kernel: str = (
+        "default"  # default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math
+    )
 
     def __post_init__(self) -> None:
-        _check(self.name in OPTIMIZERS,
-               f"optim.name '{self.name}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        _check(self.name in OPTIMIZERS, f"optim.name '{self.name}' is unknown; choose one of {', '.join(OPTIMIZERS)}")
         _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
-        _check(self.name == "sgd" or self.momentum == 0,
-               "optim.momentum applies to optim.name=sgd only (AdamW uses optim.beta1)")
+        _check(
+            self.name == "sgd" or self.momentum == 0,
+            "optim.momentum applies to optim.name=sgd only (AdamW uses optim.beta1)",
+        )
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-               f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        _check(
+            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            f"optim.beta1 and optim.beta2 must be in [0, 1), got {self.beta1}, {self.beta2}",
+        )
         _check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
         _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
-        _check(self.kernel in ("default", "foreach", "fused"),
-               f"optim.kernel must be default, foreach or fused, got '{self.kernel}'")
+        _check(
+            self.kernel in ("default", "foreach", "fused"),
+            f"optim.kernel must be default, foreach or fused, got '{self.kernel}'",
+        )
 
 
 @dataclass(frozen=True)
@@ -254,21 +274,31 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
         _check(self.nnodes >= 1, f"parallel.nnodes must be >= 1, got {self.nnodes}")
-        _check(-1 <= self.node_rank < self.nnodes,
-               f"parallel.node_rank must be -1 (unknown) or in [0, nnodes={self.nnodes}), got {self.node_rank}")
+        _check(
+            -1 <= self.node_rank < self.nnodes,
+            f"parallel.node_rank must be -1 (unknown) or in [0, nnodes={self.nnodes}), got {self.node_rank}",
+        )
         check_composition(self.strategy_spec, self.compress_spec)
-        _check(self.strategy != AUTO or self.compress == "none",
-               "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy")
-        _check(self.bucket_mb >= 0 and self.first_bucket_mb > 0,
-               "parallel.bucket_mb must be > 0 (or 0: chosen from the calibrated profile) and "
-               "parallel.first_bucket_mb > 0")
-        _check(self.backend in BACKENDS,
-               f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}")
+        _check(
+            self.strategy != AUTO or self.compress == "none",
+            "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy",
+        )
+        _check(
+            self.bucket_mb >= 0 and self.first_bucket_mb > 0,
+            "parallel.bucket_mb must be > 0 (or 0: chosen from the calibrated profile) and "
+            "parallel.first_bucket_mb > 0",
+        )
+        _check(
+            self.backend in BACKENDS,
+            f"parallel.backend '{self.backend}' is unknown; choose one of {', '.join(BACKENDS)}",
+        )
         _check(self.timeout_s >= 1, f"parallel.timeout_s must be at least 1 second, got {self.timeout_s:g}")
         _check(self.threads >= 0, f"parallel.threads must be >= 0, got {self.threads}")
         _check(self.max_restarts >= 0, f"parallel.max_restarts must be >= 0, got {self.max_restarts}")
-        _check(self.nnodes == 1 or bool(self.rdzv_endpoint),
-               "parallel.rdzv_endpoint (host:port) is required when parallel.nnodes > 1")
+        _check(
+            self.nnodes == 1 or bool(self.rdzv_endpoint),
+            "parallel.rdzv_endpoint (host:port) is required when parallel.nnodes > 1",
+        )
 
     @property
     def world_size(self) -> int:
@@ -321,29 +351,43 @@ class TrainConfig:
         _check(self.global_batch >= 1, f"train.global_batch must be >= 1, got {self.global_batch}")
         _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
         _check(self.stop_after >= 0, f"train.stop_after must be >= 0, got {self.stop_after}")
-        _check(self.activation_checkpointing in CHECKPOINTING,
-               f"train.activation_checkpointing '{self.activation_checkpointing}' is unknown; choose one of "
-               f"{', '.join(CHECKPOINTING)}")
-        _check(self.precision in PRECISIONS,
-               f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
+        _check(
+            self.activation_checkpointing in CHECKPOINTING,
+            f"train.activation_checkpointing '{self.activation_checkpointing}' is unknown; choose one of "
+            f"{', '.join(CHECKPOINTING)}",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}",
+        )
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")
         unknown = [n for n in self.loggers.split(",") if n.strip() and n.strip() not in LOGGERS]
-        _check(not unknown, f"train.loggers: unknown logger '{unknown[0] if unknown else ''}'; "
-               f"choose from {', '.join(LOGGERS)}")
-        _check(self.print_interval >= 0, f"train.print_interval must be >= 0 (0 = automatic), got {self.print_interval}")
+        _check(
+            not unknown,
+            f"train.loggers: unknown logger '{unknown[0] if unknown else ''}'; choose from {', '.join(LOGGERS)}",
+        )
+        _check(
+            self.print_interval >= 0, f"train.print_interval must be >= 0 (0 = automatic), got {self.print_interval}"
+        )
         _check(self.eval_interval >= 1, f"train.eval_interval must be >= 1, got {self.eval_interval}")
         _check(self.eval_sequences >= 1, f"train.eval_sequences must be >= 1, got {self.eval_sequences}")
         _check(self.ckpt_interval >= 0, f"train.ckpt_interval must be >= 0, got {self.ckpt_interval}")
         _check(self.max_bad_steps >= 0, f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")
-        _check(self.checkpoint_format in ("file", "dcp"),
-               f"train.checkpoint_format must be file or dcp, got '{self.checkpoint_format}'")
-        _check(not self.async_checkpoint or self.checkpoint_format == "dcp",
-               "train.async_checkpoint needs train.checkpoint_format=dcp")
-        _check(self.keep_checkpoints >= 0,
-               f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
+        _check(
+            self.checkpoint_format in ("file", "dcp"),
+            f"train.checkpoint_format must be file or dcp, got '{self.checkpoint_format}'",
+        )
+        _check(
+            not self.async_checkpoint or self.checkpoint_format == "dcp",
+            "train.async_checkpoint needs train.checkpoint_format=dcp",
+        )
+        _check(
+            self.keep_checkpoints >= 0,
+            f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}",
+        )
         _check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
         _check(self.peak_tflops >= 0, f"train.peak_tflops must be >= 0, got {self.peak_tflops}")
-        _check(0 <= self.seed < 2 ** 63, f"train.seed must be in [0, 2**63), got {self.seed}")
+        _check(0 <= self.seed < 2**63, f"train.seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -365,9 +409,11 @@ class Config:
     def check_world(self, world_size: int) -> None:
         """Raise unless the global batch splits evenly into ``world_size`` workers' micro-batches."""
         per_step = world_size * self.train.micro_batch
-        _check(self.train.global_batch % per_step == 0,
-               f"train.global_batch ({self.train.global_batch}) must be divisible by "
-               f"world size × train.micro_batch ({world_size} × {self.train.micro_batch} = {per_step})")
+        _check(
+            self.train.global_batch % per_step == 0,
+            f"train.global_batch ({self.train.global_batch}) must be divisible by "
+            f"world size × train.micro_batch ({world_size} × {self.train.micro_batch} = {per_step})",
+        )
 
     def grad_accum_steps(self, world_size: int) -> int:
         self.check_world(world_size)
@@ -397,7 +443,7 @@ class Config:
             lines.append("")
         return "\n".join(lines)
 
-    def replace(self, **overrides: Any) -> "Config":
+    def replace(self, **overrides: Any) -> Config:
         """A copy with dotted overrides applied, e.g. ``cfg.replace(**{"train.max_steps": 5})``."""
         return build_config(self.to_dict(), overrides)
 
@@ -412,9 +458,16 @@ def _toml_value(v: Any) -> str:
 
 
 _SECTIONS: dict[str, type] = {
-    "task": TaskConfig, "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-    "parallel": ParallelConfig, "train": TrainConfig,
-    "bert": BertConfig, "image": ImageConfig, "speech": SpeechConfig, "hf": HFConfig,
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "parallel": ParallelConfig,
+    "train": TrainConfig,
+    "bert": BertConfig,
+    "image": ImageConfig,
+    "speech": SpeechConfig,
+    "hf": HFConfig,
 }
 
 
@@ -441,8 +494,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     return out
 
 
-def build_config(base: dict[str, dict[str, Any]] | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
+def build_config(base: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Build a validated Config from nested ``base`` values and dotted ``overrides``."""
     values: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
     for section, table in (base or {}).items():
@@ -479,8 +531,9 @@ def key_meanings() -> dict[str, str]:
         for node in ast.parse(textwrap.dedent("\n".join(lines))).body[0].body:  # type: ignore[attr-defined]
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 line = lines[node.lineno - 1].strip() + "\n"
-                comments = [t.string for t in tokenize.generate_tokens(io.StringIO(line).readline)
-                            if t.type == tokenize.COMMENT]
+                comments = [
+                    t.string for t in tokenize.generate_tokens(io.StringIO(line).readline) if t.type == tokenize.COMMENT
+                ]
                 out[f"{section}.{node.target.id}"] = comments[0].lstrip("# ") if comments else ""
     return out
 
@@ -497,14 +550,41 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Fields that must be equal between a checkpoint's config and the resuming run's config.
 RESUME_MUST_MATCH = (
-    "task.name", "bert.mask_prob", "image.source", "image.size", "image.channels", "image.width",
-    "image.test_fraction", "speech.source", "speech.sample_rate", "speech.clip_s", "speech.n_mels",
-    "speech.width", "speech.test_fraction", "hf.config", "hf.pretrained",
-    "model.preset", "model.n_layer", "model.n_head", "model.n_embd",
-    "data.source", "data.tokenizer", "data.bpe_vocab_size", "data.seq_len", "data.val_fraction",
-    "data.vocab_size", "data.synthetic_vocab", "data.synthetic_order", "data.synthetic_tokens",
-    "data.synthetic_alpha", "data.synthetic_seed",
-    "train.global_batch", "train.seed", "parallel.strategy", "parallel.compress", "optim.name",
+    "task.name",
+    "bert.mask_prob",
+    "image.source",
+    "image.size",
+    "image.channels",
+    "image.width",
+    "image.test_fraction",
+    "speech.source",
+    "speech.sample_rate",
+    "speech.clip_s",
+    "speech.n_mels",
+    "speech.width",
+    "speech.test_fraction",
+    "hf.config",
+    "hf.pretrained",
+    "model.preset",
+    "model.n_layer",
+    "model.n_head",
+    "model.n_embd",
+    "data.source",
+    "data.tokenizer",
+    "data.bpe_vocab_size",
+    "data.seq_len",
+    "data.val_fraction",
+    "data.vocab_size",
+    "data.synthetic_vocab",
+    "data.synthetic_order",
+    "data.synthetic_tokens",
+    "data.synthetic_alpha",
+    "data.synthetic_seed",
+    "train.global_batch",
+    "train.seed",
+    "parallel.strategy",
+    "parallel.compress",
+    "optim.name",
 )
 
 

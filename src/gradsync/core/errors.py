@@ -5,7 +5,6 @@ checkpoint) or the environment, not a bug: the CLI prints ``gradsync: error: <me
 with status 2, without a traceback. The message must say what to fix.
 """
 
-
 # The exit status of a run that a signal stopped after it saved a checkpoint (SIGTERM, SIGINT,
 # SIGHUP, SIGUSR1: how Slurm and Kubernetes preempt a job, and Ctrl-C). A scheduler can requeue
 # on it; the next start continues with --resume.
@@ -63,8 +62,10 @@ def one_line_error(e: BaseException) -> str | None:
         return str(e)
     if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _is_oom(str(e))):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return (f"out of memory ({first[:200]}); lower --micro-batch (accumulation keeps the global batch), "
-                "shard the state with --strategy zero2 or zero3, or use a smaller model")
+        return (
+            f"out of memory ({first[:200]}); lower --micro-batch (accumulation keeps the global batch), "
+            "shard the state with --strategy zero2 or zero3, or use a smaller model"
+        )
     if isinstance(e, OSError) and e.strerror:
         where = f" '{e.filename}'" if e.filename else ""
         return f"cannot read or write{where}: {e.strerror} (a full disk, a read-only file system, a folder removed?)"

@@ -36,8 +36,12 @@ def write_cache(path: Path, data: bytes) -> bool:
     except OSError as e:
         if not _cache_warned:
             _cache_warned = True
-            print(f"gradsync: warning: cannot write to the cache folder {path.parent} ({e.strerror or e}); going "
-                  "on without caching (set GRADSYNC_CACHE to a writable folder)", file=sys.stderr, flush=True)
+            print(
+                f"gradsync: warning: cannot write to the cache folder {path.parent} ({e.strerror or e}); going "
+                "on without caching (set GRADSYNC_CACHE to a writable folder)",
+                file=sys.stderr,
+                flush=True,
+            )
         return False
 
 

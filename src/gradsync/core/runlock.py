@@ -57,7 +57,8 @@ class RunLock:
                     f"run folder '{self.path.parent}' is in use by another gradsync run (host "
                     f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}, since {holder.get('since', '?')}); "
                     f"wait for it or stop it, or choose another --run-dir (if that process is gone, delete "
-                    f"{self.path})") from None
+                    f"{self.path})"
+                ) from None
             except OSError as e:
                 raise ConfigError(f"cannot write in the run folder '{self.path.parent}': {e.strerror or e}") from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -78,7 +79,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

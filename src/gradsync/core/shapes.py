@@ -50,8 +50,9 @@ class GPTShape:
     dropout: float = 0.0
 
     @classmethod
-    def from_preset(cls, preset: str, vocab_size: int, block_size: int, dropout: float = 0.0,
-                    **overrides: int | None) -> "GPTShape":
+    def from_preset(
+        cls, preset: str, vocab_size: int, block_size: int, dropout: float = 0.0, **overrides: int | None
+    ) -> GPTShape:
         dims = dict(PRESETS[preset])
         dims.update({k: v for k, v in overrides.items() if v is not None})
         return cls(vocab_size=vocab_size, block_size=block_size, dropout=dropout, **dims)
@@ -60,15 +61,25 @@ class GPTShape:
         """Every parameter in registration order (``model.parameters()``); the output head is
         tied to the token embedding and appears once, as ``wte.weight``."""
         h = self.n_embd
-        out = [TensorShape("wte.weight", (self.vocab_size, h), ROOT_UNIT),
-               TensorShape("wpe.weight", (self.block_size, h), ROOT_UNIT)]
+        out = [
+            TensorShape("wte.weight", (self.vocab_size, h), ROOT_UNIT),
+            TensorShape("wpe.weight", (self.block_size, h), ROOT_UNIT),
+        ]
         for i in range(self.n_layer):
-            for name, shape in (("ln1.weight", (h,)), ("ln1.bias", (h,)),
-                                ("attn.qkv.weight", (3 * h, h)), ("attn.qkv.bias", (3 * h,)),
-                                ("attn.proj.weight", (h, h)), ("attn.proj.bias", (h,)),
-                                ("ln2.weight", (h,)), ("ln2.bias", (h,)),
-                                ("mlp.fc.weight", (4 * h, h)), ("mlp.fc.bias", (4 * h,)),
-                                ("mlp.proj.weight", (h, 4 * h)), ("mlp.proj.bias", (h,))):
+            for name, shape in (
+                ("ln1.weight", (h,)),
+                ("ln1.bias", (h,)),
+                ("attn.qkv.weight", (3 * h, h)),
+                ("attn.qkv.bias", (3 * h,)),
+                ("attn.proj.weight", (h, h)),
+                ("attn.proj.bias", (h,)),
+                ("ln2.weight", (h,)),
+                ("ln2.bias", (h,)),
+                ("mlp.fc.weight", (4 * h, h)),
+                ("mlp.fc.bias", (4 * h,)),
+                ("mlp.proj.weight", (h, 4 * h)),
+                ("mlp.proj.bias", (h,)),
+            ):
                 out.append(TensorShape(f"blocks.{i}.{name}", shape, i))
         out += [TensorShape("ln_f.weight", (h,), ROOT_UNIT), TensorShape("ln_f.bias", (h,), ROOT_UNIT)]
         return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
@@ -62,7 +62,7 @@ def _expand_one(item: str, whole: str) -> list[str]:
     if open_at < 0:
         return [item]
     close_at = item.index("]", open_at)
-    prefix, body, rest = item[:open_at], item[open_at + 1:close_at], item[close_at + 1:]
+    prefix, body, rest = item[:open_at], item[open_at + 1 : close_at], item[close_at + 1 :]
     numbers: list[str] = []
     for piece in body.split(","):
         m = _RANGE.match(piece.strip())
@@ -92,11 +92,15 @@ def slurm_settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
         tasks = int(env.get("SLURM_STEP_NUM_TASKS", nodes))
         node_rank = int(env.get("SLURM_NODEID", "0"))
     except ValueError:
-        raise ConfigError("the Slurm environment is not what srun sets (SLURM_STEP_NUM_NODES, SLURM_STEP_NUM_TASKS "
-                          "and SLURM_NODEID must be integers)") from None
+        raise ConfigError(
+            "the Slurm environment is not what srun sets (SLURM_STEP_NUM_NODES, SLURM_STEP_NUM_TASKS "
+            "and SLURM_NODEID must be integers)"
+        ) from None
     if tasks != nodes:
-        raise ConfigError(f"this Slurm job step runs {tasks} tasks on {nodes} node(s); gradsync starts each node's "
-                          "workers itself, so run one task per node: srun --ntasks-per-node=1 gradsync ...")
+        raise ConfigError(
+            f"this Slurm job step runs {tasks} tasks on {nodes} node(s); gradsync starts each node's "
+            "workers itself, so run one task per node: srun --ntasks-per-node=1 gradsync ..."
+        )
     out = {"parallel.nnodes": str(nodes), "parallel.node_rank": str(node_rank)}
     gpus = env.get("SLURM_GPUS_ON_NODE", "")
     if gpus.isdigit() and int(gpus) > 0:
@@ -120,5 +124,7 @@ def describe(p: ParallelConfig, env: Mapping[str, str] | None = None) -> str:
     """One line for the job's log: this node's place in the job, as finally configured."""
     env = os.environ if env is None else env
     where = f", rendezvous at {p.rdzv_endpoint}" if p.nnodes > 1 else ""
-    return (f"gradsync: Slurm job {env.get('SLURM_JOB_ID', '?')}: node {p.node_rank} of {p.nnodes}, "
-            f"{p.nproc} worker(s) per node{where}")
+    return (
+        f"gradsync: Slurm job {env.get('SLURM_JOB_ID', '?')}: node {p.node_rank} of {p.nnodes}, "
+        f"{p.nproc} worker(s) per node{where}"
+    )

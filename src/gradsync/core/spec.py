@@ -9,8 +9,9 @@ entries of :mod:`gradsync.core.catalog`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gradsync.core.errors import ConfigError
 from gradsync.core.values import coerce
@@ -67,13 +68,15 @@ def parse_spec(text: str, schema: Schema, what: str) -> Spec:
         key, eq, raw = item.partition("=")
         if not eq:
             if i > 0 or not params:
-                raise ConfigError(f"{what} '{text}': write options as key=value "
-                                  f"(options of {name}: {', '.join(params) or 'none'})")
+                raise ConfigError(
+                    f"{what} '{text}': write options as key=value (options of {name}: {', '.join(params) or 'none'})"
+                )
             key, raw = next(iter(params)), item
         key = key.strip()
         if key not in params:
-            raise ConfigError(f"{what} '{text}': unknown option '{key}' for {name} "
-                              f"(options: {', '.join(params) or 'none'})")
+            raise ConfigError(
+                f"{what} '{text}': unknown option '{key}' for {name} (options: {', '.join(params) or 'none'})"
+            )
         values[key] = _convert(f"{what} '{text}'", key, raw.strip(), params[key])
     return Spec(name, values)
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gradsync.data.stream import TokenStream
 from gradsync.core.errors import DataError
+from gradsync.data.stream import TokenStream
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -63,11 +63,14 @@ class TokenSequences:
 class ShardedBatches:
     """Yields, per optimizer step, this rank's list of micro-batches (tuples of tensors)."""
 
-    def __init__(self, examples: Examples, global_batch: int, micro_batch: int,
-                 rank: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self, examples: Examples, global_batch: int, micro_batch: int, rank: int, world_size: int, seed: int
+    ) -> None:
         if global_batch % (world_size * micro_batch):
-            raise DataError(f"global batch {global_batch} is not divisible by world size × micro-batch "
-                            f"({world_size} × {micro_batch})")
+            raise DataError(
+                f"global batch {global_batch} is not divisible by world size × micro-batch "
+                f"({world_size} × {micro_batch})"
+            )
         self.examples = examples
         self.global_batch = global_batch
         self.micro_batch = micro_batch
@@ -76,9 +79,11 @@ class ShardedBatches:
         self.seed = seed
         self.n_chunks = len(examples)
         if self.n_chunks < global_batch:
-            raise DataError(f"the train split holds only {self.n_chunks} examples, fewer than one global "
-                            f"batch of {global_batch}; use more data, shorter sequences (data.seq_len) or "
-                            "a smaller train.global_batch")
+            raise DataError(
+                f"the train split holds only {self.n_chunks} examples, fewer than one global "
+                f"batch of {global_batch}; use more data, shorter sequences (data.seq_len) or "
+                "a smaller train.global_batch"
+            )
         self.step = 0
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
@@ -114,9 +119,9 @@ class ShardedBatches:
         ids = self.local_chunks(step)
         draws = (step * self.global_batch + np.arange(self.global_batch, dtype=np.int64))[self._local_slice()]
         m = self.micro_batch
-        return [self.examples.batch(ids[i:i + m], draws[i:i + m], True) for i in range(0, len(ids), m)]
+        return [self.examples.batch(ids[i : i + m], draws[i : i + m], True) for i in range(0, len(ids), m)]
 
-    def __iter__(self) -> "ShardedBatches":
+    def __iter__(self) -> ShardedBatches:
         return self
 
     def __next__(self) -> list[Batch]:
@@ -125,20 +130,21 @@ class ShardedBatches:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seed": self.seed, "n_chunks": self.n_chunks,
-                "global_batch": self.global_batch}
+        return {"step": self.step, "seed": self.seed, "n_chunks": self.n_chunks, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "n_chunks", "global_batch"):
             if state[key] != getattr(self, key):
-                raise DataError(f"saved data position does not match this data: {key} was "
-                                f"{state[key]}, is {getattr(self, key)}")
+                raise DataError(
+                    f"saved data position does not match this data: {key} was {state[key]}, is {getattr(self, key)}"
+                )
         self.step = int(state["step"])
 
 
-def eval_batches(examples: Examples, n_examples: int, micro_batch: int, rank: int,
-                 world_size: int) -> list[Batch]:
+def eval_batches(examples: Examples, n_examples: int, micro_batch: int, rank: int, world_size: int) -> list[Batch]:
     """This rank's share (strided) of the first ``n_examples`` evaluation examples."""
     mine = np.arange(rank, min(n_examples, len(examples)), world_size)
-    return [examples.batch(mine[i:i + micro_batch], mine[i:i + micro_batch], False)
-            for i in range(0, len(mine), micro_batch)]
+    return [
+        examples.batch(mine[i : i + micro_batch], mine[i : i + micro_batch], False)
+        for i in range(0, len(mine), micro_batch)
+    ]

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from gradsync.core.errors import DataError
 
@@ -103,14 +103,18 @@ def _rows(path: Path, kind: str, field: str) -> Iterator[str]:
         if kind == "parquet":
             pf = pq.ParquetFile(path)
             if field not in pf.schema_arrow.names:
-                raise DataError(f"{path}: no column '{field}' (columns: {', '.join(pf.schema_arrow.names)}; "
-                                "choose one with --text-field)")
+                raise DataError(
+                    f"{path}: no column '{field}' (columns: {', '.join(pf.schema_arrow.names)}; "
+                    "choose one with --text-field)"
+                )
             batches: Iterator[pa.RecordBatch] = pf.iter_batches(columns=[field], batch_size=4096)
         else:
             reader = pa.ipc.open_stream(pa.memory_map(str(path)))
             if field not in reader.schema.names:
-                raise DataError(f"{path}: no column '{field}' (columns: {', '.join(reader.schema.names)}; "
-                                "choose one with --text-field)")
+                raise DataError(
+                    f"{path}: no column '{field}' (columns: {', '.join(reader.schema.names)}; "
+                    "choose one with --text-field)"
+                )
             batches = iter(reader)
         for batch in batches:
             for value in batch.column(batch.schema.get_field_index(field)).to_pylist():

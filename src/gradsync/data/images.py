@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from gradsync.core.config import ImageConfig
-from gradsync.data.labeled import LabeledData
 from gradsync.core.errors import DataError
+from gradsync.data.labeled import LabeledData
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -24,8 +24,10 @@ def load_images(cfg: ImageConfig) -> LabeledData:
     else:
         p = Path(cfg.source)
         if not p.exists():
-            raise DataError(f"image source '{cfg.source}' does not exist; pass 'digits', a folder with one "
-                            "subfolder per class, or an .npz file")
+            raise DataError(
+                f"image source '{cfg.source}' does not exist; pass 'digits', a folder with one "
+                "subfolder per class, or an .npz file"
+            )
         data = _npz(p, cfg) if p.suffix == ".npz" else _folder(p, cfg)
     return data.standardized()
 
@@ -37,8 +39,7 @@ def _split(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[:-n_test]), np.sort(perm[-n_test:])
 
 
-def _from_arrays(images: np.ndarray, labels: np.ndarray, fraction: float, classes: list[str],
-                 desc: str) -> LabeledData:
+def _from_arrays(images: np.ndarray, labels: np.ndarray, fraction: float, classes: list[str], desc: str) -> LabeledData:
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
     tr, te = _split(len(y), fraction)
@@ -52,8 +53,13 @@ def _digits(cfg: ImageConfig) -> LabeledData:
         raise DataError("image.source=digits needs scikit-learn: pip install 'gradsync[image]'") from None
     d = load_digits()
     images = d.images[:, None, :, :] / 16.0  # (N, 1, 8, 8), 17 gray levels
-    return _from_arrays(images, d.target, cfg.test_fraction, [str(c) for c in d.target_names],
-                        "scikit-learn digits: 1,797 8×8 grayscale images, 10 classes")
+    return _from_arrays(
+        images,
+        d.target,
+        cfg.test_fraction,
+        [str(c) for c in d.target_names],
+        "scikit-learn digits: 1,797 8×8 grayscale images, 10 classes",
+    )
 
 
 def _npz(path: Path, cfg: ImageConfig) -> LabeledData:
@@ -62,8 +68,10 @@ def _npz(path: Path, cfg: ImageConfig) -> LabeledData:
     except (OSError, ValueError) as e:
         raise DataError(f"image file '{path}' is not a readable .npz: {e}") from None
     if "images" not in z or "labels" not in z:
-        raise DataError(f"image file '{path}' must hold arrays 'images' (N, H, W[, C]) and 'labels' (N); "
-                        f"it holds {', '.join(z.files) or 'nothing'}")
+        raise DataError(
+            f"image file '{path}' must hold arrays 'images' (N, H, W[, C]) and 'labels' (N); "
+            f"it holds {', '.join(z.files) or 'nothing'}"
+        )
 
     def chw(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float32)
@@ -72,8 +80,10 @@ def _npz(path: Path, cfg: ImageConfig) -> LabeledData:
 
     images, labels = z["images"], z["labels"]
     if images.ndim not in (3, 4) or len(images) != len(labels):
-        raise DataError(f"image file '{path}': images must be (N, H, W[, C]) with one label each, got "
-                        f"{images.shape} images and {labels.shape} labels")
+        raise DataError(
+            f"image file '{path}': images must be (N, H, W[, C]) with one label each, got "
+            f"{images.shape} images and {labels.shape} labels"
+        )
     classes = [str(c) for c in range(int(labels.max()) + 1)]
     if "test_images" in z and "test_labels" in z:
         x, y = torch.from_numpy(chw(images)), torch.from_numpy(labels.astype(np.int64))
@@ -87,13 +97,20 @@ def _folder(root: Path, cfg: ImageConfig) -> LabeledData:
 
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"image folder '{root}' has no class subfolders; put each class's images in "
-                        "its own subfolder (ImageFolder layout: ROOT/CLASS/IMAGE)")
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+        raise DataError(
+            f"image folder '{root}' has no class subfolders; put each class's images in "
+            "its own subfolder (ImageFolder layout: ROOT/CLASS/IMAGE)"
+        )
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
-        raise DataError(f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                        "in its class subfolders")
+        raise DataError(
+            f"image folder '{root}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class subfolders"
+        )
     mode = "L" if cfg.channels == 1 else "RGB"
     arrays, size = [], None
     for f, _ in files:
@@ -106,18 +123,27 @@ def _folder(root: Path, cfg: ImageConfig) -> LabeledData:
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"image '{f}' cannot be read: {e}") from None
         if size is not None and a.shape != size:
-            raise DataError(f"image '{f}' is {a.shape[1]}×{a.shape[0]}, others {size[1]}×{size[0]}; "
-                            "set image.size to resize them all")
+            raise DataError(
+                f"image '{f}' is {a.shape[1]}×{a.shape[0]}, others {size[1]}×{size[0]}; "
+                "set image.size to resize them all"
+            )
         size = a.shape
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     x = torch.from_numpy(np.stack(arrays))
     y = torch.tensor([i for _, i in files], dtype=torch.int64)
     # by name, like text documents: adding images never moves an old one across the split
-    test = np.array([(zlib.crc32(str(f.relative_to(root)).encode()) % 10_000) < cfg.test_fraction * 10_000
-                     for f, _ in files])
+    test = np.array(
+        [(zlib.crc32(str(f.relative_to(root)).encode()) % 10_000) < cfg.test_fraction * 10_000 for f, _ in files]
+    )
     if test.all() or not test.any():
         tr, te = _split(len(y), cfg.test_fraction)
     else:
         tr, te = np.flatnonzero(~test), np.flatnonzero(test)
-    return LabeledData(x[tr], y[tr], x[te], y[te], classes,
-                       f"{root}: {len(files)} images, {len(classes)} classes, {len(tr)} train / {len(te)} test")
+    return LabeledData(
+        x[tr],
+        y[tr],
+        x[te],
+        y[te],
+        classes,
+        f"{root}: {len(files)} images, {len(classes)} classes, {len(tr)} train / {len(te)} test",
+    )

@@ -3,8 +3,8 @@ optional random transform for training, seeded by the draw number (see ``batches
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,8 +18,7 @@ class LabeledExamples:
     """``inputs`` (N, ...) float32 and ``labels`` (N,) int64; ``augment(x, rng)`` transforms one
     training example (never an evaluation one)."""
 
-    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, seed: int,
-                 augment: Augment | None = None) -> None:
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, seed: int, augment: Augment | None = None) -> None:
         if len(inputs) != len(labels):
             raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
         self.inputs = inputs
@@ -34,8 +33,7 @@ class LabeledExamples:
         idx = torch.as_tensor(np.asarray(ids, dtype=np.int64))
         x = self.inputs[idx]
         if train and self.augment is not None:
-            x = torch.stack([self.augment(row, np.random.default_rng([self.seed, int(d)]))
-                             for row, d in zip(x, draws)])
+            x = torch.stack([self.augment(row, np.random.default_rng([self.seed, int(d)])) for row, d in zip(x, draws)])
         return x.contiguous(), self.labels[idx]
 
 
@@ -50,7 +48,7 @@ class LabeledData:
     classes: list[str]
     description: str
 
-    def standardized(self) -> "LabeledData":
+    def standardized(self) -> LabeledData:
         """A copy with every input scaled by the train split's mean and standard deviation per
         channel (axis 1), the same numbers for both splits."""
         dims = [d for d in range(self.train_x.dim()) if d != 1]

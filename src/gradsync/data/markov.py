@@ -21,19 +21,19 @@ class MarkovChain:
     probs: np.ndarray  # (V**k, V): next-token distribution per context
 
     @classmethod
-    def random(cls, vocab: int, order: int, alpha: float, seed: int) -> "MarkovChain":
+    def random(cls, vocab: int, order: int, alpha: float, seed: int) -> MarkovChain:
         rng = np.random.default_rng([seed, vocab, order])
-        probs = rng.dirichlet(np.full(vocab, alpha), size=vocab ** order)
+        probs = rng.dirichlet(np.full(vocab, alpha), size=vocab**order)
         probs = np.maximum(probs, 1e-12)
         return cls(vocab, order, probs / probs.sum(axis=1, keepdims=True))
 
     def _next_context(self, ctx: np.ndarray, tok: np.ndarray) -> np.ndarray:
         # context id = base-V number of the last k tokens (oldest most significant)
-        return (ctx * self.vocab) % (self.vocab ** self.order) + tok
+        return (ctx * self.vocab) % (self.vocab**self.order) + tok
 
     def stationary(self, tol: float = 1e-13, max_iter: int = 100_000) -> np.ndarray:
         """Stationary distribution over contexts, by power iteration on the sparse transition."""
-        n = self.vocab ** self.order
+        n = self.vocab**self.order
         ctx = np.arange(n)
         succ = np.stack([self._next_context(ctx, np.full(n, t)) for t in range(self.vocab)], axis=1)
         pi = np.full(n, 1.0 / n)
@@ -59,7 +59,7 @@ class MarkovChain:
         cdf = np.cumsum(self.probs, axis=1)
         cdf[:, -1] = 1.0
         out = np.empty((n_chains, length), dtype=np.uint16)
-        ctx = rng.integers(0, self.vocab ** self.order, size=n_chains)
+        ctx = rng.integers(0, self.vocab**self.order, size=n_chains)
         for _ in range(4 * self.order):  # burn-in, away from the uniform start
             ctx = self._next_context(ctx, self._draw(cdf, ctx, rng))
         for t in range(length):

@@ -21,16 +21,17 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from gradsync.core.errors import DataError
+from gradsync.core.files import atomic_write_bytes
 from gradsync.data.documents import Corpus
 from gradsync.data.sources import LLMC_HEADER_INTS, LLMC_MAGIC, SHARDS_META, is_val_document
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
-from gradsync.core.errors import DataError
-from gradsync.core.files import atomic_write_bytes
 
 BATCH_BYTES = 1 << 20  # documents are sent to the tokenizing processes in batches of about 1 MB
 
@@ -68,7 +69,7 @@ class ShardWriter:
     def _open(self) -> None:
         path = self.out / f"{self.prefix}_{len(self.paths):06d}.bin"
         self._tmp = path.with_name(f".{path.name}.tmp")
-        self._f = open(self._tmp, "wb")
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 (one shard stays open across calls)
         self._f.write(b"\0" * 4 * LLMC_HEADER_INTS)
         self._in_shard = 0
         self.paths.append(path)
@@ -95,6 +96,7 @@ def _init_worker(tokenizer_json: str | None) -> None:
         _worker_tokenizer = ByteTokenizer()
     else:
         from tokenizers import Tokenizer as HFTokenizer
+
         _worker_tokenizer = BPETokenizer(HFTokenizer.from_str(tokenizer_json))
 
 
@@ -117,9 +119,16 @@ def _batches(corpus: Corpus, val_fraction: float) -> Iterator[list[tuple[bool, b
         yield batch
 
 
-def prepare_shards(corpus: Corpus, out: Path, tokenizer: str = "byte", bpe_vocab_size: int = 4096,
-                   val_fraction: float = 0.05, workers: int = 2, shard_tokens: int = 100_000_000,
-                   progress: bool = True) -> dict[str, Any]:
+def prepare_shards(
+    corpus: Corpus,
+    out: Path,
+    tokenizer: str = "byte",
+    bpe_vocab_size: int = 4096,
+    val_fraction: float = 0.05,
+    workers: int = 2,
+    shard_tokens: int = 100_000_000,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Tokenize ``corpus`` into shards in ``out`` with ``workers`` processes; returns what
     ``shards.json`` records, plus the wall time and throughput."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -129,8 +138,10 @@ def prepare_shards(corpus: Corpus, out: Path, tokenizer: str = "byte", bpe_vocab
     tok = tokenizer_for(tokenizer, lambda: [d for _, d in corpus.documents()], bpe_vocab_size)
     recorded = tokenizer
     out.mkdir(parents=True, exist_ok=True)
-    writers = {False: ShardWriter(out, "train", shard_tokens, tok.vocab_size),
-               True: ShardWriter(out, "val", shard_tokens, tok.vocab_size)}
+    writers = {
+        False: ShardWriter(out, "train", shard_tokens, tok.vocab_size),
+        True: ShardWriter(out, "val", shard_tokens, tok.vocab_size),
+    }
     n_docs = 0
     total = corpus.n_bytes
     bar = _bar(total, progress)
@@ -160,10 +171,19 @@ def prepare_shards(corpus: Corpus, out: Path, tokenizer: str = "byte", bpe_vocab
     if recorded != "byte":
         tok.as_hf().save(str(out / "tokenizer.json"))  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
-    meta = {"format": "llm.c", "tokenizer": "byte" if recorded == "byte" else "tokenizer.json",
-            "tokenizer_source": recorded, "vocab_size": tok.vocab_size, "source": corpus.label,
-            "documents": n_docs, "bytes": total, "train_tokens": writers[False].tokens,
-            "val_tokens": writers[True].tokens, "val_fraction": val_fraction, "split": split}
+    meta = {
+        "format": "llm.c",
+        "tokenizer": "byte" if recorded == "byte" else "tokenizer.json",
+        "tokenizer_source": recorded,
+        "vocab_size": tok.vocab_size,
+        "source": corpus.label,
+        "documents": n_docs,
+        "bytes": total,
+        "train_tokens": writers[False].tokens,
+        "val_tokens": writers[True].tokens,
+        "val_fraction": val_fraction,
+        "split": split,
+    }
     atomic_write_bytes(out / SHARDS_META, (json.dumps(meta, indent=1) + "\n").encode())
     return {**meta, "seconds": seconds, "mb_per_s": total / 1e6 / seconds if seconds else 0.0, "workers": workers}
 
@@ -180,4 +200,5 @@ def _bar(total: int, progress: bool) -> Any:
     if not progress:
         return None
     from tqdm import tqdm
+
     return tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", mininterval=0.5)

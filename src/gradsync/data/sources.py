@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from gradsync.core.config import DataConfig
+from gradsync.core.errors import DataError
 from gradsync.data.documents import Corpus
 from gradsync.data.markov import MarkovChain
 from gradsync.data.stream import TokenStream
 from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_for
-from gradsync.core.errors import DataError
 
 LLMC_MAGIC = 20240520
 LLMC_HEADER_INTS = 256
@@ -66,33 +66,44 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
         int(meta["vocab_size"]), str(meta["tokenizer"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise DataError(f"'{path}' is damaged (not the JSON gradsync prepare writes); prepare the corpus again") from None
+        raise DataError(
+            f"'{path}' is damaged (not the JSON gradsync prepare writes); prepare the corpus again"
+        ) from None
     return meta
 
 
 def _synthetic(cfg: DataConfig) -> TokenData:
-    chain = MarkovChain.random(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_alpha,
-                               cfg.synthetic_seed)
+    chain = MarkovChain.random(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_alpha, cfg.synthetic_seed)
     tokens = chain.sample(cfg.synthetic_tokens, seed=cfg.synthetic_seed)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len + 1)
     h = chain.entropy_rate()
-    return TokenData(TokenStream([tokens[:-n_val]]), TokenStream([tokens[-n_val:]]), cfg.synthetic_vocab, None,
-                     f"synthetic order-{cfg.synthetic_order} Markov chain, V={cfg.synthetic_vocab}, "
-                     f"entropy rate {h:.4f} nats/token", entropy_rate=h)
+    return TokenData(
+        TokenStream([tokens[:-n_val]]),
+        TokenStream([tokens[-n_val:]]),
+        cfg.synthetic_vocab,
+        None,
+        f"synthetic order-{cfg.synthetic_order} Markov chain, V={cfg.synthetic_vocab}, entropy rate {h:.4f} nats/token",
+        entropy_rate=h,
+    )
 
 
 def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py")
-                  if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file())
+    return sorted(
+        p
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts and p.is_file()
+    )
 
 
 def resolve_paths(source: str) -> tuple[list[Path], str]:
     if source == "stdlib":
         files = _stdlib_files()
         if not files:
-            raise DataError("data source 'stdlib' found no .py files in this interpreter's standard "
-                            "library; pass --data PATH to a text corpus")
+            raise DataError(
+                "data source 'stdlib' found no .py files in this interpreter's standard "
+                "library; pass --data PATH to a text corpus"
+            )
         return files, "stdlib"
     if any(ch in source for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
@@ -101,11 +112,13 @@ def resolve_paths(source: str) -> tuple[list[Path], str]:
         return files, source
     p = Path(source)
     if not p.exists():
-        raise DataError(f"data path '{source}' does not exist; pass --data PATH to a file, folder, "
-                        "glob, 'stdlib' or 'synthetic'")
+        raise DataError(
+            f"data path '{source}' does not exist; pass --data PATH to a file, folder, glob, 'stdlib' or 'synthetic'"
+        )
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file()
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        files = sorted(
+            f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
         if not files:
             raise DataError(f"data folder '{source}' contains no files")
         return files, source
@@ -126,8 +139,11 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
         raise DataError(f"data source '{label}' is empty: {len(paths)} file(s), 0 bytes of text")
 
     tokenizer = tokenizer_for(cfg.tokenizer, lambda: [d for _, d in docs], cfg.bpe_vocab_size)
-    encoded = (tokenizer.encode_batch([d for _, d in docs]) if isinstance(tokenizer, BPETokenizer)
-               else [tokenizer.encode(d) for _, d in docs])
+    encoded = (
+        tokenizer.encode_batch([d for _, d in docs])
+        if isinstance(tokenizer, BPETokenizer)
+        else [tokenizer.encode(d) for _, d in docs]
+    )
 
     is_val = [is_val_document(name, cfg.val_fraction) for name, _ in docs]
     train = [e for e, v in zip(encoded, is_val) if not v]
@@ -142,9 +158,11 @@ def _text(paths: list[Path], cfg: DataConfig, label: str) -> TokenData:
         split = "by tail"
     train_s, val_s = TokenStream([train_arr]), TokenStream([val_arr])
     _check_sizes(label, train_s, val_s, cfg.seq_len)
-    desc = (f"{label}: {len(docs)} file(s), {n_bytes / 1e6:.1f} MB, {cfg.tokenizer} tokenizer "
-            f"(vocab {tokenizer.vocab_size}), {len(train_arr):,} train / {len(val_arr):,} val tokens "
-            f"(split {split})")
+    desc = (
+        f"{label}: {len(docs)} file(s), {n_bytes / 1e6:.1f} MB, {cfg.tokenizer} tokenizer "
+        f"(vocab {tokenizer.vocab_size}), {len(train_arr):,} train / {len(val_arr):,} val tokens "
+        f"(split {split})"
+    )
     return TokenData(train_s, val_s, tokenizer.vocab_size, tokenizer, desc)
 
 
@@ -160,13 +178,14 @@ def read_shard(path: Path) -> np.ndarray:
     if len(head) >= 3 and head[0] == LLMC_MAGIC:
         version, n = int(head[1]), int(head[2])
         if version not in (1, 2):
-            raise DataError(f"shard '{path}' has llm.c header version {version}; expected 1 (uint16) "
-                            "or 2 (uint32)")
+            raise DataError(f"shard '{path}' has llm.c header version {version}; expected 1 (uint16) or 2 (uint32)")
         dtype = np.dtype("<u2") if version == 1 else np.dtype("<u4")
         expected = 4 * LLMC_HEADER_INTS + n * dtype.itemsize
         if size != expected:
-            raise DataError(f"shard '{path}' is truncated or padded: header says {n} tokens "
-                            f"({expected} bytes), file has {size} bytes")
+            raise DataError(
+                f"shard '{path}' is truncated or padded: header says {n} tokens "
+                f"({expected} bytes), file has {size} bytes"
+            )
         return np.memmap(path, dtype=dtype, mode="r", offset=4 * LLMC_HEADER_INTS, shape=(n,))
     if size % 2:
         raise DataError(f"shard '{path}' has an odd size ({size} bytes); raw shards hold uint16 tokens")
@@ -189,8 +208,8 @@ def _shards(paths: list[Path], cfg: DataConfig, label: str, meta: dict[str, Any]
         whole = sum(len(p) for p in parts)
         cut = whole - max(int(whole * cfg.val_fraction), cfg.seq_len + 1)
         starts = np.cumsum([0] + [len(p) for p in parts])
-        train = TokenStream([p[:max(0, cut - s)] for p, s in zip(parts, starts)])
-        val = TokenStream([p[max(0, cut - s):] for p, s in zip(parts, starts)])
+        train = TokenStream([p[: max(0, cut - s)] for p, s in zip(parts, starts)])
+        val = TokenStream([p[max(0, cut - s) :] for p, s in zip(parts, starts)])
     _check_sizes(label, train, val, cfg.seq_len)
     top = max(train.max_token(), val.max_token()) + 1
     tokenizer: Tokenizer | None = None
@@ -198,17 +217,23 @@ def _shards(paths: list[Path], cfg: DataConfig, label: str, meta: dict[str, Any]
     if meta is not None:
         vocab = cfg.vocab_size or int(meta["vocab_size"])
         folder = paths[0].parent
-        tokenizer = ByteTokenizer() if meta["tokenizer"] == "byte" else BPETokenizer.from_file(folder / "tokenizer.json")
+        tokenizer = (
+            ByteTokenizer() if meta["tokenizer"] == "byte" else BPETokenizer.from_file(folder / "tokenizer.json")
+        )
     if top > vocab:
         raise DataError(f"shards in '{label}' hold token id {top - 1}, beyond data.vocab_size {vocab}")
     made = f", {meta['tokenizer_source']} tokenizer" if meta is not None and "tokenizer_source" in meta else ""
-    desc = (f"{label}: {len(paths)} pre-tokenized shard(s), memory-mapped, vocab {vocab}{made}, "
-            f"{len(train):,} train / {len(val):,} val tokens")
+    desc = (
+        f"{label}: {len(paths)} pre-tokenized shard(s), memory-mapped, vocab {vocab}{made}, "
+        f"{len(train):,} train / {len(val):,} val tokens"
+    )
     return TokenData(train, val, vocab, tokenizer, desc)
 
 
 def _check_sizes(label: str, train: TokenStream, val: TokenStream, seq_len: int) -> None:
     for name, stream in (("train", train), ("validation", val)):
         if stream.n_sequences(seq_len) == 0:
-            raise DataError(f"data source '{label}' is too small: the {name} split has {len(stream)} "
-                            f"tokens, fewer than one sequence of {seq_len + 1}")
+            raise DataError(
+                f"data source '{label}' is too small: the {name} split has {len(stream)} "
+                f"tokens, fewer than one sequence of {seq_len + 1}"
+            )

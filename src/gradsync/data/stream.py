@@ -16,7 +16,7 @@ one changed.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,8 +28,10 @@ class TokenStream:
         self.parts = [p for p in parts if len(p)]
         self._cum: np.ndarray | None = None
         # (file, size when opened) of each memory-mapped part
-        self._files = [(p.filename, os.stat(p.filename).st_size) if isinstance(p, np.memmap) and p.filename
-                       else None for p in self.parts]
+        self._files = [
+            (p.filename, os.stat(p.filename).st_size) if isinstance(p, np.memmap) and p.filename else None
+            for p in self.parts
+        ]
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
@@ -55,8 +57,8 @@ class TokenStream:
             filled = 0
             while filled < seq_len + 1:  # usually one slice; more where the sequence crosses parts
                 local = start + filled - int(offsets[part])
-                piece = self.parts[part][local:local + seq_len + 1 - filled]
-                out[row, filled:filled + len(piece)] = piece
+                piece = self.parts[part][local : local + seq_len + 1 - filled]
+                out[row, filled : filled + len(piece)] = piece
                 filled += len(piece)
                 part += 1
         return out
@@ -73,8 +75,10 @@ class TokenStream:
             except OSError as e:
                 raise DataError(f"data shard '{f[0]}' became unreadable during the run ({e.strerror})") from None
             if now < f[1]:
-                raise DataError(f"data shard '{f[0]}' shrank from {f[1]} to {now} bytes during the run (truncated "
-                                "or replaced?); restore it and continue with --resume")
+                raise DataError(
+                    f"data shard '{f[0]}' shrank from {f[1]} to {now} bytes during the run (truncated "
+                    "or replaced?); restore it and continue with --resume"
+                )
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` tokens (or fewer) of the first part."""

@@ -4,8 +4,9 @@ HF ``tokenizers`` and cached on disk, so a corpus is tokenized the same way on e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
-    def as_hf(self) -> "object":
+    def as_hf(self) -> object:
         """The same mapping as a HF ``tokenizers.Tokenizer`` (byte-level, no merges: token id =
         byte value), so that an exported model ships a tokenizer ``transformers`` loads."""
         from tokenizers import Tokenizer as HFTokenizer
@@ -49,8 +50,9 @@ def byte_alphabet() -> list[str]:
     """The printable character byte-level BPE uses for each byte 0..255 (GPT-2's convention,
     which HF ``tokenizers``' ByteLevel pre-tokenizer follows): printable Latin-1 bytes stand for
     themselves, the others for the code points from 256 on, in byte order."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | \
-        set(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    )
     out, extra = [], 0
     for b in range(256):
         if b in printable:
@@ -64,22 +66,25 @@ def byte_alphabet() -> list[str]:
 class BPETokenizer:
     """Byte-level BPE (as in GPT-2) from HF ``tokenizers``, trained on the run's own corpus."""
 
-    def __init__(self, tok: "object") -> None:
+    def __init__(self, tok: object) -> None:
         self._tok = tok
         self.vocab_size: int = tok.get_vocab_size()  # type: ignore[attr-defined]
         self._dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "BPETokenizer":
+    def from_file(cls, path: str | Path) -> BPETokenizer:
         """A tokenizer saved by HF ``tokenizers`` (``tokenizer.json``), e.g. an existing model's."""
         from tokenizers import Tokenizer as HFTokenizer
+
         if not Path(path).is_file():
             raise DataError(f"tokenizer file '{path}' does not exist")
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises its own Exception type for any parse error
-            raise DataError(f"tokenizer file '{path}' is not a tokenizers JSON file: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise DataError(
+                f"tokenizer file '{path}' is not a tokenizers JSON file: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
 
     def save(self, path: Path) -> None:
         """Write ``tokenizer.json`` (atomically), loadable by :meth:`from_file` and by
@@ -89,7 +94,7 @@ class BPETokenizer:
         tmp.replace(path)
 
     @classmethod
-    def train_or_load(cls, documents: list[bytes], vocab_size: int, cache_dir: Path) -> "BPETokenizer":
+    def train_or_load(cls, documents: list[bytes], vocab_size: int, cache_dir: Path) -> BPETokenizer:
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -103,8 +108,9 @@ class BPETokenizer:
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
         tok.train_from_iterator((d.decode("utf-8", errors="replace") for d in documents), trainer)
         write_cache(path, tok.to_str().encode())  # a read-only cache only costs the next run this time
         return cls(tok)
@@ -120,7 +126,7 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids])  # type: ignore[attr-defined]
 
-    def as_hf(self) -> "object":
+    def as_hf(self) -> object:
         """The underlying HF ``tokenizers.Tokenizer``."""
         return self._tok
 

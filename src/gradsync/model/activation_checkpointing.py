@@ -21,7 +21,8 @@ same draws: ``torch.utils.checkpoint`` restores the RNG state, so losses do not 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,10 +33,20 @@ from gradsync.core.errors import ConfigError
 
 _aten = torch.ops.aten
 # what selective checkpointing keeps: matmul and attention outputs
-KEEP = {getattr(_aten, name).default for name in
-        ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
-         "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-         "_scaled_dot_product_cudnn_attention") if hasattr(_aten, name)}
+KEEP = {
+    getattr(_aten, name).default
+    for name in (
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(_aten, name)
+}
 
 
 def _keep_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
@@ -56,8 +67,10 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
         return 0
     found = blocks(model)
     if not found:
-        raise ConfigError(f"--activation-checkpointing {mode}: {type(model).__name__} has no blocks (elements of an "
-                          "nn.ModuleList) to checkpoint")
+        raise ConfigError(
+            f"--activation-checkpointing {mode}: {type(model).__name__} has no blocks (elements of an "
+            "nn.ModuleList) to checkpoint"
+        )
     for block in found:
         block.forward = _checkpointed(block.forward, mode)  # type: ignore[method-assign]
     return len(found)

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradsync.model.gpt import SelfAttention
 from gradsync.core.shapes import GPTShape
+from gradsync.model.gpt import SelfAttention
 
 IGNORE = -100
 LN_EPS = 1e-12  # BERT's
@@ -64,7 +64,7 @@ class Bert(nn.Module):
     def forward(self, idx: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean masked-token cross-entropy if ``labels`` is given, else logits (B, T, vocab)."""
         B, T = idx.shape
-        if T > self.shape.block_size:
+        if self.shape.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size {self.shape.block_size}")
         x = self.drop(self.ln_emb(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))))
         for block in self.blocks:

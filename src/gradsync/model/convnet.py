@@ -35,11 +35,18 @@ class ConvNet2d(_Classifier):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), _norm(w), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False),
+            _norm(w),
+            nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
+            _norm(2 * w),
+            nn.GELU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
-            nn.AdaptiveAvgPool2d(1))
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False),
+            _norm(2 * w),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(2 * w, n_classes)
 
 
@@ -51,9 +58,18 @@ class ConvNet1d(_Classifier):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv1d(in_channels, w, 5, padding=2, bias=False), _norm(w), nn.GELU(),
-            nn.Conv1d(w, w, 5, stride=2, padding=2, bias=False), _norm(w), nn.GELU(),
-            nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=False), _norm(2 * w), nn.GELU(),
-            nn.Conv1d(2 * w, 2 * w, 3, padding=1, bias=False), _norm(2 * w), nn.GELU(),
-            nn.AdaptiveAvgPool1d(1))
+            nn.Conv1d(in_channels, w, 5, padding=2, bias=False),
+            _norm(w),
+            nn.GELU(),
+            nn.Conv1d(w, w, 5, stride=2, padding=2, bias=False),
+            _norm(w),
+            nn.GELU(),
+            nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=False),
+            _norm(2 * w),
+            nn.GELU(),
+            nn.Conv1d(2 * w, 2 * w, 3, padding=1, bias=False),
+            _norm(2 * w),
+            nn.GELU(),
+            nn.AdaptiveAvgPool1d(1),
+        )
         self.head = nn.Linear(2 * w, n_classes)

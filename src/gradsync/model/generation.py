@@ -3,7 +3,7 @@ and text from a prompt (the end of training, ``gradsync sample``)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -13,9 +13,15 @@ from gradsync.data.tokenizers import Tokenizer
 
 
 @torch.no_grad()
-def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, block_size: int,
-             temperature: float = 0.8, top_k: int | None = 40,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    block_size: int,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T): temperature, then top-k, then
     a multinomial draw from ``generator``; the context is the last ``block_size`` tokens."""
     for _ in range(max_new_tokens):
@@ -29,8 +35,16 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, block_siz
 
 
 @torch.no_grad()
-def sample_text(model: nn.Module, tokenizer: Tokenizer | None, fallback_ids: Sequence[int], prompt: str,
-                n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40) -> str:
+def sample_text(
+    model: nn.Module,
+    tokenizer: Tokenizer | None,
+    fallback_ids: Sequence[int],
+    prompt: str,
+    n_tokens: int,
+    seed: int,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+) -> str:
     """Continue ``prompt`` by ``n_tokens`` with ``model.generate``. Without a tokenizer
     (pre-tokenized or synthetic data) the prompt is ``fallback_ids`` (the first validation tokens)
     and the result is printed as token ids."""
@@ -42,7 +56,12 @@ def sample_text(model: nn.Module, tokenizer: Tokenizer | None, fallback_ids: Seq
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = model.generate(torch.tensor([ids], device=device), n_tokens,  # type: ignore[operator]
-                         temperature=temperature, top_k=top_k, generator=gen)[0].tolist()
+    out = model.generate(
+        torch.tensor([ids], device=device),
+        n_tokens,  # type: ignore[operator]
+        temperature=temperature,
+        top_k=top_k,
+        generator=gen,
+    )[0].tolist()
     model.train(was_training)
     return tokenizer.decode(out) if tokenizer is not None else " ".join(map(str, out))

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradsync.model.generation import generate
 from gradsync.core.shapes import PRESETS, GPTShape
+from gradsync.model.generation import generate
 
 __all__ = ["GPT", "GPTShape", "PRESETS", "build_gpt", "gpt_from_config"]
 
@@ -41,8 +41,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -101,7 +102,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy if ``targets`` is given, else logits (B, T, vocab)."""
         B, T = idx.shape
-        if T > self.shape.block_size:
+        if self.shape.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size {self.shape.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
@@ -121,18 +122,30 @@ class GPT(nn.Module):
         """Training FLOPs per token (see :meth:`gradsync.core.shapes.GPTShape.flops_per_token`)."""
         return self.shape.flops_per_token(seq_len)
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,
-                 top_k: int | None = 40, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample ``max_new_tokens`` continuations of ``idx`` (B, T) autoregressively."""
         return generate(self, idx, max_new_tokens, self.shape.block_size, temperature, top_k, generator)
 
 
-def build_gpt(preset: str, vocab_size: int, block_size: int, dropout: float = 0.0,
-              **overrides: int | None) -> GPT:
+def build_gpt(preset: str, vocab_size: int, block_size: int, dropout: float = 0.0, **overrides: int | None) -> GPT:
     return GPT(GPTShape.from_preset(preset, vocab_size, block_size, dropout, **overrides))
 
 
-def gpt_from_config(model: "ModelConfig", vocab_size: int, block_size: int) -> GPT:
+def gpt_from_config(model: ModelConfig, vocab_size: int, block_size: int) -> GPT:
     """The GPT a run's ``[model]`` config describes (the trainer and ``gradsync sample`` agree)."""
-    return build_gpt(model.preset, vocab_size, block_size, model.dropout, n_layer=model.n_layer,
-                     n_head=model.n_head, n_embd=model.n_embd)
+    return build_gpt(
+        model.preset,
+        vocab_size,
+        block_size,
+        model.dropout,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+    )

@@ -3,7 +3,7 @@ equivalences) with weight decay on matrices only, handed to strategies as a fact
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

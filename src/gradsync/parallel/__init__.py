@@ -7,16 +7,16 @@ and one catalog entry.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch.nn as nn
 
 from gradsync.core import catalog
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import StepResult, Strategy
+from gradsync.runtime.dist import Comm
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -43,12 +43,13 @@ class _Registry(Mapping[str, type[Strategy]]):
 STRATEGIES: Mapping[str, type[Strategy]] = _Registry()
 
 
-def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                   cfg: ParallelConfig) -> Strategy:
+def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> Strategy:
     name = cfg.strategy_spec.name
     if name == catalog.AUTO:
-        raise ConfigError("parallel.strategy=auto is resolved by `gradsync train` before the workers start; "
-                          "under torchrun, name the strategy")
+        raise ConfigError(
+            "parallel.strategy=auto is resolved by `gradsync train` before the workers start; "
+            "under torchrun, name the strategy"
+        )
     return strategy_class(name)(model, optimizer_factory, comm, cfg)
 
 

@@ -27,18 +27,20 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, ContextManager, Iterator, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn as nn
 
+from gradsync.checkpoint.slices import StateSlices, replicated_load, replicated_save
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm, replicate
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
-from gradsync.checkpoint.slices import StateSlices, replicated_load, replicated_save
+from gradsync.runtime.dist import Comm, replicate
 
 MEMORY_SAMPLED_STEPS = 3  # steps whose memory use is measured (later steps repeat them)
 
@@ -65,7 +67,7 @@ class GradientPath(Protocol):
     """A part that moves gradients between ranks during backward (bucketed all-reduce,
     reduce-scatter over units); a strategy that holds one delegates to it."""
 
-    def micro_step(self, last: bool) -> ContextManager[None]: ...
+    def micro_step(self, last: bool) -> AbstractContextManager[None]: ...
 
     def finish(self) -> None: ...
 
@@ -94,8 +96,7 @@ class Strategy(ABC):
     # The gradient path this strategy holds, if any (set in the constructor).
     grads: GradientPath | None = None
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         self.model = model
         self.comm = comm
         self.cfg = cfg
@@ -209,8 +210,11 @@ class Strategy(ABC):
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
         """The tensors this rank holds, per category (see :mod:`gradsync.parallel.memory`)."""
         params = list(self.model.parameters())
-        return {"params": list(params), "grads": [p.grad for p in params],
-                "optimizer": optimizer_tensors(self.optimizer)}
+        return {
+            "params": list(params),
+            "grads": [p.grad for p in params],
+            "optimizer": optimizer_tensors(self.optimizer),
+        }
 
     def _held(self) -> dict[str, int]:
         return {k: storage_bytes(v) for k, v in self.holdings().items()}
@@ -233,5 +237,6 @@ class Strategy(ABC):
 
     def memory_report(self) -> MemoryReport:
         held = self._steady or self._held()
-        return MemoryReport(held["params"], held["grads"], held["optimizer"], self.peak_bytes,
-                            process_peak_bytes(self.comm.env.device))
+        return MemoryReport(
+            held["params"], held["grads"], held["optimizer"], self.peak_bytes, process_peak_bytes(self.comm.env.device)
+        )

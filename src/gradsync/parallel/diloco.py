@@ -40,13 +40,13 @@ import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
+from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
 from gradsync.parallel.layout import layer_units
 from gradsync.parallel.localsgd import LocalSGDStrategy, copy_into
 from gradsync.parallel.memory import optimizer_tensors
-from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
+from gradsync.runtime.dist import Comm
 
 
 def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) -> list[list[nn.Parameter]]:
@@ -57,8 +57,10 @@ def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) ->
         return [list(params)]
     blocks, _ = layer_units(model)
     if len(blocks) < count:
-        raise ConfigError(f"diloco: fragments={count} needs at least {count} blocks (elements of an "
-                          f"nn.ModuleList); this model has {len(blocks)}")
+        raise ConfigError(
+            f"diloco: fragments={count} needs at least {count} blocks (elements of an "
+            f"nn.ModuleList); this model has {len(blocks)}"
+        )
     home: dict[int, int] = {}
     for i, block in enumerate(blocks):
         for p in block.parameters():
@@ -77,8 +79,7 @@ def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) ->
 class DiLoCoStrategy(LocalSGDStrategy):
     name = "diloco"
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         count = int(self.spec["fragments"])
         self.overlap = int(self.spec["overlap"])
@@ -89,16 +90,22 @@ class DiLoCoStrategy(LocalSGDStrategy):
         self.fragments = fragment_params(model, self._params, count)
         self.outer = [torch.nn.Parameter(parameters_to_vector(ps).detach().clone()) for ps in self.fragments]
         momentum = float(self.spec["momentum"])
-        self.outer_optimizer = torch.optim.SGD(self.outer, lr=float(self.spec["outer_lr"]), momentum=momentum,
-                                               nesterov=bool(self.spec["nesterov"]) and momentum > 0)
+        self.outer_optimizer = torch.optim.SGD(
+            self.outer,
+            lr=float(self.spec["outer_lr"]),
+            momentum=momentum,
+            nesterov=bool(self.spec["nesterov"]) and momentum > 0,
+        )
         self.reducer = OuterReducer(comm, self.quant)
         self.in_flight: dict[int, tuple[int, InFlight]] = {}  # fragment -> (step it lands at, its mean)
 
     def describe(self) -> str:
         sizes = ", ".join(f"{sum(p.numel() for p in ps):,}" for ps in self.fragments)
-        return (f"outer step every {self.period} steps: {len(self.fragments)} fragment(s) of {sizes} parameters, "
-                f"staggered every {self.period // len(self.fragments)} steps, applied {self.overlap} step(s) "
-                f"after they are sent, sent in {self.quant}")
+        return (
+            f"outer step every {self.period} steps: {len(self.fragments)} fragment(s) of {sizes} parameters, "
+            f"staggered every {self.period // len(self.fragments)} steps, applied {self.overlap} step(s) "
+            f"after they are sent, sent in {self.quant}"
+        )
 
     def sends_at(self, fragment: int, step: int) -> bool:
         """Whether ``fragment`` starts its outer communication after local step ``step``."""
@@ -148,8 +155,11 @@ class DiLoCoStrategy(LocalSGDStrategy):
 
     # -- state -----------------------------------------------------------------------------------
     def local_state(self) -> dict[str, Any]:
-        return {**super().local_state(), "residuals": self.reducer.state_dict(),
-                "sent": {f: t.clone() for f, t in self.sent.items()}}
+        return {
+            **super().local_state(),
+            "residuals": self.reducer.state_dict(),
+            "sent": {f: t.clone() for f, t in self.sent.items()},
+        }
 
     def load_local_state(self, state: dict[str, Any]) -> None:
         super().load_local_state(state)
@@ -161,8 +171,11 @@ class DiLoCoStrategy(LocalSGDStrategy):
         # step it was due, as if it had never been stopped
         flying = {f: (lands, self.reducer.finish(job).clone()) for f, (lands, job) in self.in_flight.items()}
         state = super().state_dict()
-        state["outer"] = {"params": [o.detach().clone() for o in self.outer],
-                          "optimizer": self.outer_optimizer.state_dict(), "in_flight": flying}
+        state["outer"] = {
+            "params": [o.detach().clone() for o in self.outer],
+            "optimizer": self.outer_optimizer.state_dict(),
+            "in_flight": flying,
+        }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -170,9 +183,11 @@ class DiLoCoStrategy(LocalSGDStrategy):
         outer = state["outer"]
         saved = outer["params"] if isinstance(outer["params"], list) else [outer["params"]]
         if [t.numel() for t in saved] != [o.numel() for o in self.outer]:
-            raise ConfigError(f"diloco: the checkpoint holds {len(saved)} fragment(s) of "
-                              f"{[t.numel() for t in saved]} elements, this run {len(self.outer)} of "
-                              f"{[o.numel() for o in self.outer]}; resume with the same fragments")
+            raise ConfigError(
+                f"diloco: the checkpoint holds {len(saved)} fragment(s) of "
+                f"{[t.numel() for t in saved]} elements, this run {len(self.outer)} of "
+                f"{[o.numel() for o in self.outer]}; resume with the same fragments"
+            )
         with torch.no_grad():
             for o, t in zip(self.outer, saved):
                 o.copy_(t)

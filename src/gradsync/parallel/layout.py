@@ -60,15 +60,15 @@ class FlatUnit:
         if out is None:
             out = torch.zeros(self.padded, dtype=tensors[0].dtype, device=tensors[0].device)
         for t, off in zip(tensors, self.offsets):
-            out[off:off + t.numel()].copy_(t.reshape(-1))
+            out[off : off + t.numel()].copy_(t.reshape(-1))
         return out
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Each parameter's shaped view into the unit's flat buffer."""
-        return [flat[off:off + p.numel()].view_as(p) for p, off in zip(self.params, self.offsets)]
+        return [flat[off : off + p.numel()].view_as(p) for p, off in zip(self.params, self.offsets)]
 
     def my_chunk(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[self.lo:self.lo + self.chunk]
+        return flat[self.lo : self.lo + self.chunk]
 
 
 def bind_params(unit: FlatUnit, flat: torch.Tensor) -> None:
@@ -91,11 +91,15 @@ def bucket_units(model: nn.Module, first_mb: float, cap_mb: float, world: int, r
     produces their gradients), grouped into buckets of ``cap_mb`` MiB (the first of ``first_mb``),
     each a unit padded to ``world`` (1: unpadded)."""
     if cap_mb <= 0:
-        raise ValueError(f"bucket size {cap_mb} MB: 0 (chosen from the profile) is resolved by `gradsync train` "
-                         "before workers start; give a size in MB here")
+        raise ValueError(
+            f"bucket size {cap_mb} MB: 0 (chosen from the profile) is resolved by `gradsync train` "
+            "before workers start; give a size in MB here"
+        )
     params = [p for p in model.parameters() if p.requires_grad][::-1]
     mb = 1024 * 1024
-    return [FlatUnit(i, g, world, rank) for i, g in enumerate(param_buckets(params, int(first_mb * mb), int(cap_mb * mb)))]
+    return [
+        FlatUnit(i, g, world, rank) for i, g in enumerate(param_buckets(params, int(first_mb * mb), int(cap_mb * mb)))
+    ]
 
 
 @dataclass

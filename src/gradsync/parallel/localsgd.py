@@ -18,9 +18,9 @@ import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
+from gradsync.runtime.dist import Comm
 
 
 def copy_into(params: list[nn.Parameter], flat: torch.Tensor) -> None:
@@ -28,7 +28,7 @@ def copy_into(params: list[nn.Parameter], flat: torch.Tensor) -> None:
     views of ``flat`` instead, aliasing whatever else uses that buffer)."""
     at = 0
     for p in params:
-        p.copy_(flat[at:at + p.numel()].view_as(p))
+        p.copy_(flat[at : at + p.numel()].view_as(p))
         at += p.numel()
 
 
@@ -36,8 +36,7 @@ class LocalSGDStrategy(Strategy):
     name = "localsgd"
     local_gradients = True
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         self.period = int(self.spec["H"])
         self.local_steps = 0
@@ -80,15 +79,22 @@ class LocalSGDStrategy(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         ranks = self.comm.gather_object(self.local_state())
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ranks": ranks, "local_steps": self.local_steps}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ranks": ranks,
+            "local_steps": self.local_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ranks = state.get("ranks") or [state]
         if len(ranks) == self.comm.world_size:
             self.load_local_state(ranks[self.comm.env.rank])
         else:
-            warnings.warn(f"{self.name}: checkpoint written by {len(ranks)} workers; every worker resumes "
-                          "from rank 0's model and optimizer state", stacklevel=2)
+            warnings.warn(
+                f"{self.name}: checkpoint written by {len(ranks)} workers; every worker resumes "
+                "from rank 0's model and optimizer state",
+                stacklevel=2,
+            )
             self.load_local_state(ranks[0])
         self.local_steps = int(state.get("local_steps", 0))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -35,8 +36,13 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [v for state in opt.state.values() if isinstance(state, dict)  # torch's ZeRO keeps None
-            for v in state.values() if isinstance(v, torch.Tensor)]
+    return [
+        v
+        for state in opt.state.values()
+        if isinstance(state, dict)  # torch's ZeRO keeps None
+        for v in state.values()
+        if isinstance(v, torch.Tensor)
+    ]
 
 
 def process_peak_bytes(device: torch.device) -> int:
@@ -64,6 +70,8 @@ class MemoryReport:
 
     def describe(self) -> str:
         mb = 1 / 2**20
-        return (f"params {self.params * mb:.2f} MiB, grads {self.grads * mb:.2f} MiB, "
-                f"optimizer {self.optimizer * mb:.2f} MiB, peak model state {self.peak * mb:.2f} MiB "
-                f"(process peak {self.process_peak * mb:.0f} MiB)")
+        return (
+            f"params {self.params * mb:.2f} MiB, grads {self.grads * mb:.2f} MiB, "
+            f"optimizer {self.optimizer * mb:.2f} MiB, peak model state {self.peak * mb:.2f} MiB "
+            f"(process peak {self.process_peak * mb:.0f} MiB)"
+        )

@@ -15,17 +15,16 @@ import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.grad_paths.bucket_allreduce import BucketedAllReduce
 from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
+from gradsync.runtime.dist import Comm
 
 
 class Zero1Strategy(ShardedStrategy):
     name = "zero1"
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         self.grads = BucketedAllReduce(model, comm, cfg, shard=True)
         self.units = self.grads.units

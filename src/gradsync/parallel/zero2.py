@@ -8,9 +8,10 @@ is full (overlapped with the rest of backward), and added to the rank's shard; a
 bytes of gradients plus at most two buckets in flight. With gradient accumulation every
 micro-step is reduce-scattered (as DeepSpeed's stage 2 does): communication grows with the number
 of micro-steps, memory does not. With ``hybrid=true`` all of this is over the workers of a node, and
-each unit's shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharding.sharded`). After the sharded update every bucket's parameters are
-all-gathered asynchronously; the next forward waits, module by module, only for the buckets that
-hold its own parameters, so the gathers overlap the forward of the layers before.
+each unit's shard is all-reduced across the nodes (:mod:`gradsync.parallel.sharding.sharded`). After
+the sharded update every bucket's parameters are all-gathered asynchronously; the next forward
+waits, module by module, only for the buckets that hold its own parameters, so the gathers overlap
+the forward of the layers before.
 """
 
 from __future__ import annotations
@@ -19,25 +20,25 @@ import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel.layout import bucket_units
 from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.layout import bucket_units
 from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
+from gradsync.runtime.dist import Comm
 
 
 class Zero2Strategy(ShardedStrategy):
     name = "zero2"
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         shard = self.shard_comm
         self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, shard.world_size, shard.rank)
         self.gathers = ParamGathers(model, self.units, shard)
         self.param_chunks = self.gathers.chunks
-        self.grads = ReduceScatterGrads(self.name, model, self.units, shard, on_launch=self.sample_memory,
-                                        replicas=self.replicas)
+        self.grads = ReduceScatterGrads(
+            self.name, model, self.units, shard, on_launch=self.sample_memory, replicas=self.replicas
+        )
         self.grad_chunks = self.grads.chunks
         self.shard_optimizer()
 

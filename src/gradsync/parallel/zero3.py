@@ -41,25 +41,25 @@ the tied output head keeps gathered from the start of forward to the end of back
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel.layout import FlatUnit, layer_units
 from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
+from gradsync.parallel.layout import FlatUnit, layer_units
 from gradsync.parallel.sharding.sharded import ShardedStrategy, bind_unit_buffers
+from gradsync.runtime.dist import Comm
 
 
 class Zero3Strategy(ShardedStrategy):
     name = "zero3"
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         layers, root = layer_units(model)
         shard = self.shard_comm
@@ -86,8 +86,15 @@ class Zero3Strategy(ShardedStrategy):
         for u in self.units:
             self._release(u)
         # every use of a unit's parameters in this backward is done when its last gradient is in
-        self.grads = ReduceScatterGrads(self.name, model, self.units, shard, on_unit_done=self._release,
-                                        on_launch=self.sample_memory, replicas=self.replicas)
+        self.grads = ReduceScatterGrads(
+            self.name,
+            model,
+            self.units,
+            shard,
+            on_unit_done=self._release,
+            on_launch=self.sample_memory,
+            replicas=self.replicas,
+        )
         self.grad_chunks = self.grads.chunks
         self.names = self.grads.names
         for (m, _), u in zip(reversed(owners), self.units):
@@ -117,7 +124,7 @@ class Zero3Strategy(ShardedStrategy):
             order = self._order.get(phase, [])
             if u.index in order:
                 at = order.index(u.index)
-                for i in order[at + 1:at + 1 + self.prefetch]:
+                for i in order[at + 1 : at + 1 + self.prefetch]:
                     self._start_gather(self.units[i])
 
     def _allocate(self, u: FlatUnit) -> None:
@@ -129,8 +136,9 @@ class Zero3Strategy(ShardedStrategy):
             return
         self._allocate(u)
         with torch.no_grad():
-            self._pending[u.index] = self.shard_comm.all_gather(self.full[u.index], self.param_chunks[u.index],
-                                                                async_op=True)
+            self._pending[u.index] = self.shard_comm.all_gather(
+                self.full[u.index], self.param_chunks[u.index], async_op=True
+            )
         self.prefetches += 1
         self.sample_memory()
 

@@ -27,8 +27,9 @@ import platform
 import socket
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,17 +37,18 @@ import torch.distributed as dist
 
 from gradsync.core.args import ArgParser
 from gradsync.core.config import Config
+from gradsync.core.files import atomic_write_bytes
+from gradsync.core.ring import OPS, ring_factors
+from gradsync.optim.factory import optimizer_factory
+from gradsync.parallel.grad_paths.quantize import codec_work
 from gradsync.planning.costmodel import CostModelError
 from gradsync.runtime.dist import Comm, DistEnv
-from gradsync.core.files import atomic_write_bytes
-from gradsync.parallel.grad_paths.quantize import codec_work
-from gradsync.optim.factory import optimizer_factory
-from gradsync.training.peak import device_name, worker_peak_flops
-from gradsync.core.ring import OPS, ring_factors
 from gradsync.tasks import Task, build_task
+from gradsync.training.peak import device_name, worker_peak_flops
 
 # all-to-all is priced with the all-gather's link (same bytes per hop): not measured, to keep calibration short
 MEASURED_OPS = tuple(op for op in OPS if op != "all_to_all")
+
 
 def message_sizes(max_mb: float, min_bytes: int = 4096) -> list[int]:
     """4 KiB, 16 KiB, ... (powers of 4) up to ``max_mb`` MiB."""
@@ -84,6 +86,7 @@ def fit_alpha_beta(points: Sequence[tuple[float, float]], op: str, p: int) -> di
 # ---------------------------------------------------------------------------------------------
 # Measuring (on every worker)
 
+
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
     sync()
     t0 = time.perf_counter()
@@ -103,6 +106,7 @@ def _slowest(times: Sequence[float]) -> list[float]:
 
 def _collective(comm: Any, op: str, buf: Any, chunk: Any) -> Callable[[], None]:
     """One ``op`` on ``buf`` (the full buffer) / ``chunk`` (this rank's part)."""
+
     def run() -> None:
         if op == "all_reduce":
             comm.all_reduce(buf)
@@ -112,6 +116,7 @@ def _collective(comm: Any, op: str, buf: Any, chunk: Any) -> Callable[[], None]:
             comm.all_gather(buf, chunk)
         else:
             comm.broadcast(buf)
+
     return run
 
 
@@ -119,12 +124,19 @@ def trimmed_mean(values: Sequence[float], cut: float = 0.1) -> float:
     """Mean of ``values`` without the lowest and highest ``cut`` fraction of them."""
     v = sorted(values)
     k = int(len(v) * cut)
-    return statistics.fmean(v[k:len(v) - k] or v)
+    return statistics.fmean(v[k : len(v) - k] or v)
 
 
-def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Callable[[], None],
-                        budget_s: float = 1.0, rounds: int = 4, min_ops: int = 6, max_ops: int = 400
-                        ) -> dict[str, list[tuple[int, float]]]:
+def measure_collectives(
+    comm: Any,
+    sizes: Sequence[int],
+    device: Any,
+    sync: Callable[[], None],
+    budget_s: float = 1.0,
+    rounds: int = 4,
+    min_ops: int = 6,
+    max_ops: int = 400,
+) -> dict[str, list[tuple[int, float]]]:
     """Time of each collective and size: every operation is timed on its own, its time is the
     slowest rank's, and the estimate is the 10%-trimmed mean over ``min_ops`` ... ``max_ops``
     operations (about ``budget_s`` seconds of them), taken in ``rounds`` interleaved passes over
@@ -162,8 +174,7 @@ def measure_collectives(comm: Any, sizes: Sequence[int], device: Any, sync: Call
     return out
 
 
-def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], None],
-                    reps: int = 10) -> dict[str, float]:
+def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], None], reps: int = 10) -> dict[str, float]:
     """Forward and backward of the task's model on its first train examples at the configured
     micro-batch,
     the optimizer update (clip + step + zero) per parameter, one element-wise pass per element,
@@ -186,8 +197,9 @@ def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], Non
     ids = np.arange(b) % len(task.train_examples())
     batch = tuple(x.to(device) for x in task.train_examples().batch(ids, ids, True))
     n_params = sum(p.numel() for p in model.parameters())
-    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-            else contextlib.nullcontext())
+    cast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" else contextlib.nullcontext()
+    )
     fwd, bwd, upd = [], [], []
     for _ in range(reps + 2):
         barrier()
@@ -214,17 +226,30 @@ def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], Non
     ew = statistics.median(_timed(lambda: big.mul_(1.0000001), sync) for _ in range(7)) / big.numel()
     vec = torch.randn(1 << 20, device=device)
     qe = statistics.median(_timed(lambda: codec_work(vec, 8), sync) for _ in range(5)) / vec.numel()
-    out = {"forward_s": statistics.median(fwd[2:]), "backward_s": statistics.median(bwd[2:]),
-           "optimizer_s_per_param": statistics.median(upd[2:]) / n_params,
-           "elementwise_s_per_elem": ew, "quantize_s_per_elem": qe, "flops_per_token": flops_per_token,
-           "tokens": b * task.tokens_per_sample, "n_params": n_params, "overlap_penalty": 0.0}
+    out = {
+        "forward_s": statistics.median(fwd[2:]),
+        "backward_s": statistics.median(bwd[2:]),
+        "optimizer_s_per_param": statistics.median(upd[2:]) / n_params,
+        "elementwise_s_per_elem": ew,
+        "quantize_s_per_elem": qe,
+        "flops_per_token": flops_per_token,
+        "tokens": b * task.tokens_per_sample,
+        "n_params": n_params,
+        "overlap_penalty": 0.0,
+    }
     if multi:
         out["overlap_penalty"] = _overlap_penalty(model, lambda: task.loss(model, batch), cast, sync, barrier)
     return out
 
 
-def _overlap_penalty(model: Any, loss_fn: Callable[[], Any], cast: Any, sync: Callable[[], None],
-                     barrier: Callable[[], None], reps: int = 15) -> float:
+def _overlap_penalty(
+    model: Any,
+    loss_fn: Callable[[], Any],
+    cast: Any,
+    sync: Callable[[], None],
+    barrier: Callable[[], None],
+    reps: int = 15,
+) -> float:
     """Seconds a step loses per second of communication run *behind* compute: an all-reduce of
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
@@ -277,9 +302,15 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
     compute = measure_compute(cfg, task, env.device, sync)
     coll_points = measure_collectives(comm, message_sizes(max_mb), env.device, sync) if env.world_size > 1 else {}
     profile: dict[str, Any] = {
-        "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "host": socket.gethostname(),
-        "device": device_name(env.device), "backend": env.backend, "world_size": env.world_size,
-        "nnodes": cfg.parallel.nnodes, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "version": 1,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": socket.gethostname(),
+        "device": device_name(env.device),
+        "backend": env.backend,
+        "world_size": env.world_size,
+        "nnodes": cfg.parallel.nnodes,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "python": platform.python_version(),
         "peak_flops": worker_peak_flops(cfg, env.device, env.local_world_size, fresh=True),  # and re-cache it
         "memory_bytes": _memory_bytes(env.device),
@@ -287,13 +318,23 @@ def run_worker(cfg: Config, env: DistEnv, out: Path, max_mb: float) -> dict[str,
         "optimizer_s_per_param": compute.pop("optimizer_s_per_param"),
         "elementwise_s_per_elem": compute.pop("elementwise_s_per_elem"),
         "quantize_s_per_elem": compute.pop("quantize_s_per_elem"),
-        "compute": {"task": task.name,
-                    "model": {"preset": cfg.model.preset, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head,
-                              "n_embd": cfg.model.n_embd, "vocab": getattr(task, "vocab_size", None)},
-                    "seq_len": cfg.data.seq_len, "micro_batch": cfg.train.micro_batch,
-                    "precision": cfg.train.precision, **compute},
-        "collectives": {op: {**fit_alpha_beta(pts, op, env.world_size), "points": pts}
-                        for op, pts in coll_points.items()},
+        "compute": {
+            "task": task.name,
+            "model": {
+                "preset": cfg.model.preset,
+                "n_layer": cfg.model.n_layer,
+                "n_head": cfg.model.n_head,
+                "n_embd": cfg.model.n_embd,
+                "vocab": getattr(task, "vocab_size", None),
+            },
+            "seq_len": cfg.data.seq_len,
+            "micro_batch": cfg.train.micro_batch,
+            "precision": cfg.train.precision,
+            **compute,
+        },
+        "collectives": {
+            op: {**fit_alpha_beta(pts, op, env.world_size), "points": pts} for op, pts in coll_points.items()
+        },
     }
     if env.is_main:
         atomic_write_bytes(out, json.dumps(profile, indent=1).encode())

@@ -10,17 +10,17 @@ command around it is :mod:`gradsync.commands.plan`. Torch-free: plans run anywhe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 from gradsync.core import catalog
-from gradsync.planning import costmodel as cm
 from gradsync.core.config import Config
 from gradsync.core.errors import ConfigError
 from gradsync.core.files import save_figure
-from gradsync.planning.calibration_profile import default_profile_path, load_profile, profile_hardware, profile_network
 from gradsync.core.shapes import GPTShape
+from gradsync.planning import costmodel as cm
+from gradsync.planning.calibration_profile import default_profile_path, load_profile, profile_hardware, profile_network
 
 SCALING_DEVICES = [2**i for i in range(13)]  # 1 .. 4096
 
@@ -36,7 +36,11 @@ class Row:
     @property
     def label(self) -> str:
         """The entry, with the activation checkpointing it needs."""
-        return self.entry if self.checkpointing == "none" else f"{self.entry} with {self.checkpointing} activation checkpointing"
+        return (
+            self.entry
+            if self.checkpointing == "none"
+            else f"{self.entry} with {self.checkpointing} activation checkpointing"
+        )
 
 
 def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int) -> cm.Network:
@@ -48,8 +52,16 @@ def network_for(p: int, net: cm.Network, intra: cm.Network | None, per_node: int
     return intra if p <= per_node else replace(net, intra=intra, per_node=per_node)
 
 
-def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch: int, hw: cm.Hardware,
-             net: cm.Network, micro_batch: int = 0, checkpointing: str = "auto") -> list[Row]:
+def evaluate(
+    entries: Sequence[str],
+    w: cm.Workload,
+    devices: int,
+    global_batch: int,
+    hw: cm.Hardware,
+    net: cm.Network,
+    micro_batch: int = 0,
+    checkpointing: str = "auto",
+) -> list[Row]:
     """Predict every entry (``strategy[+compressor]``) at the fastest micro-batch and activation
     checkpointing (``auto``: none, selective or full; or the one given) that fit, with
     accumulation making up the global batch; where nothing fits, at micro-batch 1 and the least
@@ -64,9 +76,22 @@ def evaluate(entries: Sequence[str], w: cm.Workload, devices: int, global_batch:
     rows = []
     for entry in entries:
         strategy, compress = catalog.split_entry(entry)
-        tried = [(mb, mode, cm.predict(strategy, replace(cm.with_accum(w, mb, per_device // mb), checkpointing=mode),
-                                       devices, hw, net, compress))
-                 for mb in candidates for mode in modes]
+        tried = [
+            (
+                mb,
+                mode,
+                cm.predict(
+                    strategy,
+                    replace(cm.with_accum(w, mb, per_device // mb), checkpointing=mode),
+                    devices,
+                    hw,
+                    net,
+                    compress,
+                ),
+            )
+            for mb in candidates
+            for mode in modes
+        ]
         fitting = [t for t in tried if t[2].fits]
         if fitting:  # the fastest; within 0.1% of it, the largest micro-batch and least recomputation
             top = max(t[2].tokens_per_s for t in fitting)
@@ -83,25 +108,34 @@ def choose(rows: Sequence[Row]) -> tuple[Row | None, str]:
     exact = [r for r in rows if r.entry in catalog.exact_strategies()]
     fitting = [r for r in exact if r.pred.fits]
     if not fitting:
-        return None, ("nothing fits in device memory even at micro-batch 1 with full activation checkpointing: "
-                      "use more devices or a bigger device")
+        return None, (
+            "nothing fits in device memory even at micro-batch 1 with full activation checkpointing: "
+            "use more devices or a bigger device"
+        )
     best = max(fitting, key=lambda r: r.pred.tokens_per_s)
     others = sorted((r for r in fitting if r is not best), key=lambda r: -r.pred.tokens_per_s)
     p = best.pred
-    why = (f"{best.label}: the fastest exact strategy that fits ({p.tokens_per_s:,.0f} tokens/s, "
-           f"{_size(p.memory['total'])} of {_size(p.device_memory)} per device")
+    why = (
+        f"{best.label}: the fastest exact strategy that fits ({p.tokens_per_s:,.0f} tokens/s, "
+        f"{_size(p.memory['total'])} of {_size(p.device_memory)} per device"
+    )
     if others:
         why += f"; next {others[0].label} at {others[0].pred.tokens_per_s / p.tokens_per_s:.2f}x"
     why += f"; communication exposed {p.exposed_comm_s / p.step_s:.0%} of the step)"
     unfit = [r.entry for r in exact if not r.pred.fits]
     if unfit:
         why += f"; {', '.join(unfit)} {'does' if len(unfit) == 1 else 'do'} not fit"
-    approx = [r for r in rows if catalog.changes_optimization(r.entry)
-              and r.pred.fits and r.pred.tokens_per_s > 1.2 * p.tokens_per_s]
+    approx = [
+        r
+        for r in rows
+        if catalog.changes_optimization(r.entry) and r.pred.fits and r.pred.tokens_per_s > 1.2 * p.tokens_per_s
+    ]
     if approx:
         fast = max(approx, key=lambda r: r.pred.tokens_per_s)
-        why += (f". {fast.entry} would be {fast.pred.tokens_per_s / p.tokens_per_s:.2f}x faster but changes the "
-                "optimization (compressed or infrequent synchronization): validate its loss first")
+        why += (
+            f". {fast.entry} would be {fast.pred.tokens_per_s / p.tokens_per_s:.2f}x faster but changes the "
+            "optimization (compressed or infrequent synchronization): validate its loss first"
+        )
     return best, why
 
 
@@ -110,17 +144,22 @@ def _size(nbytes: float) -> str:
 
 
 def format_plan(rows: Sequence[Row], header: str, eff: dict[str, float]) -> str:
-    lines = [header, "",
-             "| strategy | micro x accum | act. ckpt | step ms | compute | exposed comm | optimizer+compress | tokens/s | "
-             "MFU | memory/device GB | fits | weak-scaling eff. |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| strategy | micro x accum | act. ckpt | step ms | compute | exposed comm | optimizer+compress | tokens/s | "
+        "MFU | memory/device GB | fits | weak-scaling eff. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         p = r.pred
-        lines.append(f"| {r.entry} | {r.micro_batch} x {r.accum} | {r.checkpointing} | {1e3 * p.step_s:.1f} | "
-                     f"{1e3 * p.compute_s:.1f} | "
-                     f"{1e3 * p.exposed_comm_s:.1f} | {1e3 * (p.optimizer_s + p.compression_s):.1f} | "
-                     f"{p.tokens_per_s:,.0f} | {p.mfu:.1%} | {p.memory['total'] / 1e9:.1f} | "
-                     f"{'yes' if p.fits else 'NO'} | {eff.get(r.entry, float('nan')):.1%} |")
+        lines.append(
+            f"| {r.entry} | {r.micro_batch} x {r.accum} | {r.checkpointing} | {1e3 * p.step_s:.1f} | "
+            f"{1e3 * p.compute_s:.1f} | "
+            f"{1e3 * p.exposed_comm_s:.1f} | {1e3 * (p.optimizer_s + p.compression_s):.1f} | "
+            f"{p.tokens_per_s:,.0f} | {p.mfu:.1%} | {p.memory['total'] / 1e9:.1f} | "
+            f"{'yes' if p.fits else 'NO'} | {eff.get(r.entry, float('nan')):.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -149,9 +188,18 @@ def workload_of(cfg: Config, vocab: int) -> cm.Workload:
     """The cost model's workload for a run's config (its GPT, micro-batch, accumulation, buckets)."""
     m = cfg.model
     s = GPTShape.from_preset(m.preset, vocab, cfg.data.seq_len, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
-    w = cm.gpt_workload(s.n_layer, s.n_head, s.n_embd, vocab, cfg.data.seq_len, cfg.train.micro_batch,
-                        cfg.grad_accum_steps(cfg.parallel.world_size), cfg.train.precision,
-                        cfg.parallel.bucket_mb, cfg.parallel.first_bucket_mb)
+    w = cm.gpt_workload(
+        s.n_layer,
+        s.n_head,
+        s.n_embd,
+        vocab,
+        cfg.data.seq_len,
+        cfg.train.micro_batch,
+        cfg.grad_accum_steps(cfg.parallel.world_size),
+        cfg.train.precision,
+        cfg.parallel.bucket_mb,
+        cfg.parallel.first_bucket_mb,
+    )
     return replace(w, checkpointing=cfg.train.activation_checkpointing)
 
 
@@ -170,8 +218,10 @@ def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
     hw, net = profile_hardware(profile), profile_network(profile)
     world, strategy, compress = cfg.parallel.world_size, cfg.parallel.strategy, cfg.parallel.compress
     base = workload_of(cfg, vocab)
-    step = {mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
-            for mb in BUCKET_CHOICES_MB}
+    step = {
+        mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
+        for mb in BUCKET_CHOICES_MB
+    }
     best = min(step, key=lambda mb: (round(step[mb], 9), mb))
     table = ", ".join(f"{mb:g} MB {1e3 * t:.1f} ms" for mb, t in step.items())
     return best, f"{best:g} MB (predicted step: {table}) [profile {path}]"

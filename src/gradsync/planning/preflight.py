@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from gradsync.checkpoint import format as ckpt
+from gradsync.checkpoint.dcp import check_supported
 from gradsync.core.catalog import AUTO
 from gradsync.core.config import Config
-from gradsync.data import ShardedBatches
 from gradsync.core.errors import ConfigError
+from gradsync.data import ShardedBatches
 from gradsync.parallel import strategy_class
-from gradsync.training.peak import worker_peak_flops
 from gradsync.planning.plan import auto_bucket_mb, auto_strategy
-from gradsync.checkpoint.dcp import check_supported
 from gradsync.tasks import Task, build_task
+from gradsync.training.peak import worker_peak_flops
 from gradsync.training.trackers import check_installed, parse_loggers
 
 
@@ -36,18 +37,24 @@ def preflight(cfg: Config) -> Config:
     t = cfg.train
     check_installed(parse_loggers(t.loggers))
     check_supported(cfg)  # a sharded checkpoint of a strategy that cannot write one
-    blocker = strategy_class(cfg.parallel.strategy_spec.name).compile_blocker if cfg.train.compile and \
-        cfg.parallel.strategy != AUTO else ""
+    blocker = (
+        strategy_class(cfg.parallel.strategy_spec.name).compile_blocker
+        if cfg.train.compile and cfg.parallel.strategy != AUTO
+        else ""
+    )
     if blocker:
         raise ConfigError(f"--compile does not compose with --strategy {cfg.parallel.strategy}: {blocker}")
     updates: dict[str, object] = {}
-    run_dir = t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or \
-        f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (
+        t.run_dir or (_latest_run("runs") if t.resume == "auto" else "") or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     updates["train.run_dir"] = run_dir
     existing = ckpt.list_checkpoints(run_dir)
     if existing and not t.resume:
-        raise ConfigError(f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
-                          "it or choose another --run-dir")
+        raise ConfigError(
+            f"run folder '{run_dir}' already holds checkpoints; pass --resume to continue "
+            "it or choose another --run-dir"
+        )
     task = None
     if cfg.parallel.nnodes == 1:  # the data is on this host: check it holds a global batch
         task = build_task(cfg)
@@ -55,13 +62,36 @@ def preflight(cfg: Config) -> Config:
     path = ckpt.resolve_resume(t.resume, run_dir)
     saved = ckpt.load_checkpoint(path) if path is not None else None  # read once, for all that follows
     if cfg.parallel.strategy == AUTO:
-        cfg = cfg.replace(**{"parallel.strategy": _chosen_at_launch(
-            cfg, saved, path, task, LaunchChoice("--strategy auto", "strategy", "strategy", "name a strategy",
-                                                 auto_strategy))})
+        cfg = cfg.replace(
+            **{
+                "parallel.strategy": _chosen_at_launch(
+                    cfg,
+                    saved,
+                    path,
+                    task,
+                    LaunchChoice("--strategy auto", "strategy", "strategy", "name a strategy", auto_strategy),
+                )
+            }
+        )
     if cfg.parallel.bucket_mb == 0:
-        cfg = cfg.replace(**{"parallel.bucket_mb": _chosen_at_launch(
-            cfg, saved, path, task, LaunchChoice("--bucket-mb 0", "bucket_mb", "bucket size", "give a size in MB",
-                                                 auto_bucket_mb, lambda mb: f"{float(mb):g} MB"))})
+        cfg = cfg.replace(
+            **{
+                "parallel.bucket_mb": _chosen_at_launch(
+                    cfg,
+                    saved,
+                    path,
+                    task,
+                    LaunchChoice(
+                        "--bucket-mb 0",
+                        "bucket_mb",
+                        "bucket size",
+                        "give a size in MB",
+                        auto_bucket_mb,
+                        lambda mb: f"{float(mb):g} MB",
+                    ),
+                )
+            }
+        )
     if path is None and t.resume == "auto":
         print(f"gradsync: no checkpoint in '{run_dir}' to resume; starting a new run", file=sys.stderr)
     if path is not None:
@@ -87,8 +117,9 @@ class LaunchChoice:
     show: Callable[[Any], str] = str
 
 
-def _chosen_at_launch(cfg: Config, saved: dict[str, Any] | None, resume: Path | None, task: Task | None,
-                      c: LaunchChoice) -> Any:
+def _chosen_at_launch(
+    cfg: Config, saved: dict[str, Any] | None, resume: Path | None, task: Task | None, c: LaunchChoice
+) -> Any:
     """The value of ``c``: a resumed run keeps its own (its state was built with it: the strategy's
     checkpoint format, compression residuals kept per bucket); else the planner's choice, which
     prices gradsync's GPT only."""

@@ -14,9 +14,10 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,8 +60,9 @@ def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world,
-                                    store=_attempt_store(world, timeout))
+            dist.init_process_group(
+                backend, timeout=timeout, rank=rank, world_size=world, store=_attempt_store(world, timeout)
+            )
     else:
         rank, world = 0, 1
         if not dist.is_initialized():
@@ -77,8 +79,9 @@ def _attempt_store(world: int, timeout: timedelta) -> dist.Store | None:
     connect. None (torch's env:// default) everywhere else."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
     return dist.PrefixStore(f"gradsync/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -103,11 +106,20 @@ class CommStats:
 
 
 # How gloo and NCCL report a peer that stalled, died or became unreachable.
-_PEER_FAILURE = ("imed out", "Connection reset", "Connection closed", "Connection refused", "Broken pipe",
-                 "connectFullMesh", "was aborted", "Socket Timeout")
+_PEER_FAILURE = (
+    "imed out",
+    "Connection reset",
+    "Connection closed",
+    "Connection refused",
+    "Broken pipe",
+    "connectFullMesh",
+    "was aborted",
+    "Socket Timeout",
+)
 
 _all_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-# torch 2.13 deprecates reduce_scatter_tensor for reduce_scatter_single (same arguments); older torch has only the former.
+# torch 2.13 deprecates reduce_scatter_tensor for reduce_scatter_single (same arguments);
+# older torch has only the former.
 _reduce_scatter_into = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
@@ -136,7 +148,7 @@ class Comm:
         self._events: list[tuple[Any, Any]] = []  # (before, after) on the compute stream, not yet read
         self._root = self  # where a subgroup's collectives are accounted
 
-    def subgroup(self, group: dist.ProcessGroup) -> "Comm":
+    def subgroup(self, group: dist.ProcessGroup) -> Comm:
         """Collectives over ``group`` (a subset of the ranks), accounted in this Comm's stats."""
         sub = Comm(self.env, group, self.timeout_s)
         sub._root = self._root
@@ -200,7 +212,8 @@ class Comm:
             first = str(e).strip().splitlines()[0]
             raise PeerFailed(
                 f"rank {self.env.rank}: {op} failed while waiting up to {self.timeout_s:.0f}s for the other "
-                f"ranks: a peer stalled, died or lost its network ({first[:200]})") from None
+                f"ranks: a peer stalled, died or lost its network ({first[:200]})"
+            ) from None
 
     def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
         if async_op:
@@ -220,21 +233,24 @@ class Comm:
     def reduce_scatter(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``inp`` over ranks; rank r receives the r-th of ``world_size`` equal chunks in ``out``."""
         self.count("reduce_scatter", inp)
-        return self._run("reduce_scatter", lambda: _reduce_scatter_into(
-            out, inp, group=self.group, async_op=async_op), async_op)
+        return self._run(
+            "reduce_scatter", lambda: _reduce_scatter_into(out, inp, group=self.group, async_op=async_op), async_op
+        )
 
     def all_gather(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Concatenate every rank's ``inp`` (equal sizes) into ``out``, in rank order."""
         self.count("all_gather", inp)
-        return self._run("all_gather", lambda: _all_gather_into(out, inp, group=self.group, async_op=async_op),
-                         async_op)
+        return self._run(
+            "all_gather", lambda: _all_gather_into(out, inp, group=self.group, async_op=async_op), async_op
+        )
 
     def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Rank r receives, as the s-th of ``world_size`` equal chunks of ``out``, the r-th chunk of
         rank s's ``inp``."""
         self.count("all_to_all", inp)
-        return self._run("all_to_all", lambda: dist.all_to_all_single(out, inp, group=self.group,
-                                                                      async_op=async_op), async_op)
+        return self._run(
+            "all_to_all", lambda: dist.all_to_all_single(out, inp, group=self.group, async_op=async_op), async_op
+        )
 
     def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
         self.count("broadcast", t)
@@ -289,5 +305,4 @@ def verify_replicas(module: torch.nn.Module, comm: Comm) -> None:
     sums = comm.all_gather_object(state_checksum(module))
     bad = [r for r, s in enumerate(sums) if s != sums[0]]
     if bad:
-        raise DistributedError(f"model replicas differ from rank 0 on rank(s) {bad} "
-                               "(parameter checksum mismatch)")
+        raise DistributedError(f"model replicas differ from rank 0 on rank(s) {bad} (parameter checksum mismatch)")

@@ -21,10 +21,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, P
 from torch.distributed.elastic.rendezvous import RendezvousError, RendezvousTimeoutError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from gradsync.runtime import worker
 from gradsync.core.config import Config, ParallelConfig
 from gradsync.core.errors import EXIT_PREEMPTED, ConfigError, DistributedError, Preempted
 from gradsync.core.files import atomic_write_bytes
+from gradsync.runtime import worker
 from gradsync.runtime.watchdog import StoreWatchdog
 from gradsync.runtime.worker import TRAIN_JOB
 
@@ -47,11 +47,17 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     if not standalone:
         rdzv_configs.update(_multinode_setup(p))
     lc = LaunchConfig(
-        min_nodes=p.nnodes, max_nodes=p.nnodes, nproc_per_node=p.nproc,
+        min_nodes=p.nnodes,
+        max_nodes=p.nnodes,
+        nproc_per_node=p.nproc,
         run_id=str(uuid.uuid4()) if standalone else p.rdzv_id,
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
-        rdzv_configs=rdzv_configs, local_addr=p.local_addr or None,
-        max_restarts=p.max_restarts, monitor_interval=0.1, start_method="spawn",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0" if standalone else p.rdzv_endpoint,
+        rdzv_configs=rdzv_configs,
+        local_addr=p.local_addr or None,
+        max_restarts=p.max_restarts,
+        monitor_interval=0.1,
+        start_method="spawn",
     )
     restarts = f" (after {p.max_restarts} restart(s))" if p.max_restarts else ""
     watchdog = None
@@ -61,8 +67,9 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     # the agent passes these signals on to the workers, which save and stop (gradsync.runtime.stopping)
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     try:
-        elastic_launch(lc, sys.executable)("-u", "-m", "gradsync.runtime.worker", "--job", job, "--config", str(config_path),
-                                           "--", *args)
+        elastic_launch(lc, sys.executable)(
+            "-u", "-m", "gradsync.runtime.worker", "--job", job, "--config", str(config_path), "--", *args
+        )
     except SignalException as e:  # the agent gave the workers the signal and up to 30 s to save
         raise Preempted(f"stopped by {signal.Signals(e.sigval).name}") from None
     except ChildFailedError as e:
@@ -82,11 +89,13 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
         raise DistributedError(
             f"not all {p.nnodes} nodes joined the rendezvous at {p.rdzv_endpoint or 'localhost'} within "
             f"{p.timeout_s:g}s (parallel.timeout_s); start the missing node(s), with --resume "
-            "if the run has checkpoints") from None
+            "if the run has checkpoints"
+        ) from None
     except RendezvousError as e:
         why = str(e.__cause__ or e).splitlines()[0] if str(e.__cause__ or e) else type(e).__name__
-        raise DistributedError(f"lost the rendezvous at {p.rdzv_endpoint} (the node hosting it may have died or "
-                               f"be unreachable): {why}") from None
+        raise DistributedError(
+            f"lost the rendezvous at {p.rdzv_endpoint} (the node hosting it may have died or be unreachable): {why}"
+        ) from None
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -99,8 +108,10 @@ def _culprit(e: ChildFailedError) -> tuple[int, ProcessFailure]:
     by a signal other than the agent's SIGTERM, one that exited with a code other than gradsync's
     own error exit (2), and only then the earliest."""
     fs = e.failures
-    for cause in (lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
-                  lambda f: f.exitcode not in (2, -signal.SIGTERM)):
+    for cause in (
+        lambda f: f.exitcode < 0 and f.exitcode != -signal.SIGTERM,
+        lambda f: f.exitcode not in (2, -signal.SIGTERM),
+    ):
         found = sorted(r for r, f in fs.items() if cause(f))
         if found:
             rank = min(found, key=lambda r: fs[r].timestamp)
@@ -128,8 +139,10 @@ def _multinode_setup(p: ParallelConfig) -> dict[str, object]:
     host = p.rdzv_endpoint.rsplit(":", 1)[0]
     iface = interface_with_address(p.local_addr)
     if iface is None:
-        raise ConfigError(f"parallel.local_addr '{p.local_addr}' is not an address of any network interface "
-                          "of this machine; give this node's own IP address")
+        raise ConfigError(
+            f"parallel.local_addr '{p.local_addr}' is not an address of any network interface "
+            "of this machine; give this node's own IP address"
+        )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
     return {"is_host": host == p.local_addr}
 

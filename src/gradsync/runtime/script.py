@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import runpy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gradsync.core.config import Config
-from gradsync.runtime.dist import DistEnv
 from gradsync.core.errors import ConfigError
+from gradsync.runtime.dist import DistEnv
 
 SCRIPT_JOB = "gradsync.runtime.script:worker_job"
 

@@ -11,7 +11,6 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -26,13 +25,12 @@ class StopOnSignal:
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._note) for s in STOP_SIGNALS}
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
 

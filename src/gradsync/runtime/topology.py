@@ -17,8 +17,8 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import ConfigError
+from gradsync.runtime.dist import Comm
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,10 @@ def node_layout(comm: Comm) -> NodeLayout:
     nodes = sorted((tuple(r for _, r in sorted(members)) for members in by_node.values()), key=min)
     sizes = sorted({len(n) for n in nodes})
     if len(sizes) > 1:
-        raise ConfigError(f"hierarchical synchronisation needs the same number of workers on every node; "
-                          f"this job has {', '.join(str(len(n)) for n in nodes)}")
+        raise ConfigError(
+            f"hierarchical synchronisation needs the same number of workers on every node; "
+            f"this job has {', '.join(str(len(n)) for n in nodes)}"
+        )
     return NodeLayout(tuple(nodes))
 
 

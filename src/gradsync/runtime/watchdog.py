@@ -29,10 +29,10 @@ from types import FrameType
 # functions of torch's c10d rendezvous backend that wait on the store, and what a long wait in each means
 STORE_CALLS = {
     "_call_store": "has not answered for {limit}s (parallel.timeout_s): the link to the node hosting it is "
-                   "down or that node is frozen",  # C10dRendezvousBackend._call_store: every store call
+    "down or that node is frozen",  # C10dRendezvousBackend._call_store: every store call
     "_create_tcp_store": "could not be reached within {limit}s (parallel.timeout_s): a program there accepts "
-                         "connections but does not answer; check --rdzv-endpoint names the rendezvous "
-                         "host and a port nothing else uses",  # connecting to (or hosting) the store
+    "connections but does not answer; check --rdzv-endpoint names the rendezvous "
+    "host and a port nothing else uses",  # connecting to (or hosting) the store
 }
 
 
@@ -77,8 +77,11 @@ class StoreWatchdog(threading.Thread):
     def _fail(self, call: str) -> None:
         _kill_children()
         why = STORE_CALLS[call].format(limit=f"{self.limit_s:g}")
-        print(f"gradsync: error: the rendezvous store at {self.what} {why}; this node's workers were stopped",
-              file=sys.stderr, flush=True)
+        print(
+            f"gradsync: error: the rendezvous store at {self.what} {why}; this node's workers were stopped",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(2)
 
     def stop(self) -> None:

@@ -17,13 +17,13 @@ import os
 import signal
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from gradsync.core.args import ArgParser, add_config_args, config_from_args
 from gradsync.core.catalog import resolve
 from gradsync.core.console import survive_closed_output
-from gradsync.runtime.dist import init_distributed, shutdown
 from gradsync.core.errors import EXIT_PREEMPTED, GradsyncError, PeerFailed, Preempted, one_line_error
+from gradsync.runtime.dist import init_distributed, shutdown
 
 TRAIN_JOB = "gradsync.training.trainer:worker_job"
 PEER_GRACE_S = 1.0  # a rank whose peer failed waits this long before it exits
@@ -31,8 +31,8 @@ PEER_GRACE_S = 1.0  # a rank whose peer failed waits this long before it exits
 
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
-    job_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    job_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = ArgParser(prog="gradsync.runtime.worker")
     add_config_args(p)
     p.add_argument("--job", default=TRAIN_JOB, help="module:function(cfg, env, job_args) to run")

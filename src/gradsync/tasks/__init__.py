@@ -27,8 +27,10 @@ def build_task(cfg: Config, run_dir: Path | None = None) -> Task:
     try:
         factory = resolve(name)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"task '{name}' cannot be imported: {e}; the module must be importable by "
-                          "every worker (installed, or on PYTHONPATH)") from None
+        raise ConfigError(
+            f"task '{name}' cannot be imported: {e}; the module must be importable by "
+            "every worker (installed, or on PYTHONPATH)"
+        ) from None
     task = factory(cfg)
     if not isinstance(task, Task):
         raise ConfigError(f"task factory '{name}' returned {type(task).__name__}, not a gradsync.tasks.Task")

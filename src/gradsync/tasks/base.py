@@ -45,7 +45,7 @@ class Task(ABC):
         self.cfg = cfg
 
     @classmethod
-    def from_run(cls, cfg: Config, run_dir: Path) -> "Task":
+    def from_run(cls, cfg: Config, run_dir: Path) -> Task:
         """The task of a finished run, from what its folder keeps (:meth:`save_assets`); by
         default simply the task its config describes."""
         return cls(cfg)
@@ -83,8 +83,9 @@ class Task(ABC):
         model's formula, where known, overrides this)."""
         return measured_flops_per_sample(self, model)
 
-    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
-                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    def predict(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40
+    ) -> str:
         """What ``gradsync sample`` prints and ``sample.txt`` holds for this task ("" = nothing)."""
         return ""
 
@@ -94,7 +95,7 @@ class Task(ABC):
         return []
 
     # -- what a run folder keeps -----------------------------------------------------------------
-    def save_assets(self, run_dir: Path) -> None:
+    def save_assets(self, run_dir: Path) -> None:  # noqa: B027 (optional: most tasks keep nothing)
         """Write what a run folder needs to use its model later (e.g. the tokenizer); rank 0 only."""
 
     def summary(self) -> dict[str, Any]:
@@ -102,8 +103,7 @@ class Task(ABC):
         return {"task": self.name, "entropy_rate": self.entropy_rate}
 
 
-def classification_sums(logits: torch.Tensor, labels: torch.Tensor,
-                        ignore_index: int = -100) -> dict[str, float]:
+def classification_sums(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> dict[str, float]:
     """Summed cross-entropy, number of scored targets and number of correct top-1 predictions."""
     flat, y = logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1)
     keep = y != ignore_index
@@ -120,8 +120,9 @@ def accuracy_metrics(sums: dict[str, float], prefix: str = "val") -> dict[str, f
 def measured_flops_per_sample(task: Task, model: nn.Module) -> float:
     """FLOPs of forward + backward on one evaluation example, counted on a copy-free pass (the
     gradients it leaves are cleared)."""
-    batch = task.eval_examples().batch(torch.zeros(1, dtype=torch.long).numpy(),
-                                       torch.zeros(1, dtype=torch.long).numpy(), False)
+    batch = task.eval_examples().batch(
+        torch.zeros(1, dtype=torch.long).numpy(), torch.zeros(1, dtype=torch.long).numpy(), False
+    )
     device = next(model.parameters()).device
     batch = tuple(t.to(device) for t in batch)
     counter = FlopCounterMode(display=False)

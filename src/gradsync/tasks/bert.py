@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from gradsync.core.shapes import GPTShape
 from gradsync.data import Batch, TokenSequences
 from gradsync.model.bert import IGNORE, Bert
-from gradsync.core.shapes import GPTShape
 from gradsync.tasks.base import accuracy_metrics, classification_sums
 from gradsync.tasks.lm import TokenTask
 
@@ -28,8 +28,9 @@ class MaskedSequences:
     """Token sequences corrupted for masked LM: ``(inputs, labels)`` with labels -100 where not
     chosen."""
 
-    def __init__(self, sequences: TokenSequences, vocab_size: int, mask_prob: float, seed: int,
-                 mask_id: int | None = None) -> None:
+    def __init__(
+        self, sequences: TokenSequences, vocab_size: int, mask_prob: float, seed: int, mask_id: int | None = None
+    ) -> None:
         self.sequences = sequences
         self.vocab_size = vocab_size  # of the corpus; random replacements are drawn from it
         self.mask_id = vocab_size if mask_id is None else mask_id  # default: the id after the last
@@ -55,8 +56,7 @@ class MaskedSequences:
     def batch(self, ids: np.ndarray, draws: np.ndarray, train: bool) -> Batch:
         rows = self.sequences.rows(ids)[:, :-1].numpy()  # T tokens; the shifted copy is not needed
         pairs = [self.mask(r, k, train) for r, k in zip(rows, draws)]
-        return (torch.from_numpy(np.stack([p[0] for p in pairs])),
-                torch.from_numpy(np.stack([p[1] for p in pairs])))
+        return (torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
 
 
 class MaskedLMTask(TokenTask):
@@ -69,8 +69,9 @@ class MaskedLMTask(TokenTask):
         return self.vocab_size
 
     def _masked(self, seqs: TokenSequences) -> MaskedSequences:
-        return MaskedSequences(seqs, self.vocab_size, self.cfg.bert.mask_prob, self.cfg.train.seed,
-                               mask_id=self.mask_id)
+        return MaskedSequences(
+            seqs, self.vocab_size, self.cfg.bert.mask_prob, self.cfg.train.seed, mask_id=self.mask_id
+        )
 
     def train_examples(self) -> MaskedSequences:  # type: ignore[override]
         return self._masked(super().train_examples())
@@ -97,8 +98,9 @@ class MaskedLMTask(TokenTask):
     def summary(self) -> dict[str, object]:
         return {**super().summary(), "unigram_accuracy": self.unigram_baseline()}
 
-    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
-                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    def predict(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40
+    ) -> str:
         """The first evaluation sequence, masked as evaluation masks it: the input with [MASK]
         shown, and the model's guess for every chosen position next to the truth."""
         examples = self.eval_examples()
@@ -119,8 +121,10 @@ class MaskedLMTask(TokenTask):
         lines = [f"masked {len(chosen)} of {x.size(1)} positions; {right} guessed right"]
         for i in chosen[:n_tokens]:
             mark = "ok" if int(guess[i]) == int(labels[0, i]) else "  "
-            lines.append(f"{mark} position {i:4d}: true {show([int(labels[0, i])])!r:>10}  "
-                         f"guess {show([int(guess[i])]) if int(guess[i]) < self.vocab_size else '[MASK]'!r:>10}")
+            lines.append(
+                f"{mark} position {i:4d}: true {show([int(labels[0, i])])!r:>10}  "
+                f"guess {show([int(guess[i])]) if int(guess[i]) < self.vocab_size else '[MASK]'!r:>10}"
+            )
         return "\n".join(lines)
 
 
@@ -135,15 +139,26 @@ class BertTask(MaskedLMTask):
         neighbours a masked token needs)."""
         out = []
         if self.cfg.optim.lr > 1e-3:
-            out.append(f"--lr {self.cfg.optim.lr:g} is high for a post-LayerNorm BERT: it may collapse to "
-                       "predicting the most frequent token; --lr 1e-3 or lower trains")
+            out.append(
+                f"--lr {self.cfg.optim.lr:g} is high for a post-LayerNorm BERT: it may collapse to "
+                "predicting the most frequent token; --lr 1e-3 or lower trains"
+            )
         if self.cfg.data.seq_len > 64:
-            out.append(f"--seq-len {self.cfg.data.seq_len}: a small BERT learns slowly from long sequences "
-                       "(a long plateau at seq 128); --seq-len 32 with a 4x global batch learns far sooner")
+            out.append(
+                f"--seq-len {self.cfg.data.seq_len}: a small BERT learns slowly from long sequences "
+                "(a long plateau at seq 128); --seq-len 32 with a 4x global batch learns far sooner"
+            )
         return out
 
     def build_model(self) -> Bert:
         m = self.cfg.model
-        shape = GPTShape.from_preset(m.preset, self.vocab_size + 1, self.cfg.data.seq_len, m.dropout,
-                                     n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
+        shape = GPTShape.from_preset(
+            m.preset,
+            self.vocab_size + 1,
+            self.cfg.data.seq_len,
+            m.dropout,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            n_embd=m.n_embd,
+        )
         return Bert(shape)

@@ -64,8 +64,9 @@ class ClassificationTask(Task):
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return accuracy_metrics(sums)
 
-    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
-                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    def predict(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40
+    ) -> str:
         """The model's label for ``n`` test examples spread evenly over the test set (n = the
         sample length, at most 32), next to the true one."""
         total = len(self.data.test_y)
@@ -80,6 +81,9 @@ class ClassificationTask(Task):
         names, truth = self.data.classes, self.data.test_y[idx]
         right = int((guess == truth).sum())
         lines = [f"{n} of {total} test examples: {right} right"]
-        lines += [f"{'ok' if int(g) == int(t) else '  '} #{int(i):4d}: true {names[int(t)]:>10}  "
-                  f"predicted {names[int(g)]:>10}" for i, g, t in zip(idx, guess, truth)]
+        lines += [
+            f"{'ok' if int(g) == int(t) else '  '} #{int(i):4d}: true {names[int(t)]:>10}  "
+            f"predicted {names[int(g)]:>10}"
+            for i, g, t in zip(idx, guess, truth)
+        ]
         return "\n".join(lines)

@@ -22,6 +22,7 @@ class GPTTask(TokenTask):
         t = self.cfg.data.seq_len
         return model.flops_per_token(t) * t
 
-    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
-                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    def predict(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40
+    ) -> str:
         return self.continue_text(model, prompt, n_tokens, seed, temperature, top_k)

@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradsync.core.errors import ConfigError
+from gradsync.data.tokenizers import BPETokenizer
 from gradsync.model.bert import IGNORE
 from gradsync.model.generation import generate
-from gradsync.data.tokenizers import BPETokenizer
-from gradsync.core.errors import ConfigError
 from gradsync.tasks.bert import MaskedLMTask
 from gradsync.tasks.lm import TokenTask
 
@@ -51,8 +51,9 @@ def read_hf_config(path: str) -> Any:
     except ValueError as e:
         raise ConfigError(f"hf.config '{path}' is not valid JSON: {e}") from None
     if not isinstance(d, dict) or "model_type" not in d:
-        raise ConfigError(f"hf.config '{path}' has no \"model_type\" (e.g. \"gpt2\", \"bert\"); is it a "
-                          "transformers config.json?")
+        raise ConfigError(
+            f'hf.config \'{path}\' has no "model_type" (e.g. "gpt2", "bert"); is it a transformers config.json?'
+        )
     try:
         return tf.AutoConfig.for_model(**d)
     except (ValueError, TypeError, KeyError) as e:
@@ -67,7 +68,7 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.hf = hf
         c = hf.config  # type: ignore[attr-defined]
-        self.block_size = int(getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings"))
+        self.block_size = int(getattr(c, "n_positions", None) or c.max_position_embeddings)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.hf(input_ids=idx).logits
@@ -75,8 +76,14 @@ class HFCausalLM(nn.Module):
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,
-                 top_k: int | None = 40, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         return generate(self, idx, max_new_tokens, self.block_size, temperature, top_k, generator)
 
 
@@ -106,22 +113,27 @@ class HFModelSource:
 
     def config(self) -> Any:
         if not (self.cfg.config or self.cfg.pretrained):
-            raise ConfigError(f"task {self.task.name} needs --hf.config CONFIG.json (random init) or "
-                              "--hf.pretrained DIR (weights on disk)")
+            raise ConfigError(
+                f"task {self.task.name} needs --hf.config CONFIG.json (random init) or "
+                "--hf.pretrained DIR (weights on disk)"
+            )
         return read_hf_config(self.cfg.config or self.cfg.pretrained)
 
     def build(self) -> nn.Module:
         auto = getattr(_transformers(), self.auto_class)
         config = self.config()
         if config.vocab_size < self.vocab_needed:
-            raise ConfigError(f"the HF model's vocab_size ({config.vocab_size}) is smaller than the data needs "
-                              f"({self.vocab_needed}); use a matching --tokenizer or a larger vocab_size")
+            raise ConfigError(
+                f"the HF model's vocab_size ({config.vocab_size}) is smaller than the data needs "
+                f"({self.vocab_needed}); use a matching --tokenizer or a larger vocab_size"
+            )
         if self.cfg.pretrained:
             try:
                 return auto.from_pretrained(self.cfg.pretrained, local_files_only=True)
             except (OSError, ValueError) as e:
-                raise ConfigError(f"hf.pretrained '{self.cfg.pretrained}' holds no loadable weights: "
-                                  f"{str(e).splitlines()[0]}") from None
+                raise ConfigError(
+                    f"hf.pretrained '{self.cfg.pretrained}' holds no loadable weights: {str(e).splitlines()[0]}"
+                ) from None
         return auto.from_config(config)
 
     def save(self, run_dir: Path) -> None:
@@ -139,8 +151,9 @@ class HFCausalLMTask(TokenTask):
         super().save_assets(run_dir)
         HFModelSource(self, "AutoModelForCausalLM", self.vocab_size).save(run_dir)
 
-    def predict(self, model: nn.Module, prompt: str, n_tokens: int, seed: int,
-                temperature: float = 0.8, top_k: int | None = 40) -> str:
+    def predict(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40
+    ) -> str:
         return self.continue_text(model, prompt, n_tokens, seed, temperature, top_k)
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import torch.nn as nn
 
 from gradsync.core.config import Config
-from gradsync.data import TokenData, TokenSequences, load_tokens
-from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 from gradsync.core.errors import CheckpointError
 from gradsync.core.files import atomic_write_bytes
+from gradsync.data import TokenData, TokenSequences, load_tokens
+from gradsync.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 from gradsync.model.generation import sample_text
 from gradsync.tasks.base import Task
 
@@ -33,7 +33,7 @@ class TokenTask(Task):
         self.tokens_per_sample = cfg.data.seq_len
 
     @classmethod
-    def from_run(cls, cfg: Config, run_dir: Path) -> "TokenTask":
+    def from_run(cls, cfg: Config, run_dir: Path) -> TokenTask:
         """The task of a finished run, from its folder's ``task.json`` and tokenizer (no corpus)."""
         task = cls(cfg)
         path = run_dir / TASK_FILE
@@ -43,8 +43,11 @@ class TokenTask(Task):
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"run file '{path}' is unreadable: {e}") from None
             tok = run_dir / TOKENIZER_FILE
-            task._saved_tokenizer = BPETokenizer.from_file(tok) if tok.is_file() else (
-                ByteTokenizer() if task._saved.get("tokenizer") == "byte" else None)
+            task._saved_tokenizer = (
+                BPETokenizer.from_file(tok)
+                if tok.is_file()
+                else (ByteTokenizer() if task._saved.get("tokenizer") == "byte" else None)
+            )
         return task
 
     @property
@@ -76,13 +79,15 @@ class TokenTask(Task):
     def eval_examples(self) -> TokenSequences:
         return TokenSequences(self.data.val, self.cfg.data.seq_len)
 
-    def continue_text(self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float,
-                      top_k: int | None) -> str:
+    def continue_text(
+        self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float, top_k: int | None
+    ) -> str:
         """A causal LM's sample: ``prompt`` continued (without a tokenizer, the first validation
         tokens, as ids)."""
         tok = self.tokenizer
-        return sample_text(model, tok, [] if tok is not None else self.prompt_fallback(), prompt, n_tokens,
-                           seed, temperature, top_k)
+        return sample_text(
+            model, tok, [] if tok is not None else self.prompt_fallback(), prompt, n_tokens, seed, temperature, top_k
+        )
 
     def prompt_fallback(self) -> list[int]:
         """Without a tokenizer, a sample continues the first validation tokens."""
@@ -95,6 +100,10 @@ class TokenTask(Task):
         kind = "byte" if isinstance(tok, ByteTokenizer) else TOKENIZER_FILE if tok is not None else None
         if isinstance(tok, BPETokenizer):
             tok.save(run_dir / TOKENIZER_FILE)
-        info = {"task": self.name, "vocab_size": self.vocab_size, "tokenizer": kind,
-                "prompt_ids": None if tok is not None else self.prompt_fallback()}
+        info = {
+            "task": self.name,
+            "vocab_size": self.vocab_size,
+            "tokenizer": kind,
+            "prompt_ids": None if tok is not None else self.prompt_fallback(),
+        }
         atomic_write_bytes(run_dir / TASK_FILE, json.dumps(info, indent=1).encode())

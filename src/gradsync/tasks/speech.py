@@ -33,7 +33,7 @@ class SpeechTask(ClassificationTask):
         shift = int(rng.integers(-10, 11))
         out = torch.full_like(x, float(x.amin()))
         if shift >= 0:
-            out[:, shift:] = x[:, :frames - shift]
+            out[:, shift:] = x[:, : frames - shift]
         else:
             out[:, :shift] = x[:, -shift:]
         return out + float(rng.uniform(-1.0, 1.0)) * self._gain

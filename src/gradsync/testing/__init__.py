@@ -16,8 +16,9 @@ import os
 import queue as queue_mod
 import socket
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,11 +34,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...],
-           queue: "mp.Queue[tuple[int, bool, Any]]") -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS="1")
+def _entry(
+    rank: int,
+    world: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    queue: mp.Queue[tuple[int, bool, Any]],
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
 
     try:
@@ -55,8 +68,9 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue), daemon=True)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, world_size, port, fn, args, queue), daemon=True) for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
@@ -66,8 +80,9 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
             try:
                 rank, ok, value = queue.get(timeout=timeout)
             except queue_mod.Empty:
-                raise TimeoutError(f"world of {world_size} did not finish within {timeout:.0f}s "
-                                   f"(finished ranks: {sorted(results)})") from None
+                raise TimeoutError(
+                    f"world of {world_size} did not finish within {timeout:.0f}s (finished ranks: {sorted(results)})"
+                ) from None
             if ok:
                 results[rank] = torch.load(io.BytesIO(value), weights_only=False)
             else:
@@ -92,9 +107,13 @@ def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | N
     params = {k: v.detach().cpu().clone() for k, v in trainer.strategy.full_model_state().items()}
     if out and rank == 0:
         torch.save(params, Path(out))
-    return {"params": params if rank == 0 else None, "history": result.history,
-            "val_loss": result.val_loss, "entropy_rate": trainer.task.entropy_rate,
-            "metrics": result.metrics}
+    return {
+        "params": params if rank == 0 else None,
+        "history": result.history,
+        "val_loss": result.val_loss,
+        "entropy_rate": trainer.task.entropy_rate,
+        "metrics": result.metrics,
+    }
 
 
 def train_each(rank: int, configs: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 class NetnsError(RuntimeError):
@@ -95,8 +96,23 @@ class Cluster:
         """Limit every node's link to ``rate`` (a tc rate: ``1gbit``, ``100mbit``) each way."""
         for i, ns in enumerate(self.nodes):
             for where, dev in ((ns, self.IFNAME), (self.switch, f"v{i}")):
-                cmd = ["tc", "-n", where, "qdisc", "replace", "dev", dev, "root", "tbf",
-                       "rate", rate, "burst", burst, "latency", latency]
+                cmd = [
+                    "tc",
+                    "-n",
+                    where,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    burst,
+                    "latency",
+                    latency,
+                ]
                 r = subprocess.run(cmd, capture_output=True, text=True)
                 if r.returncode != 0:
                     raise NetnsError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
@@ -109,12 +125,20 @@ class Cluster:
         """``argv`` run inside node ``node``'s namespace."""
         return ["ip", "netns", "exec", self.nodes[node], *argv]
 
-    def popen(self, node: int, argv: Sequence[str], **kwargs: Any) -> "subprocess.Popen[Any]":
+    def popen(self, node: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` in node ``node``."""
         return subprocess.Popen(self.command(node, argv), **kwargs)
 
-    def run_job(self, argv: Sequence[str], port: int, nproc: int = 1, cwd: Any = None, env: Any = None,
-                timeout: float = 900, logs: Any = None) -> None:
+    def run_job(
+        self,
+        argv: Sequence[str],
+        port: int,
+        nproc: int = 1,
+        cwd: Any = None,
+        env: Any = None,
+        timeout: float = 900,
+        logs: Any = None,
+    ) -> None:
         """Run ``gradsync`` command ``argv`` (``[python, -m, gradsync.cli, CMD, ...]``) as one job
         over every node, ``nproc`` workers each, meeting at node 0's rendezvous on ``port``; raise
         with the nodes' stderr if any fails. ``logs`` is a folder for ``node<i>.err``."""
@@ -122,8 +146,19 @@ class Cluster:
         procs, errs_out = [], []
         try:
             for i in range(len(self.nodes)):
-                full = [*argv, "--nnodes", str(len(self.nodes)), "--nproc", str(nproc), "--rdzv-endpoint",
-                        f"{self.addrs[0]}:{port}", "--rdzv-id", f"job{port}", "--local-addr", self.addrs[i]]
+                full = [
+                    *argv,
+                    "--nnodes",
+                    str(len(self.nodes)),
+                    "--nproc",
+                    str(nproc),
+                    "--rdzv-endpoint",
+                    f"{self.addrs[0]}:{port}",
+                    "--rdzv-id",
+                    f"job{port}",
+                    "--local-addr",
+                    self.addrs[i],
+                ]
                 errs_out.append((logs / f"node{i}.err").open("w"))
                 procs.append(self.popen(i, full, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=errs_out[-1]))
                 if i == 0:
@@ -167,7 +202,7 @@ class Cluster:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._made.clear()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

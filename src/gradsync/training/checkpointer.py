@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from gradsync.checkpoint import format as ckpt
-from gradsync.core.config import Config
-from gradsync.data import ShardedBatches
-from gradsync.runtime.dist import Comm
-from gradsync.core.errors import TrainingError
-from gradsync.parallel import Strategy
 from gradsync.checkpoint.dcp import ShardedCheckpoints, check_supported, load_sharded
+from gradsync.core.config import Config
+from gradsync.core.errors import TrainingError
+from gradsync.data import ShardedBatches
+from gradsync.parallel import Strategy
+from gradsync.runtime.dist import Comm
 
 
 class Checkpointer:
@@ -64,8 +64,13 @@ class Checkpointer:
         """Write a checkpoint after ``step`` finished steps (collective: sharded strategies gather;
         rank 0 writes)."""
         rngs = self.comm.all_gather_object(ckpt.rng_state())
-        meta = {"step": step, "data": self.batches.state_dict(), "rng": rngs, "config": self.cfg.to_dict(),
-                "world_size": self.comm.world_size}
+        meta = {
+            "step": step,
+            "data": self.batches.state_dict(),
+            "rng": rngs,
+            "config": self.cfg.to_dict(),
+            "world_size": self.comm.world_size,
+        }
         path = ckpt.checkpoint_path(self.run_dir, step, sharded=self.sharded is not None)
         if self.sharded is not None:
             slices = self.strategy.save_slices()
@@ -93,8 +98,10 @@ class Checkpointer:
         with a finite but huge learning rate makes them inf without any non-finite gradient)."""
         bad = sum(int(not torch.isfinite(t).all()) for t in tensors)
         if self.comm.sum_scalars([float(bad)])[0] > 0:
-            raise TrainingError(f"the model's weights are not finite after step {step} (is the learning rate too "
-                                f"high?); not writing them as a checkpoint: {self.describe_last()}")
+            raise TrainingError(
+                f"the model's weights are not finite after step {step} (is the learning rate too "
+                f"high?); not writing them as a checkpoint: {self.describe_last()}"
+            )
 
     def describe_last(self) -> str:
         """What is safe on disk, for an error that stops the run."""

@@ -8,8 +8,8 @@ import torch.nn as nn
 from gradsync.core.config import Config
 from gradsync.data import eval_batches
 from gradsync.runtime.dist import Comm
-from gradsync.training.precision import autocast
 from gradsync.tasks import Task
+from gradsync.training.precision import autocast
 
 
 class Evaluator:
@@ -23,8 +23,9 @@ class Evaluator:
         self.comm = comm
         self.task = task
         self.keys: list[str] | None = None
-        self.batches = eval_batches(task.eval_examples(), t.eval_sequences, t.micro_batch,
-                                    comm.env.rank, comm.world_size)
+        self.batches = eval_batches(
+            task.eval_examples(), t.eval_sequences, t.micro_batch, comm.env.rank, comm.world_size
+        )
 
     def due(self, done: int, end: int) -> bool:
         """Evaluate after ``done`` steps? Every ``train.eval_interval`` steps and at the end."""

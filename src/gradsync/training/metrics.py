@@ -25,7 +25,7 @@ class MetricsWriter:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             tmp.replace(path)
-        self._f = open(path, "w" if fresh else "a", encoding="utf-8")
+        self._f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115 (open for the run)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one whole line. A write that fails (disk full) is one line of error; the part
@@ -34,8 +34,10 @@ class MetricsWriter:
             self._f.write(json.dumps(record) + "\n")
             self._f.flush()
         except OSError as e:
-            raise TrainingError(f"cannot append to {self.path} ({e.strerror or e}; is the disk full?); "
-                                "the checkpoints written so far are intact, continue with --resume") from None
+            raise TrainingError(
+                f"cannot append to {self.path} ({e.strerror or e}; is the disk full?); "
+                "the checkpoints written so far are intact, continue with --resume"
+            ) from None
 
     def close(self) -> None:
         self._f.close()
@@ -75,8 +77,13 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> None:
         ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
     if evals and "val_accuracy" in evals[-1]:
         acc = ax1.twinx()
-        acc.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], "s--", color="tab:green",
-                 label="validation accuracy")
+        acc.plot(
+            [r["step"] for r in evals],
+            [r["val_accuracy"] for r in evals],
+            "s--",
+            color="tab:green",
+            label="validation accuracy",
+        )
         acc.set_ylabel("accuracy")
         acc.set_ylim(0, 1)
         acc.legend(loc="center right")

@@ -51,12 +51,12 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
-        best = max(best, 2.0 * n ** 3 * reps / dt)
+        best = max(best, 2.0 * n**3 * reps / dt)
         if time.perf_counter() > deadline:
             return best
 
 
-def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int, fresh: bool = False) -> float:
+def worker_peak_flops(cfg: Config, device: torch.device, local_workers: int, fresh: bool = False) -> float:
     """Per-worker peak FLOP/s for MFU: ``train.peak_tflops`` if given, else measured (cached) for
     the run's precision and this worker's thread count; ``fresh`` measures again (calibrate)."""
     if cfg.train.peak_tflops > 0:
@@ -68,12 +68,12 @@ def worker_peak_flops(cfg: "Config", device: torch.device, local_workers: int, f
 def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bool = False) -> float:
     """The matmul peak of ``threads`` threads (cached per device, dtype, threads and torch).
 
-    One measurement taken while the machine was busy would stay wrong for good (a cache seen in
-    the wild held 16 GFLOP/s for 2 threads where ~150 is real: every later MFU ~10x too high), so:
-    the peak is the best of several rounds; it must reach at least half the one-thread rate (more
-    threads are never slower on an idle machine; a loaded one costs some, not 10x), else it is
-    measured again and, failing that, the one-thread rate is used and nothing is cached; and a cached value is checked on every use against a quick one-thread measurement
-    (0.1 s) and measured afresh when it falls below half of it."""
+    One measurement taken while the machine was busy would stay wrong for good (every later MFU
+    too high), so the peak is the best of several rounds; it must reach at least half the
+    one-thread rate (more threads are never slower on an idle machine), else it is measured again
+    and, failing that, the one-thread rate is used and nothing is cached; a cached value is
+    checked on every use against a quick one-thread measurement (0.1 s) and measured afresh when
+    it falls below half of it."""
     key = f"{device_name(device)}|{dtype}|threads={threads}|torch={torch.__version__}"
     path = cache_dir() / "peak_flops.json"
     try:
@@ -81,9 +81,12 @@ def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bo
     except (OSError, ValueError):
         table = {}
     cached = table.get(key)
-    if isinstance(cached, (int, float)) and not fresh:
-        if device.type == "cuda" or threads == 1 or cached >= 0.5 * _with_threads(1, device, dtype, 0.1):
-            return float(cached)
+    if (
+        isinstance(cached, (int, float))
+        and not fresh
+        and (device.type == "cuda" or threads == 1 or cached >= 0.5 * _with_threads(1, device, dtype, 0.1))
+    ):
+        return float(cached)
     one = _with_threads(1, device, dtype, 0.2) if device.type != "cuda" else 0.0
     value = 0.0
     for _ in range(2):

@@ -18,9 +18,9 @@ from typing import Any, cast
 from tqdm import tqdm
 
 from gradsync.core.config import Config
+from gradsync.parallel.memory import MemoryReport
 from gradsync.runtime.launch import write_run_config
 from gradsync.training.metrics import MetricsWriter, plot_metrics, read_metrics
-from gradsync.parallel.memory import MemoryReport
 from gradsync.training.trackers import Tracker, open_trackers, parse_loggers, tracker_values
 
 
@@ -38,8 +38,9 @@ class RunLogger:
         # also under torchrun, where no launcher wrote it; atomic: on a local launch the other
         # workers may still be reading this very file
         write_run_config(cfg)
-        self.writer = MetricsWriter(self.run_dir / "metrics.jsonl", fresh=resumed_at is None,
-                                    resume_step=resumed_at or 0)
+        self.writer = MetricsWriter(
+            self.run_dir / "metrics.jsonl", fresh=resumed_at is None, resume_step=resumed_at or 0
+        )
         self.trackers = open_trackers(parse_loggers(cfg.train.loggers), self.run_dir, cfg.to_dict(), resumed_at)
         if self.trackers and resumed_at is not None:  # a tracker run is a copy of metrics.jsonl (trackers.py)
             for rec in read_metrics(self.run_dir / "metrics.jsonl"):
@@ -58,8 +59,15 @@ class RunLogger:
             self.say(line)
         if self.main and self._progress is not None and not self.plain_every:
             total, initial = self._progress
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
-                            mininterval=0.5, file=sys.stderr)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                file=sys.stderr,
+            )
 
     def say(self, msg: str) -> None:
         """A console line (above the progress bar when there is one)."""
@@ -92,8 +100,11 @@ class RunLogger:
         self.record(rec)
         self._last = rec
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{rec['loss']:.3f}" if rec["loss"] is not None else "nan",
-                                 tok_s=f"{rec['tokens_per_sec']:,.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{rec['loss']:.3f}" if rec["loss"] is not None else "nan",
+                tok_s=f"{rec['tokens_per_sec']:,.0f}",
+                refresh=False,
+            )
 
     def evaluation(self, step: int, train_loss: float, metrics: dict[str, float]) -> None:
         """An evaluation: ``val_loss`` and the task's other metrics (e.g. ``val_accuracy``)."""
@@ -127,8 +138,11 @@ class RunLogger:
         if rec is not None:
             parts.append(f"loss {rec['loss']:.4f}" if rec["loss"] is not None else "loss nan")
             parts.append(f"{rec['tokens_per_sec']:,.0f} tok/s")
-        parts += [f"{per_step * 1e3:,.0f} ms/step", f"elapsed {_duration(elapsed)}",
-                  f"eta {_duration(per_step * (total - self._step))}"]
+        parts += [
+            f"{per_step * 1e3:,.0f} ms/step",
+            f"elapsed {_duration(elapsed)}",
+            f"eta {_duration(per_step * (total - self._step))}",
+        ]
         return "gradsync: " + ", ".join(parts)
 
     def close_progress(self) -> None:

@@ -52,8 +52,9 @@ def check_installed(names: list[str]) -> None:
 def tracker_values(record: dict[str, Any]) -> tuple[int, dict[str, float]]:
     """A metrics record as (step, scalars named KIND/KEY); values that are not numbers are left out."""
     kind = record.get("kind", "train")
-    values = {f"{kind}/{k}": float(v) for k, v in record.items()
-              if k not in ("kind", "step") and isinstance(v, (int, float))}  # bools count as 0/1
+    values = {
+        f"{kind}/{k}": float(v) for k, v in record.items() if k not in ("kind", "step") and isinstance(v, (int, float))
+    }  # bools count as 0/1
     return int(record.get("step", 0)), values
 
 
@@ -63,14 +64,19 @@ def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any], resum
     out: list[Tracker] = []
     try:
         for n in names:
-            out.append({"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
-                        "trackio": TrackioTracker}[n](run_dir, name, title, config))
+            out.append(
+                {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}[n](
+                    run_dir, name, title, config
+                )
+            )
     except Exception as e:
         for t in out:
             t.close()
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"--loggers {n}: could not start it: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ConfigError(
+            f"--loggers {n}: could not start it: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return out
 
 
@@ -98,8 +104,14 @@ class WandbTracker:
     def __init__(self, run_dir: Path, name: str, title: str, config: dict[str, Any]) -> None:
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=title, group=name,
-                              dir=str(run_dir), config=config, reinit="create_new")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", PROJECT),
+            name=title,
+            group=name,
+            dir=str(run_dir),
+            config=config,
+            reinit="create_new",
+        )
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -115,8 +127,14 @@ class TrackioTracker:
         import trackio
 
         self.trackio = trackio
-        self.run = trackio.init(project=os.environ.get("TRACKIO_PROJECT", PROJECT), name=title, group=name,
-                                config=config, auto_log_gpu=False, auto_log_cpu=False)
+        self.run = trackio.init(
+            project=os.environ.get("TRACKIO_PROJECT", PROJECT),
+            name=title,
+            group=name,
+            config=config,
+            auto_log_gpu=False,
+            auto_log_cpu=False,
+        )
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)

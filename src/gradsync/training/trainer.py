@@ -14,29 +14,30 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from gradsync.checkpoint import format as ckpt
-from gradsync.training.checkpointer import Checkpointer
 from gradsync.core.config import Config
-from gradsync.data import ShardedBatches
-from gradsync.runtime.dist import Comm, CommStats, DistEnv, init_distributed
+from gradsync.core.devices import datasheet_for
 from gradsync.core.errors import ConfigError, Preempted, TrainingError
-from gradsync.training.evaluation import Evaluator
+from gradsync.data import ShardedBatches
 from gradsync.model.activation_checkpointing import apply_activation_checkpointing
 from gradsync.optim.factory import optimizer_factory
 from gradsync.optim.schedule import lr_at
 from gradsync.parallel import StepResult, Strategy, build_strategy
-from gradsync.core.devices import datasheet_for
+from gradsync.runtime.dist import Comm, CommStats, DistEnv, init_distributed
+from gradsync.runtime.stopping import StopOnSignal
+from gradsync.tasks import Task, build_task
+from gradsync.training.checkpointer import Checkpointer
+from gradsync.training.evaluation import Evaluator
 from gradsync.training.peak import device_name, worker_peak_flops
 from gradsync.training.precision import autocast
 from gradsync.training.runlog import RunLogger
-from gradsync.runtime.stopping import StopOnSignal
-from gradsync.tasks import Task, build_task
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -75,13 +76,13 @@ class Trainer:
         self.flops_per_token = self.task.flops_per_sample(self.model) / self.task.tokens_per_sample
         apply_activation_checkpointing(self.model, cfg.train.activation_checkpointing)  # after: model FLOPs
         self.comm = Comm(self.env, timeout_s=cfg.parallel.timeout_s)
-        self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm,
-                                                 cfg.parallel)
+        self.strategy: Strategy = build_strategy(self.model, optimizer_factory(cfg.optim), self.comm, cfg.parallel)
         if cfg.train.compile:
             self.strategy.compile()
         t = cfg.train
-        self.batches = ShardedBatches(self.task.train_examples(), t.global_batch, t.micro_batch,
-                                      self.env.rank, self.env.world_size, t.seed)
+        self.batches = ShardedBatches(
+            self.task.train_examples(), t.global_batch, t.micro_batch, self.env.rank, self.env.world_size, t.seed
+        )
         self.evaluator = Evaluator(cfg, self.task, self.comm)
         self.checkpointer = Checkpointer(cfg, self.comm, self.strategy, self.batches)
         self.start_step, self.resumed_from = self.checkpointer.restore()
@@ -135,9 +136,17 @@ class Trainer:
     def _fit(self, log: RunLogger, peak_flops_per_worker: float) -> TrainResult:
         t = self.cfg.train
         end = t.max_steps if not t.stop_after else min(t.max_steps, self.start_step + t.stop_after)
-        log.start(self._opening_lines() + ([f"gradsync: MFU against a peak of {peak_flops_per_worker / 1e9:,.1f} "
-                                            "GFLOP/s per worker (the measured matmul peak unless --peak-tflops)"]
-                                           if peak_flops_per_worker > 0 else []))
+        log.start(
+            self._opening_lines()
+            + (
+                [
+                    f"gradsync: MFU against a peak of {peak_flops_per_worker / 1e9:,.1f} "
+                    "GFLOP/s per worker (the measured matmul peak unless --peak-tflops)"
+                ]
+                if peak_flops_per_worker > 0
+                else []
+            )
+        )
         if self.env.is_main:
             self.task.save_assets(self.run_dir)
         self.comm.take_stats()
@@ -187,16 +196,26 @@ class Trainer:
             if text:
                 log.sample(text)
         tps_all = [r["tokens_per_sec"] for r in history]
-        result = TrainResult(end, loss, val, statistics.median(tps_all) if tps_all else 0.0,
-                             self.run_dir, text, metrics, history)
-        log.finish({"steps": end, "final_train_loss": loss, "final_val_loss": val,
-                    **{f"final_{k}": v for k, v in metrics.items() if k != "val_loss"},
-                    "median_tokens_per_sec": result.tokens_per_sec_median,
-                    **self.task.summary(), "last_checkpoint_step": self.checkpointer.last_saved,
-                    "world_size": self.env.world_size, "strategy": self.cfg.parallel.strategy,
-                    "compress": self.cfg.parallel.compress, "memory": self.strategy.memory_report().to_dict(),
-                    "peak_flops_per_worker": peak_flops_per_worker,
-                    "activation_checkpointing": self.cfg.train.activation_checkpointing})
+        result = TrainResult(
+            end, loss, val, statistics.median(tps_all) if tps_all else 0.0, self.run_dir, text, metrics, history
+        )
+        log.finish(
+            {
+                "steps": end,
+                "final_train_loss": loss,
+                "final_val_loss": val,
+                **{f"final_{k}": v for k, v in metrics.items() if k != "val_loss"},
+                "median_tokens_per_sec": result.tokens_per_sec_median,
+                **self.task.summary(),
+                "last_checkpoint_step": self.checkpointer.last_saved,
+                "world_size": self.env.world_size,
+                "strategy": self.cfg.parallel.strategy,
+                "compress": self.cfg.parallel.compress,
+                "memory": self.strategy.memory_report().to_dict(),
+                "peak_flops_per_worker": peak_flops_per_worker,
+                "activation_checkpointing": self.cfg.train.activation_checkpointing,
+            }
+        )
         return result
 
     def _stop_if_signalled(self, name: str | None, done: int, log: RunLogger) -> None:
@@ -216,9 +235,11 @@ class Trainer:
     def _opening_lines(self) -> list[str]:
         p = self.cfg.parallel
         label = p.strategy if p.compress == "none" else f"{p.strategy} + {p.compress}"
-        lines = [f"gradsync: {self.env.world_size} worker(s), strategy {label}, backend {self.env.backend}, "
-                 f"{sum(p.numel() for p in self.model.parameters()):,} parameters, task {self.task.name}, "
-                 f"accumulation {self.batches.accum_steps}, data {self.task.description}"]
+        lines = [
+            f"gradsync: {self.env.world_size} worker(s), strategy {label}, backend {self.env.backend}, "
+            f"{sum(p.numel() for p in self.model.parameters()):,} parameters, task {self.task.name}, "
+            f"accumulation {self.batches.accum_steps}, data {self.task.description}"
+        ]
         layout = self.strategy.describe()
         if layout:
             lines.append(f"gradsync: {layout}")
@@ -234,35 +255,51 @@ class Trainer:
             return 0
         streak += 1
         limit = self.cfg.train.max_bad_steps
-        log.say(f"gradsync: warning: step {step} skipped: non-finite loss or gradients "
-                f"({streak} in a row, at most {limit})")
+        log.say(
+            f"gradsync: warning: step {step} skipped: non-finite loss or gradients ({streak} in a row, at most {limit})"
+        )
         if streak > limit:
-            raise TrainingError(f"{streak} consecutive steps had non-finite loss or gradients (up to step "
-                                f"{step}); stopping: {self.checkpointer.describe_last()}. Lower --lr or raise "
-                                "--train.max_bad_steps")
+            raise TrainingError(
+                f"{streak} consecutive steps had non-finite loss or gradients (up to step "
+                f"{step}); stopping: {self.checkpointer.describe_last()}. Lower --lr or raise "
+                "--train.max_bad_steps"
+            )
         return streak
 
-    def _record(self, step: int, loss: float, result: StepResult, dt: float, stats: CommStats,
-                peak_flops_per_worker: float) -> dict[str, Any]:
+    def _record(
+        self, step: int, loss: float, result: StepResult, dt: float, stats: CommStats, peak_flops_per_worker: float
+    ) -> dict[str, Any]:
         """A logged step: loss, learning rate, gradient norm, throughput, MFU, and communication
         (bytes this step: payload, ring wire bytes, and the compression ratio when a compressor
         ran; None where torch sends them; time blocked, None where it cannot be observed)."""
         tps = self.tokens_per_step / dt
         known = self.strategy.measures_bytes
-        return {"kind": "train", "step": step, "loss": _finite_or_none(loss),
-                "lr": self.strategy.optimizer.param_groups[0]["lr"],
-                "grad_norm": _finite_or_none(result.grad_norm), "skipped": result.skipped,
-                "tokens_per_sec": tps, "step_time_s": dt,
-                "comm_blocked_s": stats.blocked_s if self.strategy.measures_blocked_time else None,
-                "comm_bytes": stats.bytes if known else None,
-                "comm_wire_bytes": stats.wire_bytes if known else None,
-                "comm_ratio": stats.raw_bytes / stats.bytes if known and stats.raw_bytes and stats.bytes else None,
-                "comm_calls": stats.calls if known else None,
-                "mfu": (self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
-                        if peak_flops_per_worker > 0 else None),
-                # on a known GPU, also against its datasheet's dense bf16 peak (gradsync.core.devices)
-                **({"mfu_datasheet": self.flops_per_token * tps / (self.datasheet.peak_flops * self.env.world_size)}
-                   if self.datasheet is not None else {})}
+        return {
+            "kind": "train",
+            "step": step,
+            "loss": _finite_or_none(loss),
+            "lr": self.strategy.optimizer.param_groups[0]["lr"],
+            "grad_norm": _finite_or_none(result.grad_norm),
+            "skipped": result.skipped,
+            "tokens_per_sec": tps,
+            "step_time_s": dt,
+            "comm_blocked_s": stats.blocked_s if self.strategy.measures_blocked_time else None,
+            "comm_bytes": stats.bytes if known else None,
+            "comm_wire_bytes": stats.wire_bytes if known else None,
+            "comm_ratio": stats.raw_bytes / stats.bytes if known and stats.raw_bytes and stats.bytes else None,
+            "comm_calls": stats.calls if known else None,
+            "mfu": (
+                self.flops_per_token * tps / (peak_flops_per_worker * self.env.world_size)
+                if peak_flops_per_worker > 0
+                else None
+            ),
+            # on a known GPU, also against its datasheet's dense bf16 peak (gradsync.core.devices)
+            **(
+                {"mfu_datasheet": self.flops_per_token * tps / (self.datasheet.peak_flops * self.env.world_size)}
+                if self.datasheet is not None
+                else {}
+            ),
+        }
 
 
 def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
@@ -278,6 +315,7 @@ def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
     if restart > 0:
         cfg = cfg.replace(**{"train.resume": "auto"})
         if env.is_main:
-            print(f"gradsync: restart {restart}: resuming from the newest checkpoint in {cfg.train.run_dir}",
-                  flush=True)
+            print(
+                f"gradsync: restart {restart}: resuming from the newest checkpoint in {cfg.train.run_dir}", flush=True
+            )
     Trainer(cfg, env).fit(worker_peak_flops(cfg, env.device, env.local_world_size))

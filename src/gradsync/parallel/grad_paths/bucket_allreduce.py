@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.parallel.grad_paths.compression import Reducer, build_reducer
 from gradsync.parallel.grad_paths.hierarchical import HierarchicalMean
 from gradsync.parallel.layout import Bucket, bucket_units
+from gradsync.runtime.dist import Comm
 from gradsync.runtime.topology import TwoLevel
 
 
@@ -35,8 +36,9 @@ class BucketedAllReduce:
     """Gradients in flat buckets, reduced as backward fills them. ``shard`` pads every bucket to
     a multiple of the world size (ZeRO-1 shards each bucket's optimizer state)."""
 
-    def __init__(self, model: nn.Module, comm: Comm, cfg: ParallelConfig, shard: bool = False,
-                 levels: TwoLevel | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, comm: Comm, cfg: ParallelConfig, shard: bool = False, levels: TwoLevel | None = None
+    ) -> None:
         self.comm = comm
         self.compress_spec = cfg.compress_spec
         self.levels = levels
@@ -96,11 +98,12 @@ class BucketedAllReduce:
         and check that every ``.grad`` is still its bucket view."""
         if not self._syncing:
             raise RuntimeError("bucketed: step() called without a micro_step(last=True)")
-        for b in self.buckets[self._next_launch:]:
+        for b in self.buckets[self._next_launch :]:
             if b.pending:
                 missing = [self.names[id(p)] for p in b.params if id(p) not in b.fired]
-                warnings.warn(f"bucketed: no gradient this step for {', '.join(missing)}; "
-                              "they contribute zeros", stacklevel=3)
+                warnings.warn(
+                    f"bucketed: no gradient this step for {', '.join(missing)}; they contribute zeros", stacklevel=3
+                )
             self._launch(b)
         for b in self.buckets:
             assert b.work is not None
@@ -110,8 +113,10 @@ class BucketedAllReduce:
         for b in self.buckets:
             for p, v in zip(b.params, b.views):
                 if p.grad is None or p.grad.data_ptr() != v.data_ptr():
-                    raise RuntimeError(f"bucketed: gradient of {self.names[id(p)]} was replaced outside "
-                                       "the strategy (call strategy.zero_grad(), not optimizer.zero_grad())")
+                    raise RuntimeError(
+                        f"bucketed: gradient of {self.names[id(p)]} was replaced outside "
+                        "the strategy (call strategy.zero_grad(), not optimizer.zero_grad())"
+                    )
 
     def zero_(self) -> None:
         for b in self.buckets:
@@ -134,5 +139,7 @@ class BucketedAllReduce:
         if len(saved) == self.comm.world_size:
             self.reducer.load_state_dict(saved[self.comm.env.rank])
         else:
-            warnings.warn(f"bucketed: checkpoint written by {len(saved)} workers; compression residuals "
-                          "start from zero", stacklevel=3)
+            warnings.warn(
+                f"bucketed: checkpoint written by {len(saved)} workers; compression residuals start from zero",
+                stacklevel=3,
+            )

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from gradsync.core import catalog
-from gradsync.runtime.dist import Comm
-from gradsync.parallel.layout import Bucket
-from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
 from gradsync.core.spec import Spec
+from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
+from gradsync.parallel.layout import Bucket
+from gradsync.runtime.dist import Comm
 
 
 class Reducer(ABC):
@@ -145,12 +145,12 @@ class PowerSGD(Reducer):
         first.div_(self.comm.world_size)
         at, p_hats = 0, []
         for _, n, _, r in mats:
-            p = first[at:at + n * r].view(n, r)
+            p = first[at : at + n * r].view(n, r)
             at += n * r
             p_hats.append(torch.linalg.qr(p, mode="reduced").Q)
         for i in plain:
             v = b.views[i]
-            v.copy_(first[at:at + v.numel()].view_as(v))
+            v.copy_(first[at : at + v.numel()].view_as(v))
             at += v.numel()
         if not mats:
             return
@@ -160,7 +160,7 @@ class PowerSGD(Reducer):
         second.div_(self.comm.world_size)
         at = 0
         for (i, _, m, r), mat, p_hat in zip(mats, ms, p_hats):
-            q = second[at:at + m * r].view(m, r)
+            q = second[at : at + m * r].view(m, r)
             at += m * r
             approx = p_hat @ q.T
             key = (b.index, i)

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from gradsync.core.spec import Spec
 from gradsync.parallel.grad_paths.compression import Reducer
 from gradsync.parallel.layout import Bucket
 from gradsync.runtime.topology import TwoLevel
-from gradsync.core.spec import Spec
 
 
 @dataclass
@@ -49,8 +49,10 @@ class HierarchicalMean(Reducer):
     def start(self, b: Bucket) -> Any:
         intra, p = self.levels.intra, self.levels.intra.world_size
         if b.flat.numel() % p:
-            raise RuntimeError(f"hierarchical: bucket {b.index} holds {b.flat.numel()} elements, "
-                               f"not a multiple of the {p} workers per node")
+            raise RuntimeError(
+                f"hierarchical: bucket {b.index} holds {b.flat.numel()} elements, "
+                f"not a multiple of the {p} workers per node"
+            )
         b.flat.div_(self.world)
         shard = torch.empty(b.flat.numel() // p, dtype=b.flat.dtype, device=b.flat.device)
         intra.reduce_scatter(shard, b.flat)

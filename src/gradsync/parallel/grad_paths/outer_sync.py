@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from gradsync.core.catalog import QUANT
-from gradsync.runtime.dist import Comm
 from gradsync.parallel.grad_paths.quantize import dequantize, padded_length, quantize
+from gradsync.runtime.dist import Comm
 
 _BITS = {"int8": 8, "int4": 4}
 
@@ -79,13 +79,15 @@ class OuterReducer:
         else:
             bits = _BITS[self.quant]
             v = torch.zeros(padded_length(x.numel(), p), dtype=torch.float32, device=x.device)
-            v[:x.numel()] = x
+            v[: x.numel()] = x
             v.add_(self._residual(f"send/{key}", v))
             codes, scales = quantize(v, bits)
             torch.sub(v, dequantize(codes, scales, bits), out=self.residuals[f"send/{key}"])
             job.buffers["codes"], job.buffers["scales"] = torch.empty_like(codes), torch.empty_like(scales)
-            job.works += [self.comm.all_to_all(job.buffers["codes"], codes, async_op=True),
-                          self.comm.all_to_all(job.buffers["scales"], scales, async_op=True)]
+            job.works += [
+                self.comm.all_to_all(job.buffers["codes"], codes, async_op=True),
+                self.comm.all_to_all(job.buffers["scales"], scales, async_op=True),
+            ]
             job.buffers["sent"] = codes  # kept alive until the exchange is done
         return job
 
@@ -104,8 +106,10 @@ class OuterReducer:
         torch.sub(chunk, dequantize(c_codes, c_scales, bits), out=self.residuals[f"owner/{job.key}"])
         all_codes = torch.empty(codes.numel(), dtype=torch.uint8, device=chunk.device)
         all_scales = torch.empty(scales.numel(), dtype=torch.float32, device=chunk.device)
-        job.works = [self.comm.all_gather(all_codes, c_codes, async_op=True),
-                     self.comm.all_gather(all_scales, c_scales, async_op=True)]
+        job.works = [
+            self.comm.all_gather(all_codes, c_codes, async_op=True),
+            self.comm.all_gather(all_scales, c_scales, async_op=True),
+        ]
         job.buffers = {"codes": all_codes, "scales": all_scales, "sent": c_codes, "sent_scales": c_scales}
         job.stage = 2
 
@@ -117,7 +121,7 @@ class OuterReducer:
         for w in job.works:
             self.comm.wait(w)
         if self.quant in _BITS:
-            mean = dequantize(job.buffers["codes"], job.buffers["scales"], _BITS[self.quant])[:job.n]
+            mean = dequantize(job.buffers["codes"], job.buffers["scales"], _BITS[self.quant])[: job.n]
         else:
             mean = job.buffers["sum"].float().div_(self.comm.world_size)
         job.mean, job.works, job.buffers = mean, [], {}

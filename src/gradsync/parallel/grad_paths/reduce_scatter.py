@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from gradsync.runtime.dist import Comm
 from gradsync.parallel.layout import FlatUnit
+from gradsync.runtime.dist import Comm
 
 
 class ReduceScatterGrads:
@@ -34,9 +35,16 @@ class ReduceScatterGrads:
 
     max_inflight = 2
 
-    def __init__(self, name: str, model: nn.Module, units: list[FlatUnit], comm: Comm,
-                 on_unit_done: Callable[[FlatUnit], None] = lambda u: None,
-                 on_launch: Callable[[], Any] = lambda: None, replicas: Comm | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        units: list[FlatUnit],
+        comm: Comm,
+        on_unit_done: Callable[[FlatUnit], None] = lambda u: None,
+        on_launch: Callable[[], Any] = lambda: None,
+        replicas: Comm | None = None,
+    ) -> None:
         self.name = name
         self.units = units
         self.comm = comm
@@ -49,7 +57,7 @@ class ReduceScatterGrads:
         self.chunks: list[torch.Tensor] = []
         at = 0
         for u in units:
-            self.chunks.append(shard[at:at + u.chunk])
+            self.chunks.append(shard[at : at + u.chunk])
             at += u.chunk
         self.names = {id(p): n for n, p in model.named_parameters()}
         self._where: dict[int, tuple[FlatUnit, int]] = {}
@@ -83,11 +91,10 @@ class ReduceScatterGrads:
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
         if not self._active:
-            raise RuntimeError(f"{self.name}: backward ran outside strategy.micro_step(); "
-                               "its gradients would be lost")
+            raise RuntimeError(f"{self.name}: backward ran outside strategy.micro_step(); its gradients would be lost")
         u, off = self._where[id(p)]
         assert p.grad is not None
-        self._buffer(u)[off:off + p.numel()].copy_(p.grad.reshape(-1))
+        self._buffer(u)[off : off + p.numel()].copy_(p.grad.reshape(-1))
         p.grad = None  # the unit's buffer holds it now
         pending = self._pending[u.index]
         pending.discard(id(p))
@@ -117,11 +124,12 @@ class ReduceScatterGrads:
         del self._buffers[u.index]
 
     def _drain(self) -> None:
-        for u in self.units[self._next_launch:]:
+        for u in self.units[self._next_launch :]:
             if self._pending[u.index]:
                 missing = [self.names[i] for i in self._pending[u.index]]
-                warnings.warn(f"{self.name}: no gradient this step for {', '.join(missing)}; "
-                              "they contribute zeros", stacklevel=5)
+                warnings.warn(
+                    f"{self.name}: no gradient this step for {', '.join(missing)}; they contribute zeros", stacklevel=5
+                )
                 self.on_unit_done(u)
             self._launch(u)
         while self._inflight:

@@ -13,7 +13,8 @@ least it allows with error feedback), then compresses like gradsync's ``powersgd
 # No ``from __future__ import annotations``: DDP checks the hook's annotations at run time.
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,22 +23,22 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 from torch.nn.parallel import DistributedDataParallel
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import DistributedError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
+from gradsync.runtime.dist import Comm
 
 
 class TorchDDPStrategy(Strategy):
     name = "torch-ddp"
     measures_blocked_time = False
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb,
-                                      process_group=self.comm.group)
+        ddp = DistributedDataParallel(
+            model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb, process_group=self.comm.group
+        )
         compress = self.cfg.compress_spec
         if compress.name == "none":
             ddp.register_comm_hook(self.comm, _counting_allreduce_hook)
@@ -47,8 +48,12 @@ class TorchDDPStrategy(Strategy):
         else:  # powersgd
             self.measures_bytes = False
             self.powersgd_state = powerSGD_hook.PowerSGDState(
-                process_group=self.comm.group, matrix_approximation_rank=int(compress["rank"]),
-                start_powerSGD_iter=2, use_error_feedback=True, warm_start=bool(compress["warm_start"]))
+                process_group=self.comm.group,
+                matrix_approximation_rank=int(compress["rank"]),
+                start_powerSGD_iter=2,
+                use_error_feedback=True,
+                warm_start=bool(compress["warm_start"]),
+            )
             ddp.register_comm_hook(self.powersgd_state, _checked_powersgd_hook)
         self.module = ddp
 
@@ -83,20 +88,25 @@ def _counting_bf16_hook(comm: Any, bucket: dist.GradBucket) -> torch.futures.Fut
     return default_hooks.bf16_compress_hook(comm.group, bucket)
 
 
-def _checked_powersgd_hook(state: powerSGD_hook.PowerSGDState,
-                           bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def _checked_powersgd_hook(
+    state: powerSGD_hook.PowerSGDState, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
     """torch's PowerSGD hook, refusing the one bucket shape that hangs it on gloo: when every tensor
     of a bucket is compressed, it all-reduces an empty tensor, which gloo rejects inside a future
     callback, and the step never completes. Fail with a message instead of hanging."""
     if dist.get_backend(state.process_group) == "gloo" and state.iter >= state.start_powerSGD_iter:
+
         def compressed(t: torch.Tensor) -> bool:
             if t.dim() < 2:
                 return False
             n, m = t.shape[0], t.numel() // t.shape[0]
             r = min(n, m, state.matrix_approximation_rank)
             return (n + m) * r * state.min_compression_rate < n * m
+
         if all(compressed(t) for t in bucket.gradients()):
-            raise DistributedError("torch's PowerSGD hook hangs on gloo when a DDP bucket holds only "
-                                   "compressible matrices; use a larger --bucket-mb so that every bucket "
-                                   "also holds a bias or norm vector")
+            raise DistributedError(
+                "torch's PowerSGD hook hangs on gloo when a DDP bucket holds only "
+                "compressible matrices; use a larger --bucket-mb so that every bucket "
+                "also holds a bias or norm vector"
+            )
     return powerSGD_hook.powerSGD_hook(state, bucket)

@@ -13,15 +13,19 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
+from gradsync.runtime.dist import Comm
 
 
 class TorchFSDPStrategy(Strategy):
@@ -30,8 +34,7 @@ class TorchFSDPStrategy(Strategy):
     measures_blocked_time = False
     measures_bytes = False
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
             for layer in lst:
@@ -49,20 +52,24 @@ class TorchFSDPStrategy(Strategy):
 
     def clip_grads(self, max_norm: float, norm: float) -> None:
         # torch's own clipping: DTensor gradients need the DTensor norm
-        torch.nn.utils.clip_grads_with_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                             max_norm, self._norm)
+        torch.nn.utils.clip_grads_with_norm_(
+            [p for p in self.model.parameters() if p.grad is not None], max_norm, self._norm
+        )
 
     def _options(self) -> StateDictOptions:
         return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
-                                                                         broadcast_from_rank0=False))
+        return get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         opts = self._options()
-        return {"model": get_model_state_dict(self.model, options=opts),
-                "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=opts)}
+        return {
+            "model": get_model_state_dict(self.model, options=opts),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=opts),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         opts = StateDictOptions(full_state_dict=True)

@@ -11,28 +11,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
-import torch.nn as nn
-
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.reference.torch_ddp import TorchDDPStrategy
+from gradsync.runtime.dist import Comm
 
 
 class TorchZero1Strategy(TorchDDPStrategy):
     name = "torch-zero1"
     measures_bytes = False
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         template = self.optimizer
         groups = [dict(g) for g in template.param_groups]
-        self.optimizer = ZeroRedundancyOptimizer(groups, optimizer_class=type(template),
-                                                 process_group=self.comm.group, lr=template.defaults["lr"])
+        self.optimizer = ZeroRedundancyOptimizer(
+            groups, optimizer_class=type(template), process_group=self.comm.group, lr=template.defaults["lr"]
+        )
 
     def state_dict(self) -> dict[str, Any]:
         assert isinstance(self.optimizer, ZeroRedundancyOptimizer)

@@ -23,14 +23,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from gradsync.checkpoint.slices import StateSlices, sharded_load, sharded_save
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.parallel.layout import FlatUnit, bind_params
 from gradsync.parallel.memory import optimizer_tensors
 from gradsync.parallel.sharding.sharded_optimizer import ShardedOptimizer
-from gradsync.checkpoint.slices import StateSlices, sharded_load, sharded_save
+from gradsync.runtime.dist import Comm
 from gradsync.runtime.topology import TwoLevel, two_level_groups
 
 
@@ -81,8 +81,10 @@ class ShardedStrategy(Strategy):
     ``param_chunks``, ``grad_chunks`` and their gradient path, and ``gathers`` where parameters
     are gathered after the update (ZeRO-1/2), then call :meth:`shard_optimizer`."""
 
-    compile_blocker: ClassVar[str] = ("its forward hooks wait for or gather parameters (collectives), which "
-                                      "torch.compile cannot trace; use bucketed or torch-ddp with --compile")
+    compile_blocker: ClassVar[str] = (
+        "its forward hooks wait for or gather parameters (collectives), which "
+        "torch.compile cannot trace; use bucketed or torch-ddp with --compile"
+    )
     units: list[FlatUnit]
     param_chunks: list[torch.Tensor]
     grad_chunks: list[torch.Tensor]
@@ -91,8 +93,7 @@ class ShardedStrategy(Strategy):
     replicas: Comm | None = None  # hybrid: the ranks holding this rank's shard on the other nodes
     levels: TwoLevel | None = None
 
-    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm,
-                 cfg: ParallelConfig) -> None:
+    def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         self.init_sharding()
 
@@ -107,8 +108,10 @@ class ShardedStrategy(Strategy):
     def describe(self) -> str:
         if self.levels is None:
             return ""
-        return (f"hybrid sharding over {self.levels.layout.describe()}: state sharded over the node's workers, "
-                "one replica per node; gradient shards all-reduced across nodes")
+        return (
+            f"hybrid sharding over {self.levels.layout.describe()}: state sharded over the node's workers, "
+            "one replica per node; gradient shards all-reduced across nodes"
+        )
 
     def shard_optimizer(self) -> None:
         """Replace the full-model optimizer by the same optimizer over this rank's pieces."""
@@ -158,5 +161,8 @@ class ShardedStrategy(Strategy):
         self.model.load_state_dict(state)  # parameters are views into the flat buffers: copied in place
 
     def holdings(self) -> dict[str, list[torch.Tensor | None]]:
-        return {"params": list(self.model.parameters()), "grads": list(self.grad_chunks),
-                "optimizer": optimizer_tensors(self.optimizer.optimizer)}
+        return {
+            "params": list(self.model.parameters()),
+            "grads": list(self.grad_chunks),
+            "optimizer": optimizer_tensors(self.optimizer.optimizer),
+        }

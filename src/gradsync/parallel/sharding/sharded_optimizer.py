@@ -14,9 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from gradsync.runtime.dist import Comm
 from gradsync.core.errors import ConfigError
 from gradsync.parallel.layout import FlatUnit, Piece
+from gradsync.runtime.dist import Comm
 
 ELEMENTWISE = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
 
@@ -29,23 +29,27 @@ class ShardedOptimizer:
     chunk in place.
     """
 
-    def __init__(self, template: torch.optim.Optimizer, units: list[FlatUnit],
-                 data: list[torch.Tensor], grad: list[torch.Tensor]) -> None:
+    def __init__(
+        self, template: torch.optim.Optimizer, units: list[FlatUnit], data: list[torch.Tensor], grad: list[torch.Tensor]
+    ) -> None:
         if not isinstance(template, ELEMENTWISE):
-            raise ConfigError(f"ZeRO shards the optimizer element-wise; {type(template).__name__} is "
-                              f"not known to be element-wise (supported: AdamW, Adam, SGD)")
+            raise ConfigError(
+                f"ZeRO shards the optimizer element-wise; {type(template).__name__} is "
+                f"not known to be element-wise (supported: AdamW, Adam, SGD)"
+            )
         self.template = template
         self.units = units
         self.index = {id(p): i for i, p in enumerate(p for g in template.param_groups for p in g["params"])}
         group_of = {id(p): gi for gi, g in enumerate(template.param_groups) for p in g["params"]}
-        groups: list[dict[str, Any]] = [{**{k: v for k, v in g.items() if k != "params"}, "params": []}
-                                        for g in template.param_groups]
+        groups: list[dict[str, Any]] = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in template.param_groups
+        ]
         self.slots: list[tuple[FlatUnit, Piece, nn.Parameter]] = []
         for u, d, gr in zip(units, data, grad):
             for pc in u.pieces:
                 n = pc.hi - pc.lo
-                leaf = nn.Parameter(d[pc.at:pc.at + n])  # shares the chunk's storage
-                leaf.grad = gr[pc.at:pc.at + n]
+                leaf = nn.Parameter(d[pc.at : pc.at + n])  # shares the chunk's storage
+                leaf.grad = gr[pc.at : pc.at + n]
                 groups[group_of[id(pc.param)]]["params"].append(leaf)
                 self.slots.append((u, pc, leaf))
         self.optimizer = type(template)(groups)
@@ -63,7 +67,7 @@ class ShardedOptimizer:
         (collective). Per-element state is all-gathered unit by unit; scalar state (``step``) is the
         same on every piece of a parameter and travels as an object."""
         mine: dict[str, bool] = {}
-        for _, pc, leaf in self.slots:
+        for _, _, leaf in self.slots:
             for k, v in self.optimizer.state.get(leaf, {}).items():
                 mine[k] = isinstance(v, torch.Tensor) and v.numel() == leaf.numel() and v.dim() > 0
         keys: dict[str, bool] = {}
@@ -75,7 +79,7 @@ class ShardedOptimizer:
                 chunk = torch.zeros(u.chunk, dtype=torch.float32, device=comm.env.device)
                 for uu, pc, leaf in self.slots:
                     if uu is u and leaf in self.optimizer.state:
-                        chunk[pc.at:pc.at + pc.hi - pc.lo].copy_(self.optimizer.state[leaf][key])
+                        chunk[pc.at : pc.at + pc.hi - pc.lo].copy_(self.optimizer.state[leaf][key])
                 full = torch.empty(u.padded, dtype=chunk.dtype, device=chunk.device)
                 comm.all_gather(full, chunk)
                 for p, v in zip(u.params, u.views(full)):
@@ -116,7 +120,7 @@ class ShardedOptimizer:
             st: dict[str, Any] = {}
             for k, v in saved_state.items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and v.numel() == pc.param.numel():
-                    st[k] = v.reshape(-1)[pc.lo:pc.hi].to(leaf.device).clone()
+                    st[k] = v.reshape(-1)[pc.lo : pc.hi].to(leaf.device).clone()
                 else:
                     st[k] = v.clone() if isinstance(v, torch.Tensor) else v
             self.optimizer.state[leaf] = st

@@ -16,11 +16,44 @@ This package exports what its users call.
 """
 
 from gradsync.core.ring import OPS
-from gradsync.planning.costmodel.network import CostModelError, Link, NETWORKS, Network, network_preset
 from gradsync.planning.costmodel.hardware import DEVICES, Hardware, device_preset
-from gradsync.planning.costmodel.workload import TensorInfo, Workload, buckets, gpt_tensors, gpt_workload, units, with_accum
-from gradsync.planning.costmodel.overlap import exposed_after, exposed_before
 from gradsync.planning.costmodel.memory import ACTIVATIONS, activation_bytes, memory
+from gradsync.planning.costmodel.network import NETWORKS, CostModelError, Link, Network, network_preset
+from gradsync.planning.costmodel.overlap import exposed_after, exposed_before
 from gradsync.planning.costmodel.price import Prediction, predict, scaling_efficiency
+from gradsync.planning.costmodel.workload import (
+    TensorInfo,
+    Workload,
+    buckets,
+    gpt_tensors,
+    gpt_workload,
+    units,
+    with_accum,
+)
 
-__all__ = ["ACTIVATIONS", "CostModelError", "DEVICES", "Hardware", "Link", "NETWORKS", "Network", "OPS", "Prediction", "TensorInfo", "Workload", "activation_bytes", "buckets", "device_preset", "exposed_after", "exposed_before", "gpt_tensors", "gpt_workload", "memory", "network_preset", "predict", "scaling_efficiency", "units", "with_accum"]
+__all__ = [
+    "ACTIVATIONS",
+    "CostModelError",
+    "DEVICES",
+    "Hardware",
+    "Link",
+    "NETWORKS",
+    "Network",
+    "OPS",
+    "Prediction",
+    "TensorInfo",
+    "Workload",
+    "activation_bytes",
+    "buckets",
+    "device_preset",
+    "exposed_after",
+    "exposed_before",
+    "gpt_tensors",
+    "gpt_workload",
+    "memory",
+    "network_preset",
+    "predict",
+    "scaling_efficiency",
+    "units",
+    "with_accum",
+]

@@ -9,7 +9,6 @@ from gradsync.core.devices import DATASHEETS
 from gradsync.planning.costmodel.network import CostModelError
 
 
-
 @dataclass(frozen=True)
 class Hardware:
     """One device and what it achieves on the workload.
@@ -31,8 +30,10 @@ class Hardware:
 
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.memory_bytes > 0 and self.mem_bw > 0 and 0 < self.efficiency <= 1):
-            raise CostModelError(f"device '{self.name}' needs positive peak FLOP/s, memory and memory bandwidth, "
-                                 "and an efficiency in (0, 1]")
+            raise CostModelError(
+                f"device '{self.name}' needs positive peak FLOP/s, memory and memory bandwidth, "
+                "and an efficiency in (0, 1]"
+            )
 
     @property
     def achieved_flops(self) -> float:
@@ -57,11 +58,14 @@ class Hardware:
 
 GB = 1e9
 DEVICES: dict[str, Hardware] = {  # dense bf16 tensor-core peaks from NVIDIA's datasheets (gradsync.core.devices)
-    key: Hardware(d.name, d.peak_flops, d.memory_bytes, d.mem_bw) for key, d in DATASHEETS.items()}
+    key: Hardware(d.name, d.peak_flops, d.memory_bytes, d.mem_bw) for key, d in DATASHEETS.items()
+}
 
 
 def device_preset(name: str) -> Hardware:
     if name not in DEVICES:
-        raise CostModelError(f"unknown device '{name}'; choose one of {', '.join(DEVICES)} or a profile "
-                             "written by `gradsync calibrate` (--device PROFILE.json)")
+        raise CostModelError(
+            f"unknown device '{name}'; choose one of {', '.join(DEVICES)} or a profile "
+            "written by `gradsync calibrate` (--device PROFILE.json)"
+        )
     return DEVICES[name]

@@ -4,15 +4,14 @@ activations of one micro-batch with activation checkpointing (Korthikanti et al.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gradsync.core import catalog
 from gradsync.core.catalog import COMPRESSOR_SCHEMA, STRATEGY_SCHEMA
 from gradsync.core.spec import Spec, parse_spec
 from gradsync.planning.costmodel.hardware import Hardware
 from gradsync.planning.costmodel.workload import Workload, units
-
-
 
 # Activations of one transformer block, in units of s*b*h elements (sequence x micro-batch x width),
 # counted for gradsync's GPT block with fused attention: (kept for backward by every block,
@@ -56,8 +55,14 @@ def memory(strategy: str | Spec, w: Workload, p: int, compress: str | Spec = "no
         extra += 4.0 * w.n_params
     activations = activation_bytes(w)
     total = params + grads + opt + extra + activations
-    return {"params": params, "grads": grads, "optimizer": opt, "extra": extra,
-            "activations": activations, "total": total}
+    return {
+        "params": params,
+        "grads": grads,
+        "optimizer": opt,
+        "extra": extra,
+        "activations": activations,
+        "total": total,
+    }
 
 
 Held = tuple[float, float, float, float]  # params, grads, optimizer, extra: bytes per rank

@@ -25,11 +25,12 @@ class Link:
 
     def __post_init__(self) -> None:
         if not (self.alpha_s >= 0 and self.beta_s_per_byte >= 0):
-            raise CostModelError(f"a link needs latency >= 0 and bandwidth > 0, got alpha={self.alpha_s}, "
-                                 f"beta={self.beta_s_per_byte}")
+            raise CostModelError(
+                f"a link needs latency >= 0 and bandwidth > 0, got alpha={self.alpha_s}, beta={self.beta_s_per_byte}"
+            )
 
     @classmethod
-    def from_bandwidth(cls, gbit_per_s: float, latency_us: float) -> "Link":
+    def from_bandwidth(cls, gbit_per_s: float, latency_us: float) -> Link:
         if not gbit_per_s > 0:
             raise CostModelError(f"bandwidth must be > 0 Gbit/s, got {gbit_per_s}")
         if not latency_us >= 0:
@@ -47,11 +48,11 @@ class Network:
 
     name: str
     links: dict[str, Link]
-    intra: "Network | None" = None
+    intra: Network | None = None
     per_node: int = 1
 
     @classmethod
-    def uniform(cls, name: str, link: Link) -> "Network":
+    def uniform(cls, name: str, link: Link) -> Network:
         return cls(name, {op: link for op in OPS})
 
     def time(self, op: str, nbytes: float, p: int) -> float:
@@ -61,8 +62,11 @@ class Network:
         fb, fa = ring_factors(op, p)
         if p <= 1:
             return 0.0
-        link = self.links.get(op) or self.links.get("all_gather" if op == "all_to_all" else "all_reduce") \
+        link = (
+            self.links.get(op)
+            or self.links.get("all_gather" if op == "all_to_all" else "all_reduce")
             or self.links["all_reduce"]
+        )
         return fb * nbytes * link.beta_s_per_byte + fa * link.alpha_s
 
     def two_level(self, nbytes: float, p: int) -> float:
@@ -74,8 +78,11 @@ class Network:
         nodes = p // self.per_node if self.per_node > 0 else p
         if self.intra is None or self.per_node <= 1 or nodes <= 1:
             return self.time("all_reduce", nbytes, p)
-        return (self.intra.time("reduce_scatter", nbytes, self.per_node) + self.time("all_reduce", nbytes, nodes)
-                + self.intra.time("all_gather", nbytes, self.per_node))
+        return (
+            self.intra.time("reduce_scatter", nbytes, self.per_node)
+            + self.time("all_reduce", nbytes, nodes)
+            + self.intra.time("all_gather", nbytes, self.per_node)
+        )
 
 
 # Published line rates; latencies are typical small-message figures (assumptions, see the docs).
@@ -93,7 +100,8 @@ NETWORKS: dict[str, tuple[float, float, str]] = {  # name: (Gbit/s per direction
 
 def network_preset(name: str) -> Network:
     if name not in NETWORKS:
-        raise CostModelError(f"unknown network '{name}'; choose one of {', '.join(NETWORKS)} "
-                             "or give --bandwidth-gbps and --latency-us")
+        raise CostModelError(
+            f"unknown network '{name}'; choose one of {', '.join(NETWORKS)} or give --bandwidth-gbps and --latency-us"
+        )
     gbps, lat, what = NETWORKS[name]
     return Network.uniform(what, Link.from_bandwidth(gbps, lat))

@@ -4,7 +4,7 @@ exposed."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def exposed_after(ready: Sequence[float], durations: Sequence[float], compute_end: float) -> float:

@@ -5,8 +5,8 @@ compute of the workload on the device, the collectives on the network and their 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from gradsync.core import catalog
 from gradsync.core.catalog import COMPRESSOR_SCHEMA, QUANT_BLOCK, STRATEGY_SCHEMA
@@ -16,7 +16,6 @@ from gradsync.planning.costmodel.memory import memory, recompute_s
 from gradsync.planning.costmodel.network import CostModelError, Network
 from gradsync.planning.costmodel.overlap import exposed_after, exposed_before
 from gradsync.planning.costmodel.workload import Workload, buckets, units
-
 
 
 @dataclass
@@ -67,14 +66,14 @@ class StepContext:
     compress: Spec
 
     @property
-    def shards(self) -> tuple[int, int, "Network"]:
+    def shards(self) -> tuple[int, int, Network]:
         """(ranks the state is sharded over, replicas of it, the network among the sharding ranks).
         Hybrid sharding (``hybrid=true``) shards over a node's devices, one replica per node, on a
         two-level network; otherwise (or on one node) over all ``p`` ranks."""
         return shard_group(self.strategy, self.net, self.p)
 
 
-def shard_group(strategy: Spec, net: "Network", p: int) -> tuple[int, int, "Network"]:
+def shard_group(strategy: Spec, net: Network, p: int) -> tuple[int, int, Network]:
     """See :attr:`StepContext.shards`."""
     if strategy.options.get("hybrid") and net.intra is not None and 1 < net.per_node < p:
         return net.per_node, p // net.per_node, net.intra
@@ -92,8 +91,9 @@ class Priced:
     compression: float = 0.0
 
 
-def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Network,
-            compress: str | Spec = "none") -> Prediction:
+def predict(
+    strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Network, compress: str | Spec = "none"
+) -> Prediction:
     """Predict one optimizer step of ``strategy`` (a spec such as ``zero2`` or ``localsgd:8``) with
     ``world`` ranks: the strategy's catalog entry names its price function. Raises
     CostModelError for what the model does not cover."""
@@ -120,12 +120,24 @@ def predict(strategy: str | Spec, w: Workload, world: int, hw: Hardware, net: Ne
         log = net.time("all_reduce", 8.0, world)
         comm, exposed = comm + log, exposed + log
     name = strategy if isinstance(strategy, str) else str(s)
-    return Prediction(name, world, compute, comm, exposed, priced.opt, priced.compression,
-                      memory(s, w, shard_group(s, net, world)[0], c), tok_micro * w.accum * world,
-                      w.flops_per_token, hw.peak_flops, hw.memory_bytes)
+    return Prediction(
+        name,
+        world,
+        compute,
+        comm,
+        exposed,
+        priced.opt,
+        priced.compression,
+        memory(s, w, shard_group(s, net, world)[0], c),
+        tok_micro * w.accum * world,
+        w.flops_per_token,
+        hw.peak_flops,
+        hw.memory_bytes,
+    )
 
 
 # -- price functions, one per catalog entry (gradsync.core.catalog names them) ------------------------
+
 
 def price_allreduce(x: StepContext) -> Priced:
     """Every tensor, one by one, after backward: nothing hidden."""
@@ -187,8 +199,9 @@ def price_zero3(x: StepContext) -> Priced:
         return price_fsdp(x)
     us, ag, rs, layer_bwd = _zero3_collectives(x)
     regather = ag[:-1] if x.strategy.options.get("reshard", True) else []
-    per_micro = sum(ag) + sum(regather) + exposed_after(
-        _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
+    per_micro = (
+        sum(ag) + sum(regather) + exposed_after(_cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
+    )
     return Priced(x.w.accum * (sum(ag) + sum(regather) + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
 
 
@@ -199,7 +212,8 @@ def price_fsdp(x: StepContext) -> Priced:
     us, ag, rs, layer_bwd = _zero3_collectives(x)
     regather = ag[-2::-1] if x.strategy.options.get("reshard", True) else []
     per_micro = exposed_before(ag, _forward_split(us, x.fwd)) + exposed_after(
-        _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd)
+        _cumulative(layer_bwd[-2::-1]) + [x.bwd], rs[-2::-1] + rs[-1:], x.bwd
+    )
     if regather:
         per_micro += exposed_before(regather, layer_bwd[-2::-1])
     return Priced(x.w.accum * (sum(ag) + sum(regather) + sum(rs)), x.w.accum * per_micro, x.opt_full / x.shards[0])
@@ -222,8 +236,9 @@ def price_local(x: StepContext) -> Priced:
     per_fragment = outer_comm_time(x, n / frags, quant)
     step = x.w.accum * (x.fwd + x.bwd) + x.opt_full
     exposed = max(0.0, per_fragment - overlap * step) * frags / h
-    per_elem = (4 + (2 if quant == "bf16" else 0)) * x.hw.elementwise_cost + \
-        (x.hw.quantize_cost if quant in ("int8", "int4") else 0.0)
+    per_elem = (4 + (2 if quant == "bf16" else 0)) * x.hw.elementwise_cost + (
+        x.hw.quantize_cost if quant in ("int8", "int4") else 0.0
+    )
     return Priced(per_fragment * frags / h, exposed, x.opt_full + per_elem * n / h)
 
 
@@ -252,6 +267,7 @@ def _forward_split(sizes: Sequence[float], fwd: float) -> list[float]:
 
 
 # -- compressors on the bucketed path: per-bucket communication time and compression compute ---
+
 
 def bucket_comm(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
     """Per-bucket communication time and the compression compute, for the run's compressor."""
@@ -301,8 +317,9 @@ def bucket_comm_topk(x: StepContext, sizes: Sequence[int]) -> tuple[list[float],
     return [x.net.time("all_gather", x.p * k * b * 2, x.p) for b in sizes], (4 + 2) * x.hw.elementwise_cost * elems
 
 
-def scaling_efficiency(strategy: str, w: Workload, worlds: Sequence[int], hw: Hardware, net: Network,
-                       compress: str = "none") -> list[float]:
+def scaling_efficiency(
+    strategy: str, w: Workload, worlds: Sequence[int], hw: Hardware, net: Network, compress: str = "none"
+) -> list[float]:
     """Weak scaling (same per-rank batch): tokens/s at p ranks / (p * tokens/s at 1 rank)."""
     one = predict(strategy, w, 1, hw, net, compress).tokens_per_s
     return [predict(strategy, w, p, hw, net, compress).tokens_per_s / (p * one) for p in worlds]

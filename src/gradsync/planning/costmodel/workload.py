@@ -13,7 +13,6 @@ from gradsync.core.shapes import GPTShape
 from gradsync.planning.costmodel.network import CostModelError
 
 
-
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -48,8 +47,9 @@ class Workload:
         if self.seq_len < 1 or self.micro_batch < 1 or self.accum < 1:
             raise CostModelError("sequence length, micro-batch and accumulation must be >= 1")
         if self.checkpointing not in CHECKPOINTING:
-            raise CostModelError(f"activation checkpointing '{self.checkpointing}' is unknown; "
-                                 f"choose one of {', '.join(CHECKPOINTING)}")
+            raise CostModelError(
+                f"activation checkpointing '{self.checkpointing}' is unknown; choose one of {', '.join(CHECKPOINTING)}"
+            )
 
     @property
     def n_params(self) -> int:
@@ -76,16 +76,37 @@ def gpt_tensors(shape: GPTShape, seq_len: int) -> list[TensorInfo]:
     return out
 
 
-def gpt_workload(n_layer: int, n_head: int, n_embd: int, vocab: int, seq_len: int, micro_batch: int,
-                 accum: int = 1, precision: str = "fp32", bucket_mb: float = 25.0,
-                 first_bucket_mb: float = 1.0, checkpointing: str = "none") -> Workload:
+def gpt_workload(
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    vocab: int,
+    seq_len: int,
+    micro_batch: int,
+    accum: int = 1,
+    precision: str = "fp32",
+    bucket_mb: float = 25.0,
+    first_bucket_mb: float = 1.0,
+    checkpointing: str = "none",
+) -> Workload:
     """The workload of gradsync's GPT at block size ``seq_len``; FLOPs per token from its shape."""
     if min(n_layer, n_head, n_embd, vocab) < 1 or n_embd % n_head:
         raise CostModelError(f"bad GPT shape: {n_layer} layers, {n_head} heads, width {n_embd}, vocab {vocab}")
     shape = GPTShape(vocab, seq_len, n_layer, n_head, n_embd)
-    return Workload(tuple(gpt_tensors(shape, seq_len)), shape.flops_per_token(seq_len), seq_len, micro_batch,
-                    accum, n_layer, n_embd, vocab, precision, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20),
-                    checkpointing)
+    return Workload(
+        tuple(gpt_tensors(shape, seq_len)),
+        shape.flops_per_token(seq_len),
+        seq_len,
+        micro_batch,
+        accum,
+        n_layer,
+        n_embd,
+        vocab,
+        precision,
+        int(bucket_mb * 2**20),
+        int(first_bucket_mb * 2**20),
+        checkpointing,
+    )
 
 
 def buckets(w: Workload, pad_to: int = 1) -> list[tuple[int, float]]:

@@ -10,15 +10,10 @@ before any process is started, with a one-line :class:`~gradsync.core.errors.Con
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import io
 import json
 import math
 import os
-import textwrap
-import tokenize
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -40,6 +35,14 @@ LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.t
 CHECKPOINTING = ("none", "selective", "full")  # activation checkpointing (gradsync.model.activation_checkpointing)
 
 
+T = typing.TypeVar("T")
+
+
+def key(default: T, meaning: str) -> T:
+    """A config key: its default and what it means (``gradsync config --show`` prints it)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -50,7 +53,7 @@ class TaskConfig:
     """What is trained: a built-in task (see ``gradsync.core.catalog.TASKS``) or ``module:factory``, a
     function ``factory(cfg) -> gradsync.tasks.Task`` importable by every worker."""
 
-    name: str = "gpt"  # gpt | bert | image | speech | hf-causal-lm | hf-masked-lm | package.module:factory
+    name: str = key("gpt", "gpt | bert | image | speech | hf-causal-lm | hf-masked-lm | package.module:factory")
 
     def __post_init__(self) -> None:
         _check(
@@ -69,7 +72,7 @@ class BertConfig:
     """Masked-LM corruption (Devlin et al. 2019): ``mask_prob`` of the positions are chosen; of
     those 80% become [MASK], 10% a random token, 10% stay. The encoder's shape is ``[model]``'s."""
 
-    mask_prob: float = 0.15  # share of positions chosen as masked-LM targets (80% [MASK], 10% random, 10% kept)
+    mask_prob: float = key(0.15, "share of positions chosen as masked-LM targets (80% [MASK], 10% random, 10% kept)")
 
     def __post_init__(self) -> None:
         _check(0.0 < self.mask_prob < 1.0, f"bert.mask_prob must be in (0, 1), got {self.mask_prob}")
@@ -81,12 +84,14 @@ class ImageConfig:
     digits), a folder in ImageFolder layout (one subfolder per class), or an ``.npz`` with
     ``images`` (N, H, W[, C]) and ``labels`` (N)."""
 
-    source: str = "digits"  # digits (scikit-learn's, no download) | an ImageFolder folder | an .npz (images, labels)
-    size: int = 0  # resize folder images to size×size; 0 = keep (all must then be equal)
-    channels: int = 1  # 1 (grayscale) or 3 (RGB), for folder images
-    width: int = 32  # channels of the first conv layer
-    augment: bool = True  # random shifts of up to 1/8 of the side, seeded per sample
-    test_fraction: float = 0.2  # share of images (by name hash) held out when the source has no test split
+    source: str = key(
+        "digits", "digits (scikit-learn's, no download) | an ImageFolder folder | an .npz (images, labels)"
+    )
+    size: int = key(0, "resize folder images to size×size; 0 = keep (all must then be equal)")
+    channels: int = key(1, "1 (grayscale) or 3 (RGB), for folder images")
+    width: int = key(32, "channels of the first conv layer")
+    augment: bool = key(True, "random shifts of up to 1/8 of the side, seeded per sample")
+    test_fraction: float = key(0.2, "share of images (by name hash) held out when the source has no test split")
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "image.source must not be empty")
@@ -102,15 +107,15 @@ class SpeechConfig:
     on this machine with espeak-ng, test voices never seen in training) or a folder of WAV files,
     one subfolder per label (the Speech Commands layout)."""
 
-    source: str = (
-        "espeak-digits"  # espeak-digits (made once with espeak-ng) | a WAV folder in the Speech Commands layout
+    source: str = key(
+        "espeak-digits", "espeak-digits (made once with espeak-ng) | a WAV folder in the Speech Commands layout"
     )
-    sample_rate: int = 16000  # Hz; clips are resampled to it
-    clip_s: float = 1.0  # seconds per clip; longer ones are cut, shorter ones padded
-    n_mels: int = 40  # mel bands of the log-mel features
-    width: int = 64  # channels of the first conv layer
-    augment: bool = True  # random time shifts of up to 100 ms, seeded per sample
-    test_fraction: float = 0.2  # folder data: share of files (by name hash) held out
+    sample_rate: int = key(16000, "Hz; clips are resampled to it")
+    clip_s: float = key(1.0, "seconds per clip; longer ones are cut, shorter ones padded")
+    n_mels: int = key(40, "mel bands of the log-mel features")
+    width: int = key(64, "channels of the first conv layer")
+    augment: bool = key(True, "random time shifts of up to 100 ms, seeded per sample")
+    test_fraction: float = key(0.2, "folder data: share of files (by name hash) held out")
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "speech.source must not be empty")
@@ -128,8 +133,8 @@ class HFConfig:
     """A Hugging Face ``transformers`` model (tasks ``hf-causal-lm``, ``hf-masked-lm``): ``config``
     is a config.json to initialise randomly, ``pretrained`` a folder with weights to fine-tune."""
 
-    config: str = ""  # a transformers config.json: that architecture, randomly initialised (seeded)
-    pretrained: str = ""  # a local transformers model folder to fine-tune (nothing is downloaded)
+    config: str = key("", "a transformers config.json: that architecture, randomly initialised (seeded)")
+    pretrained: str = key("", "a local transformers model folder to fine-tune (nothing is downloaded)")
 
     def __post_init__(self) -> None:
         _check(not (self.config and self.pretrained), "give hf.config or hf.pretrained, not both")
@@ -139,11 +144,11 @@ class HFConfig:
 class ModelConfig:
     """GPT (and BERT) shape. ``preset`` fills every dimension left unset (see ``gradsync.core.shapes.PRESETS``)."""
 
-    preset: str = "small"  # tiny | mini | small | base | gpt2 | gpt2-medium | gpt2-large | gpt2-xl
-    n_layer: int | None = None  # transformer blocks; overrides the preset
-    n_head: int | None = None  # attention heads; overrides the preset
-    n_embd: int | None = None  # width of the residual stream; overrides the preset
-    dropout: float = 0.0  # dropout probability
+    preset: str = key("small", "tiny | mini | small | base | gpt2 | gpt2-medium | gpt2-large | gpt2-xl")
+    n_layer: int | None = key(None, "transformer blocks; overrides the preset")
+    n_head: int | None = key(None, "attention heads; overrides the preset")
+    n_embd: int | None = key(None, "width of the residual stream; overrides the preset")
+    dropout: float = key(0.0, "dropout probability")
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, f"model.preset '{self.preset}' is unknown; choose one of {', '.join(PRESETS)}")
@@ -166,19 +171,19 @@ class DataConfig:
     folder, a glob, or pre-tokenized ``.bin`` shards (nanoGPT raw uint16, or llm.c headered).
     """
 
-    source: str = "stdlib"  # stdlib | synthetic | text files (file, folder, glob) | .bin shards
-    tokenizer: str = "byte"  # byte | bpe | path to a tokenizers tokenizer.json
-    bpe_vocab_size: int = 4096  # vocabulary of the byte-level BPE trained when tokenizer = bpe
-    seq_len: int = 128  # tokens per training sequence
-    val_fraction: float = 0.05  # share of documents (by name hash) held out for validation
-    vocab_size: int | None = None  # only for pre-tokenized shards without a tokenizer
-    synthetic_vocab: int = 16  # synthetic data: vocabulary of the Markov chain
-    synthetic_order: int = 2  # synthetic data: tokens of context the chain depends on
-    synthetic_tokens: int = 400_000  # synthetic data: tokens generated
-    synthetic_alpha: float = (
-        0.2  # synthetic data: Dirichlet concentration of the transition rows (smaller = more predictable)
+    source: str = key("stdlib", "stdlib | synthetic | text files (file, folder, glob) | .bin shards")
+    tokenizer: str = key("byte", "byte | bpe | path to a tokenizers tokenizer.json")
+    bpe_vocab_size: int = key(4096, "vocabulary of the byte-level BPE trained when tokenizer = bpe")
+    seq_len: int = key(128, "tokens per training sequence")
+    val_fraction: float = key(0.05, "share of documents (by name hash) held out for validation")
+    vocab_size: int | None = key(None, "only for pre-tokenized shards without a tokenizer")
+    synthetic_vocab: int = key(16, "synthetic data: vocabulary of the Markov chain")
+    synthetic_order: int = key(2, "synthetic data: tokens of context the chain depends on")
+    synthetic_tokens: int = key(400_000, "synthetic data: tokens generated")
+    synthetic_alpha: float = key(
+        0.2, "synthetic data: Dirichlet concentration of the transition rows (smaller = more predictable)"
     )
-    synthetic_seed: int = 0  # synthetic data: seed of the chain and of the sampled tokens
+    synthetic_seed: int = key(0, "synthetic data: seed of the chain and of the sampled tokens")
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source must not be empty")
@@ -214,18 +219,18 @@ class OptimConfig:
     """AdamW (or plain SGD with momentum, for the local-SGD equivalences) with linear warmup then
     cosine decay to ``lr * min_lr_ratio``; global-norm clipping."""
 
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 3e-3  # peak learning rate, after linear warmup
-    min_lr_ratio: float = 0.1  # the cosine decay ends at lr × this
-    warmup_steps: int = 50  # steps of linear warmup from 0 to lr
-    weight_decay: float = 0.1  # decoupled weight decay (matrices only)
-    beta1: float = 0.9  # AdamW's first-moment decay
-    beta2: float = 0.95  # AdamW's second-moment decay
-    eps: float = 1e-8  # AdamW's denominator epsilon
-    grad_clip: float = 1.0  # 0 disables clipping
-    momentum: float = 0.0  # sgd only
-    kernel: str = (
-        "default"  # default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math
+    name: str = key("adamw", "adamw | sgd")
+    lr: float = key(3e-3, "peak learning rate, after linear warmup")
+    min_lr_ratio: float = key(0.1, "the cosine decay ends at lr × this")
+    warmup_steps: int = key(50, "steps of linear warmup from 0 to lr")
+    weight_decay: float = key(0.1, "decoupled weight decay (matrices only)")
+    beta1: float = key(0.9, "AdamW's first-moment decay")
+    beta2: float = key(0.95, "AdamW's second-moment decay")
+    eps: float = key(1e-8, "AdamW's denominator epsilon")
+    grad_clip: float = key(1.0, "0 disables clipping")
+    momentum: float = key(0.0, "sgd only")
+    kernel: str = key(
+        "default", "default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math"
     )
 
     def __post_init__(self) -> None:
@@ -255,21 +260,25 @@ class OptimConfig:
 class ParallelConfig:
     """How workers are launched and how gradients travel."""
 
-    nproc: int = 2  # workers per node
-    nnodes: int = 1  # nodes; under Slurm, the job step's
-    rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; empty = a free local port
-    rdzv_id: str = "gradsync"  # names the job at the rendezvous: every node of a job gives the same
-    node_rank: int = -1  # this node's rank, e.g. from Slurm; node 0 hosts the rendezvous; -1 = by host name
-    local_addr: str = ""  # this node's address as the other nodes reach it; "" = from the hostname
-    strategy: str = "bucketed"  # a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...
-    compress: str = "none"  # a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01
-    bucket_mb: float = 25.0  # size of a gradient bucket all-reduced as one (bucketed, zero1/2, torch-ddp); 0 = the size the cost model predicts fastest from the calibrated profile
-    first_bucket_mb: float = 1.0  # the first bucket is smaller, so communication starts early in backward
-    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
-    timeout_s: float = 300.0  # every collective fails after this long instead of hanging
-    threads: int = 0  # intra-op threads per worker; 0 = cores / local workers
-    max_restarts: int = 0  # restart all workers from the newest checkpoint up to N times when one dies
-    profile: str = ""  # calibration profile for strategy=auto; "" = profile.json in the gradsync cache
+    nproc: int = key(2, "workers per node")
+    nnodes: int = key(1, "nodes; under Slurm, the job step's")
+    rdzv_endpoint: str = key("", "host:port of the c10d rendezvous; empty = a free local port")
+    rdzv_id: str = key("gradsync", "names the job at the rendezvous: every node of a job gives the same")
+    node_rank: int = key(-1, "this node's rank, e.g. from Slurm; node 0 hosts the rendezvous; -1 = by host name")
+    local_addr: str = key("", 'this node\'s address as the other nodes reach it; "" = from the hostname')
+    strategy: str = key("bucketed", "a spec: bucketed, zero2, localsgd:8, diloco:8,outer_lr=0.7, ...")
+    compress: str = key("none", "a spec: none, fp16, bf16, powersgd:rank=4, topk:ratio=0.01")
+    bucket_mb: float = key(
+        25.0,
+        "size of a gradient bucket all-reduced as one (bucketed, zero1/2, torch-ddp); "
+        "0 = the size the cost model predicts fastest from the calibrated profile",
+    )
+    first_bucket_mb: float = key(1.0, "the first bucket is smaller, so communication starts early in backward")
+    backend: str = key("auto", "auto: nccl on CUDA, gloo on CPU")
+    timeout_s: float = key(300.0, "every collective fails after this long instead of hanging")
+    threads: int = key(0, "intra-op threads per worker; 0 = cores / local workers")
+    max_restarts: int = key(0, "restart all workers from the newest checkpoint up to N times when one dies")
+    profile: str = key("", 'calibration profile for strategy=auto; "" = profile.json in the gradsync cache')
 
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
@@ -321,30 +330,30 @@ class ParallelConfig:
 class TrainConfig:
     """The loop: batch sizes in sequences, step counts, precision, logging, checkpoints."""
 
-    micro_batch: int = 16  # sequences per worker per forward/backward
-    global_batch: int = 64  # sequences per optimizer step, summed over workers and micro-steps
-    max_steps: int = 650  # length of the run (the LR schedule spans it)
-    stop_after: int = 0  # stop this invocation after N steps (checkpointed), e.g. for a job time limit
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    activation_checkpointing: str = "none"  # none | selective | full: recompute block activations in backward
-    compile: bool = False  # torch.compile the model (inductor; on CPU its C++ backend needs a compiler)
-    seed: int = 1337  # seeds the model, the data order, dropout and sampling
-    log_interval: int = 1  # steps between records in metrics.jsonl
-    eval_interval: int = 100  # steps between evaluations on held-out data
-    eval_sequences: int = 64  # held-out examples each evaluation uses
-    ckpt_interval: int = 250  # 0 = only at the end
-    keep_checkpoints: int = 5  # keep the newest K checkpoints of a run; 0 = keep all
-    checkpoint_format: str = "file"  # file: rank 0 writes one file | dcp: every rank writes its slices (a folder)
-    async_checkpoint: bool = False  # dcp only: write in the background while training goes on
-    max_bad_steps: int = 5  # consecutive steps with non-finite loss/gradients skipped before stopping
-    sample_tokens: int = 300  # tokens generated from the final model into sample.txt; 0 = none
-    sample_prompt: str = "def "  # the prompt of that sample
-    run_dir: str = ""  # "" = a new folder runs/<date-time>
-    resume: str = ""  # "" = fresh run; "auto" = latest checkpoint in run_dir; or a checkpoint path
-    peak_tflops: float = 0.0  # per-worker peak for MFU; 0 = measure with a matmul benchmark
-    progress: bool = True  # a bar on a terminal, plain lines in a file; false = neither
-    print_interval: int = 0  # steps between plain progress lines when stderr is not a terminal; 0 = ~20 a run
-    loggers: str = ""  # experiment trackers fed every metric, comma-separated: tensorboard, wandb, trackio
+    micro_batch: int = key(16, "sequences per worker per forward/backward")
+    global_batch: int = key(64, "sequences per optimizer step, summed over workers and micro-steps")
+    max_steps: int = key(650, "length of the run (the LR schedule spans it)")
+    stop_after: int = key(0, "stop this invocation after N steps (checkpointed), e.g. for a job time limit")
+    precision: str = key("fp32", "fp32 | bf16 (autocast)")
+    activation_checkpointing: str = key("none", "none | selective | full: recompute block activations in backward")
+    compile: bool = key(False, "torch.compile the model (inductor; on CPU its C++ backend needs a compiler)")
+    seed: int = key(1337, "seeds the model, the data order, dropout and sampling")
+    log_interval: int = key(1, "steps between records in metrics.jsonl")
+    eval_interval: int = key(100, "steps between evaluations on held-out data")
+    eval_sequences: int = key(64, "held-out examples each evaluation uses")
+    ckpt_interval: int = key(250, "0 = only at the end")
+    keep_checkpoints: int = key(5, "keep the newest K checkpoints of a run; 0 = keep all")
+    checkpoint_format: str = key("file", "file: rank 0 writes one file | dcp: every rank writes its slices (a folder)")
+    async_checkpoint: bool = key(False, "dcp only: write in the background while training goes on")
+    max_bad_steps: int = key(5, "consecutive steps with non-finite loss/gradients skipped before stopping")
+    sample_tokens: int = key(300, "tokens generated from the final model into sample.txt; 0 = none")
+    sample_prompt: str = key("def ", "the prompt of that sample")
+    run_dir: str = key("", '"" = a new folder runs/<date-time>')
+    resume: str = key("", '"" = fresh run; "auto" = latest checkpoint in run_dir; or a checkpoint path')
+    peak_tflops: float = key(0.0, "per-worker peak for MFU; 0 = measure with a matmul benchmark")
+    progress: bool = key(True, "a bar on a terminal, plain lines in a file; false = neither")
+    print_interval: int = key(0, "steps between plain progress lines when stderr is not a terminal; 0 = ~20 a run")
+    loggers: str = key("", "experiment trackers fed every metric, comma-separated: tensorboard, wandb, trackio")
 
     def __post_init__(self) -> None:
         _check(self.micro_batch >= 1, f"train.micro_batch must be >= 1, got {self.micro_batch}")
@@ -523,19 +532,9 @@ def all_keys() -> list[str]:
 
 
 def key_meanings() -> dict[str, str]:
-    """Every config key's meaning: the comment on its line in this file (one source of truth for
-    the code and ``gradsync config --show``; a test checks that every key has one)."""
-    out: dict[str, str] = {}
-    for section, cls in _SECTIONS.items():
-        lines = inspect.getsource(cls).splitlines()
-        for node in ast.parse(textwrap.dedent("\n".join(lines))).body[0].body:  # type: ignore[attr-defined]
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                line = lines[node.lineno - 1].strip() + "\n"
-                comments = [
-                    t.string for t in tokenize.generate_tokens(io.StringIO(line).readline) if t.type == tokenize.COMMENT
-                ]
-                out[f"{section}.{node.target.id}"] = comments[0].lstrip("# ") if comments else ""
-    return out
+    """Every config key's meaning, from its field's metadata (:func:`key`): one source of truth for
+    the code and ``gradsync config --show``; a test checks that every key has one."""
+    return {f"{s}.{f.name}": f.metadata.get("help", "") for s, cls in _SECTIONS.items() for f in fields(cls)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class Parallel:
     def save(self, path: str | Path, **extra: Any) -> None:
         """Checkpoint (collective; rank 0 writes): the strategy's state, every rank's RNG state
         and ``extra`` (e.g. ``step=``), atomically and with a checksum, as ``gradsync train``."""
-        rngs = self.strategy.comm.all_gather_object(ckpt.rng_state())
+        rngs = ckpt.gather_rng_states(self.strategy.comm)
         state = self.state_dict()
         if self.is_main:
             ckpt.save_checkpoint(
@@ -110,8 +110,7 @@ class Parallel:
         same one); returns its ``extra``."""
         state = ckpt.load_checkpoint(path, required=SAVED)
         self.load_state_dict(state["strategy"])
-        if state["world_size"] == self.world_size:
-            ckpt.set_rng_state(state["rng"][self.rank])
+        ckpt.restore_rng_state(state, self.strategy.comm)
         return dict(state["extra"])
 
 

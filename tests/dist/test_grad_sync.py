@@ -15,7 +15,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.runtime.dist import Comm, init_distributed, verify_replicas
 from gradsync.core.errors import DistributedError
 from gradsync.model import build_gpt
-from gradsync.parallel import STRATEGIES
+from gradsync.parallel import strategy_class
 from gradsync.parallel.sharding.sharded import ShardedStrategy
 from gradsync.testing import run_world
 
@@ -41,7 +41,7 @@ def _synced_grads(rank: int, strategy: str, accum: int) -> dict[str, torch.Tenso
     env = init_distributed(cfg.backend, cfg.timeout_s)
     torch.manual_seed(rank)  # different init on each rank: replication must fix it
     model = build_gpt("tiny", V, T)
-    s = STRATEGIES[strategy](model, _sgd, Comm(env), cfg)
+    s = strategy_class(strategy)(model, _sgd, Comm(env), cfg)
     x, y = _batch()
     mine = slice(rank * B // 2, (rank + 1) * B // 2)
     xs, ys = x[mine].chunk(accum), y[mine].chunk(accum)
@@ -106,7 +106,7 @@ def _unused_param_step(rank: int) -> list[str]:
     env = init_distributed(cfg.backend, cfg.timeout_s)
     torch.manual_seed(0)
     model = _WithUnused()
-    s = STRATEGIES["bucketed"](model, _sgd, Comm(env), cfg)
+    s = strategy_class("bucketed")(model, _sgd, Comm(env), cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with s.micro_step(last=True):

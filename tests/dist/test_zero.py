@@ -76,7 +76,7 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     from gradsync.core.config import OptimConfig, ParallelConfig
     from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model import build_gpt
-    from gradsync.parallel import STRATEGIES
+    from gradsync.parallel import strategy_class
     from gradsync.optim.factory import optimizer_factory
 
     out: dict[str, Any] = {}
@@ -85,14 +85,14 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
         env = init_distributed(cfg.backend, cfg.timeout_s)
         torch.manual_seed(0)
         model = build_gpt("tiny", 16, 16)
-        s = STRATEGIES[strategy.split(":")[0]](model, optimizer_factory(OptimConfig()), Comm(env), cfg)
+        s = strategy_class(strategy.split(":")[0])(model, optimizer_factory(OptimConfig()), Comm(env), cfg)
         x = torch.randint(0, 16, (2, 16))
         for _ in range(2 if strategy.startswith("zero3") else 1):  # zero3 prefetches from its second step
             s.comm.take_stats()
             with s.micro_step(last=True):
                 s.module(x, x).backward()
             s.step(grad_clip=1.0)
-        out[strategy] = s.memory_report().to_dict()
+        out[strategy] = s.memory.report().to_dict()
         out[f"{strategy}_calls"] = s.comm.take_stats().calls
         if strategy in ("zero2", "zero3"):
             out[f"{strategy}_units"] = [4 * u.padded for u in s.units]

@@ -11,7 +11,7 @@ from gradsync.core import catalog
 from gradsync.core.errors import ConfigError
 from gradsync.core.shapes import PRESETS
 from gradsync.core.spec import parse_spec
-from gradsync.parallel import STRATEGIES, Strategy
+from gradsync.parallel import Strategy, strategy_class
 from gradsync.parallel.grad_paths.compression import Reducer
 from gradsync.planning import costmodel as cm
 
@@ -21,7 +21,7 @@ def test_every_strategy_has_a_class_a_price_and_a_memory_formula(name: str) -> N
     e = catalog.STRATEGIES[name]
     cls = catalog.resolve(e.cls)
     assert inspect.isclass(cls) and issubclass(cls, Strategy) and cls.name == name
-    assert STRATEGIES[name] is cls
+    assert strategy_class(name) is cls
     assert callable(catalog.resolve(e.price)) and callable(catalog.resolve(e.memory))
     d = PRESETS["gpt2"]
     w = cm.gpt_workload(d["n_layer"], d["n_head"], d["n_embd"], 50257, 1024, micro_batch=8)

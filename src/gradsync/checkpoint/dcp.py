@@ -32,16 +32,16 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from gradsync.checkpoint import format as ckpt
-from gradsync.checkpoint.slices import StateSlices
+from gradsync.checkpoint.slices import SliceLayout, StateSlices
 from gradsync.core.config import Config
 from gradsync.core.errors import CheckpointError, ConfigError
 from gradsync.runtime.dist import Comm
 
 
 class HoldsSlices(Protocol):
-    """What a sharded checkpoint reads into: a strategy that says which slices it holds."""
+    """What a sharded checkpoint reads into: a strategy with a :class:`SliceLayout` part."""
 
-    def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices: ...
+    slices: SliceLayout
 
 
 SUPPORTED = ("allreduce", "bucketed", "zero1", "zero2", "zero3")
@@ -69,7 +69,7 @@ class ShardedCheckpoints:
         self.pending: tuple[Any, Path, Path, dict[str, Any], int, int] | None = None
 
     def save(self, path: Path, slices: StateSlices, meta: dict[str, Any], keep: int, step: int) -> int | None:
-        """Write a strategy's ``slices`` (:meth:`Strategy.save_slices`) and ``meta`` (step, data,
+        """Write a strategy's ``slices`` (a strategy's ``slices.save()``) and ``meta`` (step, data,
         rng, config, world size) as the checkpoint ``path``. Returns the step now complete on
         disk: this one, or with ``background`` the previous one (or None)."""
         done = self.flush()
@@ -146,7 +146,7 @@ def load_sharded(path: Path, manifest: dict[str, Any], strategy: HoldsSlices, co
     """Fill ``strategy`` from the sharded checkpoint ``path`` whose checked ``manifest``
     (:func:`gradsync.checkpoint.format.read_manifest`) is given (collective; any world size wrote it):
     each rank reads the saved slices that overlap what it holds."""
-    slices = strategy.load_slices({k: (tuple(shape), dtype) for k, (shape, dtype) in manifest["shapes"].items()})
+    slices = strategy.slices.load({k: (tuple(shape), dtype) for k, (shape, dtype) in manifest["shapes"].items()})
     reader = dcp.FileSystemReader(str(path))
     saved = ckpt.saved_slices(reader)
     wanted = {

@@ -34,6 +34,7 @@ import torch
 from gradsync.core.config import Config, incompatible_fields
 from gradsync.core.errors import CheckpointError
 from gradsync.core.files import atomic_write_bytes
+from gradsync.runtime.dist import Comm
 
 FORMAT = "gradsync-checkpoint/1"  # the dict inside; the file around it is MAGIC + sha256 + payload
 SHARDED_FORMAT = "gradsync-dcp/1"  # the dict in a sharded checkpoint's MANIFEST
@@ -275,8 +276,8 @@ def newest_intact(found: list[Path], where: str | Path) -> Path | None:
         except CheckpointError as e:
             damaged.append(e)
             continue
-        for e in damaged:
-            print(f"gradsync: warning: {e}; using an older one", file=sys.stderr, flush=True)
+        for skipped in damaged:
+            print(f"gradsync: warning: {skipped}; using an older one", file=sys.stderr, flush=True)
         return path
     if found:
         raise CheckpointError(
@@ -291,14 +292,20 @@ def check_compatible(state: dict[str, Any], cfg: Config, path: str | Path) -> No
         raise CheckpointError(f"checkpoint '{path}' was written with a different config: {'; '.join(diffs)}")
 
 
-def rng_state() -> dict[str, torch.Tensor]:
+def gather_rng_states(comm: Comm) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state, by rank (collective): what a checkpoint's ``rng`` holds."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
-    return state
+    return comm.all_gather_object(state)
 
 
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+def restore_rng_state(saved: dict[str, Any], comm: Comm) -> None:
+    """Set this rank's RNG state from a checkpoint's ``rng`` when it was written by as many ranks
+    (another world size draws other per-rank streams anyway: the data sampler does not use them)."""
+    if saved["world_size"] != comm.world_size:
+        return
+    state = saved["rng"][comm.env.rank]
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

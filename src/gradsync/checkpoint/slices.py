@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -189,3 +189,48 @@ def sharded_load(strategy: Any, comm: Comm, saved: dict[str, tuple[tuple[int, ..
             strategy.gathers.wait()
 
     return StateSlices(slices + [s for _, _, s in slot_slices], finish=finish)
+
+
+Saved = dict[str, tuple[tuple[int, ...], str]]  # the tensors a sharded checkpoint holds: key -> (shape, dtype)
+
+
+class SliceLayout(Protocol):
+    """A strategy's part that says which slices of the full-model state its rank holds."""
+
+    def save(self) -> StateSlices:
+        """What this rank writes of the full-model state in a sharded checkpoint."""
+        ...
+
+    def load(self, saved: Saved) -> StateSlices:
+        """What this rank fills from a sharded checkpoint holding the tensors ``saved``; call the
+        result's ``finish(extras)`` once they are filled."""
+        ...
+
+
+class ReplicatedSlices:
+    """Every rank holds everything: each writes an even 1/N of every tensor and fills all of it.
+    ``strategy`` is read when called (its optimizer may be replaced after this part is built)."""
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+
+    def save(self) -> StateSlices:
+        s = self.strategy
+        return replicated_save(s.model, s.optimizer, s.comm.world_size, s.comm.env.rank)
+
+    def load(self, saved: Saved) -> StateSlices:
+        return replicated_load(self.strategy.model, self.strategy.optimizer, saved)
+
+
+class ShardedSlices:
+    """ZeRO: each rank writes and fills the pieces it owns over ``comm`` (the ranks it shards
+    over); with ``writes=False`` (another replica of the same shard writes) it writes nothing."""
+
+    def __init__(self, strategy: Any, comm: Comm, writes: bool = True) -> None:
+        self.strategy, self.comm, self.writes = strategy, comm, writes
+
+    def save(self) -> StateSlices:
+        return sharded_save(self.strategy, self.comm, writes=self.writes)
+
+    def load(self, saved: Saved) -> StateSlices:
+        return sharded_load(self.strategy, self.comm, saved)

@@ -83,7 +83,7 @@ def _step_stats(record: dict[str, Any]) -> RunStats:
 
 def _median(rows: list[RunStats]) -> RunStats:
     """Field-wise median; a field stays unknown (None) if any row does not know it."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(RunStats):
         col = [getattr(r, f.name) for r in rows]
         values[f.name] = None if any(v is None for v in col) else statistics.median(col)

@@ -12,6 +12,7 @@ import argparse
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gradsync.core.args import ALIASES
 from gradsync.core.config import ParallelConfig, build_config
@@ -37,13 +38,8 @@ LAUNCHER_FLAGS = (
 def add_args(p: argparse.ArgumentParser) -> None:
     for flag in LAUNCHER_FLAGS:
         key = ALIASES[flag]
-        p.add_argument(
-            flag,
-            dest=key,
-            metavar=key.split(".")[1].upper(),
-            help=f"sets {key}",
-            type=int if flag in ("--nproc", "--nnodes", "--node-rank") else None,
-        )
+        kind: dict[str, Any] = {"type": int} if flag in ("--nproc", "--nnodes", "--node-rank") else {}
+        p.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), help=f"sets {key}", **kind)
     p.add_argument("script", help="the Python training script every worker runs")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
 

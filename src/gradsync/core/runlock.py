@@ -50,7 +50,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", 0))):
+                if holder.get("host") == me["host"] and not _alive(int(str(holder.get("pid", 0)))):
                     self.path.unlink(missing_ok=True)  # a dead process's lock: take it over
                     continue
                 raise ConfigError(

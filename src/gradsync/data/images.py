@@ -115,8 +115,8 @@ def _folder(root: Path, cfg: ImageConfig) -> LabeledData:
     arrays, size = [], None
     for f, _ in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
+            with Image.open(f) as opened:
+                im = opened.convert(mode)
                 if cfg.size:
                     im = im.resize((cfg.size, cfg.size))
                 a = np.asarray(im, dtype=np.float32) / 255.0

@@ -72,7 +72,7 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
             "nn.ModuleList) to checkpoint"
         )
     for block in found:
-        block.forward = _checkpointed(block.forward, mode)  # type: ignore[method-assign]
+        block.forward = _checkpointed(block.forward, mode)
     return len(found)
 
 
@@ -83,7 +83,7 @@ def _checkpointed(forward: Callable[..., Any], mode: str) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():  # evaluation and sampling: nothing to save anyway
             return forward(*args, **kwargs)
-        extra = {"context_fn": context} if context is not None else {}
+        extra: dict[str, Any] = {"context_fn": context} if context is not None else {}
         return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
 
     return run

@@ -7,8 +7,6 @@ and one catalog entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch.nn as nn
 
 from gradsync.core import catalog
@@ -25,24 +23,6 @@ def strategy_class(name: str) -> type[Strategy]:
     return cls
 
 
-class _Registry(Mapping[str, type[Strategy]]):
-    """``STRATEGIES[name]``: the catalog's strategies as classes, each imported when asked for."""
-
-    def __getitem__(self, name: str) -> type[Strategy]:
-        if name not in catalog.STRATEGIES:
-            raise KeyError(name)
-        return strategy_class(name)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(catalog.STRATEGIES)
-
-    def __len__(self) -> int:
-        return len(catalog.STRATEGIES)
-
-
-STRATEGIES: Mapping[str, type[Strategy]] = _Registry()
-
-
 def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> Strategy:
     name = cfg.strategy_spec.name
     if name == catalog.AUTO:
@@ -53,4 +33,4 @@ def build_strategy(model: nn.Module, optimizer_factory: OptimizerFactory, comm: 
     return strategy_class(name)(model, optimizer_factory, comm, cfg)
 
 
-__all__ = ["STRATEGIES", "StepResult", "Strategy", "build_strategy", "strategy_class"]
+__all__ = ["StepResult", "Strategy", "build_strategy", "strategy_class"]

@@ -35,14 +35,12 @@ from typing import Any, ClassVar, Protocol
 import torch
 import torch.nn as nn
 
-from gradsync.checkpoint.slices import StateSlices, replicated_load, replicated_save
+from gradsync.checkpoint.slices import ReplicatedSlices, SliceLayout
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel.memory import MemoryReport, optimizer_tensors, process_peak_bytes, storage_bytes
+from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
 from gradsync.runtime.dist import Comm, replicate
-
-MEMORY_SAMPLED_STEPS = 3  # steps whose memory use is measured (later steps repeat them)
 
 
 @dataclass(frozen=True)
@@ -90,44 +88,43 @@ class Strategy(ABC):
     # False where blocked time cannot be measured (e.g. inside torch DDP's autograd callback).
     measures_blocked_time: ClassVar[bool] = True
     # False where torch issues the collectives itself and their bytes are not observable.
-    measures_bytes: ClassVar[bool] = True
+    measures_bytes: bool = True
     # True where each rank steps on its own gradient (local SGD): finiteness must be agreed on.
     local_gradients: ClassVar[bool] = False
     # The gradient path this strategy holds, if any (set in the constructor).
-    grads: GradientPath | None = None
+    grad_path: GradientPath | None = None
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         self.model = model
         self.comm = comm
         self.cfg = cfg
         self.spec = cfg.strategy_spec
-        self.peak_bytes = 0
-        self.steps_taken = 0  # optimizer steps this strategy object has taken (or skipped)
-        self._steady: dict[str, int] | None = None
         replicate(model, comm)
         self.module: nn.Module = model  # what the trainer calls forward on
         self.optimizer: Any = optimizer_factory(model)  # what the trainer sets the learning rate on
+        self.memory = MemoryMeter(self.holdings, comm.env.device)  # what this rank holds, measured
+        self.slices: SliceLayout = ReplicatedSlices(self)  # what it writes of a sharded checkpoint
 
     @contextlib.contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:
-        if self.grads is None:
+        if self.grad_path is None:
             yield
         else:
-            with self.grads.micro_step(last):
+            with self.grad_path.micro_step(last):
                 yield
 
     def finish_grad_sync(self) -> None:
         """Block until the gradients :meth:`grad_tensors` returns hold the ranks' average (or, for
         local strategies, this rank's own gradient). Strategies without a gradient path override it."""
-        if self.grads is None:
+        if self.grad_path is None:
             raise NotImplementedError(f"{self.name}: holds no gradient path and does not finish its own sync")
-        self.grads.finish()
+        self.grad_path.finish()
 
     def zero_grad(self) -> None:
-        if self.grads is None:
+        if self.grad_path is None:
             self.optimizer.zero_grad(set_to_none=True)
         else:
-            self.grads.zero_()
+            self.grad_path.zero_()
 
     # -- one step, the same for every strategy ---------------------------------------------------
     def step(self, grad_clip: float) -> StepResult:
@@ -141,14 +138,14 @@ class Strategy(ABC):
             # Skip this update on every rank: parameters and optimizer state stay as they were.
             self.zero_grad()
             self.on_skipped_step()
-            self.steps_taken += 1
+            self.memory.steps += 1
             return StepResult(norm, True)
         if grad_clip > 0:
             self.clip_grads(grad_clip, norm)
         self.optimizer.step()
         self.after_update()
-        self.sample_memory(steady=True)
-        self.steps_taken += 1
+        self.memory.sample(steady=True)
+        self.memory.steps += 1
         self.zero_grad()
         return StepResult(norm, False)
 
@@ -196,47 +193,12 @@ class Strategy(ABC):
             raise ConfigError(f"--compile does not compose with --strategy {self.name}: {self.compile_blocker}")
         self.module.compile()
 
-    def save_slices(self) -> StateSlices:
-        """What this rank writes of the full-model state in a sharded checkpoint
-        (:mod:`gradsync.checkpoint.slices`): here an even 1/N of every tensor."""
-        return replicated_save(self.model, self.optimizer, self.comm.world_size, self.comm.env.rank)
-
-    def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
-        """What this rank fills from a sharded checkpoint holding the tensors ``saved`` (key:
-        shape, dtype); call the result's ``finish(extras)`` once they are filled."""
-        return replicated_load(self.model, self.optimizer, saved)
-
     # -- memory ----------------------------------------------------------------------------------
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
-        """The tensors this rank holds, per category (see :mod:`gradsync.parallel.memory`)."""
+    def holdings(self) -> Holdings:
+        """The tensors this rank holds, per category (:attr:`memory` measures them)."""
         params = list(self.model.parameters())
         return {
             "params": list(params),
             "grads": [p.grad for p in params],
             "optimizer": optimizer_tensors(self.optimizer),
         }
-
-    def _held(self) -> dict[str, int]:
-        return {k: storage_bytes(v) for k, v in self.holdings().items()}
-
-    def sample_memory(self, steady: bool = False) -> dict[str, int] | None:
-        """Measure what is held now and raise the peak if it is higher. ``steady`` marks the
-        moment the report describes: after the update, before gradients are zeroed, when every
-        strategy holds its parameters, gradients and optimizer state and nothing transient.
-
-        Only the first :data:`MEMORY_SAMPLED_STEPS` steps are sampled (None after): every later
-        step holds the same tensors at the same moments (ZeRO-3 prefetches from its second step
-        on), and a scan of every held tensor at each gather would be per-step overhead."""
-        if self.steps_taken >= MEMORY_SAMPLED_STEPS:
-            return None
-        held = self._held()
-        self.peak_bytes = max(self.peak_bytes, sum(held.values()))
-        if steady:
-            self._steady = held
-        return held
-
-    def memory_report(self) -> MemoryReport:
-        held = self._steady or self._held()
-        return MemoryReport(
-            held["params"], held["grads"], held["optimizer"], self.peak_bytes, process_peak_bytes(self.comm.env.device)
-        )

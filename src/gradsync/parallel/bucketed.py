@@ -23,11 +23,12 @@ __all__ = ["BucketedStrategy"]
 
 class BucketedStrategy(Strategy):
     name = "bucketed"
+    grad_path: BucketedAllReduce
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         self.levels = two_level_groups(comm) if self.spec["hierarchical"] else None
-        self.grads: BucketedAllReduce = BucketedAllReduce(model, comm, cfg, levels=self.levels)
+        self.grad_path = BucketedAllReduce(model, comm, cfg, levels=self.levels)
 
     def describe(self) -> str:
         if self.levels is None:
@@ -38,15 +39,15 @@ class BucketedStrategy(Strategy):
         )
 
     def on_skipped_step(self) -> None:
-        self.grads.reset_compressor()
+        self.grad_path.reset_compressor()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        compressor = self.grads.compressor_state()
+        compressor = self.grad_path.compressor_state()
         if compressor is not None:
             state["compressor"] = compressor
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.grads.load_compressor_state(state.get("compressor"))
+        self.grad_path.load_compressor_state(state.get("compressor"))

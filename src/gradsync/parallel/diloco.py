@@ -45,7 +45,7 @@ from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
 from gradsync.parallel.layout import layer_units
 from gradsync.parallel.localsgd import LocalSGDStrategy, copy_into
-from gradsync.parallel.memory import optimizer_tensors
+from gradsync.parallel.memory import Holdings, optimizer_tensors
 from gradsync.runtime.dist import Comm
 
 
@@ -198,8 +198,12 @@ class DiLoCoStrategy(LocalSGDStrategy):
             job.mean = mean.clone()
             self.in_flight[int(f)] = (int(lands), job)
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         held = super().holdings()
-        held["params"] += list(self.outer) + list(self.sent.values())
-        held["optimizer"] += optimizer_tensors(self.outer_optimizer) + list(self.reducer.residuals.values())
+        held["params"] = [*held["params"], *self.outer, *self.sent.values()]
+        held["optimizer"] = [
+            *held["optimizer"],
+            *optimizer_tensors(self.outer_optimizer),
+            *self.reducer.residuals.values(),
+        ]
         return held

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import resource
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 CATEGORIES = ("params", "grads", "optimizer")
+SAMPLED_STEPS = 3  # steps whose memory use is measured (later steps repeat them)
+Holdings = dict[str, Sequence[torch.Tensor | None]]  # the tensors a rank holds, per category
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
@@ -74,4 +76,42 @@ class MemoryReport:
             f"params {self.params * mb:.2f} MiB, grads {self.grads * mb:.2f} MiB, "
             f"optimizer {self.optimizer * mb:.2f} MiB, peak model state {self.peak * mb:.2f} MiB "
             f"(process peak {self.process_peak * mb:.0f} MiB)"
+        )
+
+
+class MemoryMeter:
+    """A strategy's part that measures what it holds: ``holdings`` lists the tensors per category
+    (the strategy knows them), the meter sums their storages at the moments the strategy samples
+    and keeps the peak and the steady state the report describes."""
+
+    def __init__(self, holdings: Callable[[], Holdings], device: torch.device) -> None:
+        self.holdings = holdings
+        self.device = device
+        self.peak_bytes = 0
+        self.steps = 0  # optimizer steps taken (or skipped) so far
+        self._steady: dict[str, int] | None = None
+
+    def held(self) -> dict[str, int]:
+        return {k: storage_bytes(v) for k, v in self.holdings().items()}
+
+    def sample(self, steady: bool = False) -> dict[str, int] | None:
+        """Measure what is held now and raise the peak if it is higher. ``steady`` marks the
+        moment the report describes: after the update, before gradients are zeroed, when every
+        strategy holds its parameters, gradients and optimizer state and nothing transient.
+
+        Only the first :data:`SAMPLED_STEPS` steps are sampled (None after): every later step
+        holds the same tensors at the same moments (ZeRO-3 prefetches from its second step on),
+        and a scan of every held tensor at each gather would be per-step overhead."""
+        if self.steps >= SAMPLED_STEPS:
+            return None
+        held = self.held()
+        self.peak_bytes = max(self.peak_bytes, sum(held.values()))
+        if steady:
+            self._steady = held
+        return held
+
+    def report(self) -> MemoryReport:
+        held = self._steady or self.held()
+        return MemoryReport(
+            held["params"], held["grads"], held["optimizer"], self.peak_bytes, process_peak_bytes(self.device)
         )

@@ -11,29 +11,30 @@ they overlap the forward of the layers before.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.grad_paths.bucket_allreduce import BucketedAllReduce
+from gradsync.parallel.memory import Holdings
 from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
 from gradsync.runtime.dist import Comm
 
 
 class Zero1Strategy(ShardedStrategy):
     name = "zero1"
+    grad_path: BucketedAllReduce
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
-        self.grads = BucketedAllReduce(model, comm, cfg, shard=True)
-        self.units = self.grads.units
+        self.grad_path = BucketedAllReduce(model, comm, cfg, shard=True)
+        self.units = self.grad_path.units
         self.gathers = ParamGathers(model, self.units, comm)
         self.param_chunks = self.gathers.chunks
-        self.grad_chunks = [b.unit.my_chunk(b.flat) for b in self.grads.buckets]
+        self.grad_chunks = [b.unit.my_chunk(b.flat) for b in self.grad_path.buckets]
         self.shard_optimizer()
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         held = super().holdings()
-        held["grads"] = [b.flat for b in self.grads.buckets]  # full gradients: only the moments are sharded
+        held["grads"] = [b.flat for b in self.grad_path.buckets]  # full gradients: only the moments are sharded
         return held

@@ -16,19 +16,20 @@ the forward of the layers before.
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
 from gradsync.parallel.layout import bucket_units
+from gradsync.parallel.memory import Holdings
 from gradsync.parallel.sharding.sharded import ParamGathers, ShardedStrategy
 from gradsync.runtime.dist import Comm
 
 
 class Zero2Strategy(ShardedStrategy):
     name = "zero2"
+    grad_path: ReduceScatterGrads
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
@@ -36,13 +37,13 @@ class Zero2Strategy(ShardedStrategy):
         self.units = bucket_units(model, cfg.first_bucket_mb, cfg.bucket_mb, shard.world_size, shard.rank)
         self.gathers = ParamGathers(model, self.units, shard)
         self.param_chunks = self.gathers.chunks
-        self.grads = ReduceScatterGrads(
-            self.name, model, self.units, shard, on_launch=self.sample_memory, replicas=self.replicas
+        self.grad_path = ReduceScatterGrads(
+            self.name, model, self.units, shard, on_launch=self.memory.sample, replicas=self.replicas
         )
-        self.grad_chunks = self.grads.chunks
+        self.grad_chunks = self.grad_path.chunks
         self.shard_optimizer()
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         held = super().holdings()
-        held["grads"] += self.grads.in_flight()
+        held["grads"] = [*held["grads"], *self.grad_path.in_flight()]
         return held

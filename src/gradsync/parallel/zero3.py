@@ -52,12 +52,14 @@ from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.grad_paths.reduce_scatter import ReduceScatterGrads
 from gradsync.parallel.layout import FlatUnit, layer_units
+from gradsync.parallel.memory import Holdings
 from gradsync.parallel.sharding.sharded import ShardedStrategy, bind_unit_buffers
 from gradsync.runtime.dist import Comm
 
 
 class Zero3Strategy(ShardedStrategy):
     name = "zero3"
+    grad_path: ReduceScatterGrads
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
@@ -86,17 +88,17 @@ class Zero3Strategy(ShardedStrategy):
         for u in self.units:
             self._release(u)
         # every use of a unit's parameters in this backward is done when its last gradient is in
-        self.grads = ReduceScatterGrads(
+        self.grad_path = ReduceScatterGrads(
             self.name,
             model,
             self.units,
             shard,
             on_unit_done=self._release,
-            on_launch=self.sample_memory,
+            on_launch=self.memory.sample,
             replicas=self.replicas,
         )
-        self.grad_chunks = self.grads.chunks
-        self.names = self.grads.names
+        self.grad_chunks = self.grad_path.chunks
+        self.names = self.grad_path.names
         for (m, _), u in zip(reversed(owners), self.units):
             self._hook_module(m, u)
         model.register_forward_pre_hook(self._forward_starts)
@@ -119,7 +121,7 @@ class Zero3Strategy(ShardedStrategy):
             with torch.no_grad():
                 self.shard_comm.all_gather(self.full[u.index], self.param_chunks[u.index])
             self._gathered[u.index] = True
-            self.sample_memory()
+            self.memory.sample()
         if phase and self.prefetch:
             order = self._order.get(phase, [])
             if u.index in order:
@@ -140,7 +142,7 @@ class Zero3Strategy(ShardedStrategy):
                 self.full[u.index], self.param_chunks[u.index], async_op=True
             )
         self.prefetches += 1
-        self.sample_memory()
+        self.memory.sample()
 
     def _release(self, u: FlatUnit) -> None:
         if u.index in self._pending:  # a prefetch nobody used: it must land before the buffer goes
@@ -221,10 +223,10 @@ class Zero3Strategy(ShardedStrategy):
                 if name in state:
                     b.copy_(state[name])
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         held = super().holdings()
         held["params"] = list(self.full) + list(self.param_chunks)
-        held["grads"] += self.grads.in_flight()
+        held["grads"] = [*held["grads"], *self.grad_path.in_flight()]
         return held
 
 

@@ -280,9 +280,6 @@ class Comm:
             dist.all_reduce(t, group=self.group)
         return t.tolist()
 
-    def mean_scalars(self, values: list[float]) -> list[float]:
-        return [v / self.world_size for v in self.sum_scalars(values)]
-
 
 def state_checksum(module: torch.nn.Module) -> str:
     """SHA-256 over every parameter and buffer, in order: equal iff the replicas are bitwise equal."""

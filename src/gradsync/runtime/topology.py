@@ -31,9 +31,6 @@ class NodeLayout:
     def per_node(self) -> int:
         return len(self.nodes[0])
 
-    def node_of(self, rank: int) -> int:
-        return next(i for i, ranks in enumerate(self.nodes) if rank in ranks)
-
     def describe(self) -> str:
         return f"{len(self.nodes)} node(s) x {self.per_node} worker(s)"
 
@@ -79,14 +76,14 @@ def two_level_groups(comm: Comm) -> TwoLevel:
     timeout = timedelta(seconds=comm.timeout_s)
     me = comm.env.rank
     intra = inter = None
-    for ranks in layout.nodes:
-        g = dist.new_group(list(ranks), timeout=timeout)
-        if me in ranks:
+    for node in layout.nodes:
+        g = dist.new_group(list(node), timeout=timeout)
+        if me in node:
             intra = g
     for i in range(layout.per_node):
-        ranks = [node[i] for node in layout.nodes]
-        g = dist.new_group(ranks, timeout=timeout)
-        if me in ranks:
+        same_slot = [node[i] for node in layout.nodes]
+        g = dist.new_group(same_slot, timeout=timeout)
+        if me in same_slot:
             inter = g
     assert intra is not None and inter is not None
     return TwoLevel(layout, comm.subgroup(intra), comm.subgroup(inter))

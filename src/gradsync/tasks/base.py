@@ -117,6 +117,19 @@ def accuracy_metrics(sums: dict[str, float], prefix: str = "val") -> dict[str, f
     return {f"{prefix}_loss": sums["loss"] / n, f"{prefix}_accuracy": sums["correct"] / n}
 
 
+class ScoredByAccuracy:
+    """Evaluation of a model that maps inputs to logits over classes (a classifier, a masked LM):
+    loss and top-1 accuracy over the scored targets (labels of -100 are not scored). Put it
+    before :class:`Task` in the bases."""
+
+    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        x, labels = batch
+        return classification_sums(model(x), labels)
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return accuracy_metrics(sums)
+
+
 def measured_flops_per_sample(task: Task, model: nn.Module) -> float:
     """FLOPs of forward + backward on one evaluation example, counted on a copy-free pass (the
     gradients it leaves are cleared)."""

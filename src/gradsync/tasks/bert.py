@@ -18,7 +18,7 @@ import torch.nn as nn
 from gradsync.core.shapes import GPTShape
 from gradsync.data import Batch, TokenSequences
 from gradsync.model.bert import IGNORE, Bert
-from gradsync.tasks.base import accuracy_metrics, classification_sums
+from gradsync.tasks.base import ScoredByAccuracy
 from gradsync.tasks.lm import TokenTask
 
 _TRAIN, _EVAL = 0, 1  # separate random streams for training draws and evaluation examples
@@ -59,7 +59,7 @@ class MaskedSequences:
         return (torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])))
 
 
-class MaskedLMTask(TokenTask):
+class MaskedLMTask(ScoredByAccuracy, TokenTask):
     """What masked-LM tasks share (``bert``, ``hf-masked-lm``): masking, masked-token loss and
     accuracy, and the sample output. Subclasses build the model."""
 
@@ -78,14 +78,6 @@ class MaskedLMTask(TokenTask):
 
     def eval_examples(self) -> MaskedSequences:  # type: ignore[override]
         return self._masked(super().eval_examples())
-
-    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
-        """Masked-token loss and accuracy, summed over the chosen positions."""
-        x, labels = batch
-        return classification_sums(model(x), labels)
-
-    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return accuracy_metrics(sums)
 
     def unigram_baseline(self) -> float:
         """Masked-token accuracy of always guessing the most frequent train token: what the model

@@ -10,12 +10,11 @@ import torch
 import torch.nn as nn
 
 from gradsync.core.config import Config
-from gradsync.data import Batch
 from gradsync.data.labeled import Augment, LabeledData, LabeledExamples
-from gradsync.tasks.base import Task, accuracy_metrics, classification_sums
+from gradsync.tasks.base import ScoredByAccuracy, Task
 
 
-class ClassificationTask(Task):
+class ClassificationTask(ScoredByAccuracy, Task):
     """One label per example; the model's ``forward(x, labels)`` is the mean cross-entropy. The
     task's config section (``[image]``, ``[speech]``: named like the task) says whether training
     applies :meth:`augment`."""
@@ -56,13 +55,6 @@ class ClassificationTask(Task):
 
     def eval_examples(self) -> LabeledExamples:
         return LabeledExamples(self.data.test_x, self.data.test_y, self.cfg.train.seed)
-
-    def eval_sums(self, model: nn.Module, batch: Batch) -> dict[str, float]:
-        x, y = batch
-        return classification_sums(model(x), y)
-
-    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return accuracy_metrics(sums)
 
     def predict(
         self, model: nn.Module, prompt: str, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int | None = 40

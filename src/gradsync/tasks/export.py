@@ -78,7 +78,7 @@ def _hf(task: Task, model: nn.Module, out: Path) -> None:
         raise ConfigError(
             f"export: --format hf knows gpt, bert and the hf-* tasks, not task {task.name}; use --format safetensors"
         )
-    hf.save_pretrained(str(out))
+    hf.save_pretrained(str(out))  # type: ignore[operator]  # a transformers model, typed as nn.Module
     if isinstance(task, TokenTask):
         _save_tokenizer(task, out, masked=isinstance(model, Bert))
 

@@ -67,7 +67,7 @@ class HFCausalLM(nn.Module):
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
         self.hf = hf
-        c = hf.config  # type: ignore[attr-defined]
+        c: Any = hf.config
         self.block_size = int(getattr(c, "n_positions", None) or c.max_position_embeddings)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:

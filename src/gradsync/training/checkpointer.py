@@ -52,8 +52,7 @@ class Checkpointer:
             ckpt.check_compatible(state, self.cfg, path)
             self.strategy.load_state_dict(state["strategy"])
         self.batches.load_state_dict(state["data"])
-        if state["world_size"] == self.comm.world_size:
-            ckpt.set_rng_state(state["rng"][self.comm.env.rank])
+        ckpt.restore_rng_state(state, self.comm)
         return int(state["step"]), path
 
     def due(self, done: int, end: int) -> bool:
@@ -63,7 +62,7 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         """Write a checkpoint after ``step`` finished steps (collective: sharded strategies gather;
         rank 0 writes)."""
-        rngs = self.comm.all_gather_object(ckpt.rng_state())
+        rngs = ckpt.gather_rng_states(self.comm)
         meta = {
             "step": step,
             "data": self.batches.state_dict(),
@@ -73,7 +72,7 @@ class Checkpointer:
         }
         path = ckpt.checkpoint_path(self.run_dir, step, sharded=self.sharded is not None)
         if self.sharded is not None:
-            slices = self.strategy.save_slices()
+            slices = self.strategy.slices.save()
             self._refuse_non_finite(step, [s.tensor for s in slices.slices if s.key.startswith("model/")])
             done = self.sharded.save(path, slices, meta, self.cfg.train.keep_checkpoints, step)
             if done is not None:

@@ -64,11 +64,12 @@ def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any], resum
     out: list[Tracker] = []
     try:
         for n in names:
-            out.append(
-                {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "trackio": TrackioTracker}[n](
-                    run_dir, name, title, config
-                )
-            )
+            kinds: dict[str, Any] = {
+                "tensorboard": TensorBoardTracker,
+                "wandb": WandbTracker,
+                "trackio": TrackioTracker,
+            }
+            out.append(kinds[n](run_dir, name, title, config))
     except Exception as e:
         for t in out:
             t.close()

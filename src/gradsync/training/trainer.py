@@ -165,7 +165,7 @@ class Trainer:
                 done = step + 1
                 bad_streak = self._check_finite(log, done, result, bad_streak)
                 if step == self.start_step:  # optimizer state exists from the first step on
-                    log.memory(done, self.strategy.memory_report())
+                    log.memory(done, self.strategy.memory.report())
                 # one all-reduce a step: the logged loss (when due) and whether any rank got a stop signal
                 if done % t.log_interval == 0 or done == end or bad_streak:
                     loss_sum, votes = self.comm.sum_scalars([local_loss, stop.flag()])
@@ -196,7 +196,7 @@ class Trainer:
             if text:
                 log.sample(text)
         tps_all = [r["tokens_per_sec"] for r in history]
-        result = TrainResult(
+        trained = TrainResult(
             end, loss, val, statistics.median(tps_all) if tps_all else 0.0, self.run_dir, text, metrics, history
         )
         log.finish(
@@ -205,18 +205,18 @@ class Trainer:
                 "final_train_loss": loss,
                 "final_val_loss": val,
                 **{f"final_{k}": v for k, v in metrics.items() if k != "val_loss"},
-                "median_tokens_per_sec": result.tokens_per_sec_median,
+                "median_tokens_per_sec": trained.tokens_per_sec_median,
                 **self.task.summary(),
                 "last_checkpoint_step": self.checkpointer.last_saved,
                 "world_size": self.env.world_size,
                 "strategy": self.cfg.parallel.strategy,
                 "compress": self.cfg.parallel.compress,
-                "memory": self.strategy.memory_report().to_dict(),
+                "memory": self.strategy.memory.report().to_dict(),
                 "peak_flops_per_worker": peak_flops_per_worker,
                 "activation_checkpointing": self.cfg.train.activation_checkpointing,
             }
         )
-        return result
+        return trained
 
     def _stop_if_signalled(self, name: str | None, done: int, log: RunLogger) -> None:
         """After step ``done``: if any rank got a stop signal (``name``, agreed by every rank at

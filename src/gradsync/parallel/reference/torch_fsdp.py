@@ -9,7 +9,7 @@ unknown.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn as nn
@@ -60,9 +60,10 @@ class TorchFSDPStrategy(Strategy):
         return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
-        return get_model_state_dict(
+        state = get_model_state_dict(
             self.model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
         )
+        return cast(dict[str, torch.Tensor], state)
 
     def state_dict(self) -> dict[str, Any]:
         opts = self._options()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn as nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from gradsync.core.config import ParallelConfig
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel.memory import optimizer_tensors
+from gradsync.parallel.memory import Holdings, optimizer_tensors
 from gradsync.parallel.reference.torch_ddp import TorchDDPStrategy
 from gradsync.runtime.dist import Comm
 
@@ -39,7 +38,7 @@ class TorchZero1Strategy(TorchDDPStrategy):
         opt = self.optimizer.state_dict() if self.comm.env.is_main else None
         return {"model": self.full_model_state(), "optimizer": opt}
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         held = super().holdings()
         assert isinstance(self.optimizer, ZeroRedundancyOptimizer)
         held["optimizer"] = optimizer_tensors(self.optimizer.optim)

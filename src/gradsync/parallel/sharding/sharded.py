@@ -23,12 +23,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from gradsync.checkpoint.slices import StateSlices, sharded_load, sharded_save
+from gradsync.checkpoint.slices import ShardedSlices
 from gradsync.core.config import ParallelConfig
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.parallel.layout import FlatUnit, bind_params
-from gradsync.parallel.memory import optimizer_tensors
+from gradsync.parallel.memory import Holdings, optimizer_tensors
 from gradsync.parallel.sharding.sharded_optimizer import ShardedOptimizer
 from gradsync.runtime.dist import Comm
 from gradsync.runtime.topology import TwoLevel, two_level_groups
@@ -104,6 +104,8 @@ class ShardedStrategy(Strategy):
         if self.spec.options.get("hybrid"):
             self.levels = two_level_groups(self.comm)
             self.shard_comm, self.replicas = self.levels.intra, self.levels.inter
+        # one replica writes a sharded checkpoint; the others' slices are empty (the same bytes are on node 0)
+        self.slices = ShardedSlices(self, self.shard_comm, writes=self.replicas is None or self.replicas.rank == 0)
 
     def describe(self) -> str:
         if self.levels is None:
@@ -150,17 +152,10 @@ class ShardedStrategy(Strategy):
         self.wait_params()
         return super().full_model_state()
 
-    def save_slices(self) -> StateSlices:
-        # one replica writes; the others' slices are empty (the same bytes are on node 0)
-        return sharded_save(self, self.shard_comm, writes=self.replicas is None or self.replicas.rank == 0)
-
-    def load_slices(self, saved: dict[str, tuple[tuple[int, ...], str]]) -> StateSlices:
-        return sharded_load(self, self.shard_comm, saved)
-
     def load_full_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)  # parameters are views into the flat buffers: copied in place
 
-    def holdings(self) -> dict[str, list[torch.Tensor | None]]:
+    def holdings(self) -> Holdings:
         return {
             "params": list(self.model.parameters()),
             "grads": list(self.grad_chunks),

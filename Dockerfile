@@ -9,10 +9,6 @@
 # CUDA build (it runs on CPU too). Mount /work (or set --run-dir) to keep runs past the container.
 FROM python:3.11-slim
 
-# espeak-ng speaks the built-in speech task's test data (--task speech); nothing else needs apt
-RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /opt/gradsync
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny, fast, fully deterministic run configuration."""
+"""Shared fixtures: a tiny, fast, fully deterministic run configuration; and the tiers, marked on
+every test by its folder (``multiproc``, ``docs``, ``gpu``) and by name (``slow``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ TINY: dict[str, dict[str, Any]] = {
         "progress": False,
     },
 }
+
+
+TIER_OF_FOLDER = {"dist": "multiproc", "e2e": "multiproc", "docs": "docs", "gpu": "gpu"}
+# Tests that take more than about 20 s on 2 cores (the suite prints the slowest: --durations);
+# a parametrized test is named without its parameters.
+SLOW = {
+    "tests/dist/test_convergence_resume.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(item.path).relative_to(Path(__file__).parent.parent)
+        tier = TIER_OF_FOLDER.get(path.parts[1]) if len(path.parts) > 2 else None
+        if tier is not None:
+            item.add_marker(tier)
+        name = f"{path.as_posix()}::{item.originalname}"
+        if path.as_posix() in SLOW or name in SLOW:
+            item.add_marker("slow")
 
 
 def merge(base: dict[str, dict[str, Any]], over: dict[str, Any]) -> dict[str, dict[str, Any]]:

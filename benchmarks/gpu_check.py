@@ -90,18 +90,10 @@ def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace)
         str(a.steps),
         "--strategy",
         strategy,
-        "--precision",
-        "bf16",
-        "--eval-interval",
-        "100000",
-        "--eval-sequences",
-        "1",
-        "--sample-tokens",
-        "0",
-        "--no-progress",
-        "--ckpt-interval",
-        "0",
-        "--run-dir",
+        *(
+            "--precision bf16 --eval-interval 100000 --eval-sequences 1 --sample-tokens 0 --no-progress "
+            "--ckpt-interval 0 --run-dir"
+        ).split(),
         str(run),
         *([] if a.no_compile else ["--compile"]),
         *(["--backend", "gloo"] if a.cpu else []),

@@ -10,21 +10,9 @@ from pathlib import Path
 
 import pytest
 
-TINY_FLAGS = [
-    "--model",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "2",
-    "--global-batch",
-    "8",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "40",
-    "--no-progress",
-]
+TINY_FLAGS = (
+    "--model tiny --seq-len 32 --micro-batch 2 --global-batch 8 --eval-sequences 8 --sample-tokens 40 --no-progress"
+).split()
 
 
 def gradsync(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -129,14 +117,7 @@ def test_incompatible_resume_names_the_fields(tmp_path: Path) -> None:
     r = gradsync("train", "--nproc", "1", "--max-steps", "2", "--run-dir", "run", *TINY_FLAGS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     r = gradsync(
-        "train",
-        "--nproc",
-        "1",
-        "--max-steps",
-        "4",
-        "--run-dir",
-        "run",
-        "--resume",
+        *"train --nproc 1 --max-steps 4 --run-dir run --resume".split(),
         *TINY_FLAGS,
         "--n-layer",
         "3",
@@ -184,18 +165,9 @@ def test_in_a_file_progress_is_plain_lines_not_a_bar(tmp_path: Path) -> None:
     every --train.print_interval steps, with loss, throughput and time left."""
     flags = [f for f in TINY_FLAGS if f != "--no-progress"]
     r = gradsync(
-        "train",
-        "--nproc",
-        "2",
-        "--max-steps",
-        "6",
-        "--run-dir",
-        "run",
-        "--data",
-        "synthetic",
-        "--sample-tokens",
-        "0",
-        "--train.print_interval=3",
+        *(
+            "train --nproc 2 --max-steps 6 --run-dir run --data synthetic --sample-tokens 0 --train.print_interval=3"
+        ).split(),
         *flags,
         cwd=tmp_path,
     )
@@ -230,28 +202,10 @@ def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path
 def test_compile_trains_the_same_losses_and_refuses_zero(tmp_path: Path) -> None:
     """--compile (inductor's C++ backend on CPU) under bucketed, 2 workers, 20 steps: the losses of
     the eager run within 1e-5 (measured 2.4e-7); ZeRO is one line."""
-    flags = [
-        "train",
-        "--nproc",
-        "2",
-        "--model",
-        "tiny",
-        "--data",
-        "synthetic",
-        "--seq-len",
-        "64",
-        "--micro-batch",
-        "4",
-        "--global-batch",
-        "8",
-        "--max-steps",
-        "20",
-        "--sample-tokens",
-        "0",
-        "--no-progress",
-        "--eval-interval",
-        "1000",
-    ]
+    flags = (
+        "train --nproc 2 --model tiny --data synthetic --seq-len 64 --micro-batch 4 --global-batch "
+        "8 --max-steps 20 --sample-tokens 0 --no-progress --eval-interval 1000"
+    ).split()
     runs = {}
     for name, extra in (("compiled", ["--compile"]), ("eager", [])):
         r = gradsync(*flags, "--run-dir", name, *extra, cwd=tmp_path, timeout=300)

@@ -20,32 +20,11 @@ import torch
 from gradsync.checkpoint import format as ckpt
 from gradsync.core.errors import EXIT_PREEMPTED
 
-ARGS = [
-    "--nproc",
-    "2",
-    "--model",
-    "tiny",
-    "--data",
-    "synthetic",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--max-steps",
-    "300",
-    "--ckpt-interval",
-    "50",
-    "--eval-interval",
-    "1000",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-    "--model.dropout=0.1",
-]
+ARGS = (
+    "--nproc 2 --model tiny --data synthetic --seq-len 32 --micro-batch 4 --global-batch 8 "
+    "--max-steps 300 --ckpt-interval 50 --eval-interval 1000 --eval-sequences 8 --sample-tokens "
+    "0 --no-progress --model.dropout=0.1"
+).split()
 
 
 def _start(cwd: Path, run: str, *extra: str) -> subprocess.Popen[str]:

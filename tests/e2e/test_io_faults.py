@@ -17,24 +17,10 @@ import pytest
 
 from gradsync.checkpoint import format as ckpt
 
-TINY = [
-    "--model",
-    "tiny",
-    "--data",
-    "synthetic",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--timeout",
-    "60",
-]
+TINY = (
+    "--model tiny --data synthetic --seq-len 32 --micro-batch 4 --global-batch 8 "
+    "--eval-sequences 8 --sample-tokens 0 --timeout 60"
+).split()
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -120,13 +106,7 @@ def test_a_read_only_cache_is_a_warning_and_the_run_goes_on(tmp_path: Path, read
         "--nproc",
         "1",
         *args,
-        "--tokenizer",
-        "bpe",
-        "--data.bpe_vocab_size=300",
-        "--max-steps",
-        "3",
-        "--run-dir",
-        "run",
+        *"--tokenizer bpe --data.bpe_vocab_size=300 --max-steps 3 --run-dir run".split(),
         env=_env(tmp_path, GRADSYNC_CACHE=str(read_only / "cache")),
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -16,23 +16,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-LM_FLAGS = [
-    "--model",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--max-steps",
-    "4",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-]
+LM_FLAGS = (
+    "--model tiny --seq-len 32 --micro-batch 4 --global-batch 8 --max-steps 4 --eval-sequences "
+    "8 --sample-tokens 0 --no-progress"
+).split()
 
 
 def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
@@ -98,24 +85,10 @@ def test_image_run_exports_as_safetensors_and_not_as_hf(tmp_path: Path) -> None:
     from gradsync.tasks import load_trained
 
     r = cli(
-        "train",
-        "--task",
-        "image",
-        "--image.width",
-        "8",
-        "--nproc",
-        "1",
-        "--micro-batch",
-        "8",
-        "--global-batch",
-        "8",
-        "--max-steps",
-        "3",
-        "--sample-tokens",
-        "4",
-        "--no-progress",
-        "--run-dir",
-        "img",
+        *(
+            "train --task image --image.width 8 --nproc 1 --micro-batch 8 --global-batch 8 --max-steps "
+            "3 --sample-tokens 4 --no-progress --run-dir img"
+        ).split(),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -185,24 +158,10 @@ MY_TASK = textwrap.dedent('''
 def test_your_own_task_by_factory_and_in_python(tmp_path: Path) -> None:
     (tmp_path / "mytask.py").write_text(MY_TASK)
     r = cli(
-        "train",
-        "--task",
-        "mytask:make",
-        "--nproc",
-        "2",
-        "--strategy",
-        "zero2",
-        "--micro-batch",
-        "8",
-        "--global-batch",
-        "32",
-        "--max-steps",
-        "60",
-        "--lr",
-        "1e-2",
-        "--no-progress",
-        "--run-dir",
-        "mine",
+        *(
+            "train --task mytask:make --nproc 2 --strategy zero2 --micro-batch 8 --global-batch 32 "
+            "--max-steps 60 --lr 1e-2 --no-progress --run-dir mine"
+        ).split(),
         cwd=tmp_path,
         PYTHONPATH=str(tmp_path),
     )

@@ -32,34 +32,11 @@ from gradsync.testing import netns
 _why = netns.unavailable_reason()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"multi-node tests need network namespaces: {_why}")
 
-ARGS = [
-    "--model",
-    "tiny",
-    "--data",
-    "synthetic",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--max-steps",
-    "300",
-    "--ckpt-interval",
-    "50",
-    "--eval-interval",
-    "1000",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-    "--model.dropout=0.1",
-    "--threads",
-    "1",
-    "--run-dir",
-    "run",
-]
+ARGS = (
+    "--model tiny --data synthetic --seq-len 32 --micro-batch 4 --global-batch 8 --max-steps "
+    "300 --ckpt-interval 50 --eval-interval 1000 --eval-sequences 8 --sample-tokens 0 "
+    "--no-progress --model.dropout=0.1 --threads 1 --run-dir run"
+).split()
 
 
 class Node:

@@ -17,16 +17,7 @@ def _plan(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_plan_124m_on_8_a100_over_100gbe(tmp_path: Path) -> None:
     r = _plan(
-        "--model",
-        "124m",
-        "--devices",
-        "8",
-        "--device",
-        "a100-80gb",
-        "--network",
-        "100gbe",
-        "--plot",
-        "scaling.png",
+        *"--model 124m --devices 8 --device a100-80gb --network 100gbe --plot scaling.png".split(),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr

@@ -16,27 +16,10 @@ import torch
 
 from gradsync.checkpoint import format as ckpt
 
-TRAIN = [
-    "--nproc",
-    "2",
-    "--model",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--max-steps",
-    "6",
-    "--eval-interval",
-    "3",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-]
+TRAIN = (
+    "--nproc 2 --model tiny --seq-len 32 --micro-batch 4 --global-batch 8 --max-steps 6 "
+    "--eval-interval 3 --eval-sequences 8 --sample-tokens 0 --no-progress"
+).split()
 
 
 def _gradsync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,14 +44,7 @@ def test_prepared_shards_train_exactly_like_tokenizing_in_the_run(tmp_path: Path
     extra = ["--tokenizer", tokenizer, "--data.bpe_vocab_size=320"]
     r = _gradsync(
         tmp_path,
-        "prepare",
-        "corpus",
-        "shards",
-        "--workers",
-        "2",
-        "--shard-tokens",
-        "20000",
-        "--tokenizer",
+        *"prepare corpus shards --workers 2 --shard-tokens 20000 --tokenizer".split(),
         tokenizer,
         "--bpe-vocab-size",
         "320",

@@ -19,31 +19,11 @@ from gradsync.core import slurm
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "examples" / "slurm" / "train.sbatch"
-ARGS = [
-    "--nproc",
-    "2",
-    "--model",
-    "tiny",
-    "--data",
-    "synthetic",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--max-steps",
-    "150",
-    "--ckpt-interval",
-    "50",
-    "--eval-interval",
-    "1000",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-]
+ARGS = (
+    "--nproc 2 --model tiny --data synthetic --seq-len 32 --micro-batch 4 --global-batch 8 "
+    "--max-steps 150 --ckpt-interval 50 --eval-interval 1000 --eval-sequences 8 --sample-tokens "
+    "0 --no-progress"
+).split()
 
 FAKE_SRUN = """#!/bin/bash
 # srun on one host: its own options dropped, one task with a one-node job step's environment

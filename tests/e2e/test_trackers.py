@@ -29,33 +29,11 @@ runs = SQLiteStorage.get_runs("gradsync")
 print(json.dumps({r: [x["step"] for x in SQLiteStorage.get_logs("gradsync", r) if "train/loss" in x] for r in runs}))
 """
 
-ARGS = [
-    "--nproc",
-    "2",
-    "--model",
-    "tiny",
-    "--data",
-    "synthetic",
-    "--seq-len",
-    "32",
-    "--micro-batch",
-    "4",
-    "--global-batch",
-    "8",
-    "--ckpt-interval",
-    "50",
-    "--eval-interval",
-    "25",
-    "--eval-sequences",
-    "8",
-    "--sample-tokens",
-    "0",
-    "--no-progress",
-    "--loggers",
-    "tensorboard,wandb,trackio",
-    "--run-dir",
-    "run",
-]
+ARGS = (
+    "--nproc 2 --model tiny --data synthetic --seq-len 32 --micro-batch 4 --global-batch 8 "
+    "--ckpt-interval 50 --eval-interval 25 --eval-sequences 8 --sample-tokens 0 --no-progress "
+    "--loggers tensorboard,wandb,trackio --run-dir run"
+).split()
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -32,7 +32,24 @@ TIER_OF_FOLDER = {"dist": "multiproc", "e2e": "multiproc", "docs": "docs", "gpu"
 # Tests that take more than about 20 s on 2 cores (the suite prints the slowest: --durations);
 # a parametrized test is named without its parameters.
 SLOW = {
+    # whole files whose shared fixture trains several runs
     "tests/dist/test_convergence_resume.py",
+    "tests/dist/test_sharded_checkpoint.py",
+    "tests/dist/test_tasks.py",
+    "tests/dist/test_world_change.py",
+    "tests/dist/test_zero.py",
+    "tests/unit/test_activation_memory.py",
+    # single tests
+    "tests/e2e/test_calibrate.py::test_calibrate_two_workers_predicts_a_held_out_size",
+    "tests/e2e/test_cli.py::test_compile_trains_the_same_losses_and_refuses_zero",
+    "tests/e2e/test_cli.py::test_train_two_workers_leaves_metrics_plot_checkpoint_and_sample",
+    "tests/e2e/test_cli.py::test_zero3_trains_checkpoints_samples_and_resumes_from_the_cli",
+    "tests/e2e/test_faults.py::test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise",
+    "tests/e2e/test_faults.py::test_a_stalled_worker_is_an_error_within_the_timeout_not_a_hang",
+    "tests/e2e/test_faults.py::test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal",
+    "tests/e2e/test_faults.py::test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over",
+    "tests/e2e/test_models.py::test_export_to_transformers_gives_the_same_logits",
+    "tests/e2e/test_multinode_faults.py::test_node_dies_and_comes_back_resumes_to_the_uninterrupted_result",
 }
 
 

@@ -23,7 +23,7 @@ Streaming DiLoCo changes what moves and when, not the outer step:
   correction applied on top of the steps taken while it travelled (with small H, where dropping
   τ of every H steps costs most; it holds the sent fragment, Ψ/P, until it lands).
 - ``quant=bf16|int8|int4``: the pseudo-gradients are sent in reduced precision with error
-  feedback (:mod:`gradsync.parallel.grad_paths.outer_sync`); ``fp32`` sends the parameters, as DiLoCo does.
+  feedback (:mod:`gradsync.parallel.grad_paths.quantized_mean`); ``fp32`` sends the parameters, as DiLoCo does.
 
 ``diloco:H`` (one fragment, no overlap, fp32) is exactly DiLoCo: the same operations in the same
 order. Checkpoints hold the outer parameters and momentum, every rank's inner state and residuals,
@@ -42,7 +42,7 @@ from torch.nn.utils import parameters_to_vector
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
+from gradsync.parallel.grad_paths.quantized_mean import InFlight, QuantizedMean
 from gradsync.parallel.layout import layer_units
 from gradsync.parallel.localsgd import LocalSGDStrategy, copy_into
 from gradsync.parallel.memory import Holdings, optimizer_tensors
@@ -96,7 +96,7 @@ class DiLoCoStrategy(LocalSGDStrategy):
             momentum=momentum,
             nesterov=bool(self.spec["nesterov"]) and momentum > 0,
         )
-        self.reducer = OuterReducer(comm, self.quant)
+        self.reducer = QuantizedMean(comm, self.quant)
         self.in_flight: dict[int, tuple[int, InFlight]] = {}  # fragment -> (step it lands at, its mean)
 
     def describe(self) -> str:

@@ -20,7 +20,7 @@ reports the compression ratio next to the bytes actually sent.
 - ``int8`` / ``int4``: gradient + residual in 8 or 4 bits per element with an fp32 scale per 128
   (:mod:`gradsync.parallel.grad_paths.quantize`), averaged in two stages that move 1/p of the codes per rank
   each (all-to-all; each rank averages and re-encodes its chunk; all-gather), every encoding's
-  error kept for the next step (error feedback): :class:`~gradsync.parallel.grad_paths.outer_sync.OuterReducer`,
+  error kept for the next step (error feedback): :class:`~gradsync.parallel.grad_paths.quantized_mean.QuantizedMean`,
   streaming DiLoCo's pseudo-gradient path, per bucket. A quarter (an eighth) of the fp32 bytes;
   every rank decodes the same bytes, so replicas stay identical.
 """
@@ -35,7 +35,7 @@ import torch
 
 from gradsync.core import catalog
 from gradsync.core.spec import Spec
-from gradsync.parallel.grad_paths.outer_sync import InFlight, OuterReducer
+from gradsync.parallel.grad_paths.quantized_mean import InFlight, QuantizedMean
 from gradsync.parallel.layout import Bucket
 from gradsync.runtime.dist import Comm
 
@@ -232,7 +232,7 @@ class Quantized(Reducer):
 
     def __init__(self, spec: Spec, comm: Comm) -> None:
         super().__init__(spec, comm)
-        self.mean = OuterReducer(comm, spec.name)
+        self.mean = QuantizedMean(comm, spec.name)
         self._first_stage: list[InFlight] = []
 
     def start(self, b: Bucket) -> Any:

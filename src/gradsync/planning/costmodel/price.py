@@ -243,7 +243,7 @@ def price_local(x: StepContext) -> Priced:
 
 
 def outer_comm_time(x: StepContext, n: float, quant: str) -> float:
-    """One fragment of ``n`` parameters averaged over the ranks (:mod:`gradsync.parallel.grad_paths.outer_sync`):
+    """One fragment of ``n`` parameters averaged over the ranks (:mod:`gradsync.parallel.grad_paths.quantized_mean`):
     an fp32 or bf16 all-reduce, or for 8/4 bits an all-to-all and an all-gather of the codes and
     their per-block scales."""
     if quant in ("fp32", "bf16"):

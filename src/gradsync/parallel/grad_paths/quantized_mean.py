@@ -1,7 +1,7 @@
-"""The mean over ranks of one vector per fragment, sent in fp32, bf16, or 8 / 4 bits, started at
-one step and collected a few steps later: DiLoCo's outer communication (streaming DiLoCo,
-Douillard et al. 2025, sends every fragment's pseudo-gradient this way, overlapped with the inner
-steps that follow).
+"""The mean over ranks of one vector per key, sent in fp32, bf16, or 8 / 4 bits, started at one
+step and collected later: DiLoCo's outer communication (streaming DiLoCo, Douillard et al. 2025,
+sends every fragment's pseudo-gradient this way, overlapped with the inner steps that follow), and
+the ``int8`` / ``int4`` gradient compressors of the bucketed path (one mean per bucket).
 
 - ``fp32``: one asynchronous all-reduce of the vector, divided by the world size on arrival.
 - ``bf16``: the vector plus this rank's residual is cast to bf16 and all-reduced in bf16 (half
@@ -46,9 +46,9 @@ class InFlight:
     mean: torch.Tensor | None = None
 
 
-class OuterReducer:
-    """Means over ranks of per-fragment vectors in the precision ``quant`` (one of :data:`QUANT`),
-    with error feedback for the reduced precisions."""
+class QuantizedMean:
+    """Means over ranks of keyed vectors (DiLoCo's fragments, the bucketed path's buckets) in the
+    precision ``quant`` (one of :data:`QUANT`), with error feedback for the reduced precisions."""
 
     def __init__(self, comm: Comm, quant: str) -> None:
         if quant not in QUANT:

@@ -19,6 +19,7 @@ collective timeouts, restarts, one-line errors) or ``torchrun``; run alone, it i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -42,7 +43,8 @@ class Parallel:
     """A model and optimizer under a data-parallel strategy (returned by :func:`parallelize`).
 
     ``module`` is what to call forward on (the strategy's, with its hooks); ``optimizer`` is the
-    strategy's (set learning rates on its ``param_groups``; sharded strategies hold a shard)."""
+    strategy's, a ``torch.optim.Optimizer`` under every strategy (torch's and ``transformers``'
+    learning-rate schedulers take it; sharded strategies hold a shard behind it)."""
 
     def __init__(self, strategy: Strategy, env: DistEnv) -> None:
         self.strategy = strategy
@@ -116,21 +118,34 @@ class Parallel:
 
 def as_factory(optimizer: Optimizer, model: nn.Module) -> OptimizerFactory:
     """A strategy builds its optimizer (sharded ones over their shard), so it needs a factory. An
-    optimizer already built over ``model.parameters()`` with one parameter group is turned into
-    one (same class, same settings); anything else must be given as a factory."""
+    optimizer already built over the model's parameters, with any number of parameter groups
+    (weight-decay groups, per-layer learning rates), is turned into one: the same class, and each
+    group's parameters (found by their place in ``model.parameters()``) with that group's settings.
+    Parameters the optimizer does not hold are not updated, as with the optimizer itself."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         if not callable(optimizer):
             raise ConfigError("parallelize: optimizer must be a torch optimizer or a function model -> optimizer")
         return optimizer
-    if len(optimizer.param_groups) != 1:
-        raise ConfigError(
-            f"parallelize: the optimizer has {len(optimizer.param_groups)} parameter groups; pass a "
-            "factory instead, optimizer=lambda m: YourOptimizer(groups_of(m), ...)"
-        )
-    if {id(p) for p in optimizer.param_groups[0]["params"]} != {id(p) for p in model.parameters()}:
-        raise ConfigError("parallelize: the optimizer must be built over model.parameters() (or pass a factory)")
-    cls, settings = type(optimizer), {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    return lambda m: cls(m.parameters(), **settings)
+    place = {id(p): i for i, p in enumerate(model.parameters())}
+    groups: list[tuple[list[int], dict[str, Any]]] = []
+    for g in optimizer.param_groups:
+        foreign = [p for p in g["params"] if id(p) not in place]
+        if foreign:
+            raise ConfigError(
+                f"parallelize: the optimizer holds {len(foreign)} tensor(s) that are not parameters of the model; "
+                "build it over model.parameters() (or pass a factory model -> optimizer)"
+            )
+        groups.append(([place[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"}))
+    cls = type(optimizer)
+    # the constructor's own arguments (a required lr, say); other defaults travel in the groups
+    accepted = inspect.signature(cls.__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted and k != "params"}
+
+    def make(m: nn.Module) -> torch.optim.Optimizer:
+        params = list(m.parameters())
+        return cls([{**settings, "params": [params[i] for i in idx]} for idx, settings in groups], **defaults)
+
+    return make
 
 
 def parallelize(

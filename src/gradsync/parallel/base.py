@@ -91,6 +91,10 @@ class Strategy(ABC):
     measures_bytes: bool = True
     # True where each rank steps on its own gradient (local SGD): finiteness must be agreed on.
     local_gradients: ClassVar[bool] = False
+    # Rank 0's buffers (BatchNorm's running statistics) are broadcast before each forward in
+    # training, as torch DDP's broadcast_buffers=True: every rank normalizes with the same
+    # statistics. False where torch does it (its references) or each rank keeps its own (local SGD).
+    broadcasts_buffers: ClassVar[bool] = True
     # The gradient path this strategy holds, if any (set in the constructor).
     grad_path: GradientPath | None = None
 
@@ -107,11 +111,29 @@ class Strategy(ABC):
 
     @contextlib.contextmanager
     def micro_step(self, last: bool) -> Iterator[None]:
+        if self.broadcasts_buffers and self.model.training:
+            self.sync_buffers()
         if self.grad_path is None:
             yield
         else:
             with self.grad_path.micro_step(last):
                 yield
+
+    def sync_buffers(self) -> None:
+        """Broadcast rank 0's buffers, one collective per dtype (nothing without buffers)."""
+        if self.comm.world_size == 1:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for b in self.model.buffers():
+            by_dtype.setdefault(b.dtype, []).append(b)
+        with torch.no_grad():
+            for tensors in by_dtype.values():
+                flat = torch.cat([t.reshape(-1) for t in tensors])
+                self.comm.broadcast(flat, src=0)
+                at = 0
+                for t in tensors:
+                    t.copy_(flat[at : at + t.numel()].view_as(t))
+                    at += t.numel()
 
     def finish_grad_sync(self) -> None:
         """Block until the gradients :meth:`grad_tensors` returns hold the ranks' average (or, for

@@ -35,6 +35,7 @@ def copy_into(params: list[nn.Parameter], flat: torch.Tensor) -> None:
 class LocalSGDStrategy(Strategy):
     name = "localsgd"
     local_gradients = True
+    broadcasts_buffers = False  # each replica keeps its own statistics between averages
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)

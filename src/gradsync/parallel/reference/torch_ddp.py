@@ -30,6 +30,7 @@ from gradsync.runtime.dist import Comm
 
 
 class TorchDDPStrategy(Strategy):
+    broadcasts_buffers = False  # DDP itself does (broadcast_buffers=True)
     name = "torch-ddp"
     measures_blocked_time = False
 

@@ -21,12 +21,17 @@ from gradsync.runtime.dist import Comm
 ELEMENTWISE = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
 
 
-class ShardedOptimizer:
+class ShardedOptimizer(torch.optim.Optimizer):
     """The configured optimizer, rebuilt over this rank's pieces of every unit.
 
     ``data[u]`` / ``grad[u]`` are this rank's chunk of unit ``u``'s parameters and gradients (the
     strategy owns them); the optimizer's parameters are views into them, so stepping it updates the
     chunk in place.
+
+    It is a ``torch.optim.Optimizer`` whose ``param_groups`` are the inner optimizer's, so torch's
+    and ``transformers``' learning-rate schedulers drive it as they drive a plain one. Its state is
+    spread over the ranks: the full-model ``state_dict`` is collective
+    (:meth:`full_state_dict`, what the strategy's ``state_dict()`` holds).
     """
 
     def __init__(
@@ -53,13 +58,31 @@ class ShardedOptimizer:
                 groups[group_of[id(pc.param)]]["params"].append(leaf)
                 self.slots.append((u, pc, leaf))
         self.optimizer = type(template)(groups)
+        # Optimizer.__init__ is not called: this object has no parameters of its own; what
+        # schedulers and the trainer read are the inner optimizer's groups, defaults and state
+        self.param_groups = self.optimizer.param_groups
+        self.defaults = self.optimizer.defaults
+        self.state = self.optimizer.state
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
+    def step(self, closure: Any = None) -> Any:
+        if closure is not None:
+            raise ConfigError("a sharded optimizer cannot re-evaluate the loss (step(closure)): it holds a shard")
+        return self.optimizer.step()
 
-    def step(self) -> None:
-        self.optimizer.step()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The strategy zeroes its gradient chunks (the pieces here are views into them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        raise ConfigError(
+            "a sharded optimizer's state is spread over the ranks: use the strategy's (or dp.) state_dict(), "
+            "which gathers torch's full-model optimizer state on every rank (collective)"
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        raise ConfigError(
+            "a sharded optimizer loads through the strategy's (or dp.) load_state_dict(), which takes torch's "
+            "full-model optimizer state"
+        )
 
     # -- the full-model format -------------------------------------------------------------------
     def full_state_dict(self, comm: Comm) -> dict[str, Any]:

@@ -28,8 +28,14 @@ def _model() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.body = nn.Sequential(
-                nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
-                nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 4),
+                nn.Conv2d(1, 8, 3, padding=1),
+                nn.BatchNorm2d(8),
+                nn.ReLU(),
+                nn.Conv2d(8, 8, 3, stride=2),
+                nn.BatchNorm2d(8),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(8 * 3 * 3, 4),
             )
             self.temperature = nn.Parameter(torch.tensor(1.5))  # 0-dim
 
@@ -38,6 +44,49 @@ def _model() -> Any:
 
     torch.manual_seed(0)
     return ConvBN()
+
+
+def _zoo(name: str) -> Any:
+    """More models as people write them: a frozen backbone with a trainable head (fine-tuning), an
+    LSTM classifier, and a language model whose output layer is tied to its embedding."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    if name == "frozen-backbone":
+        backbone = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten())
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return nn.Sequential(backbone, nn.Linear(8 * 6 * 6, 4))
+    if name == "lstm":
+
+        class LSTMClassifier(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lstm = nn.LSTM(8, 16, batch_first=True)
+                self.head = nn.Linear(16, 4)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.lstm(x.squeeze(1))[0][:, -1])  # 8 steps of 8 features
+
+        return LSTMClassifier()
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(16, 12)
+            self.mix = nn.Linear(12, 12)
+            self.out = nn.Linear(12, 16, bias=False)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ids = (x.flatten(1)[:, :4].abs() * 7).long() % 16
+            return self.out(torch.tanh(self.mix(self.emb(ids)))).mean(1)[:, :4]
+
+    return Tied()
+
+
+ZOO = ["frozen-backbone", "lstm", "tied"]
 
 
 def _optimizer(model: Any) -> Any:
@@ -93,6 +142,20 @@ def _train(rank: int) -> dict[str, Any]:
             dp.step()
             sched.step()
         out[strategy] = {"losses": losses, "state": dp.full_model_state(), "lr": dp.optimizer.param_groups[0]["lr"]}
+    for name in ZOO:
+        for strategy in ["torch-ddp", *STRATEGIES]:
+            model = _zoo(name)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            dp = gradsync.parallelize(model, torch.optim.AdamW(trainable, lr=3e-3), strategy=strategy, timeout_s=60)
+            losses = []
+            for step in range(STEPS):
+                x, y = _batch(step, rank)
+                with dp.micro_step(last=True):
+                    loss = F.cross_entropy(dp.module(x), y)
+                    loss.backward()
+                losses.append(float(loss))
+                dp.step()
+            out[f"{name}/{strategy}"] = {"losses": losses, "state": dp.full_model_state()}
     return out
 
 
@@ -126,3 +189,17 @@ def test_batchnorm_statistics_and_the_0dim_parameter_end_where_ddp_does(
             scale = max(1.0, ref[name].abs().max().item())
             assert (ref[name] - got[name]).abs().max().item() <= 1e-4 * scale, (rank, name)
         assert int(got["body.1.num_batches_tracked"]) == int(ref["body.1.num_batches_tracked"]) == STEPS
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", ZOO)
+def test_frozen_recurrent_and_tied_models_train_as_under_torch_ddp(
+    runs: dict[str, Any], name: str, strategy: str
+) -> None:
+    ref, got = runs[f"{name}/torch-ddp"], runs[f"{name}/{strategy}"]
+    worst = max(abs(a - b) / abs(a) for a, b in zip(ref["losses"], got["losses"]))
+    assert worst <= 1e-5, f"{name} under {strategy}: per-step losses {worst:.3g} relative from torch DDP's"
+    if name == "frozen-backbone":  # frozen weights are never updated (nor is anything else about them)
+        first = _zoo(name).state_dict()
+        for k in ("0.0.weight", "0.0.bias"):
+            assert got["state"][k].equal(first[k]), k

@@ -20,6 +20,7 @@ collective timeouts, restarts, one-line errors) or ``torchrun``; run alone, it i
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -156,15 +157,19 @@ def parallelize(
     *,
     bucket_mb: float = 25.0,
     first_bucket_mb: float = 1.0,
-    backend: str = "auto",
-    timeout_s: float = 300.0,
+    backend: str | None = None,
+    timeout_s: float | None = None,
 ) -> Parallel:
     """Put ``model`` under a data-parallel ``strategy`` (a spec, as ``--strategy``: ``bucketed``,
     ``zero1``, ``zero2``, ``zero3``, ``localsgd:8``, ``diloco:8``, ``torch-ddp``, ...) with an
     optional gradient ``compress``or (``fp16``, ``powersgd:rank=4``, ...).
 
     Joins the process group the launcher describes (``gradsync run`` or ``torchrun``), or makes
-    a world of one; moves the model to this worker's device and replicates rank 0's weights."""
+    a world of one; moves the model to this worker's device and replicates rank 0's weights.
+    ``backend`` and ``timeout_s`` default to ``gradsync run``'s ``--backend`` and ``--timeout``
+    (else ``auto`` and 300 s)."""
+    backend = backend or os.environ.get("GRADSYNC_BACKEND", "auto")
+    timeout_s = timeout_s if timeout_s is not None else float(os.environ.get("GRADSYNC_TIMEOUT_S", 300.0))
     cfg = ParallelConfig(
         nproc=1,
         strategy=strategy,

@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # one line gradsync prints; errors still show. Set TORCH_CPP_LOG_LEVEL=INFO to see them all.
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     survive_closed_output()  # `gradsync ... | head` ends the output, not the run
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --task my_module:make finds a module here, as `python -m` would
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_top_level_help(), file=sys.stdout if args else sys.stderr)

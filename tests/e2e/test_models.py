@@ -319,3 +319,30 @@ def test_fine_tune_pretrained_hf_weights_with_their_tokenizer(tmp_path: Path) ->
         cli("train", *flags, "--run-dir", "bad", "--tokenizer", "missing.json", cwd=tmp_path),
         "tokenizer file 'missing.json' does not exist",
     )
+
+
+def test_gradsync_run_hands_its_timeout_to_parallelize(tmp_path: Path) -> None:
+    (tmp_path / "loop.py").write_text(
+        textwrap.dedent("""
+            import torch
+            import gradsync
+            dp = gradsync.parallelize(torch.nn.Linear(2, 2), lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+            print("timeout", dp.strategy.comm.timeout_s)
+        """)
+    )
+    r = cli("run", "--nproc", "1", "--timeout", "20", "loop.py", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "timeout 20.0" in r.stdout
+
+
+def test_a_task_factory_in_the_current_folder_is_found_and_its_error_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "my_tasks.py").write_text("def make(cfg):\n    raise RuntimeError('no data for this task')\n")
+    exe = Path(sys.executable).with_name("gradsync")  # the console script: no folder on sys.path by itself
+    full = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    args = [str(exe), "train", "--task", "my_tasks:make", "--nproc", "1"]
+    r = subprocess.run(args, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=120)
+    one_line_error(r, "task factory 'my_tasks:make' failed: RuntimeError: no data for this task")
+    debug = subprocess.run(
+        args, cwd=tmp_path, env={**full, "GRADSYNC_DEBUG": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "no data for this task" in debug.stderr

@@ -9,6 +9,7 @@ so the script's ``atexit`` handlers do not run: finish its work before it return
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
     path = Path(script)
     if not path.is_file():
         raise ConfigError(f"run: script '{script}' does not exist")
+    # the launcher's settings, for gradsync.parallelize to default to (the group is joined already)
+    os.environ["GRADSYNC_TIMEOUT_S"] = str(cfg.parallel.timeout_s)
+    os.environ["GRADSYNC_BACKEND"] = cfg.parallel.backend
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python script.py` would
     namespace = runpy.run_path(str(path), run_name="__main__")

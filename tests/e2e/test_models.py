@@ -346,3 +346,13 @@ def test_a_task_factory_in_the_current_folder_is_found_and_its_error_is_one_line
         args, cwd=tmp_path, env={**full, "GRADSYNC_DEBUG": "1"}, capture_output=True, text=True, timeout=120
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "no data for this task" in debug.stderr
+
+
+def test_a_script_that_exits_with_a_code_or_raises_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    r = cli("run", "--nproc", "2", "exits.py", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "run: exits.py exited with code 3" in r.stderr and "worker rank" in r.stderr, r.stderr[-2000:]
+    (tmp_path / "raises.py").write_text("x = 1\nraise ValueError('the data loader found no files')\n")
+    r = cli("run", "--nproc", "1", "raises.py", cwd=tmp_path)
+    one_line_error(r, "run: raises.py:2 raised ValueError: the data loader found no files")

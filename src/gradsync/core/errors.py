@@ -44,6 +44,10 @@ class TrainingError(GradsyncError):
     """Training cannot go on (e.g. the loss stays non-finite); saved checkpoints are intact."""
 
 
+class ScriptError(GradsyncError):
+    """A user's script under ``gradsync run`` exited with a code or raised."""
+
+
 class Preempted(GradsyncError):
     """A signal stopped the run after every rank finished its step and a checkpoint was written;
     the CLI prints the message and exits with :data:`EXIT_PREEMPTED`. ``reason`` is what stopped

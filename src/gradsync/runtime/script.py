@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradsync.core.config import Config
-from gradsync.core.errors import ConfigError
+from gradsync.core.errors import ConfigError, GradsyncError, ScriptError
 from gradsync.runtime.dist import DistEnv
 
 SCRIPT_JOB = "gradsync.runtime.script:worker_job"
@@ -34,5 +34,30 @@ def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
     os.environ["GRADSYNC_BACKEND"] = cfg.parallel.backend
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python script.py` would
-    namespace = runpy.run_path(str(path), run_name="__main__")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:  # sys.exit(0) / sys.exit() is a normal end; a code or a message is not
+        if e.code in (None, 0):
+            return
+        raise ScriptError(f"run: {script} exited with {'code ' if isinstance(e.code, int) else ''}{e.code}") from None
+    except (GradsyncError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if os.environ.get("GRADSYNC_DEBUG"):
+            raise
+        where = _script_line(e, path)
+        raise ScriptError(
+            f"run: {script}{where} raised {type(e).__name__}: {e} (GRADSYNC_DEBUG=1 shows the traceback)"
+        ) from None
     namespace.clear()  # the script's objects (its model, open files) go now, not at interpreter exit
+
+
+def _script_line(e: BaseException, path: Path) -> str:
+    """``:LINE`` of the script's deepest frame in the traceback, or ""."""
+    line = ""
+    tb = e.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line

@@ -66,12 +66,9 @@ def largest_micro_batch(shape: GPTShape, seq: int, memory_bytes: float) -> int:
     return best
 
 
-def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace) -> dict[str, float] | None:
-    """Median tokens/s, step time and MFU of one run (the first quarter of the steps left out), or
-    None if it ran out of memory."""
-    run = root / f"run-{strategy}-{mb}"
-    r = gradsync(
-        "train",
+def _job_flags(data: Path, mb: int, a: argparse.Namespace) -> list[str]:
+    """What train and calibrate are both given: one worker, the model, the data, the batch."""
+    return [
         "--nproc",
         "1",
         "--model",
@@ -86,6 +83,16 @@ def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace)
         str(mb),
         "--global-batch",
         str(mb),
+    ]
+
+
+def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace) -> dict[str, float] | None:
+    """Median tokens/s, step time and MFU of one run (the first quarter of the steps left out), or
+    None if it ran out of memory."""
+    run = root / f"run-{strategy}-{mb}"
+    r = gradsync(
+        "train",
+        *_job_flags(data, mb, a),
         "--max-steps",
         str(a.steps),
         "--strategy",
@@ -146,20 +153,7 @@ def main() -> None:
         profile = root / "profile.json"
         r = gradsync(
             "calibrate",
-            "--nproc",
-            "1",
-            "--model",
-            a.model,
-            "--data",
-            str(data),
-            "--data.vocab_size",
-            str(VOCAB),
-            "--seq-len",
-            str(a.seq_len),
-            "--micro-batch",
-            str(mb),
-            "--global-batch",
-            str(mb),
+            *_job_flags(data, mb, a),
             "--precision",
             "bf16",
             "--out",

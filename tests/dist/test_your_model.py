@@ -132,31 +132,31 @@ def _train(rank: int) -> dict[str, Any]:
         model = _model()
         dp = gradsync.parallelize(model, _optimizer(model), strategy=strategy, timeout_s=60)
         sched = torch.optim.lr_scheduler.LambdaLR(dp.optimizer, lambda s: min(1.0, (s + 1) / 4))
-        losses = []
-        for step in range(STEPS):
-            x, y = _batch(step, rank)
-            with dp.micro_step(last=True):
-                loss = F.cross_entropy(dp.module(x), y)
-                loss.backward()
-            losses.append(float(loss))
-            dp.step()
-            sched.step()
-        out[strategy] = {"losses": losses, "state": dp.full_model_state(), "lr": dp.optimizer.param_groups[0]["lr"]}
+        out[strategy] = {**_fit(dp, rank, sched), "lr": dp.optimizer.param_groups[0]["lr"]}
     for name in ZOO:
         for strategy in ["torch-ddp", *STRATEGIES]:
             model = _zoo(name)
             trainable = [p for p in model.parameters() if p.requires_grad]
             dp = gradsync.parallelize(model, torch.optim.AdamW(trainable, lr=3e-3), strategy=strategy, timeout_s=60)
-            losses = []
-            for step in range(STEPS):
-                x, y = _batch(step, rank)
-                with dp.micro_step(last=True):
-                    loss = F.cross_entropy(dp.module(x), y)
-                    loss.backward()
-                losses.append(float(loss))
-                dp.step()
-            out[f"{name}/{strategy}"] = {"losses": losses, "state": dp.full_model_state()}
+            out[f"{name}/{strategy}"] = _fit(dp, rank)
     return out
+
+
+def _fit(dp: Any, rank: int, sched: Any = None) -> dict[str, Any]:
+    """STEPS steps of a DDP-style loop through gradsync: the losses and the final model state."""
+    import torch.nn.functional as F
+
+    losses = []
+    for step in range(STEPS):
+        x, y = _batch(step, rank)
+        with dp.micro_step(last=True):
+            loss = F.cross_entropy(dp.module(x), y)
+            loss.backward()
+        losses.append(float(loss))
+        dp.step()
+        if sched is not None:
+            sched.step()
+    return {"losses": losses, "state": dp.full_model_state()}
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,15 @@
 
 Anything raised as a :class:`GradsyncError` is a problem with the input (a flag, a file, a
 checkpoint) or the environment, not a bug: the CLI prints ``gradsync: error: <message>`` and exits
-with status 2, without a traceback. The message must say what to fix.
+with status 2, without a traceback. The message must say what to fix. With ``GRADSYNC_DEBUG=1``
+in the environment every such error shows its full traceback instead (with the exception it
+wraps, for one raised ``from`` a user's error).
 """
+
+import os
+
+DEBUG_ENV = "GRADSYNC_DEBUG"
+DEBUG_HINT = f"{DEBUG_ENV}=1 shows the traceback"
 
 # The exit status of a run that a signal stopped after it saved a checkpoint (SIGTERM, SIGINT,
 # SIGHUP, SIGUSR1: how Slurm and Kubernetes preempt a job, and Ctrl-C). A scheduler can requeue
@@ -61,7 +68,9 @@ class Preempted(GradsyncError):
 def one_line_error(e: BaseException) -> str | None:
     """What to say of an error a run ends with, or None for a bug (its traceback is wanted):
     gradsync's own errors; a file that cannot be read or written (disk full, a read-only file
-    system, a folder gone); running out of memory."""
+    system, a folder gone); running out of memory. None too when ``GRADSYNC_DEBUG`` asks for tracebacks."""
+    if os.environ.get(DEBUG_ENV):
+        return None
     if isinstance(e, GradsyncError):
         return str(e)
     if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _is_oom(str(e))):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradsync.core.config import Config
-from gradsync.core.errors import ConfigError, GradsyncError, ScriptError
+from gradsync.core.errors import DEBUG_HINT, ConfigError, GradsyncError, ScriptError
 from gradsync.runtime.dist import DistEnv
 
 SCRIPT_JOB = "gradsync.runtime.script:worker_job"
@@ -43,12 +43,8 @@ def worker_job(cfg: Config, env: DistEnv, argv: Sequence[str]) -> None:
     except (GradsyncError, KeyboardInterrupt):
         raise
     except Exception as e:
-        if os.environ.get("GRADSYNC_DEBUG"):
-            raise
         where = _script_line(e, path)
-        raise ScriptError(
-            f"run: {script}{where} raised {type(e).__name__}: {e} (GRADSYNC_DEBUG=1 shows the traceback)"
-        ) from None
+        raise ScriptError(f"run: {script}{where} raised {type(e).__name__}: {e} ({DEBUG_HINT})") from e
     namespace.clear()  # the script's objects (its model, open files) go now, not at interpreter exit
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn as nn
 from gradsync.checkpoint import format as ckpt
 from gradsync.core.catalog import TASKS, resolve
 from gradsync.core.config import Config, build_config
-from gradsync.core.errors import CheckpointError, ConfigError, GradsyncError
+from gradsync.core.errors import DEBUG_HINT, CheckpointError, ConfigError, GradsyncError
 from gradsync.tasks.base import Task, accuracy_metrics, classification_sums
 
 __all__ = ["Task", "accuracy_metrics", "build_task", "classification_sums", "load_trained"]
@@ -37,11 +36,7 @@ def build_task(cfg: Config, run_dir: Path | None = None) -> Task:
     except GradsyncError:
         raise
     except Exception as e:
-        if os.environ.get("GRADSYNC_DEBUG"):
-            raise
-        raise ConfigError(
-            f"task factory '{name}' failed: {type(e).__name__}: {e} (GRADSYNC_DEBUG=1 shows the traceback)"
-        ) from None
+        raise ConfigError(f"task factory '{name}' failed: {type(e).__name__}: {e} ({DEBUG_HINT})") from e
     if not isinstance(task, Task):
         raise ConfigError(f"task factory '{name}' returned {type(task).__name__}, not a gradsync.tasks.Task")
     return task

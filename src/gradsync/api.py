@@ -157,6 +157,7 @@ def parallelize(
     *,
     bucket_mb: float = 25.0,
     first_bucket_mb: float = 1.0,
+    find_unused_parameters: bool = False,
     backend: str | None = None,
     timeout_s: float | None = None,
 ) -> Parallel:
@@ -166,6 +167,9 @@ def parallelize(
 
     Joins the process group the launcher describes (``gradsync run`` or ``torchrun``), or makes
     a world of one; moves the model to this worker's device and replicates rank 0's weights.
+    ``find_unused_parameters`` is torch DDP's: for models whose steps leave some parameters unused
+    (branches, routing), the ones no rank used keep no gradient and the optimizer leaves them alone
+    (one small all-reduce a step; without it they count as zero gradients, with a warning).
     ``backend`` and ``timeout_s`` default to ``gradsync run``'s ``--backend`` and ``--timeout``
     (else ``auto`` and 300 s)."""
     backend = backend or os.environ.get("GRADSYNC_BACKEND", "auto")
@@ -176,6 +180,7 @@ def parallelize(
         compress=compress,
         bucket_mb=bucket_mb,
         first_bucket_mb=first_bucket_mb,
+        find_unused=find_unused_parameters,
         backend=backend,
         timeout_s=timeout_s,
     )

@@ -89,6 +89,29 @@ def _zoo(name: str) -> Any:
 ZOO = ["frozen-backbone", "lstm", "tied"]
 
 
+def _branchy() -> Any:
+    """A model whose steps leave parameters unused: the head is ``left`` or ``right`` by the sign of
+    the batch's mean (so on some steps one rank uses a head the other does not, on others no rank
+    does), and ``aux`` is never used."""
+    import torch
+    import torch.nn as nn
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Linear(64, 16)
+            self.left = nn.Linear(16, 4)
+            self.right = nn.Linear(16, 4)
+            self.aux = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.trunk(x.flatten(1)))
+            return self.left(h) if x.mean() > 0 else self.right(h)
+
+    torch.manual_seed(0)
+    return Branchy()
+
+
 def _optimizer(model: Any) -> Any:
     import torch
 
@@ -139,6 +162,15 @@ def _train(rank: int) -> dict[str, Any]:
             trainable = [p for p in model.parameters() if p.requires_grad]
             dp = gradsync.parallelize(model, torch.optim.AdamW(trainable, lr=3e-3), strategy=strategy, timeout_s=60)
             out[f"{name}/{strategy}"] = _fit(dp, rank)
+    for strategy in ["torch-ddp", *STRATEGIES]:
+        model = _branchy()
+        dp = gradsync.parallelize(
+            model, torch.optim.AdamW(model.parameters(), lr=3e-3), strategy, find_unused_parameters=True, timeout_s=60
+        )
+        out[f"branchy/{strategy}"] = {**_fit(dp, rank), "optimizer": dp.state_dict()["optimizer"]}
+    model = _branchy()  # without the option: unused parameters count as zero gradients
+    dp = gradsync.parallelize(model, torch.optim.AdamW(model.parameters(), lr=3e-3), "bucketed", timeout_s=60)
+    out["branchy/zeros"] = _fit(dp, rank)
     return out
 
 
@@ -203,3 +235,30 @@ def test_frozen_recurrent_and_tied_models_train_as_under_torch_ddp(
         first = _zoo(name).state_dict()
         for k in ("0.0.weight", "0.0.bias"):
             assert got["state"][k].equal(first[k]), k
+
+
+def test_the_branches_leave_parameters_unused_on_some_ranks_and_on_all() -> None:
+    left = [[bool(_batch(step, rank)[0].mean() > 0) for rank in (0, 1)] for step in range(STEPS)]
+    assert any(a != b for a, b in left), "no step where one rank used a head the other did not"
+    assert any(a == b for a, b in left), "no step where a head was unused on every rank"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_unused_parameters_are_left_alone_as_under_torch_ddp(runs: dict[str, Any], strategy: str) -> None:
+    """find_unused_parameters=True: the mean where some rank used a parameter, no gradient (no
+    AdamW step, no weight decay) where none did, as torch DDP's option of that name."""
+    ref, got = runs["branchy/torch-ddp"], runs[f"branchy/{strategy}"]
+    worst = max(abs(a - b) / abs(a) for a, b in zip(ref["losses"], got["losses"]))
+    assert worst <= 1e-5, f"branchy under {strategy}: per-step losses {worst:.3g} relative from torch DDP's"
+    steps = {i: float(st["step"]) for i, st in ref["optimizer"]["state"].items()}
+    assert steps == {i: float(st["step"]) for i, st in got["optimizer"]["state"].items()}
+    assert 0 < min(steps.values()) < STEPS  # the heads were stepped only when some rank used them
+    first = _branchy().state_dict()
+    for k in ("aux.weight", "aux.bias"):
+        assert got["state"][k].equal(first[k]), k
+
+
+def test_without_the_option_unused_parameters_count_as_zero_gradients(runs: dict[str, Any]) -> None:
+    # AdamW's weight decay moves a parameter whose gradient is zero: the difference the option makes
+    first = _branchy().state_dict()
+    assert not runs["branchy/zeros"]["state"]["aux.weight"].equal(first["aux.weight"])

@@ -71,8 +71,12 @@ def test_zero3_prefetch_changes_nothing_but_when_units_arrive(params: dict[Any, 
 
 # -- memory ---------------------------------------------------------------------------------------
 
+FROZEN = ("wpe.", "blocks.0.")  # a fine-tuning set-up: positions and the first block frozen
+
+
 def _memory(rank: int, world: int) -> dict[str, Any]:
-    """One AdamW step of the tiny GPT under each strategy; the reports and the unit sizes."""
+    """One AdamW step of the tiny GPT under each strategy; the reports and the unit sizes; then
+    the same with the parameters in FROZEN frozen."""
     from gradsync.core.config import OptimConfig, ParallelConfig
     from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model import build_gpt
@@ -80,11 +84,14 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     from gradsync.optim.factory import optimizer_factory
 
     out: dict[str, Any] = {}
-    for strategy in ["bucketed", *ZERO, "zero3:reshard=false"]:
+    runs = [(s, False) for s in ["bucketed", *ZERO, "zero3:reshard=false"]] + [(s, True) for s in ["bucketed", *ZERO]]
+    for strategy, freeze in runs:
         cfg = ParallelConfig(nproc=world, strategy=strategy, bucket_mb=0.02, first_bucket_mb=0.005)
         env = init_distributed(cfg.backend, cfg.timeout_s)
         torch.manual_seed(0)
         model = build_gpt("tiny", 16, 16)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not (freeze and name.startswith(FROZEN)))
         s = strategy_class(strategy.split(":")[0])(model, optimizer_factory(OptimConfig()), Comm(env), cfg)
         x = torch.randint(0, 16, (2, 16))
         for _ in range(2 if strategy.startswith("zero3") else 1):  # zero3 prefetches from its second step
@@ -92,13 +99,16 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
             with s.micro_step(last=True):
                 s.module(x, x).backward()
             s.step(grad_clip=1.0)
-        out[strategy] = s.memory.report().to_dict()
-        out[f"{strategy}_calls"] = s.comm.take_stats().calls
-        if strategy in ("zero2", "zero3"):
+        key = f"{strategy}/frozen" if freeze else strategy
+        out[key] = s.memory.report().to_dict()
+        out[f"{key}_calls"] = s.comm.take_stats().calls
+        if strategy in ("zero2", "zero3") and not freeze:
             out[f"{strategy}_units"] = [4 * u.padded for u in s.units]
-        if strategy == "zero3":
+        if strategy == "zero3" and not freeze:
             out["zero3_prefetches"] = s.prefetches
-    out["psi"] = sum(p.numel() for p in build_gpt("tiny", 16, 16).parameters())
+    named = list(build_gpt("tiny", 16, 16).named_parameters())
+    out["psi"] = sum(p.numel() for _, p in named)
+    out["psi_frozen"] = sum(p.numel() for n, p in named if n.startswith(FROZEN))
     return out
 
 
@@ -124,6 +134,30 @@ def test_memory_per_rank_matches_the_zero_formulas(memory: dict[int, Any], strat
         expected = factor * psi
         assert abs(m[strategy][part] - expected) <= 0.05 * expected, \
             f"{strategy} N={world} {part}: {m[strategy][part]} bytes vs {expected:.0f} expected"
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("strategy", ["bucketed", *ZERO])
+def test_frozen_parameters_are_held_but_have_no_gradient_state_or_shard(
+    memory: dict[int, Any], strategy: str, world: int
+) -> None:
+    """Frozen parameters (requires_grad=False) stay whole on every rank (ZeRO-3 shards only the
+    trainable ones) and have neither gradients nor optimizer state: the formulas with Ψ the
+    trainable parameters, plus 4 bytes per frozen one; the cost model counts them the same way."""
+    from gradsync.planning import costmodel as cm
+
+    m = memory[world]
+    trainable, held = m["psi"] - m["psi_frozen"], m["psi_frozen"]
+    w = cm.frozen(cm.gpt_workload(2, 2, 32, 16, 16, 2), list(FROZEN))
+    assert (w.n_params, w.n_trainable) == (m["psi"], trainable)  # the workload is the model
+    predicted = cm.memory(strategy, w, world)
+    for part, factor in zip(("params", "grads", "optimizer"), FORMULA[strategy](world)):
+        expected = factor * trainable + (4 * held if part == "params" else 0)
+        got = m[f"{strategy}/frozen"][part]
+        assert abs(got - expected) <= 0.05 * expected, f"{strategy} N={world} {part}: {got} bytes vs {expected:.0f}"
+        # the cost model's peak adds what is in flight: ZeRO-2/3's buckets and ZeRO-3's gathered units
+        if part == "optimizer" or strategy in ("bucketed", "zero1") or (part, strategy) == ("params", "zero2"):
+            assert abs(predicted[part] - expected) <= 0.05 * expected, f"cost model {part}: {predicted[part]:.0f}"
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -129,6 +129,25 @@ def test_compression_sends_fewer_bytes() -> None:
     assert cm.predict("bucketed", w, 8, hw, net, "powersgd:rank=4").comm_s < half.comm_s / 10
 
 
+def test_frozen_tensors_are_held_but_neither_sent_nor_updated() -> None:
+    """Fine-tuning the top of a model: the frozen embeddings and lower half are in no bucket and
+    no ZeRO-3 unit, and cost no gradient, optimizer state or optimizer time; every rank holds them."""
+    w, hw, net = _gpt2(), cm.device_preset("a100-40gb"), cm.network_preset("10gbe")
+    lower = ["wpe.", *(f"blocks.{i}." for i in range(6))]
+    f = cm.frozen(w, lower)
+    assert f.n_params == w.n_params and 0 < f.n_trainable < w.n_params
+    assert sum(b for b, _ in cm.buckets(f)) == 4 * f.n_trainable
+    assert sum(cm.units(f)) == 4 * f.n_trainable
+    for strategy in ("bucketed", "zero3"):
+        full, part = cm.memory(strategy, w, 8), cm.memory(strategy, f, 8)
+        assert part["optimizer"] == pytest.approx(full["optimizer"] * f.n_trainable / w.n_params)
+    assert cm.memory("bucketed", f, 8)["params"] == cm.memory("bucketed", w, 8)["params"]
+    assert cm.memory("zero3", f, 8)["params"] > cm.memory("zero3", w, 8)["params"]  # frozen ones are not sharded
+    assert cm.predict("bucketed", f, 8, hw, net).comm_s < cm.predict("bucketed", w, 8, hw, net).comm_s
+    with pytest.raises(cm.CostModelError, match="no tensor of the model starts with adapter"):
+        cm.frozen(w, ["adapter"])
+
+
 def test_bad_input_is_one_clear_error() -> None:
     with pytest.raises(cm.CostModelError, match="bandwidth must be > 0"):
         cm.Link.from_bandwidth(-1, 10)

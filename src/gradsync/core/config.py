@@ -274,6 +274,11 @@ class ParallelConfig:
         "0 = the size the cost model predicts fastest from the calibrated profile",
     )
     first_bucket_mb: float = key(1.0, "the first bucket is smaller, so communication starts early in backward")
+    find_unused: bool = key(
+        False,
+        "as torch DDP's find_unused_parameters: parameters no rank used in a step keep a None gradient "
+        "(the optimizer leaves them alone); one small all-reduce a step",
+    )
     backend: str = key("auto", "auto: nccl on CUDA, gloo on CPU")
     timeout_s: float = key(300.0, "every collective fails after this long instead of hanging")
     threads: int = key(0, "intra-op threads per worker; 0 = cores / local workers")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -40,6 +40,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
+from gradsync.parallel.unused import UsageTracker
 from gradsync.runtime.dist import Comm, replicate
 
 
@@ -95,6 +96,10 @@ class Strategy(ABC):
     # training, as torch DDP's broadcast_buffers=True: every rank normalizes with the same
     # statistics. False where torch does it (its references) or each rank keeps its own (local SGD).
     broadcasts_buffers: ClassVar[bool] = True
+    # With parallel.find_unused, gradsync finds the parameters no rank used in a step and the
+    # optimizer skips them (:mod:`gradsync.parallel.unused`). False where torch does it (its
+    # references) or each rank steps on its own gradient (local SGD).
+    tracks_unused: ClassVar[bool] = True
     # The gradient path this strategy holds, if any (set in the constructor).
     grad_path: GradientPath | None = None
 
@@ -104,6 +109,7 @@ class Strategy(ABC):
         self.cfg = cfg
         self.spec = cfg.strategy_spec
         replicate(model, comm)
+        self.usage = UsageTracker(model, comm) if cfg.find_unused and self.tracks_unused else None
         self.module: nn.Module = model  # what the trainer calls forward on
         self.optimizer: Any = optimizer_factory(model)  # what the trainer sets the learning rate on
         self.memory = MemoryMeter(self.holdings, comm.env.device)  # what this rank holds, measured
@@ -152,6 +158,7 @@ class Strategy(ABC):
     def step(self, grad_clip: float) -> StepResult:
         """Aggregate, clip to ``grad_clip`` (0 = off), update, zero gradients."""
         self.finish_grad_sync()
+        unused = self.usage.unused_everywhere() if self.usage is not None else []
         norm = self.grad_norm()
         bad = not math.isfinite(norm)
         if self.local_gradients:  # each rank saw its own gradient: skip together or not at all
@@ -164,12 +171,31 @@ class Strategy(ABC):
             return StepResult(norm, True)
         if grad_clip > 0:
             self.clip_grads(grad_clip, norm)
-        self.optimizer.step()
+        with self.hidden_grads(unused):
+            self.optimizer.step()
         self.after_update()
         self.memory.sample(steady=True)
         self.memory.steps += 1
         self.zero_grad()
         return StepResult(norm, False)
+
+    @contextlib.contextmanager
+    def hidden_grads(self, params: Sequence[torch.Tensor]) -> Iterator[None]:
+        """The optimizer steps as if ``params`` had no gradient, as under torch DDP when no rank
+        used them: their ``.grad`` (or the optimizer's pieces of them) is ``None`` meanwhile."""
+        held = self.optimizer_params(params)
+        saved = [t.grad for t in held]
+        for t in held:
+            t.grad = None
+        try:
+            yield
+        finally:
+            for t, g in zip(held, saved):
+                t.grad = g  # bucket views stay bound: the gradient path still owns them
+
+    def optimizer_params(self, params: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """The tensors the optimizer holds for ``params`` (sharded strategies: this rank's pieces)."""
+        return params
 
     def grad_tensors(self) -> list[torch.Tensor]:
         """The gradients the optimizer steps on (this rank's chunks, for sharded strategies)."""

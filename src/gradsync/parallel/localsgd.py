@@ -36,6 +36,7 @@ class LocalSGDStrategy(Strategy):
     name = "localsgd"
     local_gradients = True
     broadcasts_buffers = False  # each replica keeps its own statistics between averages
+    tracks_unused = False  # a parameter this rank did not use has no gradient: its optimizer skips it
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)

@@ -38,7 +38,13 @@ class Zero2Strategy(ShardedStrategy):
         self.gathers = ParamGathers(model, self.units, shard)
         self.param_chunks = self.gathers.chunks
         self.grad_path = ReduceScatterGrads(
-            self.name, model, self.units, shard, on_launch=self.memory.sample, replicas=self.replicas
+            self.name,
+            model,
+            self.units,
+            shard,
+            on_launch=self.memory.sample,
+            replicas=self.replicas,
+            warn_unused=not cfg.find_unused,
         )
         self.grad_chunks = self.grad_path.chunks
         self.shard_optimizer()

@@ -96,6 +96,7 @@ class Zero3Strategy(ShardedStrategy):
             on_unit_done=self._release,
             on_launch=self.memory.sample,
             replicas=self.replicas,
+            warn_unused=not cfg.find_unused,
         )
         self.grad_chunks = self.grad_path.chunks
         self.names = self.grad_path.names
@@ -225,7 +226,8 @@ class Zero3Strategy(ShardedStrategy):
 
     def holdings(self) -> Holdings:
         held = super().holdings()
-        held["params"] = list(self.full) + list(self.param_chunks)
+        frozen: list[torch.Tensor] = [p for p in self.model.parameters() if not p.requires_grad]  # whole everywhere
+        held["params"] = list(self.full) + list(self.param_chunks) + frozen
         held["grads"] = [*held["grads"], *self.grad_path.in_flight()]
         return held
 

@@ -196,7 +196,7 @@ def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], Non
     b = cfg.train.micro_batch
     ids = np.arange(b) % len(task.train_examples())
     batch = tuple(x.to(device) for x in task.train_examples().batch(ids, ids, True))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # what travels and is updated
     cast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" else contextlib.nullcontext()
     )
@@ -254,7 +254,8 @@ def _overlap_penalty(
     the model's gradient size is timed alone, forward+backward alone, then both at once.
     0 = communication hides perfectly (a NIC or NVLink moves the bytes); 1 or more = it
     competes for the same cores (gloo over loopback on a busy CPU)."""
-    buf = torch.ones(sum(p.numel() for p in model.parameters()), device=next(model.parameters()).device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    buf = torch.ones(sum(p.numel() for p in trainable), device=trainable[0].device)
 
     def compute() -> None:
         with cast:

@@ -10,7 +10,8 @@ its reducer starts (an asynchronous all-reduce of the average, or a compressed f
 :mod:`gradsync.parallel.grad_paths.compression`) while backward goes on, so nothing but the wait is left
 after backward. Buckets are launched strictly in index order, so every rank issues the same
 collectives in the same order even if some parameter is late or unused on one rank (an unused
-parameter contributes a zero gradient, with a warning, never a hang). On the non-final
+parameter contributes a zero gradient, with a warning unless ``parallel.find_unused`` says to
+expect it, never a hang: :mod:`gradsync.parallel.unused`). On the non-final
 micro-steps of gradient accumulation the hooks do nothing: gradients only accumulate locally.
 """
 
@@ -41,6 +42,7 @@ class BucketedAllReduce:
     ) -> None:
         self.comm = comm
         self.compress_spec = cfg.compress_spec
+        self.warn_unused = not cfg.find_unused  # with find_unused, a parameter without gradient is expected
         self.levels = levels
         self.names = {id(p): n for n, p in model.named_parameters()}
         # sharded buckets split among all ranks; two-level ones among the workers of a node
@@ -99,10 +101,12 @@ class BucketedAllReduce:
         if not self._syncing:
             raise RuntimeError("bucketed: step() called without a micro_step(last=True)")
         for b in self.buckets[self._next_launch :]:
-            if b.pending:
+            if b.pending and self.warn_unused:
                 missing = [self.names[id(p)] for p in b.params if id(p) not in b.fired]
                 warnings.warn(
-                    f"bucketed: no gradient this step for {', '.join(missing)}; they contribute zeros", stacklevel=3
+                    f"bucketed: no gradient this step for {', '.join(missing)}; they contribute zeros "
+                    "(parallel.find_unused: as torch DDP's find_unused_parameters)",
+                    stacklevel=3,
                 )
             self._launch(b)
         for b in self.buckets:

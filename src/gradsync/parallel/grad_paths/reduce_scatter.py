@@ -44,8 +44,10 @@ class ReduceScatterGrads:
         on_unit_done: Callable[[FlatUnit], None] = lambda u: None,
         on_launch: Callable[[], Any] = lambda: None,
         replicas: Comm | None = None,
+        warn_unused: bool = True,
     ) -> None:
         self.name = name
+        self.warn_unused = warn_unused
         self.units = units
         self.comm = comm
         self.replicas = replicas
@@ -127,9 +129,12 @@ class ReduceScatterGrads:
         for u in self.units[self._next_launch :]:
             if self._pending[u.index]:
                 missing = [self.names[i] for i in self._pending[u.index]]
-                warnings.warn(
-                    f"{self.name}: no gradient this step for {', '.join(missing)}; they contribute zeros", stacklevel=5
-                )
+                if self.warn_unused:
+                    warnings.warn(
+                        f"{self.name}: no gradient this step for {', '.join(missing)}; they contribute zeros "
+                        "(parallel.find_unused: as torch DDP's find_unused_parameters)",
+                        stacklevel=5,
+                    )
                 self.on_unit_done(u)
             self._launch(u)
         while self._inflight:

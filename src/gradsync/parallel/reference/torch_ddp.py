@@ -31,6 +31,7 @@ from gradsync.runtime.dist import Comm
 
 class TorchDDPStrategy(Strategy):
     broadcasts_buffers = False  # DDP itself does (broadcast_buffers=True)
+    tracks_unused = False  # DDP itself does (find_unused_parameters)
     name = "torch-ddp"
     measures_blocked_time = False
 
@@ -38,7 +39,11 @@ class TorchDDPStrategy(Strategy):
         super().__init__(model, optimizer_factory, comm, cfg)
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None
         ddp = DistributedDataParallel(
-            model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_mb, process_group=self.comm.group
+            model,
+            device_ids=device_ids,
+            bucket_cap_mb=self.cfg.bucket_mb,
+            process_group=self.comm.group,
+            find_unused_parameters=self.cfg.find_unused,
         )
         compress = self.cfg.compress_spec
         if compress.name == "none":

@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 
 from gradsync.core.config import ParallelConfig
+from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.runtime.dist import Comm
@@ -33,8 +34,14 @@ class TorchFSDPStrategy(Strategy):
     compile_blocker: ClassVar[str] = "not wired in gradsync (FSDP2 wants each block compiled before fully_shard)"
     measures_blocked_time = False
     measures_bytes = False
+    tracks_unused = False
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
+        if cfg.find_unused:
+            raise ConfigError(
+                "torch-fsdp has no find_unused_parameters (FSDP2 reduces zeros for unused parameters); "
+                "use zero3 or drop find_unused"
+            )
         super().__init__(model, optimizer_factory, comm, cfg)
         for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
             for layer in lst:

@@ -18,6 +18,7 @@ ZeRO-1, :mod:`gradsync.parallel.grad_paths.reduce_scatter` for ZeRO-2/3); the la
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -121,6 +122,9 @@ class ShardedStrategy(Strategy):
 
     def grad_tensors(self) -> list[torch.Tensor]:
         return list(self.grad_chunks)
+
+    def optimizer_params(self, params: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        return list(self.optimizer.pieces_of(params))
 
     def grad_norm(self) -> float:
         """The global norm: every rank's sum of squares over its chunks, summed over ranks."""

@@ -9,6 +9,7 @@ strategy (Rajbhandari et al., SC 2020).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,6 +65,11 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self.defaults = self.optimizer.defaults
         self.state = self.optimizer.state
 
+    def pieces_of(self, params: Sequence[torch.Tensor]) -> list[nn.Parameter]:
+        """This rank's pieces of ``params`` (what the inner optimizer steps on for them)."""
+        wanted = {id(p) for p in params}
+        return [leaf for _, pc, leaf in self.slots if id(pc.param) in wanted]
+
     def step(self, closure: Any = None) -> Any:
         if closure is not None:
             raise ConfigError("a sharded optimizer cannot re-evaluate the loss (step(closure)): it holds a shard")
@@ -90,12 +96,16 @@ class ShardedOptimizer(torch.optim.Optimizer):
         (collective). Per-element state is all-gathered unit by unit; scalar state (``step``) is the
         same on every piece of a parameter and travels as an object."""
         mine: dict[str, bool] = {}
-        for _, _, leaf in self.slots:
+        stepped: set[int] = set()  # parameters with state: one never stepped has none, as in torch
+        for _, pc, leaf in self.slots:
+            if self.optimizer.state.get(leaf):
+                stepped.add(self.index[id(pc.param)])
             for k, v in self.optimizer.state.get(leaf, {}).items():
                 mine[k] = isinstance(v, torch.Tensor) and v.numel() == leaf.numel() and v.dim() > 0
         keys: dict[str, bool] = {}
-        for d in comm.all_gather_object(mine):
+        for d, s in comm.all_gather_object((mine, stepped)):
             keys.update(d)
+            stepped |= s
         state: dict[int, dict[str, Any]] = {i: dict(st) for i, st in self.gather_scalars(comm).items()}
         for key in sorted(k for k, per_element in keys.items() if per_element):
             for u in self.units:
@@ -106,7 +116,8 @@ class ShardedOptimizer(torch.optim.Optimizer):
                 full = torch.empty(u.padded, dtype=chunk.dtype, device=chunk.device)
                 comm.all_gather(full, chunk)
                 for p, v in zip(u.params, u.views(full)):
-                    state.setdefault(self.index[id(p)], {})[key] = v.clone().cpu()
+                    if self.index[id(p)] in stepped:
+                        state.setdefault(self.index[id(p)], {})[key] = v.clone().cpu()
         return {"state": state, "param_groups": self.full_param_groups()}
 
     def gather_scalars(self, comm: Comm) -> dict[int, dict[str, Any]]:

@@ -11,7 +11,7 @@ from gradsync.core import catalog
 from gradsync.core.catalog import COMPRESSOR_SCHEMA, STRATEGY_SCHEMA
 from gradsync.core.spec import Spec, parse_spec
 from gradsync.planning.costmodel.hardware import Hardware
-from gradsync.planning.costmodel.workload import Workload, units
+from gradsync.planning.costmodel.workload import Workload, frozen_bytes, units
 
 # Activations of one transformer block, in units of s*b*h elements (sequence x micro-batch x width),
 # counted for gradsync's GPT block with fused attention: (kept for backward by every block,
@@ -52,7 +52,7 @@ def memory(strategy: str | Spec, w: Workload, p: int, compress: str | Spec = "no
     s = strategy if isinstance(strategy, Spec) else parse_spec(strategy, STRATEGY_SCHEMA, "strategy")
     params, grads, opt, extra = catalog.resolve(catalog.strategy(s.name).memory)(w, p, s.options)
     if catalog.compressor(c.name).error_feedback:
-        extra += 4.0 * w.n_params
+        extra += 4.0 * w.n_trainable
     activations = activation_bytes(w)
     total = params + grads + opt + extra + activations
     return {
@@ -70,33 +70,34 @@ Options = Mapping[str, Any]  # the strategy spec's options
 
 
 def memory_replicated(w: Workload, p: int, o: Options) -> Held:
-    """The ZeRO paper's yardstick (Rajbhandari et al. 2020): 4Ψ + 4Ψ + 8Ψ bytes for fp32 AdamW."""
-    psi = 4.0 * w.n_params
-    return psi, psi, 2 * psi, 0.0
+    """The ZeRO paper's yardstick (Rajbhandari et al. 2020): 4Ψ + 4Ψ + 8Ψ bytes for fp32 AdamW,
+    Ψ the trainable parameters (frozen ones add their 4 bytes each to the parameters only)."""
+    psi = 4.0 * w.n_trainable
+    return psi + frozen_bytes(w), psi, 2 * psi, 0.0
 
 
 def memory_zero1(w: Workload, p: int, o: Options) -> Held:
-    psi = 4.0 * w.n_params
-    return psi, psi, 2 * psi / p, 0.0
+    psi = 4.0 * w.n_trainable
+    return psi + frozen_bytes(w), psi, 2 * psi / p, 0.0
 
 
 def memory_zero2(w: Workload, p: int, o: Options) -> Held:
-    psi = 4.0 * w.n_params
-    return psi, psi / p + 2 * w.bucket_bytes, 2 * psi / p, 0.0  # two buckets in flight
+    psi = 4.0 * w.n_trainable
+    return psi + frozen_bytes(w), psi / p + 2 * w.bucket_bytes, 2 * psi / p, 0.0  # two buckets in flight
 
 
 def memory_zero3(w: Workload, p: int, o: Options) -> Held:
     """Shards + the root and the block in use; with ``reshard=false`` every block stays gathered
     from its forward to its backward, so at the end of forward all of them are."""
-    psi, us = 4.0 * w.n_params, units(w)
+    psi, us = 4.0 * w.n_trainable, units(w)
     held = us[-1] + max(us[:-1] or [0]) if o.get("reshard", True) else sum(us)
-    return psi / p + held, psi / p + 2 * max(us), 2 * psi / p, 0.0
+    return frozen_bytes(w) + psi / p + held, psi / p + 2 * max(us), 2 * psi / p, 0.0
 
 
 def memory_diloco(w: Workload, p: int, o: Options) -> Held:
     """+ the outer parameters and momentum (8Ψ); quantised sends keep a residual (4Ψ, and the
     owner's Ψ/p); ``keep=true`` holds the fragment in flight (4Ψ/P)."""
-    psi = 4.0 * w.n_params
+    psi = 4.0 * w.n_trainable
     extra = 2 * psi
     if o.get("quant", "fp32") in ("int8", "int4"):
         extra += psi + psi / p
@@ -104,4 +105,4 @@ def memory_diloco(w: Workload, p: int, o: Options) -> Held:
         extra += psi
     if o.get("keep") and int(o.get("overlap", 0)) > 0:
         extra += psi / int(o.get("fragments", 1))
-    return psi, psi, 2 * psi, extra
+    return psi + frozen_bytes(w), psi, 2 * psi, extra

@@ -111,7 +111,7 @@ def predict(
     fwd = w.flops_per_token * tok_micro / hw.achieved_flops / (1.0 + hw.backward_ratio)
     bwd = fwd * hw.backward_ratio + recompute_s(w, hw, fwd)
     compute = w.accum * (fwd + bwd)
-    ctx = StepContext(w, world, hw, net, fwd, bwd, hw.optimizer_cost * w.n_params, s, c)
+    ctx = StepContext(w, world, hw, net, fwd, bwd, hw.optimizer_cost * w.n_trainable, s, c)
     priced: Priced = catalog.resolve(entry.price)(ctx)
     comm, exposed = priced.comm, priced.exposed
     # Communication hidden behind compute is free only if it uses no cores the compute needs.
@@ -141,7 +141,7 @@ def predict(
 
 def price_allreduce(x: StepContext) -> Priced:
     """Every tensor, one by one, after backward: nothing hidden."""
-    comm = sum(x.net.time("all_reduce", 4.0 * t.numel, x.p) for t in x.w.tensors)
+    comm = sum(x.net.time("all_reduce", 4.0 * t.numel, x.p) for t in x.w.tensors if t.trainable)
     return Priced(comm, comm, x.opt_full)
 
 
@@ -228,7 +228,7 @@ def price_local(x: StepContext) -> Priced:
     communication runs behind the next τ steps' compute and only what outlasts them is exposed.
     Quantisation adds its encode/decode work (:attr:`Hardware.quantize_cost`)."""
     o = x.strategy.options
-    h, n = int(o["H"]), x.w.n_params
+    h, n = int(o["H"]), x.w.n_trainable
     if x.strategy.name != "diloco":
         comm = x.net.time("all_reduce", 4.0 * n, x.p) / h
         return Priced(comm, comm, x.opt_full)
@@ -298,7 +298,7 @@ def bucket_comm_powersgd(x: StepContext, sizes: Sequence[int]) -> tuple[list[flo
     r = int(x.compress.options["rank"])
     elems = sum(sizes) / 4
     sent = flops = 0.0
-    for t in x.w.tensors:
+    for t in (t for t in x.w.tensors if t.trainable):
         if len(t.shape) == 2 and t.numel >= int(x.compress.options["min_numel"]):
             m, n = t.shape
             sent += 4.0 * r * (m + n)

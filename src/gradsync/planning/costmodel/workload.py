@@ -19,6 +19,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     unit: int  # ZeRO-3 unit: the block index, or -1 for the root (embeddings, final norm)
     ready: float  # fraction of the backward pass done when its gradient is final
+    trainable: bool = True  # False: frozen (requires_grad=False), held but never communicated or updated
 
     @property
     def numel(self) -> int:
@@ -53,7 +54,26 @@ class Workload:
 
     @property
     def n_params(self) -> int:
+        """Every parameter, frozen ones included (what each replica holds)."""
         return sum(t.numel for t in self.tensors)
+
+    @property
+    def n_trainable(self) -> int:
+        """The parameters that have gradients and optimizer state, and travel."""
+        return sum(t.numel for t in self.tensors if t.trainable)
+
+
+def frozen(w: Workload, prefixes: list[str]) -> Workload:
+    """``w`` with the tensors whose names start with one of ``prefixes`` frozen (fine-tuning the
+    top of a model, adapters): they are held on every rank, but never communicated, sharded or
+    updated, as the strategies treat parameters with ``requires_grad=False``."""
+    unknown = [x for x in prefixes if not any(t.name.startswith(x) for t in w.tensors)]
+    if unknown:
+        raise CostModelError(f"no tensor of the model starts with {', '.join(unknown)}")
+    return replace(
+        w,
+        tensors=tuple(replace(t, trainable=t.trainable and not t.name.startswith(tuple(prefixes))) for t in w.tensors),
+    )
 
 
 def gpt_tensors(shape: GPTShape, seq_len: int) -> list[TensorInfo]:
@@ -113,8 +133,8 @@ def buckets(w: Workload, pad_to: int = 1) -> list[tuple[int, float]]:
     """(bytes, ready fraction) of each gradient bucket, in launch order, planned by
     :func:`gradsync.core.buckets.plan_buckets` on the fp32 gradients in reverse registration order, as
     the strategies plan them; ``pad_to`` pads each to a multiple of that many elements (ZeRO-1/2
-    pad to the world size)."""
-    tensors = w.tensors[::-1]
+    pad to the world size). Frozen tensors have no gradient and are in no bucket."""
+    tensors = [t for t in w.tensors[::-1] if t.trainable]
     groups = plan_buckets([4 * t.numel for t in tensors], w.first_bucket_bytes, w.bucket_bytes)
     out = []
     for g in groups:
@@ -124,11 +144,19 @@ def buckets(w: Workload, pad_to: int = 1) -> list[tuple[int, float]]:
 
 
 def units(w: Workload) -> list[int]:
-    """Bytes of each ZeRO-3 unit (the blocks, then the root), unpadded."""
+    """Bytes of each ZeRO-3 unit (the blocks, then the root), unpadded: trainable tensors only
+    (frozen ones stay whole on every rank, :func:`frozen_bytes`)."""
     by_unit: dict[int, int] = {}
     for t in w.tensors:
+        if not t.trainable:
+            continue
         by_unit[t.unit] = by_unit.get(t.unit, 0) + 4 * t.numel
     return [by_unit[k] for k in sorted(k for k in by_unit if k >= 0)] + [by_unit.get(-1, 0)]
+
+
+def frozen_bytes(w: Workload) -> float:
+    """fp32 bytes of the frozen tensors, which every rank holds whole under every strategy."""
+    return 4.0 * (w.n_params - w.n_trainable)
 
 
 def with_accum(w: Workload, micro_batch: int, accum: int) -> Workload:

@@ -158,6 +158,7 @@ def parallelize(
     bucket_mb: float = 25.0,
     first_bucket_mb: float = 1.0,
     find_unused_parameters: bool = False,
+    sync_batchnorm: bool = False,
     backend: str | None = None,
     timeout_s: float | None = None,
 ) -> Parallel:
@@ -170,6 +171,10 @@ def parallelize(
     ``find_unused_parameters`` is torch DDP's: for models whose steps leave some parameters unused
     (branches, routing), the ones no rank used keep no gradient and the optimizer leaves them alone
     (one small all-reduce a step; without it they count as zero gradients, with a warning).
+    ``sync_batchnorm`` normalises every BatchNorm with the statistics of the global batch (as
+    ``torch.nn.SyncBatchNorm``, on any device): training then equals one process with the whole
+    batch. Without it, as DDP, each rank normalises its own micro-batch and rank 0's running
+    statistics are broadcast before each forward.
     ``backend`` and ``timeout_s`` default to ``gradsync run``'s ``--backend`` and ``--timeout``
     (else ``auto`` and 300 s)."""
     backend = backend or os.environ.get("GRADSYNC_BACKEND", "auto")
@@ -181,6 +186,7 @@ def parallelize(
         bucket_mb=bucket_mb,
         first_bucket_mb=first_bucket_mb,
         find_unused=find_unused_parameters,
+        sync_batchnorm=sync_batchnorm,
         backend=backend,
         timeout_s=timeout_s,
     )

@@ -279,6 +279,9 @@ class ParallelConfig:
         "as torch DDP's find_unused_parameters: parameters no rank used in a step keep a None gradient "
         "(the optimizer leaves them alone); one small all-reduce a step",
     )
+    sync_batchnorm: bool = key(
+        False, "BatchNorm statistics over the global batch (two small all-reduces per layer and pass)"
+    )
     backend: str = key("auto", "auto: nccl on CUDA, gloo on CPU")
     timeout_s: float = key(300.0, "every collective fails after this long instead of hanging")
     threads: int = key(0, "intra-op threads per worker; 0 = cores / local workers")

@@ -40,6 +40,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
+from gradsync.parallel.sync_batchnorm import convert_sync_batchnorm
 from gradsync.parallel.unused import UsageTracker
 from gradsync.runtime.dist import Comm, replicate
 
@@ -108,6 +109,8 @@ class Strategy(ABC):
         self.comm = comm
         self.cfg = cfg
         self.spec = cfg.strategy_spec
+        if cfg.sync_batchnorm:
+            self.sync_batchnorm()
         replicate(model, comm)
         self.usage = UsageTracker(model, comm) if cfg.find_unused and self.tracks_unused else None
         self.module: nn.Module = model  # what the trainer calls forward on
@@ -124,6 +127,15 @@ class Strategy(ABC):
         else:
             with self.grad_path.micro_step(last):
                 yield
+
+    def sync_batchnorm(self) -> None:
+        """Turn every BatchNorm into one over the global batch (:mod:`gradsync.parallel.sync_batchnorm`)."""
+        if self.local_gradients:
+            raise ConfigError(
+                f"{self.name}: sync_batchnorm would communicate in every forward, which {self.name} exists to avoid"
+            )
+        if convert_sync_batchnorm(self.model, self.comm) == 0:
+            raise ConfigError("sync_batchnorm: the model has no BatchNorm layer to synchronise")
 
     def sync_buffers(self) -> None:
         """Broadcast rank 0's buffers, one collective per dtype (nothing without buffers)."""

@@ -209,6 +209,9 @@ def _fit(rank: int, cfg: object, task: object) -> int:
 
 
 def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) -> None:
+    """examples/own_loop.py, the README's DDP-style loop (a built AdamW in two groups, a torch
+    scheduler, a DataLoader), stopped mid-epoch at step 20 and resumed, ends bitwise where an
+    unbroken run does."""
     from gradsync.api import SAVED
     from gradsync.checkpoint import format as ckpt
 
@@ -222,9 +225,13 @@ def test_gradsync_run_trains_your_loop_with_zero2_and_resumes(tmp_path: Path) ->
             assert r.returncode == 0, r.stderr[-2000:]
     a = ckpt.load_checkpoint(tmp_path / "a.pt", SAVED)
     b = ckpt.load_checkpoint(tmp_path / "b.pt", SAVED)
-    assert a["extra"] == b["extra"] == {"step": 40} and a["world_size"] == 2
+    assert a["extra"]["data"]["step"] == b["extra"]["data"]["step"] == 40 and a["world_size"] == 2
+    assert a["extra"]["scheduler"] == b["extra"]["scheduler"]  # resumed mid-epoch, scheduler included
     ma, mb = a["strategy"]["model"], b["strategy"]["model"]
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    oa, ob = a["strategy"]["optimizer"], b["strategy"]["optimizer"]
+    assert len(oa["param_groups"]) == 2 and oa["param_groups"][0]["lr"] == ob["param_groups"][0]["lr"] < 1e-3
+    assert all(torch.equal(oa["state"][i]["exp_avg"], ob["state"][i]["exp_avg"]) for i in oa["state"])
     one_line_error(cli("run", "--nproc", "2", "missing.py", cwd=tmp_path), "'missing.py' does not exist")
 
 

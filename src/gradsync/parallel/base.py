@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -103,6 +103,10 @@ class Strategy(ABC):
     tracks_unused: ClassVar[bool] = True
     # The gradient path this strategy holds, if any (set in the constructor).
     grad_path: GradientPath | None = None
+    stepping: bool = False  # inside step(), while the optimizer updates
+    # What step() calls to update (default: the optimizer's step); gradsync.parallelize routes it
+    # through the optimizer a script built, so that its learning-rate schedulers see each step.
+    optimizer_step: Callable[[], Any] | None = None
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         self.model = model
@@ -183,8 +187,12 @@ class Strategy(ABC):
             return StepResult(norm, True)
         if grad_clip > 0:
             self.clip_grads(grad_clip, norm)
-        with self.hidden_grads(unused):
-            self.optimizer.step()
+        self.stepping = True  # the optimizer's step is called by the strategy (api guards direct calls)
+        try:
+            with self.hidden_grads(unused):
+                (self.optimizer_step or self.optimizer.step)()
+        finally:
+            self.stepping = False
         self.after_update()
         self.memory.sample(steady=True)
         self.memory.steps += 1

@@ -238,3 +238,12 @@ def test_readme_links_point_at_files_that_exist() -> None:
     assert links, "the README links into the guide"
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, f"README links to missing files: {missing}"
+
+
+def test_the_readme_own_loop_is_the_script_the_suite_runs() -> None:
+    """The README's own-loop block is examples/own_loop.py's, line for line; tests/e2e runs that
+    script with 2 workers, stops it mid-epoch and resumes it."""
+    (block,) = [b for b in blocks(ROOT / "README.md", "python") if "gradsync.parallelize" in b]
+    script = (ROOT / "examples" / "own_loop.py").read_text(encoding="utf-8")
+    assert block.strip() in script
+    assert "DataLoader(" in block and "lr_scheduler" in block and "torch.optim.AdamW(" in block

@@ -363,3 +363,23 @@ def test_a_script_that_exits_with_a_code_or_raises_is_one_line_naming_it(tmp_pat
     (tmp_path / "raises.py").write_text("x = 1\nraise ValueError('the data loader found no files')\n")
     r = cli("run", "--nproc", "1", "raises.py", cwd=tmp_path)
     one_line_error(r, "run: raises.py:2 raised ValueError: the data loader found no files")
+
+
+def test_a_rendezvous_port_another_job_holds_is_one_line_at_once(tmp_path: Path) -> None:
+    """A single-node job hosts its rendezvous: if the port is taken (here by a listening socket, as
+    another job's store is), it says so at once instead of joining that job's rendezvous and
+    waiting for it to end."""
+    import socket
+    import time
+
+    (tmp_path / "hello.py").write_text("print('hello')\n")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        t0 = time.monotonic()
+        r = cli(
+            "run", "--nproc", "2", "--rdzv-endpoint", f"127.0.0.1:{port}", "--timeout", "30", "hello.py", cwd=tmp_path
+        )
+    one_line_error(r, f"the rendezvous port {port} of 127.0.0.1:{port} is already in use on this machine")
+    assert time.monotonic() - t0 < 30

@@ -46,6 +46,8 @@ def launch_workers(cfg: Config, config_path: Path, job: str = TRAIN_JOB, args: t
     rdzv_configs: dict[str, object] = {"join_timeout": whole_s, "read_timeout": whole_s}
     if not standalone:
         rdzv_configs.update(_multinode_setup(p))
+        if p.nnodes == 1 or rdzv_configs.get("is_host") is True:
+            check_port_free(p.rdzv_endpoint)
     lc = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -145,6 +147,25 @@ def _multinode_setup(p: ParallelConfig) -> dict[str, object]:
         )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
     return {"is_host": host == p.local_addr}
+
+
+def check_port_free(endpoint: str) -> None:
+    """This node must host the rendezvous at ``endpoint``: fail at once if its port is taken.
+    Otherwise torch's agent would quietly become a client of whatever listens there — another
+    gradsync job's store, whose rendezvous it then waits on until that job ends."""
+    import socket
+
+    host, port = endpoint.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT is no conflict
+        try:
+            s.bind(("", int(port)))
+        except OSError as e:
+            raise ConfigError(
+                f"the rendezvous port {port} of {endpoint} is already in use on this machine "
+                f"(another gradsync job or program holds it: {e.strerror}); give --rdzv-endpoint "
+                f"{host}:PORT with a free port, or leave it out for a single-node job"
+            ) from None
 
 
 def interface_with_address(addr: str) -> str | None:

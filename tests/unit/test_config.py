@@ -94,3 +94,30 @@ def test_incompatible_fields_lists_what_differs() -> None:
     a = Config()
     b = build_config(None, {"model.n_layer": "8", "train.max_steps": "5"})
     assert incompatible_fields(a.to_dict(), b) == ["model.n_layer: None -> 8"]
+
+
+def test_a_task_chooses_its_defaults_where_nothing_was_set() -> None:
+    from gradsync.core.catalog import TASK_DEFAULTS
+    from gradsync.core.config import sources
+
+    bert = build_config(None, {"task.name": "bert"})
+    assert (bert.optim.lr, bert.data.seq_len, bert.train.global_batch, bert.train.micro_batch) == (1e-3, 32, 256, 64)
+    assert sources(bert) == {k: "task bert" for k in TASK_DEFAULTS["bert"]}
+    mine = build_config(None, {"task.name": "bert", "optim.lr": 5e-4, "train.global_batch": 32})
+    assert mine.optim.lr == 5e-4 and mine.data.seq_len == 32
+    assert mine.train.micro_batch == build_config().train.micro_batch  # the batch pair is the user's, whole
+    assert build_config({"task": {"name": "image"}, "train": {"max_steps": 40}}).train.max_steps == 40
+    gpt = build_config()
+    assert sources(gpt) == {} and gpt.optim.warmup_steps == 50  # the GPT's are the config's own defaults
+    resolved = build_config(bert.to_dict())  # a saved config.toml read back is taken as it is
+    assert resolved == bert
+
+
+def test_warm_up_is_never_longer_than_a_quarter_of_a_short_run() -> None:
+    from gradsync.core.config import sources
+
+    short = build_config(None, {"train.max_steps": 30})
+    assert short.optim.warmup_steps == 7 and sources(short) == {"optim.warmup_steps": "train.max_steps / 4"}
+    assert build_config(None, {"train.max_steps": 1000}).optim.warmup_steps == 50
+    assert build_config(None, {"train.max_steps": 30, "optim.warmup_steps": 20}).optim.warmup_steps == 20
+    assert build_config(None, {"task.name": "speech"}).optim.warmup_steps == 50  # 200 steps: a quarter is 50

@@ -22,7 +22,15 @@ from typing import Any
 
 import tomllib
 
-from gradsync.core.catalog import AUTO, COMPRESSOR_SCHEMA, STRATEGY_SCHEMA, TASKS, check_composition
+from gradsync.core.catalog import (
+    AUTO,
+    COMPRESSOR_SCHEMA,
+    STRATEGY_SCHEMA,
+    TASK_DEFAULTS,
+    TASKS,
+    WARMUP_SHARE,
+    check_composition,
+)
 from gradsync.core.errors import ConfigError
 from gradsync.core.shapes import PRESETS
 from gradsync.core.spec import Spec, parse_spec
@@ -439,10 +447,13 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
-    def to_toml(self, meanings: dict[str, str] | None = None, changed_only: bool = False) -> str:
+    def to_toml(
+        self, meanings: dict[str, str] | None = None, changed_only: bool = False, origins: dict[str, str] | None = None
+    ) -> str:
         """The resolved config as TOML (``None`` values are left out: they mean 'use the default';
         with ``meanings``, each key's is a comment after it and a left-out key is a comment;
-        ``changed_only``: just the keys whose values differ from the defaults)."""
+        ``changed_only``: just the keys whose values differ from the defaults; ``origins``: where a
+        key's value came from, as a comment, e.g. ``# from task bert`` (:func:`sources`))."""
         lines: list[str] = []
         default = Config().to_dict() if changed_only else {}
         for section, values in self.to_dict().items():
@@ -453,6 +464,8 @@ class Config:
             lines.append(f"[{section}]")
             for k, v in values.items():
                 note = f"  # {meanings[f'{section}.{k}']}" if meanings else ""
+                if origins and f"{section}.{k}" in origins:
+                    note += f"  # from {origins[f'{section}.{k}']}"
                 if v is not None:
                     lines.append(f"{k} = {_toml_value(v)}{note}")
                 elif meanings:
@@ -523,8 +536,39 @@ def build_config(base: dict[str, dict[str, Any]] | None = None, overrides: dict[
             _set(values, f"{section}.{k}", v)
     for key, v in (overrides or {}).items():
         _set(values, key, v)
+    for key, v in chosen_defaults(values).items():
+        _set(values, key, v)
     parts = {s: cls(**values[s]) for s, cls in _SECTIONS.items()}
     return Config(**parts)
+
+
+def chosen_defaults(values: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The defaults chosen for this run where ``values`` (what the user set) has nothing: the
+    task's own (:data:`gradsync.core.catalog.TASK_DEFAULTS`), and a warm-up no longer than a
+    quarter of the run. Shown by ``gradsync config`` and a run's opening lines (:func:`sources`)."""
+    given = {f"{s}.{k}" for s, table in values.items() for k in table}
+    task = values["task"].get("name", TaskConfig.name)
+    batch = {"train.global_batch", "train.micro_batch"}  # a pair: the user's one with the task's may not divide
+    out = {
+        k: v for k, v in TASK_DEFAULTS.get(task, {}).items() if k not in given and not (k in batch and batch & given)
+    }
+    if "optim.warmup_steps" not in given:
+        steps = out.get("train.max_steps", values["train"].get("max_steps", TrainConfig.max_steps))
+        cap = int(steps) // WARMUP_SHARE  # type: ignore[call-overload]
+        if cap < OptimConfig.warmup_steps:
+            out["optim.warmup_steps"] = cap
+    return out
+
+
+def sources(cfg: Config) -> dict[str, str]:
+    """Where the keys a run's task or length chose came from, for the keys whose value is that
+    choice: ``{"optim.lr": "task bert", "optim.warmup_steps": "a quarter of train.max_steps"}``."""
+    flat = {f"{s}.{k}": v for s, table in cfg.to_dict().items() for k, v in table.items()}
+    out = {k: f"task {cfg.task.name}" for k, v in TASK_DEFAULTS.get(cfg.task.name, {}).items() if flat[k] == v}
+    cap = cfg.train.max_steps // WARMUP_SHARE
+    if cfg.optim.warmup_steps == cap < OptimConfig.warmup_steps:
+        out["optim.warmup_steps"] = f"train.max_steps / {WARMUP_SHARE}"
+    return out
 
 
 def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gradsync.checkpoint import format as ckpt
-from gradsync.core.config import Config
+from gradsync.core.config import Config, sources
 from gradsync.core.devices import datasheet_for
 from gradsync.core.errors import ConfigError, Preempted, TrainingError
 from gradsync.data import ShardedBatches
@@ -240,6 +240,15 @@ class Trainer:
             f"{sum(p.numel() for p in self.model.parameters()):,} parameters, task {self.task.name}, "
             f"accumulation {self.batches.accum_steps}, data {self.task.description}"
         ]
+        chosen = sources(self.cfg)
+        if chosen:
+            lines.append(
+                "gradsync: chosen where nothing was set: "
+                + ", ".join(
+                    f"{k}={getattr(getattr(self.cfg, k.split('.')[0]), k.split('.')[1])} ({why})"
+                    for k, why in chosen.items()
+                )
+            )
         layout = self.strategy.describe()
         if layout:
             lines.append(f"gradsync: {layout}")

@@ -149,7 +149,7 @@ class Parallel:
         return self.strategy.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.strategy.load_state_dict(state)
+        self.strategy.restore(state)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's parameters on every rank (collective: sharded strategies gather)."""
@@ -213,7 +213,7 @@ def _adopt(original: torch.optim.Optimizer, strategy: Strategy) -> None:
     if original is strategy.optimizer:
         return
     if original.state:
-        strategy.load_state_dict({"model": strategy.full_model_state(), "optimizer": original.state_dict()})
+        strategy.restore({"model": strategy.full_model_state(), "optimizer": original.state_dict()})
     original.param_groups = strategy.optimizer.param_groups
     _route_optimizer(original, strategy, steps=lambda *a, **k: strategy.optimizer.step(*a, **k))
     strategy.optimizer_step = lambda: original.step()

@@ -68,7 +68,7 @@ def _world(rank: int) -> dict[str, Any]:
     for precision in ("fp32", "bf16"):
         model = _model()
         seen: list[Any] = []
-        model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        model[0].register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
         dp = gradsync.parallelize(
             model, torch.optim.AdamW(model.parameters(), lr=1e-2), "zero2", precision=precision, timeout_s=60
         )

@@ -117,9 +117,7 @@ def test_training_equals_one_process_with_the_whole_batch(
         assert int(world[rank][strategy]["state"]["1.num_batches_tracked"]) == STEPS
 
 
-def test_without_it_each_rank_normalises_its_own_half(
-    world: list[dict[str, Any]], one_process: dict[str, Any]
-) -> None:
+def test_without_it_each_rank_normalises_its_own_half(world: list[dict[str, Any]], one_process: dict[str, Any]) -> None:
     assert _worst(one_process["losses"], [w["plain"]["losses"] for w in world]) > 1e-3
 
 

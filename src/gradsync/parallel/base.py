@@ -103,7 +103,9 @@ class Strategy(ABC):
     tracks_unused: ClassVar[bool] = True
     # The gradient path this strategy holds, if any (set in the constructor).
     grad_path: GradientPath | None = None
-    stepping: bool = False  # inside step(), while the optimizer updates
+    # True while the strategy itself may step the optimizer: in step(), or while torch's loader of
+    # an optimizer state initialises it by a step (gradsync.parallelize refuses other calls)
+    stepping: bool = False
     # What step() calls to update (default: the optimizer's step); gradsync.parallelize routes it
     # through the optimizer a script built, so that its learning-rate schedulers see each step.
     optimizer_step: Callable[[], Any] | None = None
@@ -187,7 +189,7 @@ class Strategy(ABC):
             return StepResult(norm, True)
         if grad_clip > 0:
             self.clip_grads(grad_clip, norm)
-        self.stepping = True  # the optimizer's step is called by the strategy (api guards direct calls)
+        self.stepping = True
         try:
             with self.hidden_grads(unused):
                 (self.optimizer_step or self.optimizer.step)()
@@ -249,6 +251,15 @@ class Strategy(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """:meth:`load_state_dict`, with the optimizer's own step allowed (torch's distributed
+        loader initialises an optimizer's state by stepping it on zero gradients)."""
+        self.stepping = True
+        try:
+            self.load_state_dict(state)
+        finally:
+            self.stepping = False
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The whole model's ``state_dict`` on every rank (collective for sharded strategies)."""

@@ -43,6 +43,12 @@ class TorchFSDPStrategy(Strategy):
                 "use zero3 or drop find_unused"
             )
         super().__init__(model, optimizer_factory, comm, cfg)
+        scalars = [n for n, p in model.named_parameters() if p.dim() == 0]
+        if scalars:  # FSDP2 raises deep inside fully_shard
+            raise ConfigError(
+                f"torch-fsdp: torch's FSDP2 does not shard 0-dim parameters ({', '.join(scalars)}); "
+                "use zero3, which does, or make them 1-element tensors"
+            )
         for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
             for layer in lst:
                 fully_shard(layer)

@@ -153,7 +153,9 @@ class ShardedOptimizer(torch.optim.Optimizer):
                 continue
             st: dict[str, Any] = {}
             for k, v in saved_state.items():
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.numel() == pc.param.numel():
+                # per-element state has the parameter's shape, 0-dim included; "step" is torch's one
+                # scalar state (a 0-dim parameter's step has its shape too)
+                if isinstance(v, torch.Tensor) and k != "step" and v.shape == pc.param.shape:
                     st[k] = v.reshape(-1)[pc.lo : pc.hi].to(leaf.device).clone()
                 else:
                     st[k] = v.clone() if isinstance(v, torch.Tensor) else v

@@ -40,7 +40,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.data.loader import ShardedLoader
 from gradsync.optim.factory import OptimizerFactory
-from gradsync.parallel import StepResult, Strategy, build_strategy
+from gradsync.parallel import StepResult, Strategy, build_strategy, strategy_class
 from gradsync.runtime.dist import Comm, DistEnv, init_distributed
 from gradsync.training.precision import autocast_forward
 
@@ -219,6 +219,21 @@ def _adopt(original: torch.optim.Optimizer, strategy: Strategy) -> None:
     strategy.optimizer_step = lambda: original.step()
 
 
+def _uncompiled(model: nn.Module, cfg: ParallelConfig) -> tuple[nn.Module | None, nn.Module]:
+    """``(compiled, module)`` for a ``torch.compile``d model (the strategy works on the module
+    inside, so that names, hooks and checkpoints are the module's own; forward runs the compiled
+    one), ``(None, model)`` otherwise. A strategy that does not compose with compile says why."""
+    inner = getattr(model, "_orig_mod", None)
+    if not isinstance(inner, nn.Module):
+        return None, model
+    blocker = strategy_class(cfg.strategy_spec.name).compile_blocker
+    if blocker:
+        raise ConfigError(
+            f"parallelize: a torch.compile'd model does not compose with {cfg.strategy_spec.name}: {blocker}"
+        )
+    return model, inner
+
+
 def as_factory(optimizer: Optimizer, model: nn.Module) -> OptimizerFactory:
     """A strategy builds its optimizer (sharded ones over their shard), so it needs a factory. An
     optimizer already built over the model's parameters, with any number of parameter groups
@@ -295,11 +310,19 @@ def parallelize(
         backend=backend,
         timeout_s=timeout_s,
     )
+    compiled, model = _uncompiled(model, cfg)
     env = init_distributed(backend, timeout_s)
     model.to(env.device)
     autocast_forward(model, precision, env.device)
     factory = as_factory(optimizer, model)
     dp = Parallel(build_strategy(model, factory, Comm(env, timeout_s=timeout_s), cfg), env)
+    if compiled is not None:
+        if dp.strategy.module is not model:
+            raise ConfigError(
+                f"parallelize: {cfg.strategy_spec.name} wraps the model itself, so it cannot take it compiled; "
+                "pass the model uncompiled and compile what the strategy calls: dp.module.compile()"
+            )
+        dp.strategy.module = compiled  # forward runs compiled, with the options it was compiled with
     if isinstance(optimizer, torch.optim.Optimizer):
         _adopt(optimizer, dp.strategy)
     return dp

@@ -28,7 +28,7 @@ from gradsync.training.metrics import read_metrics
 
 RUNS = {
     "default": "gradsync train",
-    "bert": "gradsync train --task bert --lr 1e-3 --seq-len 32 --global-batch 256 --micro-batch 64",
+    "bert": "gradsync train --task bert",
     "image": (
         "gradsync train --task image --micro-batch 32 --global-batch 64 --max-steps 300 "
         "--eval-interval 50 --train.eval_sequences 1000"

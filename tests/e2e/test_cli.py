@@ -197,6 +197,9 @@ def test_config_prints_what_train_would_run_and_every_key_has_a_meaning(tmp_path
     assert "lr = 0.001  # peak learning rate, after linear warmup" in shown.stdout
     assert build_config(tomllib.loads(shown.stdout)) == build_config(None, {"optim.lr": "1e-3"})
     _one_line_error(gradsync("config", "--lr", "inf", cwd=tmp_path), "optim.lr")
+    bert = gradsync("config", "--task", "bert", "--lr", "5e-4", cwd=tmp_path)
+    assert "seq_len = 32  # from task bert" in bert.stdout and "lr = 0.0005\n" in bert.stdout, bert.stdout
+    assert build_config(tomllib.loads(bert.stdout)) == build_config(None, {"task.name": "bert", "optim.lr": 5e-4})
 
 
 def test_compile_trains_the_same_losses_and_refuses_zero(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_a_task_chooses_its_defaults_where_nothing_was_set() -> None:
     from gradsync.core.config import sources
 
     bert = build_config(None, {"task.name": "bert"})
-    assert (bert.optim.lr, bert.data.seq_len, bert.train.global_batch, bert.train.micro_batch) == (1e-3, 32, 256, 64)
+    assert (bert.optim.lr, bert.data.seq_len, bert.train.global_batch, bert.train.micro_batch) == (1e-3, 32, 128, 64)
     assert sources(bert) == {k: "task bert" for k in TASK_DEFAULTS["bert"]}
     mine = build_config(None, {"task.name": "bert", "optim.lr": 5e-4, "train.global_batch": 32})
     assert mine.optim.lr == 5e-4 and mine.data.seq_len == 32

@@ -124,21 +124,21 @@ class BertTask(MaskedLMTask):
     name = "bert"
 
     def warnings(self) -> list[str]:
-        """Two traps measured on the default corpus and the small model (README, "Other tasks"):
-        at lr 3e-3 validation accuracy stayed at the unigram baseline for all 650 steps; at seq
-        128 it sat on a plateau (0.336) for 1,500 steps, while seq 32 with the same tokens per
-        step left it within 300 (attention starts uniform, so a long sequence dilutes the
-        neighbours a masked token needs)."""
+        """Two traps measured on the default corpus and the small model (the task's defaults avoid
+        both: :data:`gradsync.core.catalog.TASK_DEFAULTS`): at lr 2e-3 and above validation
+        accuracy stayed at the unigram baseline; at seq 128 it sat on a plateau (0.336) for 1,500
+        steps, while seq 32 with the same tokens per step left it within 300 (attention starts
+        uniform, so a long sequence dilutes the neighbours a masked token needs)."""
         out = []
         if self.cfg.optim.lr > 1e-3:
             out.append(
                 f"--lr {self.cfg.optim.lr:g} is high for a post-LayerNorm BERT: it may collapse to "
-                "predicting the most frequent token; --lr 1e-3 or lower trains"
+                "predicting the most frequent token; --lr 1e-3 (the task's default) trains"
             )
         if self.cfg.data.seq_len > 64:
             out.append(
                 f"--seq-len {self.cfg.data.seq_len}: a small BERT learns slowly from long sequences "
-                "(a long plateau at seq 128); --seq-len 32 with a 4x global batch learns far sooner"
+                "(a long plateau at seq 128); --seq-len 32 (the task's default) learns far sooner"
             )
         return out
 

@@ -17,6 +17,7 @@ from zoo import NAMES as ZOO
 from zoo import batch as _batch
 from zoo import branchy as _branchy
 from zoo import convbn as _model
+from zoo import mixed as _mixed
 from zoo import two_groups as _optimizer
 from zoo import zoo as _zoo
 
@@ -32,6 +33,7 @@ def _train(rank: int) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel
 
     import gradsync
+    from gradsync.core.errors import ConfigError
     from gradsync.runtime.dist import init_distributed
 
     init_distributed("gloo", 60)  # parallelize joins the same group
@@ -67,6 +69,13 @@ def _train(rank: int) -> dict[str, Any]:
             model, torch.optim.AdamW(model.parameters(), lr=3e-3), strategy, find_unused_parameters=True, timeout_s=60
         )
         out[f"branchy/{strategy}"] = {**_fit(dp, rank), "optimizer": dp.state_dict()["optimizer"]}
+    for strategy in ["torch-ddp", *STRATEGIES]:
+        model = _mixed()
+        try:
+            dp = gradsync.parallelize(model, torch.optim.AdamW(model.parameters(), lr=3e-3), strategy, timeout_s=60)
+            out[f"mixed/{strategy}"] = _fit(dp, rank)
+        except ConfigError as e:
+            out[f"mixed/{strategy}"] = str(e)
     model = _branchy()  # without the option: unused parameters count as zero gradients
     dp = gradsync.parallelize(model, torch.optim.AdamW(model.parameters(), lr=3e-3), "bucketed", timeout_s=60)
     out["branchy/zeros"] = _fit(dp, rank)
@@ -161,3 +170,17 @@ def test_without_the_option_unused_parameters_count_as_zero_gradients(runs: dict
     # AdamW's weight decay moves a parameter whose gradient is zero: the difference the option makes
     first = _branchy().state_dict()
     assert not runs["branchy/zeros"]["state"]["aux.weight"].equal(first["aux.weight"])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_parameters_of_two_dtypes_train_as_under_torch_ddp(runs: dict[str, Any], strategy: str) -> None:
+    """A float64 head on a float32 body: buckets and ZeRO-2's units never mix dtypes; ZeRO-3,
+    which flattens a layer into one buffer, says so in one line."""
+    got = runs[f"mixed/{strategy}"]
+    if strategy == "zero3":
+        assert "zero3 shards each layer as one flat buffer, and one holds float32 and float64" in got
+        return
+    ref = runs["mixed/torch-ddp"]
+    worst = max(abs(a - b) / abs(a) for a, b in zip(ref["losses"], got["losses"]))
+    assert worst <= 1e-5, f"mixed dtypes under {strategy}: per-step losses {worst:.3g} relative from torch DDP's"
+    assert got["state"]["head.weight"].dtype == ref["state"]["head.weight"].dtype

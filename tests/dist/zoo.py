@@ -112,3 +112,21 @@ def batch(step: int, rank: int) -> Any:
 
     g = torch.Generator().manual_seed(1000 * step + rank)
     return torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g)
+
+
+def mixed() -> Any:
+    """A model whose parameters are of two dtypes (a float64 head on a float32 body)."""
+    import torch
+    import torch.nn as nn
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh())
+            self.head = nn.Linear(16, 4).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x).double()).float()
+
+    torch.manual_seed(0)
+    return Mixed()

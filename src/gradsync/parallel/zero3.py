@@ -74,6 +74,15 @@ class Zero3Strategy(ShardedStrategy):
             seen |= {id(p) for p in ps}
         # Unit order = the order in which backward finishes them: last block first, root last.
         groups = [ps for _, ps in reversed(owners)] + ([root] if root else [])
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        for g in groups:
+            kinds = sorted({str(p.dtype).removeprefix("torch.") for p in g})
+            if len(kinds) > 1:
+                raise ConfigError(
+                    f"zero3 shards each layer as one flat buffer, and one holds {' and '.join(kinds)} parameters "
+                    f"({', '.join(name_of[id(p)] for p in g[:3])}, ...): give the model one dtype "
+                    "(model.float()) or use zero2, which groups parameters by dtype"
+                )
         self.units = [FlatUnit(i, g, world, rank) for i, g in enumerate(groups)]
         self.full = bind_unit_buffers(self.units)
         self.param_chunks = [u.my_chunk(full).clone() for u, full in zip(self.units, self.full)]

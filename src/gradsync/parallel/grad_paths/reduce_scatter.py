@@ -54,13 +54,11 @@ class ReduceScatterGrads:
         self.world = comm.world_size * (replicas.world_size if replicas is not None else 1)
         self.on_unit_done = on_unit_done
         self.on_launch = on_launch
-        ref = units[0].params[0]
-        shard = torch.zeros(sum(u.chunk for u in units), dtype=ref.dtype, device=ref.device)
-        self.chunks: list[torch.Tensor] = []
-        at = 0
-        for u in units:
-            self.chunks.append(shard[at : at + u.chunk])
-            at += u.chunk
+        # one chunk per unit, in the unit's dtype (units never mix dtypes: a model may hold fp32
+        # and fp64 parameters)
+        self.chunks: list[torch.Tensor] = [
+            torch.zeros(u.chunk, dtype=u.params[0].dtype, device=u.params[0].device) for u in units
+        ]
         self.names = {id(p): n for n, p in model.named_parameters()}
         self._where: dict[int, tuple[FlatUnit, int]] = {}
         for u in units:

@@ -109,7 +109,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         state: dict[int, dict[str, Any]] = {i: dict(st) for i, st in self.gather_scalars(comm).items()}
         for key in sorted(k for k, per_element in keys.items() if per_element):
             for u in self.units:
-                chunk = torch.zeros(u.chunk, dtype=torch.float32, device=comm.env.device)
+                chunk = torch.zeros(u.chunk, dtype=u.params[0].dtype, device=comm.env.device)  # the state's dtype
                 for uu, pc, leaf in self.slots:
                     if uu is u and leaf in self.optimizer.state:
                         chunk[pc.at : pc.at + pc.hi - pc.lo].copy_(self.optimizer.state[leaf][key])

@@ -23,10 +23,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
     configs, keys = [], []
     for s in STRATEGIES:
         for mode in MODES:
-            configs.append(merge(TINY, {"parallel.strategy": s, "parallel.nproc": 2, "train.micro_batch": 2,
-                                        "train.global_batch": 8, "train.max_steps": 8, "model.dropout": 0.1,
-                                        "train.activation_checkpointing": mode,
-                                        "train.run_dir": str(root / f"{s}-{mode}")}))
+            configs.append(
+                merge(
+                    TINY,
+                    {
+                        "parallel.strategy": s,
+                        "parallel.nproc": 2,
+                        "train.micro_batch": 2,
+                        "train.global_batch": 8,
+                        "train.max_steps": 8,
+                        "model.dropout": 0.1,
+                        "train.activation_checkpointing": mode,
+                        "train.run_dir": str(root / f"{s}-{mode}"),
+                    },
+                )
+            )
             keys.append((s, mode))
     return dict(zip(keys, run_world(2, train_each, configs)[0]))
 
@@ -45,10 +56,22 @@ def test_foreach_and_fused_optimizers_update_as_the_default_does(tmp_path_factor
 
     root = tmp_path_factory.mktemp("kernels")
     kernels = ("default", "foreach", "fused")
-    configs = [merge(TINY, {"parallel.strategy": s, "parallel.nproc": 2, "train.micro_batch": 4,
-                            "train.global_batch": 8, "train.max_steps": 6, "optim.kernel": k,
-                            "train.run_dir": str(root / f"{s}-{k}")})
-               for s in ("bucketed", "zero2") for k in kernels]
+    configs = [
+        merge(
+            TINY,
+            {
+                "parallel.strategy": s,
+                "parallel.nproc": 2,
+                "train.micro_batch": 4,
+                "train.global_batch": 8,
+                "train.max_steps": 6,
+                "optim.kernel": k,
+                "train.run_dir": str(root / f"{s}-{k}"),
+            },
+        )
+        for s in ("bucketed", "zero2")
+        for k in kernels
+    ]
     out = run_world(2, train_each, configs)[0]
     # foreach: the same per-element arithmetic (measured 0 difference); fused evaluates the update in
     # another order (measured 3.6e-6 of the parameter scale after 6 steps)

@@ -4,7 +4,8 @@ communication too) and resumes exactly under every strategy."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -12,10 +13,20 @@ import torch
 from gradsync.testing import run_world, train_and_collect, train_each
 
 MARKOV = {
-    "model.preset": "mini", "data.seq_len": 32, "data.synthetic_vocab": 8, "data.synthetic_order": 2,
-    "data.synthetic_tokens": 300_000, "optim.lr": 1e-2, "optim.warmup_steps": 20,
-    "parallel.nproc": 2, "train.micro_batch": 16, "train.global_batch": 32, "train.max_steps": 500,
-    "train.eval_interval": 100, "train.eval_sequences": 256}
+    "model.preset": "mini",
+    "data.seq_len": 32,
+    "data.synthetic_vocab": 8,
+    "data.synthetic_order": 2,
+    "data.synthetic_tokens": 300_000,
+    "optim.lr": 1e-2,
+    "optim.warmup_steps": 20,
+    "parallel.nproc": 2,
+    "train.micro_batch": 16,
+    "train.global_batch": 32,
+    "train.max_steps": 500,
+    "train.eval_interval": 100,
+    "train.eval_sequences": 256,
+}
 
 
 def test_converges_to_the_entropy_rate_of_a_markov_source(tiny_config: Callable[..., Any]) -> None:
@@ -42,8 +53,9 @@ def reduced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("reduced")
-    configs = [merge(TINY, {**MARKOV, **over, "train.run_dir": str(root / str(i))})
-               for i, over in enumerate(REDUCED.values())]
+    configs = [
+        merge(TINY, {**MARKOV, **over, "train.run_dir": str(root / str(i))}) for i, over in enumerate(REDUCED.values())
+    ]
     return dict(zip(REDUCED, run_world(2, train_each, configs, timeout=600)[0]))
 
 
@@ -87,9 +99,15 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("resume")
     configs = []
     for name, (strategy, compress) in RESUMED.items():
-        common = {"parallel.nproc": 2, "parallel.strategy": strategy, "parallel.compress": compress,
-                  "train.micro_batch": 2, "train.global_batch": 8, "train.max_steps": 20,
-                  "model.dropout": 0.1}  # dropout: the RNG state must resume too
+        common = {
+            "parallel.nproc": 2,
+            "parallel.strategy": strategy,
+            "parallel.compress": compress,
+            "train.micro_batch": 2,
+            "train.global_batch": 8,
+            "train.max_steps": 20,
+            "model.dropout": 0.1,
+        }  # dropout: the RNG state must resume too
         straight = merge(TINY, {**common, "train.run_dir": str(root / f"{name}-straight")})
         first = merge(TINY, {**common, "train.run_dir": str(root / f"{name}-split"), "train.stop_after": 10})
         second = merge(first, {"train.stop_after": 0, "train.resume": "auto"})

@@ -22,16 +22,30 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, tor
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("equiv")
-    single = merge(TINY, {"train.max_steps": STEPS, "train.micro_batch": 8, "train.global_batch": 8,
-                          "train.run_dir": str(root / "single")})
+    single = merge(
+        TINY,
+        {
+            "train.max_steps": STEPS,
+            "train.micro_batch": 8,
+            "train.global_batch": 8,
+            "train.run_dir": str(root / "single"),
+        },
+    )
     [ref] = run_world(1, _run_all, [single])[0]
     runs: dict[str, dict[str, Any]] = {}
     for strategy in ("allreduce", "bucketed", "torch-ddp"):
         for micro in (4, 2):  # 4: no accumulation; 2: two accumulation micro-steps
-            runs[f"{strategy}/micro{micro}"] = merge(TINY, {
-                "parallel.nproc": 2, "parallel.strategy": strategy, "train.max_steps": STEPS,
-                "train.micro_batch": micro, "train.global_batch": 8,
-                "train.run_dir": str(root / f"{strategy}-{micro}")})
+            runs[f"{strategy}/micro{micro}"] = merge(
+                TINY,
+                {
+                    "parallel.nproc": 2,
+                    "parallel.strategy": strategy,
+                    "train.max_steps": STEPS,
+                    "train.micro_batch": micro,
+                    "train.global_batch": 8,
+                    "train.run_dir": str(root / f"{strategy}-{micro}"),
+                },
+            )
     names = list(runs)
     params = run_world(2, _run_all, [runs[n] for n in names])[0]
     return {"single": ref, **dict(zip(names, params))}

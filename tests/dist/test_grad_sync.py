@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 
 from gradsync.core.config import ParallelConfig
-from gradsync.runtime.dist import Comm, init_distributed, verify_replicas
 from gradsync.core.errors import DistributedError
 from gradsync.model import build_gpt
 from gradsync.parallel import strategy_class
 from gradsync.parallel.sharding.sharded import ShardedStrategy
+from gradsync.runtime.dist import Comm, init_distributed, verify_replicas
 from gradsync.testing import run_world
 
 B, T, V = 8, 16, 32

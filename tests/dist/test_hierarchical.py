@@ -22,14 +22,22 @@ def _as_two_nodes(rank: int, configs: list[dict[str, Any]], resume: dict[str, An
 
     comm = Comm(init_distributed("gloo", 60))
     levels = two_level_groups(comm)
-    found = {"nodes": levels.layout.nodes, "intra": levels.intra.world_size, "inter": levels.inter.world_size,
-             "intra_rank": levels.intra.rank}
+    found = {
+        "nodes": levels.layout.nodes,
+        "intra": levels.intra.world_size,
+        "inter": levels.inter.world_size,
+        "intra_rank": levels.intra.rank,
+    }
     grads = [_averaged_gradients(comm, s)[0] for s in ("bucketed", "bucketed:hierarchical=true")]
     hybrid = _averaged_gradients(comm, "zero2:hybrid=true")[1]
-    shards = {"grad": sum(g.numel() for g in hybrid.grad_chunks), "padded": sum(u.padded for u in hybrid.units),
-              "moments": sum(v.numel() for st in hybrid.optimizer.optimizer.state.values()
-                             for k, v in st.items() if k == "exp_avg"),
-              "describe": hybrid.describe()}
+    shards = {
+        "grad": sum(g.numel() for g in hybrid.grad_chunks),
+        "padded": sum(u.padded for u in hybrid.units),
+        "moments": sum(
+            v.numel() for st in hybrid.optimizer.optimizer.state.values() for k, v in st.items() if k == "exp_avg"
+        ),
+        "describe": hybrid.describe(),
+    }
     runs = train_each(rank, configs)
     return {"layout": found, "grads": grads, "shards": shards, "runs": runs, "resumed": train_each(rank, [resume])[0]}
 
@@ -62,11 +70,29 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
     root = tmp_path_factory.mktemp("hier")
     # SGD with momentum: see test_two_level_training_matches_the_flat_ring
-    base = merge(TINY, {"parallel.nproc": 4, "train.micro_batch": 2, "train.global_batch": 8, "train.max_steps": 20,
-                        "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.01})
+    base = merge(
+        TINY,
+        {
+            "parallel.nproc": 4,
+            "train.micro_batch": 2,
+            "train.global_batch": 8,
+            "train.max_steps": 20,
+            "optim.name": "sgd",
+            "optim.momentum": 0.9,
+            "optim.lr": 0.01,
+        },
+    )
     configs = [merge(base, {"parallel.strategy": s, "train.run_dir": str(root / str(i))}) for i, s in enumerate(RUNS)]
-    stopped = merge(base, {"parallel.strategy": "zero3:hybrid=true", "train.checkpoint_format": "dcp",
-                           "train.stop_after": 10, "train.ckpt_interval": 10, "train.run_dir": str(root / "stop")})
+    stopped = merge(
+        base,
+        {
+            "parallel.strategy": "zero3:hybrid=true",
+            "train.checkpoint_format": "dcp",
+            "train.stop_after": 10,
+            "train.ckpt_interval": 10,
+            "train.run_dir": str(root / "stop"),
+        },
+    )
     resume = merge(stopped, {"train.stop_after": 0, "train.resume": "auto"})
     return run_world(4, _as_two_nodes, [*configs, stopped], resume, timeout=300)
 

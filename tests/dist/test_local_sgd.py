@@ -24,11 +24,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("local")
-    configs = [merge(TINY, {"parallel.nproc": 2, "parallel.strategy": s, "optim.name": "sgd", "optim.lr": 0.5,
-                            "optim.grad_clip": 0.0,  # local SGD clips by each worker's own norm
-                            "train.micro_batch": 4, "train.global_batch": 8, "train.max_steps": 20,
-                            "train.run_dir": str(root / name)})
-               for name, s in RUNS.items()]
+    configs = [
+        merge(
+            TINY,
+            {
+                "parallel.nproc": 2,
+                "parallel.strategy": s,
+                "optim.name": "sgd",
+                "optim.lr": 0.5,
+                "optim.grad_clip": 0.0,  # local SGD clips by each worker's own norm
+                "train.micro_batch": 4,
+                "train.global_batch": 8,
+                "train.max_steps": 20,
+                "train.run_dir": str(root / name),
+            },
+        )
+        for name, s in RUNS.items()
+    ]
     return dict(zip(RUNS, run_world(2, train_each, configs)[0]))
 
 

@@ -33,14 +33,25 @@ def _train_with_nan(rank: int, config: dict[str, Any], nan_rank: int, nan_steps:
 
     trainer.model.forward = poisoned  # type: ignore[method-assign]
     result = trainer.fit()
-    return {"history": result.history, "checksum": state_checksum(trainer.model),
-            "finite": all(torch.isfinite(v).all() for v in trainer.strategy.full_model_state().values())}
+    return {
+        "history": result.history,
+        "checksum": state_checksum(trainer.model),
+        "finite": all(torch.isfinite(v).all() for v in trainer.strategy.full_model_state().values()),
+    }
 
 
 @pytest.mark.parametrize("strategy", ["bucketed", "zero2", "localsgd:2"])
 def test_a_nan_on_one_rank_is_skipped_on_every_rank(tiny_config: Any, strategy: str) -> None:
-    cfg = tiny_config(**{"parallel.nproc": 2, "parallel.strategy": strategy, "train.micro_batch": 4,
-                         "train.global_batch": 8, "train.max_steps": 8, "train.max_bad_steps": 2})
+    cfg = tiny_config(
+        **{
+            "parallel.nproc": 2,
+            "parallel.strategy": strategy,
+            "train.micro_batch": 4,
+            "train.global_batch": 8,
+            "train.max_steps": 8,
+            "train.max_bad_steps": 2,
+        }
+    )
     out = run_world(2, _train_with_nan, cfg, 1, [3, 4])
     for r in out:
         skipped = [rec["step"] for rec in r["history"] if rec["skipped"]]
@@ -51,8 +62,16 @@ def test_a_nan_on_one_rank_is_skipped_on_every_rank(tiny_config: Any, strategy: 
 
 
 def test_too_many_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tiny_config: Any) -> None:
-    cfg = tiny_config(**{"parallel.nproc": 2, "train.micro_batch": 4, "train.global_batch": 8,
-                         "train.max_steps": 12, "train.ckpt_interval": 2, "train.max_bad_steps": 3})
+    cfg = tiny_config(
+        **{
+            "parallel.nproc": 2,
+            "train.micro_batch": 4,
+            "train.global_batch": 8,
+            "train.max_steps": 12,
+            "train.ckpt_interval": 2,
+            "train.max_bad_steps": 3,
+        }
+    )
     with pytest.raises(RuntimeError, match=r"4 consecutive steps had non-finite loss or gradients \(up to step 8\)"):
         run_world(2, _train_with_nan, cfg, 0, list(range(5, 13)))
     from gradsync.checkpoint import format as ckpt
@@ -81,8 +100,15 @@ def _save_poisoned(rank: int, config: dict[str, Any]) -> str:
 
 
 def test_non_finite_weights_are_never_written_as_a_checkpoint(tiny_config: Any) -> None:
-    cfg = tiny_config(**{"parallel.nproc": 2, "parallel.strategy": "zero2", "train.micro_batch": 4,
-                         "train.global_batch": 8, "train.max_steps": 2})
+    cfg = tiny_config(
+        **{
+            "parallel.nproc": 2,
+            "parallel.strategy": "zero2",
+            "train.micro_batch": 4,
+            "train.global_batch": 8,
+            "train.max_steps": 2,
+        }
+    )
     out = run_world(2, _save_poisoned, cfg)
     for r in out:  # every rank refuses together, not only the one that sees the inf
         assert r.startswith("TrainingError: the model's weights are not finite after step 99"), r

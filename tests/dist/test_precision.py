@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gradsync.testing import run_world, train_and_collect
 
@@ -14,8 +15,14 @@ def _both(rank: int, a: dict[str, Any], b: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def test_bf16_autocast_tracks_fp32(tiny_config: Callable[..., Any]) -> None:
-    common = {"parallel.nproc": 2, "train.micro_batch": 8, "train.global_batch": 16, "train.max_steps": 40,
-              "data.source": "stdlib", "data.seq_len": 32}
+    common = {
+        "parallel.nproc": 2,
+        "train.micro_batch": 8,
+        "train.global_batch": 16,
+        "train.max_steps": 40,
+        "data.source": "stdlib",
+        "data.seq_len": 32,
+    }
     fp32, bf16 = run_world(2, _both, tiny_config(**common), tiny_config(**common, **{"train.precision": "bf16"}))[0]
     assert all(math.isfinite(r["loss"]) for r in bf16)
     early = max(abs(a["loss"] - b["loss"]) for a, b in zip(fp32[:5], bf16[:5]))

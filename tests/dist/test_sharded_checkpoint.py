@@ -25,16 +25,29 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("dcp")
-    base = {s: merge(TINY, {"parallel.strategy": s, "parallel.nproc": 2, "train.micro_batch": 2,
-                            "train.global_batch": 8, "train.max_steps": 20, "model.dropout": 0.1}) for s in STRATEGIES}
+    base = {
+        s: merge(
+            TINY,
+            {
+                "parallel.strategy": s,
+                "parallel.nproc": 2,
+                "train.micro_batch": 2,
+                "train.global_batch": 8,
+                "train.max_steps": 20,
+                "model.dropout": 0.1,
+            },
+        )
+        for s in STRATEGIES
+    }
     dcp = {"train.checkpoint_format": "dcp"}
     first, names = [], []
     for s in STRATEGIES:
-        for name, over in (("straight", {}),
-                           ("file", {"train.stop_after": 10}),
-                           ("dcp", {**dcp, "train.stop_after": 10, "train.ckpt_interval": 5}),
-                           ("async", {**dcp, "train.async_checkpoint": True, "train.ckpt_interval": 5,
-                                      "train.keep_checkpoints": 2})):
+        for name, over in (
+            ("straight", {}),
+            ("file", {"train.stop_after": 10}),
+            ("dcp", {**dcp, "train.stop_after": 10, "train.ckpt_interval": 5}),
+            ("async", {**dcp, "train.async_checkpoint": True, "train.ckpt_interval": 5, "train.keep_checkpoints": 2}),
+        ):
             first.append(merge(base[s], {"train.run_dir": str(root / f"{s}-{name}"), **over}))
             names.append((s, name))
     results = dict(zip(names, run_world(2, train_each, first)[0]))
@@ -46,8 +59,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[str
                     continue
                 target = root / f"{s}-{kind}-w{world}"
                 shutil.copytree(root / f"{s}-{kind}", target)
-                resumed.append(merge(base[s], {"parallel.nproc": world, "train.resume": "auto",
-                                               "train.run_dir": str(target)}))
+                resumed.append(
+                    merge(base[s], {"parallel.nproc": world, "train.resume": "auto", "train.run_dir": str(target)})
+                )
                 keys.append((s, f"{kind}-w{world}"))
         results.update(zip(keys, run_world(world, train_each, resumed)[0]))
     return root, results
@@ -67,8 +81,9 @@ def test_every_rank_writes_its_slices_and_the_same_world_resumes_bitwise(runs: A
 
 @pytest.mark.parametrize("world", [1, 4])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_two_worker_checkpoint_resumes_on_another_world_as_the_file_does(runs: Any, strategy: str,
-                                                                           world: int) -> None:
+def test_a_two_worker_checkpoint_resumes_on_another_world_as_the_file_does(
+    runs: Any, strategy: str, world: int
+) -> None:
     _, results = runs
     from_file, from_dcp = results[(strategy, f"file-w{world}")], results[(strategy, f"dcp-w{world}")]
     diff = max_rel_diff(from_file["params"], from_dcp["params"])
@@ -91,8 +106,9 @@ def test_background_saves_complete_and_keep_k_holds(runs: Any, strategy: str) ->
     assert all(torch.equal(final[k], results[(strategy, "straight")]["params"][k]) for k in final)
 
 
-def test_a_truncated_shard_is_detected_and_the_previous_checkpoint_used(runs: Any, tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_truncated_shard_is_detected_and_the_previous_checkpoint_used(
+    runs: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root, _ = runs
     run = tmp_path / "run"
     shutil.copytree(root / "zero3-dcp", run)

@@ -25,8 +25,9 @@ class ReferenceDiLoCo(LocalSGDStrategy):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.outer = torch.nn.Parameter(parameters_to_vector(self._params).detach().clone())
-        self.outer_optimizer = torch.optim.SGD([self.outer], lr=float(self.spec["outer_lr"]),
-                                               momentum=float(self.spec["momentum"]), nesterov=True)
+        self.outer_optimizer = torch.optim.SGD(
+            [self.outer], lr=float(self.spec["outer_lr"]), momentum=float(self.spec["momentum"]), nesterov=True
+        )
 
     def synchronize(self) -> None:
         self.outer.grad = self.outer.detach() - self.averaged_parameters()
@@ -40,7 +41,8 @@ def _train_with_reference(rank: int, configs: list[dict[str, dict[str, Any]]]) -
 
     entry = catalog.STRATEGIES["diloco"]
     catalog.STRATEGIES["diloco-reference"] = dataclasses.replace(
-        entry, name="diloco-reference", cls=f"{__name__}:ReferenceDiLoCo")
+        entry, name="diloco-reference", cls=f"{__name__}:ReferenceDiLoCo"
+    )
     catalog.STRATEGY_SCHEMA["diloco-reference"] = entry.options  # type: ignore[index]
     return train_each(rank, configs)
 
@@ -65,9 +67,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     configs = []
     for name, (spec, over) in RUNS.items():
         folder = root / ("split" if name in ("first", "second") else name)
-        configs.append(merge(TINY, {"parallel.nproc": 2, "parallel.strategy": spec, "train.micro_batch": 4,
-                                    "train.global_batch": 8, "train.max_steps": 20,
-                                    "train.run_dir": str(folder), **over}))
+        configs.append(
+            merge(
+                TINY,
+                {
+                    "parallel.nproc": 2,
+                    "parallel.strategy": spec,
+                    "train.micro_batch": 4,
+                    "train.global_batch": 8,
+                    "train.max_steps": 20,
+                    "train.run_dir": str(folder),
+                    **over,
+                },
+            )
+        )
     return dict(zip(RUNS, run_world(2, _train_with_reference, configs)[0]))
 
 
@@ -113,9 +126,23 @@ def test_keep_adds_the_outer_correction_to_the_progress_made_in_flight(tmp_path:
     from conftest import TINY, merge
 
     specs = ["localsgd:4", *(f"diloco:4,fragments=2,overlap=1,outer_lr=1.0,momentum=0{k}" for k in (",keep=true", ""))]
-    configs = [merge(TINY, {"parallel.nproc": 1, "parallel.strategy": s, "train.micro_batch": 4, "train.global_batch": 4,
-                            "train.max_steps": 12, "train.run_dir": str(tmp_path / str(i)),
-                            "optim.name": "sgd", "optim.momentum": 0.9, "optim.lr": 0.01}) for i, s in enumerate(specs)]
+    configs = [
+        merge(
+            TINY,
+            {
+                "parallel.nproc": 1,
+                "parallel.strategy": s,
+                "train.micro_batch": 4,
+                "train.global_batch": 4,
+                "train.max_steps": 12,
+                "train.run_dir": str(tmp_path / str(i)),
+                "optim.name": "sgd",
+                "optim.momentum": 0.9,
+                "optim.lr": 0.01,
+            },
+        )
+        for i, s in enumerate(specs)
+    ]
     plain, kept, replaced = (r["params"] for r in run_world(1, train_each, configs)[0])
     scale = max(t.abs().max().item() for t in plain.values())
     kept_d = max((plain[k] - kept[k]).abs().max().item() for k in plain) / scale

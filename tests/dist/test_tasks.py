@@ -18,11 +18,28 @@ STRATEGIES = ("bucketed", "zero2", "zero3")
 
 def hf_configs(root: Path) -> dict[str, str]:
     """config.json files for a tiny GPT-2 and BERT (no dropout: equivalence is exact math)."""
-    gpt2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 16, "n_positions": 16,
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    bert = {"model_type": "bert", "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32,
-            "intermediate_size": 64, "vocab_size": 17, "max_position_embeddings": 16,
-            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    gpt2 = {
+        "model_type": "gpt2",
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "vocab_size": 16,
+        "n_positions": 16,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
+    bert = {
+        "model_type": "bert",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "vocab_size": 17,
+        "max_position_embeddings": 16,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
     out = {}
     for name, d in (("gpt2", gpt2), ("bert", bert)):
         path = root / f"{name}.json"
@@ -57,11 +74,24 @@ def equivalence(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("tasks")
     over = task_overrides(root)
     common = {"train.max_steps": 10, "train.global_batch": 8}
-    singles = [merge(TINY, {**over[t], **common, "train.micro_batch": 4, "train.run_dir": str(root / f"{t}-1")})
-               for t in TASKS]
+    singles = [
+        merge(TINY, {**over[t], **common, "train.micro_batch": 4, "train.run_dir": str(root / f"{t}-1")}) for t in TASKS
+    ]
     pairs = [(t, s) for t in TASKS for s in STRATEGIES]
-    doubles = [merge(TINY, {**over[t], **common, "parallel.nproc": 2, "parallel.strategy": s,
-                            "train.micro_batch": 4, "train.run_dir": str(root / f"{t}-{s}")}) for t, s in pairs]
+    doubles = [
+        merge(
+            TINY,
+            {
+                **over[t],
+                **common,
+                "parallel.nproc": 2,
+                "parallel.strategy": s,
+                "train.micro_batch": 4,
+                "train.run_dir": str(root / f"{t}-{s}"),
+            },
+        )
+        for t, s in pairs
+    ]
     ref = dict(zip(TASKS, run_world(1, _params, singles, timeout=600)[0]))
     got = dict(zip(pairs, run_world(2, _params, doubles, timeout=600)[0]))
     return {"ref": ref, "got": got}
@@ -100,8 +130,14 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     over = task_overrides(root)
     configs = []
     for t in TASKS:
-        common = {**over[t], "parallel.nproc": 2, "parallel.strategy": "zero2", "train.micro_batch": 2,
-                  "train.global_batch": 8, "train.max_steps": 20}
+        common = {
+            **over[t],
+            "parallel.nproc": 2,
+            "parallel.strategy": "zero2",
+            "train.micro_batch": 2,
+            "train.global_batch": 8,
+            "train.max_steps": 20,
+        }
         straight = merge(TINY, {**common, "train.run_dir": str(root / f"{t}-straight")})
         first = merge(TINY, {**common, "train.run_dir": str(root / f"{t}-split"), "train.stop_after": 10})
         configs.append((straight, first, merge(first, {"train.stop_after": 0, "train.resume": "auto"})))
@@ -130,13 +166,37 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("learn")
-    configs = [merge(TINY, {**over, "parallel.nproc": 2, "train.micro_batch": 32, "train.global_batch": 64,
-                            "optim.warmup_steps": 10, "train.eval_sequences": 1000, "train.run_dir": str(root / name)})
-               for name, (over, _) in LEARN.items()]
-    bert = merge(TINY, {"task.name": "bert", "parallel.nproc": 2, "model.preset": "mini", "data.seq_len": 32,
-                        "data.synthetic_vocab": 8, "optim.lr": 1e-2, "train.micro_batch": 16,
-                        "train.global_batch": 32, "train.max_steps": 150, "train.eval_sequences": 256,
-                        "train.run_dir": str(root / "bert")})
+    configs = [
+        merge(
+            TINY,
+            {
+                **over,
+                "parallel.nproc": 2,
+                "train.micro_batch": 32,
+                "train.global_batch": 64,
+                "optim.warmup_steps": 10,
+                "train.eval_sequences": 1000,
+                "train.run_dir": str(root / name),
+            },
+        )
+        for name, (over, _) in LEARN.items()
+    ]
+    bert = merge(
+        TINY,
+        {
+            "task.name": "bert",
+            "parallel.nproc": 2,
+            "model.preset": "mini",
+            "data.seq_len": 32,
+            "data.synthetic_vocab": 8,
+            "optim.lr": 1e-2,
+            "train.micro_batch": 16,
+            "train.global_batch": 32,
+            "train.max_steps": 150,
+            "train.eval_sequences": 256,
+            "train.run_dir": str(root / "bert"),
+        },
+    )
     out = run_world(2, train_each, configs + [bert], timeout=600)[0]
     return dict(zip([*LEARN, "bert"], out))
 
@@ -152,7 +212,8 @@ def test_bert_beats_the_unigram_baseline(learned: dict[str, Any]) -> None:
     from gradsync.tasks.bert import BertTask
 
     out = learned["bert"]
-    baseline = BertTask(build_config({"task": {"name": "bert"}, "data": {"source": "synthetic", "seq_len": 32,
-                                                                         "synthetic_vocab": 8}})).unigram_baseline()
+    baseline = BertTask(
+        build_config({"task": {"name": "bert"}, "data": {"source": "synthetic", "seq_len": 32, "synthetic_vocab": 8}})
+    ).unigram_baseline()
     acc = out["metrics"]["val_accuracy"]
     assert acc > baseline + 0.1, f"masked-token accuracy {acc:.3f} vs unigram baseline {baseline:.3f}"

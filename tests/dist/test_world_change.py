@@ -21,8 +21,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("world")
-    base = {s: merge(TINY, {"parallel.strategy": s, "parallel.nproc": 2, "train.micro_batch": 2,
-                            "train.global_batch": 8, "train.max_steps": 20}) for s in STRATEGIES}
+    base = {
+        s: merge(
+            TINY,
+            {
+                "parallel.strategy": s,
+                "parallel.nproc": 2,
+                "train.micro_batch": 2,
+                "train.global_batch": 8,
+                "train.max_steps": 20,
+            },
+        )
+        for s in STRATEGIES
+    }
     first = []
     for s in STRATEGIES:  # 20 straight steps, and 10 steps that stop with a checkpoint
         first.append(merge(base[s], {"train.run_dir": str(root / f"{s}-straight")}))
@@ -34,8 +45,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Any]
         for s in STRATEGIES:
             target = root / f"{s}-w{world}"
             shutil.copytree(root / f"{s}-split", target)
-            resumed.append(merge(base[s], {"parallel.nproc": world, "train.resume": "auto",
-                                           "train.run_dir": str(Path(target))}))
+            resumed.append(
+                merge(base[s], {"parallel.nproc": world, "train.resume": "auto", "train.run_dir": str(Path(target))})
+            )
         for s, r in zip(STRATEGIES, run_world(world, train_each, resumed)[0]):
             results[(s, f"w{world}")] = r
     return results

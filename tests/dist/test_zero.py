@@ -28,10 +28,17 @@ def _configs(root: Any, world: int, strategies: list[str]) -> dict[tuple[str, in
     out = {}
     for strategy in strategies:
         for accum in (1, 2):
-            out[(strategy, accum)] = merge(TINY, {
-                "parallel.nproc": world, "parallel.strategy": strategy, "train.max_steps": STEPS,
-                "train.micro_batch": 8 // world // accum, "train.global_batch": 8,
-                "train.run_dir": str(root / f"{strategy}-w{world}-a{accum}")})
+            out[(strategy, accum)] = merge(
+                TINY,
+                {
+                    "parallel.nproc": world,
+                    "parallel.strategy": strategy,
+                    "train.max_steps": STEPS,
+                    "train.micro_batch": 8 // world // accum,
+                    "train.global_batch": 8,
+                    "train.run_dir": str(root / f"{strategy}-w{world}-a{accum}"),
+                },
+            )
     return out
 
 
@@ -63,8 +70,9 @@ def test_torch_references_match_bucketed(params: dict[Any, Any], strategy: str, 
 
 @pytest.mark.parametrize("accum", [1, 2])
 @pytest.mark.parametrize("prefetch", ["zero3", "zero3:prefetch=2", "zero3:reshard=false"])
-def test_zero3_prefetch_changes_nothing_but_when_units_arrive(params: dict[Any, Any], prefetch: str,
-                                                              accum: int) -> None:
+def test_zero3_prefetch_changes_nothing_but_when_units_arrive(
+    params: dict[Any, Any], prefetch: str, accum: int
+) -> None:
     a, b = params[("zero3:prefetch=0", 2, accum)], params[(prefetch, 2, accum)]
     assert all(torch.equal(a[k], b[k]) for k in a), f"{prefetch} accum {accum} differs from prefetch=0"
 
@@ -78,10 +86,10 @@ def _memory(rank: int, world: int) -> dict[str, Any]:
     """One AdamW step of the tiny GPT under each strategy; the reports and the unit sizes; then
     the same with the parameters in FROZEN frozen."""
     from gradsync.core.config import OptimConfig, ParallelConfig
-    from gradsync.runtime.dist import Comm, init_distributed
     from gradsync.model import build_gpt
-    from gradsync.parallel import strategy_class
     from gradsync.optim.factory import optimizer_factory
+    from gradsync.parallel import strategy_class
+    from gradsync.runtime.dist import Comm, init_distributed
 
     out: dict[str, Any] = {}
     runs = [(s, False) for s in ["bucketed", *ZERO, "zero3:reshard=false"]] + [(s, True) for s in ["bucketed", *ZERO]]
@@ -132,8 +140,9 @@ def test_memory_per_rank_matches_the_zero_formulas(memory: dict[int, Any], strat
     psi = m["psi"]
     for part, factor in zip(("params", "grads", "optimizer"), FORMULA[strategy](world)):
         expected = factor * psi
-        assert abs(m[strategy][part] - expected) <= 0.05 * expected, \
+        assert abs(m[strategy][part] - expected) <= 0.05 * expected, (
             f"{strategy} N={world} {part}: {m[strategy][part]} bytes vs {expected:.0f} expected"
+        )
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -43,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the configuration a train with these flags would run: the "
         "changed keys as TOML, or --show every key with its meaning",
     ),
+    "timeline": (
+        "gradsync.commands.timeline",
+        "where a profiled run's time went (--train.profile): each collective of a step, ranks x time as a PNG, "
+        "the cost model's prediction beside it",
+    ),
     "plan": (
         "gradsync.commands.plan",
         "predict step time, tokens/s, MFU and memory of every strategy on a "

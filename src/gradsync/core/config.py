@@ -355,6 +355,11 @@ class TrainConfig:
     compile: bool = key(False, "torch.compile the model (inductor; on CPU its C++ backend needs a compiler)")
     seed: int = key(1337, "seeds the model, the data order, dropout and sampling")
     log_interval: int = key(1, "steps between records in metrics.jsonl")
+    profile: str = key(
+        "",
+        "steps to profile, FIRST:LAST (LAST excluded), e.g. 20:25: torch.profiler traces and gradsync's "
+        'timeline of every rank in RUN/profile/ (gradsync timeline RUN draws it); "" = off',
+    )
     eval_interval: int = key(100, "steps between evaluations on held-out data")
     eval_sequences: int = key(64, "held-out examples each evaluation uses")
     ckpt_interval: int = key(250, "0 = only at the end")
@@ -386,6 +391,10 @@ class TrainConfig:
             f"train.precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}",
         )
         _check(self.log_interval >= 1, f"train.log_interval must be >= 1, got {self.log_interval}")
+        _check(
+            not self.profile or profile_window(self.profile) is not None,
+            f"train.profile must be FIRST:LAST with 0 <= FIRST < LAST (steps), e.g. 20:25; got '{self.profile}'",
+        )
         unknown = [n for n in self.loggers.split(",") if n.strip() and n.strip() not in LOGGERS]
         _check(
             not unknown,
@@ -522,6 +531,15 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is float and not math.isfinite(out):  # no setting means anything at inf or nan
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return out
+
+
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """``"20:25"`` -> ``(20, 25)``: the steps ``train.profile`` records (None if malformed)."""
+    first, sep, last = spec.partition(":")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        return None
+    a, b = int(first), int(last)
+    return (a, b) if a < b else None
 
 
 def build_config(base: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None) -> Config:

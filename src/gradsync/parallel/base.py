@@ -42,6 +42,7 @@ from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
 from gradsync.parallel.sync_batchnorm import convert_sync_batchnorm
 from gradsync.parallel.unused import UsageTracker
+from gradsync.runtime import timeline
 from gradsync.runtime.dist import Comm, replicate
 
 
@@ -191,7 +192,7 @@ class Strategy(ABC):
             self.clip_grads(grad_clip, norm)
         self.stepping = True
         try:
-            with self.hidden_grads(unused):
+            with self.hidden_grads(unused), timeline.span("optimizer"):
                 (self.optimizer_step or self.optimizer.step)()
         finally:
             self.stepping = False

@@ -130,7 +130,8 @@ class DiLoCoStrategy(LocalSGDStrategy):
             self.sent[f] = flat.clone()
         if self.quant != "fp32":  # the pseudo-gradient, small and centred: what quantises well
             flat = torch.sub(self.outer[f].detach(), flat)
-        self.in_flight[f] = (step + self.overlap, self.reducer.start(f, flat))
+        with self.comm.labelled(f"fragment {f}"):
+            self.in_flight[f] = (step + self.overlap, self.reducer.start(f, flat))
         if self.overlap == 0:
             self._land(f)
 

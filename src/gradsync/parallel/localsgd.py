@@ -62,7 +62,8 @@ class LocalSGDStrategy(Strategy):
     def averaged_parameters(self) -> torch.Tensor:
         """The mean over ranks of this worker's parameters, as one flat vector (one all-reduce)."""
         flat = parameters_to_vector(self._params)
-        self.comm.all_reduce(flat)
+        with self.comm.labelled("parameter average"):
+            self.comm.all_reduce(flat)
         return flat.div_(self.comm.world_size)
 
     def synchronize(self) -> None:

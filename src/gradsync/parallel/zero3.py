@@ -128,7 +128,7 @@ class Zero3Strategy(ShardedStrategy):
             self._gathered[u.index] = True
         elif not self._gathered[u.index]:
             self._allocate(u)
-            with torch.no_grad():
+            with torch.no_grad(), self.shard_comm.labelled(f"gather unit {u.index}"):
                 self.shard_comm.all_gather(self.full[u.index], self.param_chunks[u.index])
             self._gathered[u.index] = True
             self.memory.sample()
@@ -147,7 +147,7 @@ class Zero3Strategy(ShardedStrategy):
         if self._gathered[u.index] or u.index in self._pending:
             return
         self._allocate(u)
-        with torch.no_grad():
+        with torch.no_grad(), self.shard_comm.labelled(f"prefetch unit {u.index}"):
             self._pending[u.index] = self.shard_comm.all_gather(
                 self.full[u.index], self.param_chunks[u.index], async_op=True
             )

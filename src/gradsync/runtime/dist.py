@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from gradsync.core.errors import DistributedError, PeerFailed
 from gradsync.core.ring import wire_bytes
+from gradsync.runtime import timeline
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,9 @@ class Comm:
         self.timeout_s = timeout_s  # the group's collective timeout, for messages
         self._stats = CommStats()
         self._ops: dict[int, str] = {}  # in-flight async work -> the collective's name
+        self._ops_events: dict[int, timeline.Event] = {}  # in-flight async work -> its timeline event
+        self._label = ""  # what the next collectives are for, on a profiled timeline
+        self._bytes = 0  # of the collective being issued (for the timeline)
         self._cuda = env.device.type == "cuda"
         self._events: list[tuple[Any, Any]] = []  # (before, after) on the compute stream, not yet read
         self._root = self  # where a subgroup's collectives are accounted
@@ -196,6 +200,7 @@ class Comm:
     def count(self, op: str, t: torch.Tensor) -> None:
         """Account one collective of ``t`` (also used for collectives that torch issues itself)."""
         n = t.numel() * t.element_size()
+        self._bytes = n
         self.stats.bytes += n
         self.stats.wire_bytes += wire_bytes(op, n, self.world_size)
         self.stats.calls += 1
@@ -215,15 +220,46 @@ class Comm:
                 f"ranks: a peer stalled, died or lost its network ({first[:200]})"
             ) from None
 
+    @contextlib.contextmanager
+    def labelled(self, label: str) -> Iterator[None]:
+        """Name the collectives issued inside (``bucket 3``) on a profiled timeline."""
+        before, self._label = self._label, label
+        try:
+            yield
+        finally:
+            self._label = before
+
     def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
+        rec = timeline.current()
+        name = f"{self._label or op}"
         if async_op:
+            start = rec.now() if rec else 0.0
             with self._guard(op):
                 work = launch()
             self._ops[id(work)] = op
+            if rec is not None:
+                self._record_async(rec, work, name, op, start)
             return work
         with self._blocked(), self._guard(op):
-            launch()
+            if rec is None:
+                launch()
+            else:
+                with timeline.span(name, "comm", op=op, bytes=self._bytes, sync=True):
+                    launch()
         return None
+
+    def _record_async(self, rec: timeline.Recorder, work: dist.Work, name: str, op: str, start: float) -> None:
+        """A collective in flight from ``start`` until its future completes (on the communication
+        thread; where a backend gives no future, until the wait returns)."""
+        ev = rec.add(name, "comm", start, start, op=op, bytes=self._bytes, done=False)
+        self._ops_events[id(work)] = ev
+
+        def done(_: Any) -> None:
+            if not ev.detail["done"]:
+                ev.end, ev.detail["done"] = rec.now(), True
+
+        with contextlib.suppress(RuntimeError):  # no future for this backend or op: the wait ends it
+            work.get_future().add_done_callback(done)
 
     def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
@@ -257,8 +293,22 @@ class Comm:
         self._run("broadcast", lambda: dist.broadcast(t, src=src, group=self.group), False)
 
     def wait(self, work: dist.Work) -> None:
+        ev = self._ops_events.pop(id(work), None)
         with self._blocked(), self._guard(self._ops.pop(id(work), "collective")):
-            work.wait()
+            if ev is None:
+                work.wait()
+            else:
+                with timeline.span(ev.name, "wait"):
+                    work.wait()
+                rec = timeline.current()
+                if rec is not None and not ev.detail["done"]:  # no future told us sooner
+                    ev.end, ev.detail["done"] = rec.now(), True
+
+    def barrier(self) -> None:
+        """Every rank of the group has reached this point (bookkeeping: not counted)."""
+        if self.world_size > 1:
+            with self._guard("barrier"):
+                dist.barrier(group=self.group)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size

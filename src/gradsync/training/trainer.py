@@ -30,6 +30,7 @@ from gradsync.model.activation_checkpointing import apply_activation_checkpointi
 from gradsync.optim.factory import optimizer_factory
 from gradsync.optim.schedule import lr_at
 from gradsync.parallel import StepResult, Strategy, build_strategy
+from gradsync.runtime import timeline
 from gradsync.runtime.dist import Comm, CommStats, DistEnv, init_distributed
 from gradsync.runtime.stopping import StopOnSignal
 from gradsync.tasks import Task, build_task
@@ -37,6 +38,7 @@ from gradsync.training.checkpointer import Checkpointer
 from gradsync.training.evaluation import Evaluator
 from gradsync.training.peak import device_name, worker_peak_flops
 from gradsync.training.precision import autocast
+from gradsync.training.profiling import StepProfiler
 from gradsync.training.runlog import RunLogger
 
 
@@ -88,6 +90,12 @@ class Trainer:
         self.start_step, self.resumed_from = self.checkpointer.restore()
         self.tokens_per_step = t.global_batch * self.task.tokens_per_sample
         self.datasheet = datasheet_for(device_name(self.env.device)) if self.env.device.type == "cuda" else None
+        about = {
+            "world_size": self.env.world_size,
+            "strategy": cfg.parallel.strategy,
+            "compress": cfg.parallel.compress,
+        }
+        self.profiler = StepProfiler(t.profile, self.run_dir, self.comm, about)
 
     def evaluate(self) -> dict[str, float]:
         """The task's validation metrics (``val_loss`` among them); collective."""
@@ -114,14 +122,16 @@ class Trainer:
             g["lr"] = lr
         if self.batches.step != step:
             raise RuntimeError(f"train_step({step}) called with the data at step {self.batches.step}")
-        micro = next(self.batches)
+        with timeline.span("data"):
+            micro = next(self.batches)
         losses = []  # kept on the device: reading each would wait for it (a sync per micro-step on GPU)
         for i, batch in enumerate(micro):
             batch = tuple(t.to(self.env.device, non_blocking=True) for t in batch)
             with self.strategy.micro_step(last=i == len(micro) - 1):
-                with autocast(self.cfg.train.precision, self.env.device):
+                with timeline.span("forward"), autocast(self.cfg.train.precision, self.env.device):
                     loss = self.task.loss(self.strategy.module, batch)
-                (loss / len(micro)).backward()
+                with timeline.span("backward"):
+                    (loss / len(micro)).backward()
             losses.append(loss.detach())
         result = self.strategy.step(self.cfg.optim.grad_clip)
         return sum(torch.stack(losses).float().tolist()) / len(micro), result
@@ -158,7 +168,9 @@ class Trainer:
         t_mark = time.perf_counter()
         with StopOnSignal() as stop:  # a scheduler's signal: finish the step, save, stop (all ranks)
             for step in range(self.start_step, end):
+                self.profiler.begin(step)
                 local_loss, result = self.train_step(step)
+                self.profiler.end(step)
                 now = time.perf_counter()
                 dt, t_mark = now - t_mark, now
                 stats = self.comm.take_stats()

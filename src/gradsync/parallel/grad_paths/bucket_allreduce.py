@@ -29,6 +29,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.parallel.grad_paths.compression import Reducer, build_reducer
 from gradsync.parallel.grad_paths.hierarchical import HierarchicalMean
 from gradsync.parallel.layout import Bucket, bucket_units
+from gradsync.runtime import timeline
 from gradsync.runtime.dist import Comm
 from gradsync.runtime.topology import TwoLevel
 
@@ -87,12 +88,15 @@ class BucketedAllReduce:
         if id(p) not in b.fired:
             b.fired.add(id(p))
             b.pending -= 1
+            if b.pending == 0:
+                timeline.mark(f"bucket {b.index} ready", bytes=b.flat.numel() * b.flat.element_size())
         # Launch every bucket that is full, in index order only.
         while self._next_launch < len(self.buckets) and self.buckets[self._next_launch].pending == 0:
             self._launch(self.buckets[self._next_launch])
 
     def _launch(self, b: Bucket) -> None:
-        b.work = self.reducer.start(b)
+        with self.comm.labelled(f"bucket {b.index}"):
+            b.work = self.reducer.start(b)
         self._next_launch += 1
 
     def finish(self) -> None:

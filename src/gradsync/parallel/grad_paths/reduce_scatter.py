@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from gradsync.parallel.layout import FlatUnit
+from gradsync.runtime import timeline
 from gradsync.runtime.dist import Comm
 
 
@@ -99,6 +100,7 @@ class ReduceScatterGrads:
         pending = self._pending[u.index]
         pending.discard(id(p))
         if not pending:
+            timeline.mark(f"unit {u.index} ready", bytes=4 * u.padded)
             self.on_unit_done(u)
         while self._next_launch < len(self.units) and not self._pending[self._next_launch]:
             self._launch(self.units[self._next_launch])
@@ -108,11 +110,12 @@ class ReduceScatterGrads:
             self._complete_oldest()
         buf = self._buffer(u).div_(self.world)
         out = torch.empty(u.chunk, dtype=buf.dtype, device=buf.device)
-        if self.replicas is None:
-            work = self.comm.reduce_scatter(out, buf, async_op=True)
-        else:
-            self.comm.reduce_scatter(out, buf)
-            work = self.replicas.all_reduce(out, async_op=True)
+        with self.comm.labelled(f"unit {u.index}"), (self.replicas or self.comm).labelled(f"unit {u.index}"):
+            if self.replicas is None:
+                work = self.comm.reduce_scatter(out, buf, async_op=True)
+            else:
+                self.comm.reduce_scatter(out, buf)
+                work = self.replicas.all_reduce(out, async_op=True)
         self._inflight.append((u, buf, out, work))
         self._next_launch += 1
         self.on_launch()

@@ -67,7 +67,8 @@ class ParamGathers:
         # Units are in backward order; launch in forward order, so the first layers arrive first.
         for u in reversed(self.units):
             send = self.chunks[u.index].clone()  # the input must not alias the output
-            self._inflight[u.index] = (self.comm.all_gather(self.flats[u.index], send, async_op=True), send)
+            with self.comm.labelled(f"gather unit {u.index}"):
+                self._inflight[u.index] = (self.comm.all_gather(self.flats[u.index], send, async_op=True), send)
 
     def wait(self, units: list[int] | None = None) -> None:
         """Wait for the all-gathers of ``units`` (all when None) still in flight."""

@@ -168,11 +168,12 @@ def draw(
     if prediction:
         lanes.append(("predicted comm", [(c.launched, c.done - c.launched, "#8172B3", c.name) for c in prediction]))
     fig, ax = plt.subplots(figsize=(11, 0.55 * len(lanes) + 1.2))
+    span = max((x + wdt for _, bars in lanes for x, wdt, _, _ in bars), default=1.0)
     for i, (_, bars) in enumerate(lanes):
         y = len(lanes) - 1 - i
         for x, wdt, color, label in bars:
-            ax.broken_barh([(x, max(wdt, 0.01))], (y - 0.35, 0.7), facecolors=color)
-            if label and wdt > 0:
+            ax.broken_barh([(x, max(wdt, 0.01))], (y - 0.35, 0.7), facecolors=color, edgecolors="white", linewidth=0.3)
+            if label and wdt > 0.06 * span:  # a label only where it fits
                 ax.text(
                     x + wdt / 2, y, label.replace("bucket ", "b"), ha="center", va="center", fontsize=7, color="white"
                 )

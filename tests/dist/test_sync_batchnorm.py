@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from zoo import train_steps
 
 from gradsync.testing import run_world
 
@@ -48,23 +49,15 @@ def _adamw(model: Any) -> Any:
 
 
 def _train(rank: int) -> dict[str, Any]:
-    import torch.nn.functional as F
-
     import gradsync
 
     out: dict[str, Any] = {}
     for strategy, sync in [(s, True) for s in STRATEGIES] + [("bucketed", False)]:
         model = _model()
         dp = gradsync.parallelize(model, _adamw(model), strategy, sync_batchnorm=sync, timeout_s=60)
-        losses, first = [], {}
-        for step in range(STEPS):
-            x, y = _batch(step, rank)
-            with dp.micro_step(last=True):
-                loss = F.cross_entropy(dp.module(x), y)
-                loss.backward()
-            losses.append(float(loss))
-            dp.step()
-            first = first or {k: v.clone() for k, v in dp.full_model_state().items()}
+        losses = train_steps(dp, rank, 0, 1, _batch)
+        first = {k: v.clone() for k, v in dp.full_model_state().items()}
+        losses += train_steps(dp, rank, 1, STEPS, _batch)
         out[strategy if sync else "plain"] = {"losses": losses, "first": first, "state": dp.full_model_state()}
     return out
 

@@ -18,6 +18,7 @@ from zoo import batch as _batch
 from zoo import branchy as _branchy
 from zoo import convbn as _model
 from zoo import mixed as _mixed
+from zoo import train_steps
 from zoo import two_groups as _optimizer
 from zoo import zoo as _zoo
 
@@ -84,19 +85,7 @@ def _train(rank: int) -> dict[str, Any]:
 
 def _fit(dp: Any, rank: int, sched: Any = None) -> dict[str, Any]:
     """STEPS steps of a DDP-style loop through gradsync: the losses and the final model state."""
-    import torch.nn.functional as F
-
-    losses = []
-    for step in range(STEPS):
-        x, y = _batch(step, rank)
-        with dp.micro_step(last=True):
-            loss = F.cross_entropy(dp.module(x), y)
-            loss.backward()
-        losses.append(float(loss))
-        dp.step()
-        if sched is not None:
-            sched.step()
-    return {"losses": losses, "state": dp.full_model_state()}
+    return {"losses": train_steps(dp, rank, 0, STEPS, sched=sched), "state": dp.full_model_state()}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zoo import NAMES, batch, branchy, convbn, two_groups, zoo
+from zoo import NAMES, branchy, convbn, train_steps, two_groups, zoo
 
 from gradsync.testing import run_world
 
@@ -60,19 +60,7 @@ def _build(model: str, strategy: str) -> Any:
 
 
 def _steps(dp: Any, sched: Any, rank: int, first: int, last: int) -> list[float]:
-    import torch.nn.functional as F
-
-    losses = []
-    for step in range(first, last):
-        x, y = batch(step, rank)
-        with dp.micro_step():
-            loss = F.cross_entropy(dp.module(x), y)
-            loss.backward()
-        losses.append(float(loss))
-        dp.step(grad_clip=1.0)
-        if sched is not None:
-            sched.step()
-    return losses
+    return train_steps(dp, rank, first, last, sched=sched, grad_clip=1.0)
 
 
 def _world(rank: int, root: str) -> dict[str, Any]:

@@ -130,3 +130,23 @@ def mixed() -> Any:
 
     torch.manual_seed(0)
     return Mixed()
+
+
+def train_steps(
+    dp: Any, rank: int, first: int, last: int, data: Any = None, sched: Any = None, grad_clip: float = 0.0
+) -> list[float]:
+    """Steps ``first`` to ``last`` of a DDP-style loop through gradsync on ``data(step, rank)``
+    (default :func:`batch`): one micro-batch, cross-entropy, ``dp.step``, the scheduler."""
+    import torch.nn.functional as F
+
+    losses = []
+    for step in range(first, last):
+        x, y = (data or batch)(step, rank)
+        with dp.micro_step(last=True):
+            loss = F.cross_entropy(dp.module(x), y)
+            loss.backward()
+        losses.append(float(loss))
+        dp.step(grad_clip=grad_clip)
+        if sched is not None:
+            sched.step()
+    return losses

@@ -231,20 +231,19 @@ class Comm:
 
     def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
         rec = timeline.current()
-        name = f"{self._label or op}"
         if async_op:
             start = rec.now() if rec else 0.0
             with self._guard(op):
                 work = launch()
             self._ops[id(work)] = op
             if rec is not None:
-                self._record_async(rec, work, name, op, start)
+                self._record_async(rec, work, self._label or op, op, start)
             return work
         with self._blocked(), self._guard(op):
             if rec is None:
                 launch()
             else:
-                with timeline.span(name, "comm", op=op, bytes=self._bytes, sync=True):
+                with timeline.span(self._label or op, "comm", op=op, bytes=self._bytes, sync=True):
                     launch()
         return None
 

@@ -145,10 +145,23 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
     chosen = r.stdout.split("--strategy auto chose ", 1)[1].split(":", 1)[0]
     assert chosen in ("bucketed", "zero1", "zero2", "zero3")
     assert f"strategy {chosen}," in r.stdout  # the workers ran what was chosen
-    assert "--bucket-mb 0 chose 1 MB (predicted step: 1 MB" in r.stdout  # tiny: every size gives one bucket
+    assert "--bucket-mb 0 chose 0.25 MB (predicted step: 0.25 MB" in r.stdout  # tiny: every size gives one bucket
     from gradsync.core.config import load_toml
 
-    assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 1.0  # what the workers read
+    assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 0.25  # what the workers read
+    _profile(tmp_path / "slow.json", beta=1e-5)  # 100 kB/s: halving the bytes is worth the rounding
+    r = subprocess.run(
+        [*args, "--parallel.profile", "slow.json", "--auto-allows", "rounded", "--run-dir", "c"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--strategy auto chose bucketed+fp16: the least approximate of --auto-allows rounded" in r.stdout
+    ran = load_toml(tmp_path / "c" / "config.toml")["parallel"]
+    assert (ran["strategy"], ran["compress"]) == ("bucketed", "fp16")
     missing = subprocess.run(
         [*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
     )

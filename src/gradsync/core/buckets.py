@@ -14,14 +14,15 @@ def plan_buckets(
 ) -> list[list[int]]:
     """Group tensors of ``sizes`` bytes, in the given order (reverse registration order, roughly
     the order in which backward produces gradients), into buckets of at most ``cap_bytes``: a
-    small first bucket of ``first_bytes`` so that communication starts early, then full ones.
+    small first bucket of ``first_bytes`` (at most the cap) so that communication starts early,
+    then full ones.
     A tensor larger than the cap gets a bucket of its own; tensors of different ``kinds`` (dtype,
     device) never share one. Returns the indices of each bucket's tensors, in order."""
     groups: list[list[int]] = []
     current: list[int] = []
     size = 0
     for i, nbytes in enumerate(sizes):
-        cap = first_bytes if not groups else cap_bytes
+        cap = min(first_bytes, cap_bytes) if not groups else cap_bytes
         mismatch = kinds is not None and current and kinds[i] != kinds[current[0]]
         if current and (size + nbytes > cap or mismatch):
             groups.append(current)

@@ -395,5 +395,28 @@ LANGUAGE_TASKS = ("gpt", "bert", "hf-causal-lm", "hf-masked-lm")
 
 
 def exact_strategies() -> list[str]:
-    """The candidates of ``--strategy auto``."""
+    """The candidates of ``--strategy auto`` (``--auto-allows exact``)."""
     return [n for n, e in STRATEGIES.items() if e.exact]
+
+
+# What ``--strategy auto`` may choose beyond the exact strategies (``parallel.auto_allows``).
+AUTO_ALLOWS = ("exact", "rounded", "approximate")
+_STREAMING_H = (2, 4, 8, 16, 32)  # DiLoCo's inner steps, least stale first
+
+
+def auto_ladder(allows: str) -> list[list[str]]:
+    """The rungs ``--strategy auto`` climbs, each further from the math of one big batch than the
+    one before: the exact strategies; with ``rounded``, gradients averaged in fp16 (the mean
+    rounded to half precision, as DDP's ``fp16_compress_hook``); with ``approximate``, int8 then
+    int4 gradients with error feedback, then streaming DiLoCo (Douillard et al. 2025: fragments
+    sent in int8 behind the next step's compute) with H = 2, 4, ... 32 inner steps. Plain local
+    SGD and DiLoCo are left out: streaming DiLoCo sends the same bytes without blocking."""
+    if allows not in AUTO_ALLOWS:
+        raise ConfigError(f"auto_allows '{allows}' is unknown; choose one of {', '.join(AUTO_ALLOWS)}")
+    rungs = [exact_strategies()]
+    if allows != "exact":
+        rungs.append(["bucketed+fp16"])
+    if allows == "approximate":
+        rungs += [["bucketed+int8"], ["bucketed+int4"]]
+        rungs += [[f"diloco:{h},fragments={min(h, 4)},overlap=1,mix=0.5,quant=int8"] for h in _STREAMING_H]
+    return rungs

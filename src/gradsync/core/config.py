@@ -24,6 +24,7 @@ import tomllib
 
 from gradsync.core.catalog import (
     AUTO,
+    AUTO_ALLOWS,
     COMPRESSOR_SCHEMA,
     STRATEGY_SCHEMA,
     TASK_DEFAULTS,
@@ -295,6 +296,12 @@ class ParallelConfig:
     threads: int = key(0, "intra-op threads per worker; 0 = cores / local workers")
     max_restarts: int = key(0, "restart all workers from the newest checkpoint up to N times when one dies")
     profile: str = key("", 'calibration profile for strategy=auto; "" = profile.json in the gradsync cache')
+    auto_allows: str = key(
+        "exact",
+        "what strategy=auto may choose: exact (synchronous, full precision), rounded (also fp16 gradients), "
+        "approximate (also int8/int4 gradients, streaming DiLoCo); it takes the least approximate one "
+        "predicted within 10% of the fastest",
+    )
 
     def __post_init__(self) -> None:
         _check(self.nproc >= 1, f"parallel.nproc must be >= 1, got {self.nproc}")
@@ -306,7 +313,12 @@ class ParallelConfig:
         check_composition(self.strategy_spec, self.compress_spec)
         _check(
             self.strategy != AUTO or self.compress == "none",
-            "parallel.strategy=auto chooses among exact strategies; drop parallel.compress or name a strategy",
+            "parallel.strategy=auto chooses the compression too (parallel.auto_allows says which); "
+            "drop parallel.compress or name a strategy",
+        )
+        _check(
+            self.auto_allows in AUTO_ALLOWS,
+            f"parallel.auto_allows '{self.auto_allows}' is unknown; choose one of {', '.join(AUTO_ALLOWS)}",
         )
         _check(
             self.bucket_mb >= 0 and self.first_bucket_mb > 0,

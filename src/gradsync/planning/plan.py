@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from gradsync.core import catalog
 from gradsync.core.config import Config
@@ -203,7 +204,28 @@ def workload_of(cfg: Config, vocab: int) -> cm.Workload:
     return replace(w, checkpointing=cfg.train.activation_checkpointing)
 
 
-BUCKET_CHOICES_MB = (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
+BUCKET_CHOICES_MB = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0)
+AUTO_SLACK = 1.10  # --strategy auto takes the least approximate entry predicted within 10% of the fastest
+
+
+def _launch_profile(cfg: Config) -> tuple[str, dict[str, Any], cm.Hardware, cm.Network]:
+    path = cfg.parallel.profile or str(default_profile_path())
+    profile = load_profile(path)
+    return path, profile, profile_hardware(profile), profile_network(profile)
+
+
+def _bucket_steps(entry: str, base: cm.Workload, world: int, hw: cm.Hardware, net: cm.Network) -> dict[float, float]:
+    """Predicted step time of ``entry`` at each bucket size of :data:`BUCKET_CHOICES_MB`."""
+    strategy, compress = catalog.split_entry(entry)
+    return {
+        mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
+        for mb in BUCKET_CHOICES_MB
+    }
+
+
+def _fastest_bucket(steps: dict[float, float]) -> float:
+    """Ties (sizes above the model's, which give the same buckets) go to the smallest."""
+    return min(steps, key=lambda mb: (round(steps[mb], 9), mb))
 
 
 def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
@@ -211,34 +233,60 @@ def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
     fed this machine's calibration profile, predicts the run's strategy fastest, with the reason.
     The trade-off it weighs (Li et al. VLDB 2020, section 3.2.3): every collective pays the link's
     latency α, so small buckets cost more in all; but a bucket starts only when backward has filled
-    it, so large buckets leave more of the communication after backward. Ties (sizes above the
-    model's, which give the same buckets) go to the smallest."""
-    path = cfg.parallel.profile or str(default_profile_path())
-    profile = load_profile(path)
-    hw, net = profile_hardware(profile), profile_network(profile)
-    world, strategy, compress = cfg.parallel.world_size, cfg.parallel.strategy, cfg.parallel.compress
-    base = workload_of(cfg, vocab)
-    step = {
-        mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
-        for mb in BUCKET_CHOICES_MB
-    }
-    best = min(step, key=lambda mb: (round(step[mb], 9), mb))
+    it, so large buckets leave more of the communication after backward. On a slow link the
+    second term wins and the buckets shrink."""
+    path, _, hw, net = _launch_profile(cfg)
+    entry = catalog.entry_name(cfg.parallel.strategy, cfg.parallel.compress)
+    step = _bucket_steps(entry, workload_of(cfg, vocab), cfg.parallel.world_size, hw, net)
+    best = _fastest_bucket(step)
     table = ", ".join(f"{mb:g} MB {1e3 * t:.1f} ms" for mb, t in step.items())
     return best, f"{best:g} MB (predicted step: {table}) [profile {path}]"
 
 
 def auto_strategy(cfg: Config, vocab: int) -> tuple[str, str]:
-    """``--strategy auto``: the exact strategy the cost model, fed this machine's calibration
-    profile, predicts fastest for this run (and that fits in memory), with the reason."""
+    """``--strategy auto``: an entry (``strategy[+compressor]``) for this run, chosen by the cost
+    model fed this machine's calibration profile, with the reason. With ``auto_allows exact`` (the
+    default) the fastest exact strategy that fits (:func:`choose`). Otherwise it climbs
+    :func:`gradsync.core.catalog.auto_ladder` and takes the first rung whose best entry is
+    predicted within :data:`AUTO_SLACK` of the fastest entry allowed: on a fast link that is an
+    exact strategy (communication is hidden already), on a slow one the least change to the
+    optimization that hides it. With ``--bucket-mb 0`` each entry is priced at its best bucket."""
     world = cfg.parallel.world_size
     if world == 1:
         return "bucketed", "one worker: there is no communication to optimize"
-    path = cfg.parallel.profile or str(default_profile_path())
-    profile = load_profile(path)
-    hw, net = profile_hardware(profile), profile_network(profile)
+    path, profile, hw, net = _launch_profile(cfg)
     w = workload_of(cfg, vocab)
-    rows = [Row(s, w.micro_batch, w.accum, cm.predict(s, w, world, hw, net)) for s in catalog.exact_strategies()]
-    best, why = choose(rows)
-    if best is None:
-        raise ConfigError(f"--strategy auto: {why}")
-    return best.entry, f"{why} [profile {path}: {profile['world_size']} workers, {profile['device']}]"
+    where = f"[profile {path}: {profile['world_size']} workers, {profile['device']}]"
+    if cfg.parallel.auto_allows == "exact":
+        rows = [Row(s, w.micro_batch, w.accum, cm.predict(s, w, world, hw, net)) for s in catalog.exact_strategies()]
+        best, why = choose(rows)
+        if best is None:
+            raise ConfigError(f"--strategy auto: {why}")
+        return best.entry, f"{why} {where}"
+    rungs = []
+    for rung in catalog.auto_ladder(cfg.parallel.auto_allows):
+        priced = []
+        for entry in rung:
+            strategy, compress = catalog.split_entry(entry)
+            wb = w
+            if cfg.parallel.bucket_mb == 0:
+                wb = replace(w, bucket_bytes=int(_fastest_bucket(_bucket_steps(entry, w, world, hw, net)) * 2**20))
+            pred = cm.predict(strategy, wb, world, hw, net, compress)
+            if pred.fits:
+                priced.append(Row(entry, w.micro_batch, w.accum, pred))
+        if priced:
+            rungs.append(min(priced, key=lambda r: r.pred.step_s))
+    if not rungs:
+        raise ConfigError("--strategy auto: nothing fits in device memory; use more devices or a bigger device")
+    fastest = min(rungs, key=lambda r: r.pred.step_s)
+    best = next(r for r in rungs if r.pred.step_s <= AUTO_SLACK * fastest.pred.step_s)
+    p = best.pred
+    why = (
+        f"{best.entry}: the least approximate of --auto-allows {cfg.parallel.auto_allows} predicted within "
+        f"{AUTO_SLACK - 1:.0%} of the fastest ({1e3 * p.step_s:.1f} ms a step, communication exposed "
+        f"{p.exposed_comm_s / p.step_s:.0%}"
+    )
+    if best is not fastest:
+        why += f"; fastest {fastest.entry} at {1e3 * fastest.pred.step_s:.1f} ms"
+    ladder = ", ".join(f"{r.entry} {1e3 * r.pred.step_s:.0f} ms" for r in rungs)
+    return best.entry, f"{why}; weighed: {ladder}) {where}"

@@ -20,7 +20,7 @@ import torch
 
 from gradsync.checkpoint import format as ckpt
 from gradsync.checkpoint.dcp import check_supported
-from gradsync.core.catalog import AUTO
+from gradsync.core.catalog import AUTO, entry_name, split_entry
 from gradsync.core.config import Config
 from gradsync.core.errors import ConfigError
 from gradsync.data import ShardedBatches
@@ -62,17 +62,22 @@ def preflight(cfg: Config) -> Config:
     path = ckpt.resolve_resume(t.resume, run_dir)
     saved = ckpt.load_checkpoint(path) if path is not None else None  # read once, for all that follows
     if cfg.parallel.strategy == AUTO:
-        cfg = cfg.replace(
-            **{
-                "parallel.strategy": _chosen_at_launch(
-                    cfg,
-                    saved,
-                    path,
-                    task,
-                    LaunchChoice("--strategy auto", "strategy", "strategy", "name a strategy", auto_strategy),
-                )
-            }
+        entry = _chosen_at_launch(
+            cfg,
+            saved,
+            path,
+            task,
+            LaunchChoice(
+                "--strategy auto",
+                "strategy",
+                "strategy",
+                "name a strategy",
+                auto_strategy,
+                read=lambda p: entry_name(p["strategy"], p["compress"]),
+            ),
         )
+        strategy, compress = split_entry(entry)
+        cfg = cfg.replace(**{"parallel.strategy": strategy, "parallel.compress": compress})
     if cfg.parallel.bucket_mb == 0:
         cfg = cfg.replace(
             **{
@@ -115,6 +120,7 @@ class LaunchChoice:
     remedy: str
     choose: Callable[[Config, int], tuple[Any, str]]
     show: Callable[[Any], str] = str
+    read: Callable[[dict[str, Any]], Any] | None = None  # the value from a checkpoint's parallel table
 
 
 def _chosen_at_launch(
@@ -124,7 +130,8 @@ def _chosen_at_launch(
     checkpoint format, compression residuals kept per bucket); else the planner's choice, which
     prices gradsync's GPT only."""
     if saved is not None:
-        chosen = saved["config"]["parallel"][c.key]
+        table = saved["config"]["parallel"]
+        chosen = c.read(table) if c.read else table[c.key]
         print(f"gradsync: {c.flag}: continuing with {c.show(chosen)}, the {c.what} of {resume}", file=sys.stderr)
         return chosen
     task = task or build_task(cfg)

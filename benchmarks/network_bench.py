@@ -10,6 +10,8 @@ target, its training time to that step the reference time. Every strategy then r
 joined at each ``--rates`` link, up to ``--max-steps``, and its time to the target is the training
 time (the sum of step times; evaluation excluded) up to the first validation at or below it. The
 ratio is reference time / time to target: 1.0 = as fast as on loopback. Median of ``--repeats``.
+The entry ``auto`` is ``--strategy auto --auto-allows ALLOWS --bucket-mb 0`` fed a calibration of
+that very link (``gradsync calibrate`` on the two nodes, once per link); the table says what it ran.
 
 ``--part hierarchy``: 2 nodes x 2 workers, the link between the nodes shaped to ``--rate``, the two
 workers of a node talking over the namespace's own loopback: ``bucketed`` (a flat ring) against
@@ -41,10 +43,7 @@ from gradsync.testing import netns
 from gradsync.training.metrics import read_metrics
 
 JOB = ["--optim.min_lr_ratio", "1", "--ckpt-interval", "0", "--sample-tokens", "0", "--no-progress", "--threads", "1"]
-STRATEGIES = (
-    "bucketed@100mbit;localsgd:16@100mbit;diloco:32;diloco:8,fragments=4,overlap=1,mix=0.5,quant=int8;"
-    "diloco:32,fragments=4,overlap=1,mix=0.5,quant=int8@10mbit"
-)
+STRATEGIES = "bucketed@100mbit;auto;diloco:8,fragments=4,overlap=1,mix=0.5,quant=int8@10mbit"
 
 
 class Jobs:
@@ -66,7 +65,20 @@ class Jobs:
     def train(
         self, where: str, nproc: int, args: list[str], run_dir: Path, timeout: float = 1800
     ) -> list[dict[str, Any]]:
-        argv = [sys.executable, "-m", "gradsync.cli", "train", *JOB, *args, "--run-dir", str(run_dir)]
+        self.run("train", where, nproc, [*args, "--run-dir", str(run_dir)], timeout)
+        return read_metrics(run_dir / "metrics.jsonl")
+
+    def calibrate(self, where: str, nproc: int, max_mb: float) -> Path:
+        """A calibration profile of the job's model on this link (made once per link)."""
+        out = self.work / f"profile-{where}.json"
+        if not out.exists():
+            args = ["--out", str(out), "--max-mb", str(max_mb), "--run-dir", str(self.work / f"cal-{where}")]
+            self.run("calibrate", where, nproc, args, timeout=1800)
+            print(f"[{where}] calibrated: {out}", flush=True)
+        return out
+
+    def run(self, command: str, where: str, nproc: int, args: list[str], timeout: float = 1800) -> None:
+        argv = [sys.executable, "-m", "gradsync.cli", command, *JOB, *args]
         if where == "loopback":
             r = subprocess.run(
                 [*argv, "--nproc", str(nproc)],
@@ -77,7 +89,7 @@ class Jobs:
                 timeout=timeout,
             )
             if r.returncode != 0:
-                raise RuntimeError(f"train {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+                raise RuntimeError(f"{command} {' '.join(args)} failed:\n{r.stderr[-3000:]}")
         else:
             self.port += 1
             self.cluster(where).run_job(
@@ -89,7 +101,6 @@ class Jobs:
                 timeout=timeout,
                 logs=self.work,
             )
-        return read_metrics(run_dir / "metrics.jsonl")
 
     def close(self) -> None:
         for c in self.clusters.values():
@@ -104,6 +115,15 @@ def curve(records: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
             elapsed += r["step_time_s"]
             at[r["step"]] = elapsed
     return [(r["step"], at[r["step"]], r["val_loss"]) for r in records if r["kind"] == "eval" and r["step"] in at]
+
+
+def ran(run_dir: Path) -> str:
+    """What a run trained with: its strategy, compressor and bucket size (as its workers read them)."""
+    from gradsync.core.config import load_toml
+
+    p = load_toml(run_dir / "config.toml")["parallel"]
+    entry = p["strategy"] + ("" if p["compress"] == "none" else f"+{p['compress']}")
+    return f"{entry}, {p['bucket_mb']:g} MB buckets" if p["strategy"] == "bucketed" else entry
 
 
 def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int, float] | None:
@@ -147,31 +167,22 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
             entry, _, only = item.partition("@")
             if only and only != rate:
                 continue
-            strategy, _, compress = entry.partition("+")
-            curves, reached = [], []
+            if entry == "auto":  # chosen at launch from this link's calibration
+                args = ["--strategy", "auto", "--auto-allows", ns.auto_allows, "--bucket-mb", "0"]
+                args += ["--parallel.profile", str(jobs.calibrate(rate, 1, ns.calibrate_mb))]
+            else:
+                strategy, _, compress = entry.partition("+")
+                args = ["--strategy", strategy, "--compress", compress or "none"]
+            curves, reached, chosen = [], [], []
             for r in range(ns.repeats):
                 folder = jobs.work / f"{rate}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
-                pts = curve(
-                    jobs.train(
-                        rate,
-                        1,
-                        [
-                            *common,
-                            "--strategy",
-                            strategy,
-                            "--compress",
-                            compress or "none",
-                            "--max-steps",
-                            str(ns.max_steps),
-                        ],
-                        folder,
-                    )
-                )
+                pts = curve(jobs.train(rate, 1, [*common, *args, "--max-steps", str(ns.max_steps)], folder))
+                chosen.append(ran(folder))
                 curves.append(pts)
                 reached.append(time_to(pts, target))
                 hit = reached[-1]
                 print(
-                    f"[{rate}] {entry} repeat {r + 1}: "
+                    f"[{rate}] {entry} ({chosen[-1]}) repeat {r + 1}: "
                     + (
                         f"target at step {hit[0]} in {hit[1]:.1f}s"
                         if hit
@@ -179,25 +190,26 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
                     ),
                     flush=True,
                 )
-            rows.append({"link": rate, "entry": entry, "curves": curves, "reached": reached})
+            rows.append({"link": rate, "entry": entry, "ran": chosen, "curves": curves, "reached": reached})
     lines = [
         f"Target: validation loss {target:.4f}, reached by `bucketed` on loopback (2 workers) at step "
         f"{ns.target_step} in {ref_time:.1f} s of training (median of {ns.repeats}).",
         "",
-        "| link | strategy | step at target | time to target s | ratio (loopback time / time) |",
-        "|---|---|---|---|---|",
+        "| link | strategy | ran | step at target | time to target s | ratio (loopback time / time) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows[1:]:
+        row["entry_ran"] = f"{row['entry']} | {' / '.join(sorted(set(row['ran'])))}"
         t = statistics.median([h[1] if h else float("inf") for h in row["reached"]])  # a miss counts as never
         if t < float("inf"):
             step = statistics.median(h[0] for h in row["reached"] if h)
             row["ratio"] = ref_time / t
-            lines.append(f"| {row['link']} | {row['entry']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} |")
+            lines.append(f"| {row['link']} | {row['entry_ran']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} |")
         else:
             longest = max(c[-1][1] for c in row["curves"])
             row["ratio"] = None
             lines.append(
-                f"| {row['link']} | {row['entry']} | not by {ns.max_steps} | > {longest:.1f} | "
+                f"| {row['link']} | {row['entry_ran']} | not by {ns.max_steps} | > {longest:.1f} | "
                 f"< {ref_time / longest:.2f} |"
             )
     return rows, "\n".join(lines)
@@ -269,9 +281,15 @@ def main() -> int:
         default=STRATEGIES,
         help="time-to-loss: ';'-separated strategy[+compressor][@rate] (@rate: at that link only)",
     )
+    ap.add_argument(
+        "--auto-allows", default="approximate", help="time-to-loss: what the entry `auto` may choose (see train --help)"
+    )
+    ap.add_argument(
+        "--calibrate-mb", type=float, default=1.0, help="time-to-loss: largest calibration message for auto"
+    )
     ap.add_argument("--target-step", type=int, default=160)
-    ap.add_argument("--max-steps", type=int, default=320)
-    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--max-steps", type=int, default=240)
+    ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--rate", default="100mbit", help="hierarchy: the link between the nodes")
     ap.add_argument("--steps", type=int, default=30, help="hierarchy: measured steps after the warm-up")
     ap.add_argument("--warmup", type=int, default=5)

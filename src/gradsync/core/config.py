@@ -239,7 +239,9 @@ class OptimConfig:
     grad_clip: float = key(1.0, "0 disables clipping")
     momentum: float = key(0.0, "sgd only")
     kernel: str = key(
-        "default", "default (torch's per-tensor loop on CPU) | foreach (batched) | fused (one kernel); same math"
+        "auto",
+        "auto (fused where torch has it for the parameters, else default) | default (torch's per-tensor loop "
+        "on CPU) | foreach (batched) | fused (one kernel); the same update, fused to rounding",
     )
 
     def __post_init__(self) -> None:
@@ -260,8 +262,8 @@ class OptimConfig:
         _check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
         _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         _check(
-            self.kernel in ("default", "foreach", "fused"),
-            f"optim.kernel must be default, foreach or fused, got '{self.kernel}'",
+            self.kernel in ("auto", "default", "foreach", "fused"),
+            f"optim.kernel must be auto, default, foreach or fused, got '{self.kernel}'",
         )
 
 

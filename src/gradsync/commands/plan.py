@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradsync.core import catalog
+from gradsync.core.devices import DATASHEETS
 from gradsync.core.errors import ConfigError
 from gradsync.core.shapes import PRESETS
 from gradsync.planning import costmodel as cm
@@ -40,7 +41,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--efficiency",
         type=float,
         default=None,
-        help="fraction of peak FLOP/s the model reaches (presets: 0.45; profiles: measured)",
+        help="fraction of peak FLOP/s the model reaches (presets: fitted to published runs; profiles: measured)",
     )
     p.add_argument("--network", default="100gbe", help=f"{', '.join(cm.NETWORKS)}, or 'profile'")
     p.add_argument("--bandwidth-gbps", type=float, default=None, help="instead of --network: Gbit/s per device")
@@ -160,6 +161,9 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
         + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else "")
     )
+    source = next((d.efficiency_source for d in DATASHEETS.values() if d.name == hw.name), "")
+    if source and ns.efficiency is None:
+        header += f"\nefficiency {hw.efficiency:.0%}: {source} (--efficiency to change it)"
     print(plan.format_plan(rows, header, eff))
     best, why = plan.choose(rows)
     print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")

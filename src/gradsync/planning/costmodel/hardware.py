@@ -57,8 +57,8 @@ class Hardware:
 
 
 GB = 1e9
-DEVICES: dict[str, Hardware] = {  # dense bf16 tensor-core peaks from NVIDIA's datasheets (gradsync.core.devices)
-    key: Hardware(d.name, d.peak_flops, d.memory_bytes, d.mem_bw) for key, d in DATASHEETS.items()
+DEVICES: dict[str, Hardware] = {  # dense bf16 peaks from NVIDIA's datasheets, efficiencies from published runs
+    key: Hardware(d.name, d.peak_flops, d.memory_bytes, d.mem_bw, d.efficiency) for key, d in DATASHEETS.items()
 }
 
 

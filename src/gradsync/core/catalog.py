@@ -150,7 +150,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
         StrategyEntry(
             "torch-fsdp",
             f"{_P}.reference.torch_fsdp:TorchFSDPStrategy",
-            f"{_CM}.price:price_fsdp",
+            f"{_CM}.price:price_torch_fsdp",
             f"{_CM}.memory:memory_zero3",
             reference=None,
         ),

@@ -39,8 +39,9 @@ def profile_hardware(profile: dict[str, Any]) -> Hardware:
         profile["optimizer_s_per_param"],
         profile["elementwise_s_per_elem"],
         c.get("overlap_penalty", 0.0),
-        profile.get("quantize_s_per_elem"),
-    )  # absent from profiles older than int8
+        profile.get("quantize_s_per_elem"),  # absent from profiles older than int8
+        streams=profile.get("backend") == "nccl",
+    )
 
 
 def profile_network(profile: dict[str, Any]) -> Network:

@@ -27,6 +27,9 @@ class Hardware:
     elementwise_s_per_elem: float | None = None  # one read-modify-write pass over fp32 elements
     overlap_penalty: float = 0.0  # step seconds lost per second of communication hidden behind compute
     quantize_s_per_elem: float | None = None  # measured 8/4-bit encode/decode of a two-stage mean, per element
+    # collectives on a stream of their own beside compute (CUDA); on CPU torch's FSDP2 issues its
+    # all-gathers and reduce-scatters synchronously (``unshard_async_op`` is off), so nothing overlaps
+    streams: bool = True
 
     def __post_init__(self) -> None:
         if not (self.peak_flops > 0 and self.memory_bytes > 0 and self.mem_bw > 0 and 0 < self.efficiency <= 1):

@@ -53,6 +53,17 @@ def test_an_8b_model_at_8k_tokens_fits_with_activation_checkpointing(tmp_path: P
     assert "activation checkpointing" in rec.split(":")[1], rec
 
 
+def test_plan_with_a_failure_rate_compares_restart_and_live_recovery(tmp_path: Path) -> None:
+    args = "--params 8e9 --seq-len 8192 --global-batch 1024 --devices 1024 --gpus-per-node 8 --device h100"
+    r = _plan(*args.split(), "--network", "ib-ndr", "--plot", "", "--mtbf", "3h", "--restart", "2m", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "a node every 3.0 h x 128 node(s) = the job every 1.4 min" in r.stdout
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in r.stdout.splitlines() if "% |" in ln}
+    restart, live = (float(rows[k].rstrip("%")) for k in ("restart from checkpoint", "live recovery"))
+    assert 0 < restart < 50 < live < 100  # a failure every 84 s: restarting for 2 min barely progresses
+    assert "the best interval (Young/Daly:" in r.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -67,6 +78,8 @@ def test_an_8b_model_at_8k_tokens_fits_with_activation_checkpointing(tmp_path: P
         (("--params", "nan"), "--params must be between 1e5 and 1e13, got nan"),
         (("--efficiency", "0"), "--efficiency must be in (0, 1], got 0.0"),
         (("--gpus-per-node", "3", "--devices", "8"), "must be a whole number of nodes of --gpus-per-node (3)"),
+        (("--mtbf", "soon"), "plan: --mtbf must be a positive duration such as 3h"),
+        (("--mtbf", "3h", "--disk-gbs", "0"), "plan: --disk-gbs must be > 0"),
     ],
 )
 def test_plan_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -19,7 +19,7 @@ from gradsync.core.devices import DATASHEETS
 from gradsync.core.errors import ConfigError
 from gradsync.core.shapes import PRESETS
 from gradsync.planning import costmodel as cm
-from gradsync.planning import plan
+from gradsync.planning import goodput, plan
 from gradsync.planning.calibration_profile import load_profile, profile_hardware, profile_network
 
 ALIASES = {"124m": "gpt2", "350m": "gpt2-medium", "774m": "gpt2-large", "1.5b": "gpt2-xl"}
@@ -54,6 +54,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=("auto", *cm.ACTIVATIONS),
         help="per block; auto (default): the fastest of none, selective and full that fits",
+    )
+    p.add_argument("--mtbf", default="", help="a node's mean time between failures (e.g. 3h): adds goodput")
+    p.add_argument("--restart", default="60s", help="with --mtbf: relaunching every worker after a failure")
+    p.add_argument(
+        "--disk-gbs", type=float, default=1.0, help="with --mtbf: GB/s each node writes and reads checkpoints at"
     )
     p.add_argument(
         "--strategies",
@@ -109,6 +114,28 @@ def hardware_and_network(ns: argparse.Namespace) -> tuple[cm.Hardware, cm.Networ
     else:
         net = cm.network_preset(ns.network)
     return hw, net
+
+
+def _goodput(ns: argparse.Namespace, params: float, step_s: float, net: cm.Network) -> str:
+    """``--mtbf``: goodput of restart-from-checkpoint and live recovery for this cluster. A
+    checkpoint is the fp32 parameters and AdamW's two moments (12 bytes a parameter), written and
+    read by every node in parallel at ``--disk-gbs``; a live newcomer receives the same state
+    from a peer node, each of its devices over its own link."""
+    if ns.disk_gbs <= 0:
+        raise ConfigError(f"plan: --disk-gbs must be > 0, got {ns.disk_gbs}")
+    nodes = ns.devices // ns.gpus_per_node
+    state = 12.0 * params
+    io_s = state / (nodes * ns.disk_gbs * 1e9)
+    f = goodput.Failures(
+        mtbf_node_s=goodput.parse_duration(ns.mtbf, "plan: --mtbf"),
+        nodes=nodes,
+        checkpoint_s=io_s,
+        restart_s=goodput.parse_duration(ns.restart, "plan: --restart"),
+        reload_s=io_s,
+        join_s=net.time("broadcast", state / ns.gpus_per_node, 2),
+        step_s=step_s,
+    )
+    return goodput.format_goodput(f, goodput.compare(f))
 
 
 def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -167,6 +194,9 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
     print(plan.format_plan(rows, header, eff))
     best, why = plan.choose(rows)
     print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")
+    if ns.mtbf:
+        step_s = (best or min(rows, key=lambda r: r.pred.step_s)).pred.step_s
+        print("\n" + _goodput(ns, params, step_s, net))
     if ns.plot:
         title = (
             f"{params / 1e6:,.0f}M-parameter GPT, seq {ns.seq_len}, {ns.global_batch // ns.devices} sequences per "

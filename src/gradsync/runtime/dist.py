@@ -144,8 +144,8 @@ class Comm:
         self.group = group
         self.timeout_s = timeout_s  # the group's collective timeout, for messages
         self._stats = CommStats()
-        self._ops: dict[int, str] = {}  # in-flight async work -> the collective's name
-        self._ops_events: dict[int, timeline.Event] = {}  # in-flight async work -> its timeline event
+        # in-flight async work -> (the collective's name for errors, its timeline event if recording)
+        self._in_flight: dict[int, tuple[str, timeline.Event | None]] = {}
         self._label = ""  # what the next collectives are for, on a profiled timeline
         self._bytes = 0  # of the collective being issued (for the timeline)
         self._cuda = env.device.type == "cuda"
@@ -235,9 +235,8 @@ class Comm:
             start = rec.now() if rec else 0.0
             with self._guard(op):
                 work = launch()
-            self._ops[id(work)] = op
-            if rec is not None:
-                self._record_async(rec, work, self._label or op, op, start)
+            ev = self._record_async(rec, work, self._label or op, op, start) if rec is not None else None
+            self._in_flight[id(work)] = (op, ev)
             return work
         with self._blocked(), self._guard(op):
             if rec is None:
@@ -247,11 +246,12 @@ class Comm:
                     launch()
         return None
 
-    def _record_async(self, rec: timeline.Recorder, work: dist.Work, name: str, op: str, start: float) -> None:
+    def _record_async(
+        self, rec: timeline.Recorder, work: dist.Work, name: str, op: str, start: float
+    ) -> timeline.Event:
         """A collective in flight from ``start`` until its future completes (on the communication
         thread; where a backend gives no future, until the wait returns)."""
         ev = rec.add(name, "comm", start, start, op=op, bytes=self._bytes, done=False)
-        self._ops_events[id(work)] = ev
 
         def done(_: Any) -> None:
             if not ev.detail["done"]:
@@ -259,6 +259,7 @@ class Comm:
 
         with contextlib.suppress(RuntimeError):  # no future for this backend or op: the wait ends it
             work.get_future().add_done_callback(done)
+        return ev
 
     def all_reduce(self, t: torch.Tensor, async_op: bool = False) -> dist.Work | None:
         """Sum ``t`` in place over all ranks; with ``async_op`` return the work to :meth:`wait` on."""
@@ -292,8 +293,8 @@ class Comm:
         self._run("broadcast", lambda: dist.broadcast(t, src=src, group=self.group), False)
 
     def wait(self, work: dist.Work) -> None:
-        ev = self._ops_events.pop(id(work), None)
-        with self._blocked(), self._guard(self._ops.pop(id(work), "collective")):
+        op, ev = self._in_flight.pop(id(work), ("collective", None))
+        with self._blocked(), self._guard(op):
             if ev is None:
                 work.wait()
             else:

@@ -585,11 +585,18 @@ def chosen_defaults(values: dict[str, dict[str, Any]]) -> dict[str, Any]:
         k: v for k, v in TASK_DEFAULTS.get(task, {}).items() if k not in given and not (k in batch and batch & given)
     }
     if "optim.warmup_steps" not in given:
-        steps = out.get("train.max_steps", values["train"].get("max_steps", TrainConfig.max_steps))
-        cap = int(steps) // WARMUP_SHARE  # type: ignore[call-overload]
-        if cap < OptimConfig.warmup_steps:
+        steps: Any = out.get("train.max_steps", values["train"].get("max_steps", TrainConfig.max_steps))
+        cap = warmup_cap(int(steps))
+        if cap is not None:
             out["optim.warmup_steps"] = cap
     return out
+
+
+def warmup_cap(max_steps: int) -> int | None:
+    """The warm-up a run of ``max_steps`` gets where nobody set one: a quarter of the run, when that
+    is shorter than the default (None: the default stands)."""
+    cap = max_steps // WARMUP_SHARE
+    return cap if cap < OptimConfig.warmup_steps else None
 
 
 def sources(cfg: Config) -> dict[str, str]:
@@ -597,8 +604,7 @@ def sources(cfg: Config) -> dict[str, str]:
     choice: ``{"optim.lr": "task bert", "optim.warmup_steps": "a quarter of train.max_steps"}``."""
     flat = {f"{s}.{k}": v for s, table in cfg.to_dict().items() for k, v in table.items()}
     out = {k: f"task {cfg.task.name}" for k, v in TASK_DEFAULTS.get(cfg.task.name, {}).items() if flat[k] == v}
-    cap = cfg.train.max_steps // WARMUP_SHARE
-    if cfg.optim.warmup_steps == cap < OptimConfig.warmup_steps:
+    if cfg.optim.warmup_steps == warmup_cap(cfg.train.max_steps):
         out["optim.warmup_steps"] = f"train.max_steps / {WARMUP_SHARE}"
     return out
 

@@ -13,7 +13,10 @@ import pytest
 TINY: dict[str, dict[str, Any]] = {
     "model": {"preset": "tiny"},
     "data": {"source": "synthetic", "seq_len": 16, "synthetic_tokens": 60_000},
-    "optim": {"lr": 3e-3, "warmup_steps": 5},
+    # torch's per-tensor AdamW, not the fused default: the equivalence tolerances (1e-5 of the
+    # parameter scale after 20 steps) were set with it, and the fused kernel rounds the update in
+    # another order (1.0-1.5e-5 there). test_activation_checkpointing holds fused (and auto) to it.
+    "optim": {"lr": 3e-3, "warmup_steps": 5, "kernel": "default"},
     "parallel": {"nproc": 1, "bucket_mb": 0.02, "first_bucket_mb": 0.005, "timeout_s": 60},
     "train": {
         "micro_batch": 8,

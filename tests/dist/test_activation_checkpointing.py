@@ -1,7 +1,8 @@
 """Activation checkpointing per block, in real gloo worlds: selective and full give the losses and
 weights of no checkpointing (fp32, dropout on: the recomputation replays the same draws) under
 bucketed, ZeRO-2 and ZeRO-3 (whose parameters must be gathered again for the recomputation).
-And the foreach and fused optimizer kernels give the default kernel's update."""
+And the foreach and fused optimizer kernels (and auto, the default, which takes fused on CPU) give
+the per-tensor kernel's update."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_foreach_and_fused_optimizers_update_as_the_default_does(tmp_path_factor
     from conftest import TINY, merge
 
     root = tmp_path_factory.mktemp("kernels")
-    kernels = ("default", "foreach", "fused")
+    kernels = ("default", "foreach", "fused", "auto")
     configs = [
         merge(
             TINY,
@@ -75,6 +76,7 @@ def test_foreach_and_fused_optimizers_update_as_the_default_does(tmp_path_factor
     out = run_world(2, train_each, configs)[0]
     # foreach: the same per-element arithmetic (measured 0 difference); fused evaluates the update in
     # another order (measured 3.6e-6 of the parameter scale after 6 steps)
-    for i in (0, 3):
+    for i in (0, 4):
         assert max_rel_diff(out[i]["params"], out[i + 1]["params"]) < 1e-6
         assert max_rel_diff(out[i]["params"], out[i + 2]["params"]) < 1e-5
+        assert max_rel_diff(out[i + 2]["params"], out[i + 3]["params"]) == 0  # auto is fused on CPU

@@ -146,14 +146,11 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
         "--strategy",
         "auto",
     ]
-    r = subprocess.run(
-        [*args, "--parallel.profile", "p.json", "--bucket-mb", "0", "--run-dir", "a"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+
+    def train(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*args, *more], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+
+    r = train("--parallel.profile", "p.json", "--bucket-mb", "0", "--run-dir", "a")
     assert r.returncode == 0, r.stderr[-3000:]
     chosen = r.stdout.split("--strategy auto chose ", 1)[1].split(":", 1)[0]
     assert chosen in ("bucketed", "zero1", "zero2", "zero3")
@@ -163,20 +160,11 @@ def test_train_strategy_auto_uses_the_cost_model(tmp_path: Path) -> None:
 
     assert load_toml(tmp_path / "a" / "config.toml")["parallel"]["bucket_mb"] == 0.25  # what the workers read
     _profile(tmp_path / "slow.json", beta=1e-5)  # 100 kB/s: halving the bytes is worth the rounding
-    r = subprocess.run(
-        [*args, "--parallel.profile", "slow.json", "--auto-allows", "rounded", "--run-dir", "c"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    r = train("--parallel.profile", "slow.json", "--auto-allows", "rounded", "--run-dir", "c")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "--strategy auto chose bucketed+fp16: the least approximate of --auto-allows rounded" in r.stdout
     ran = load_toml(tmp_path / "c" / "config.toml")["parallel"]
     assert (ran["strategy"], ran["compress"]) == ("bucketed", "fp16")
-    missing = subprocess.run(
-        [*args, "--run-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
+    missing = train("--run-dir", "b")
     assert missing.returncode == 2
     assert "does not exist; run `gradsync calibrate` first" in missing.stderr.strip().splitlines()[-1]

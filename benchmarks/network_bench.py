@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gradsync.core.config import load_toml
 from gradsync.core.files import save_figure
 from gradsync.testing import netns
 from gradsync.training.metrics import read_metrics
@@ -119,8 +120,6 @@ def curve(records: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
 
 def ran(run_dir: Path) -> str:
     """What a run trained with: its strategy, compressor and bucket size (as its workers read them)."""
-    from gradsync.core.config import load_toml
-
     p = load_toml(run_dir / "config.toml")["parallel"]
     entry = p["strategy"] + ("" if p["compress"] == "none" else f"+{p['compress']}")
     return f"{entry}, {p['bucket_mb']:g} MB buckets" if p["strategy"] == "bucketed" else entry

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gradsync.core.devices import DATASHEETS
-from gradsync.planning.published import PUBLISHED_RUNS, fit_efficiency, predict_run
+from gradsync.planning.published import PUBLISHED_RUNS, PublishedRun, fit_efficiency, predict_run
 
 
 @pytest.mark.parametrize("run", PUBLISHED_RUNS, ids=lambda r: r.device)
-def test_each_preset_predicts_the_mfu_of_its_published_run(run: object) -> None:
-    sheet = DATASHEETS[run.device]  # type: ignore[attr-defined]
-    assert abs(fit_efficiency(run) - sheet.efficiency) < 0.01  # type: ignore[arg-type]
-    predicted = predict_run(run, sheet.efficiency).mfu * sheet.peak_flops / run.peak_flops  # type: ignore[arg-type, attr-defined]
-    assert predicted == pytest.approx(run.mfu, rel=0.03)  # type: ignore[attr-defined]
+def test_each_preset_predicts_the_mfu_of_its_published_run(run: PublishedRun) -> None:
+    sheet = DATASHEETS[run.device]
+    assert abs(fit_efficiency(run) - sheet.efficiency) < 0.01
+    assert predict_run(run, sheet.efficiency).mfu == pytest.approx(run.mfu, rel=0.03)
     assert "fitted to" in sheet.efficiency_source
 
 

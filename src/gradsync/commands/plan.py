@@ -188,9 +188,9 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         f"{hw.memory_bytes / 1e9:.0f} GB) over {net.name}"
         + (f", {ns.gpus_per_node} per node on {ns.intra_network}" if intra else "")
     )
-    source = next((d.efficiency_source for d in DATASHEETS.values() if d.name == hw.name), "")
-    if source and ns.efficiency is None:
-        header += f"\nefficiency {hw.efficiency:.0%}: {source} (--efficiency to change it)"
+    sheet = DATASHEETS.get(ns.device)  # None for a calibration profile: its efficiency is measured
+    if sheet is not None and ns.efficiency is None:
+        header += f"\nefficiency {hw.efficiency:.0%}: {sheet.efficiency_source} (--efficiency to change it)"
     print(plan.format_plan(rows, header, eff))
     best, why = plan.choose(rows)
     print(f"\nrecommendation: {why}" if best else f"\nrecommendation: none: {why}")

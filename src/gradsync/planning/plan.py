@@ -214,18 +214,20 @@ def _launch_profile(cfg: Config) -> tuple[str, dict[str, Any], cm.Hardware, cm.N
     return path, profile, profile_hardware(profile), profile_network(profile)
 
 
-def _bucket_steps(entry: str, base: cm.Workload, world: int, hw: cm.Hardware, net: cm.Network) -> dict[float, float]:
-    """Predicted step time of ``entry`` at each bucket size of :data:`BUCKET_CHOICES_MB`."""
+def _by_bucket(
+    entry: str, base: cm.Workload, world: int, hw: cm.Hardware, net: cm.Network
+) -> dict[float, cm.Prediction]:
+    """The prediction of ``entry`` at each bucket size of :data:`BUCKET_CHOICES_MB`."""
     strategy, compress = catalog.split_entry(entry)
     return {
-        mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress).step_s
+        mb: cm.predict(strategy, replace(base, bucket_bytes=int(mb * 2**20)), world, hw, net, compress)
         for mb in BUCKET_CHOICES_MB
     }
 
 
-def _fastest_bucket(steps: dict[float, float]) -> float:
+def _fastest_bucket(preds: dict[float, cm.Prediction]) -> float:
     """Ties (sizes above the model's, which give the same buckets) go to the smallest."""
-    return min(steps, key=lambda mb: (round(steps[mb], 9), mb))
+    return min(preds, key=lambda mb: (round(preds[mb].step_s, 9), mb))
 
 
 def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
@@ -237,9 +239,9 @@ def auto_bucket_mb(cfg: Config, vocab: int) -> tuple[float, str]:
     second term wins and the buckets shrink."""
     path, _, hw, net = _launch_profile(cfg)
     entry = catalog.entry_name(cfg.parallel.strategy, cfg.parallel.compress)
-    step = _bucket_steps(entry, workload_of(cfg, vocab), cfg.parallel.world_size, hw, net)
-    best = _fastest_bucket(step)
-    table = ", ".join(f"{mb:g} MB {1e3 * t:.1f} ms" for mb, t in step.items())
+    preds = _by_bucket(entry, workload_of(cfg, vocab), cfg.parallel.world_size, hw, net)
+    best = _fastest_bucket(preds)
+    table = ", ".join(f"{mb:g} MB {1e3 * p.step_s:.1f} ms" for mb, p in preds.items())
     return best, f"{best:g} MB (predicted step: {table}) [profile {path}]"
 
 
@@ -267,11 +269,12 @@ def auto_strategy(cfg: Config, vocab: int) -> tuple[str, str]:
     for rung in catalog.auto_ladder(cfg.parallel.auto_allows):
         priced = []
         for entry in rung:
-            strategy, compress = catalog.split_entry(entry)
-            wb = w
             if cfg.parallel.bucket_mb == 0:
-                wb = replace(w, bucket_bytes=int(_fastest_bucket(_bucket_steps(entry, w, world, hw, net)) * 2**20))
-            pred = cm.predict(strategy, wb, world, hw, net, compress)
+                preds = _by_bucket(entry, w, world, hw, net)
+                pred = preds[_fastest_bucket(preds)]
+            else:
+                strategy, compress = catalog.split_entry(entry)
+                pred = cm.predict(strategy, w, world, hw, net, compress)
             if pred.fits:
                 priced.append(Row(entry, w.micro_batch, w.accum, pred))
         if priced:

@@ -26,8 +26,7 @@ from gradsync.planning import costmodel as cm
 @dataclass(frozen=True)
 class PublishedRun:
     what: str
-    device: str  # a key of gradsync.core.devices.DATASHEETS
-    peak_flops: float  # the peak the publication's MFU divides by
+    device: str  # a key of gradsync.core.devices.DATASHEETS, whose peak the publication's MFU divides by
     params: float  # the published model's parameter count N
     n_layer: int
     n_head: int
@@ -45,7 +44,7 @@ class PublishedRun:
     def mfu(self) -> float:
         """The run's MFU by torchtitan's count: (6 N + 12 L d T) FLOPs per token."""
         per_token = 6 * self.params + 12 * self.n_layer * self.n_embd * self.seq_len
-        return self.tokens_per_s_per_device * per_token / self.peak_flops
+        return self.tokens_per_s_per_device * per_token / DATASHEETS[self.device].peak_flops
 
 
 _LLAMA3_8B = dict(params=8.03e9, n_layer=32, n_head=32, n_embd=4096, vocab=128256, seq_len=8192)
@@ -53,7 +52,6 @@ PUBLISHED_RUNS: tuple[PublishedRun, ...] = (
     PublishedRun(
         "torchtitan: Llama 3 8B, FSDP2, 64 x A100 80GB, local batch 1, selective op AC",
         "a100-80gb",
-        312e12,
         **_LLAMA3_8B,  # type: ignore[arg-type]
         devices=64,
         intra="nvlink",
@@ -65,7 +63,6 @@ PUBLISHED_RUNS: tuple[PublishedRun, ...] = (
     PublishedRun(
         "torchtitan: Llama 3.1 8B, FSDP2, 8 x H100 (96 GB HBM2e, 500 W limit), local batch 2, selective AC",
         "h100",
-        989e12,
         **_LLAMA3_8B,  # type: ignore[arg-type]
         devices=8,
         intra="nvlink4",
@@ -91,7 +88,7 @@ def fit_efficiency(run: PublishedRun) -> float:
     lo, hi = 0.01, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if predict_run(run, mid).mfu * DATASHEETS[run.device].peak_flops / run.peak_flops < run.mfu:
+        if predict_run(run, mid).mfu < run.mfu:
             lo = mid
         else:
             hi = mid

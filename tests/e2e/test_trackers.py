@@ -129,7 +129,9 @@ def test_trackers_mirror_the_metrics_and_hold_one_value_per_step_after_kill_and_
     r = subprocess.run([sys.executable, "-c", TRACKIO_READ], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     steps = json.loads(r.stdout.strip().splitlines()[-1])
-    assert sorted(steps) == ["run", "run (resumed at step 50)"]
+    # trackio writes from a background thread: the killed run holds what it had flushed before the
+    # SIGKILL — a prefix of its steps, or nothing at all (then trackio has no run of that name)
+    assert set(steps) - {"run"} == {"run (resumed at step 50)"}
     assert steps["run (resumed at step 50)"] == list(range(1, 101))
-    # the killed run's copy is left as it was: what trackio had flushed before the SIGKILL
-    assert steps["run"] == list(range(1, len(steps["run"]) + 1))
+    killed = steps.get("run", [])
+    assert killed == list(range(1, len(killed) + 1))

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tokenize a corpus once, in parallel, into shards a run memory-maps "
         "(text, JSON Lines, Parquet, a saved datasets folder)",
     ),
+    "lighthouse": (
+        "gradsync.commands.lighthouse",
+        "the torchft Lighthouse of a live job (--fault-tolerance live): forms each step's quorum of replicas",
+    ),
     "sample": ("gradsync.commands.sample", "what a trained model says: text, or predictions"),
     "export": ("gradsync.commands.export", "write a trained model for other tools (transformers, safetensors)"),
     "bench": ("gradsync.commands.bench", "compare strategies side by side (tokens/s, step time, comm)"),

@@ -40,6 +40,10 @@ from gradsync.core.values import coerce
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
+FAULT_TOLERANCE = ("restart", "live")
+# the strategies a live (torchft) replica runs inside: each rank holds the whole model and optimizer
+# state, which is what a returning replica copies from a peer
+LIVE_STRATEGIES = ("allreduce", "bucketed")
 LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.training.trackers)
 CHECKPOINTING = ("none", "selective", "full")  # activation checkpointing (gradsync.model.activation_checkpointing)
 
@@ -297,6 +301,16 @@ class ParallelConfig:
     timeout_s: float = key(300.0, "every collective fails after this long instead of hanging")
     threads: int = key(0, "intra-op threads per worker; 0 = cores / local workers")
     max_restarts: int = key(0, "restart all workers from the newest checkpoint up to N times when one dies")
+    fault_tolerance: str = key(
+        "restart",
+        "restart: a dead worker stops every worker, which restart from the newest checkpoint | live: this "
+        "launch is one replica of a torchft job; the replicas alive at a step take it, a dead one is dropped "
+        "and a returning one copies the live state from a peer (needs parallel.lighthouse and replica_id)",
+    )
+    lighthouse: str = key("", "host:port of the torchft Lighthouse of a live job (gradsync lighthouse runs one)")
+    replica_id: int = key(-1, "this replica's number in a live job, 0, 1, ...; a restarted replica gives its old one")
+    min_replicas: int = key(1, "live: a step needs at least this many replicas; fewer for quorum_timeout_s is an error")
+    quorum_timeout_s: float = key(60.0, "live: how long a step waits for a quorum of replicas")
     profile: str = key("", 'calibration profile for strategy=auto; "" = profile.json in the gradsync cache')
     auto_allows: str = key(
         "exact",
@@ -338,6 +352,40 @@ class ParallelConfig:
             self.nnodes == 1 or bool(self.rdzv_endpoint),
             "parallel.rdzv_endpoint (host:port) is required when parallel.nnodes > 1",
         )
+        _check(
+            self.fault_tolerance in FAULT_TOLERANCE,
+            f"parallel.fault_tolerance '{self.fault_tolerance}' is unknown; choose one of {', '.join(FAULT_TOLERANCE)}",
+        )
+        _check(self.min_replicas >= 1, f"parallel.min_replicas must be >= 1, got {self.min_replicas}")
+        _check(
+            self.quorum_timeout_s >= 1, f"parallel.quorum_timeout_s must be >= 1 second, got {self.quorum_timeout_s:g}"
+        )
+        if self.fault_tolerance == "live":
+            _check(
+                bool(self.lighthouse) and ":" in self.lighthouse,
+                "parallel.fault_tolerance=live needs parallel.lighthouse=HOST:PORT, the torchft Lighthouse "
+                "(start one with: gradsync lighthouse --port PORT --min-replicas N)",
+            )
+            _check(
+                self.replica_id >= 0,
+                "parallel.fault_tolerance=live needs parallel.replica_id (0, 1, ...: this replica's number)",
+            )
+            _check(
+                self.nnodes == 1,
+                "parallel.fault_tolerance=live: a replica is one node's workers (nnodes=1); run one "
+                "gradsync train per node, each with its own parallel.replica_id",
+            )
+            _check(
+                not self.find_unused,
+                "parallel.find_unused with parallel.fault_tolerance=live is not implemented (replicas "
+                "that used different parameters would average gradients of different shapes)",
+            )
+            name = self.strategy_spec.name
+            _check(
+                name in LIVE_STRATEGIES,
+                f"parallel.fault_tolerance=live runs {' or '.join(LIVE_STRATEGIES)} inside a replica; "
+                f"'{name}' with live recovery is not implemented",
+            )
 
     @property
     def world_size(self) -> int:

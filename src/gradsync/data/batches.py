@@ -108,9 +108,34 @@ class ShardedBatches:
             out[sel] = self._permutation(int(e))[pos[sel] % self.n_chunks]
         return out
 
+    def reshard(self, rank: int, world_size: int) -> None:
+        """From now on take block ``rank`` of ``world_size`` of each global batch: the membership of
+        a live job's step (its replicas × their workers), which changes when a replica dies or
+        returns. The global batch stays the same, so each example is still drawn exactly once
+        per epoch; when it does not divide evenly the blocks differ by one example and
+        :meth:`loss_weights` says how much each micro-batch counts."""
+        if not 0 <= rank < world_size <= self.global_batch:
+            raise DataError(
+                f"a global batch of {self.global_batch} cannot be shared by {world_size} workers (rank {rank}); "
+                "raise train.global_batch to at least the workers of every replica together"
+            )
+        self.rank, self.world_size = rank, world_size
+
     def _local_slice(self) -> slice:
-        per_rank = self.global_batch // self.world_size
-        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        g, w = self.global_batch, self.world_size
+        return slice(self.rank * g // w, (self.rank + 1) * g // w)
+
+    def loss_weights(self) -> list[float] | None:
+        """What each of this rank's micro-batch mean losses is multiplied by before backward so
+        that the average over ranks of their gradients is the global batch's mean gradient: None
+        when every rank holds G/W examples in equal micro-batches (then each counts 1 / their
+        number, the usual accumulation), else ``len(micro-batch) × W / G`` for each."""
+        g, w, m = self.global_batch, self.world_size, self.micro_batch
+        if g % (w * m) == 0:
+            return None
+        block = self._local_slice()
+        sizes = [min(m, block.stop - i) for i in range(block.start, block.stop, m)]
+        return [n * w / g for n in sizes]
 
     def local_chunks(self, step: int) -> np.ndarray:
         return self.global_chunks(step)[self._local_slice()]

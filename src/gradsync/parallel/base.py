@@ -53,6 +53,9 @@ class StepResult:
 
     grad_norm: float
     skipped: bool
+    # False when a live job's replicas did not all finish the step (one died in it): nothing was
+    # updated and the same step is taken again (gradsync.runtime.replicas)
+    committed: bool = True
 
 
 def clip_(grads: list[torch.Tensor], max_norm: float, norm: float) -> None:
@@ -73,6 +76,15 @@ class GradientPath(Protocol):
     def finish(self) -> None: ...
 
     def zero_(self) -> None: ...
+
+
+class ReplicaAverage(Protocol):
+    """The replicas of a live job (:class:`gradsync.runtime.replicas.LiveReplica`), whose average
+    a strategy takes after its own, before it updates."""
+
+    def average_(self, tensors: list[torch.Tensor]) -> None: ...
+
+    def commit(self) -> bool: ...
 
 
 class Strategy(ABC):
@@ -110,6 +122,9 @@ class Strategy(ABC):
     # What step() calls to update (default: the optimizer's step); gradsync.parallelize routes it
     # through the optimizer a script built, so that its learning-rate schedulers see each step.
     optimizer_step: Callable[[], Any] | None = None
+    # A live job's replicas (parallel.fault_tolerance=live), set by the trainer: step() averages the
+    # gradients over them too, and updates only when every replica of the step's quorum commits.
+    live_replicas: ReplicaAverage | None = None
 
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         self.model = model
@@ -177,6 +192,12 @@ class Strategy(ABC):
     def step(self, grad_clip: float) -> StepResult:
         """Aggregate, clip to ``grad_clip`` (0 = off), update, zero gradients."""
         self.finish_grad_sync()
+        if self.live_replicas is not None:
+            with timeline.span("replicas"):
+                self.live_replicas.average_(self.grad_tensors())
+                if not self.live_replicas.commit():
+                    self.zero_grad()
+                    return StepResult(math.nan, True, committed=False)
         unused = self.usage.unused_everywhere() if self.usage is not None else []
         norm = self.grad_norm()
         bad = not math.isfinite(norm)

@@ -32,6 +32,7 @@ from gradsync.optim.schedule import lr_at
 from gradsync.parallel import StepResult, Strategy, build_strategy
 from gradsync.runtime import timeline
 from gradsync.runtime.dist import Comm, CommStats, DistEnv, init_distributed
+from gradsync.runtime.replicas import LiveReplica
 from gradsync.runtime.stopping import StopOnSignal
 from gradsync.tasks import Task, build_task
 from gradsync.training.checkpointer import Checkpointer
@@ -88,6 +89,14 @@ class Trainer:
         self.evaluator = Evaluator(cfg, self.task, self.comm)
         self.checkpointer = Checkpointer(cfg, self.comm, self.strategy, self.batches)
         self.start_step, self.resumed_from = self.checkpointer.restore()
+        # a live job (parallel.fault_tolerance=live): this launch is one replica of several
+        self.replicas: LiveReplica | None = None
+        self.quorum_size = 0  # replicas that took the last step (live)
+        if cfg.parallel.fault_tolerance == "live":
+            self.replicas = LiveReplica(
+                cfg.parallel, self.comm, self._live_state, self._load_live_state, self.start_step
+            )
+            self.strategy.live_replicas = self.replicas
         self.tokens_per_step = t.global_batch * self.task.tokens_per_sample
         self.datasheet = datasheet_for(device_name(self.env.device)) if self.env.device.type == "cuda" else None
         about = {
@@ -124,6 +133,7 @@ class Trainer:
             raise RuntimeError(f"train_step({step}) called with the data at step {self.batches.step}")
         with timeline.span("data"):
             micro = next(self.batches)
+        weights = self.batches.loss_weights()  # None: equal shares, each micro-batch counts 1/len(micro)
         losses = []  # kept on the device: reading each would wait for it (a sync per micro-step on GPU)
         for i, batch in enumerate(micro):
             batch = tuple(t.to(self.env.device, non_blocking=True) for t in batch)
@@ -131,10 +141,40 @@ class Trainer:
                 with timeline.span("forward"), autocast(self.cfg.train.precision, self.env.device):
                     loss = self.task.loss(self.strategy.module, batch)
                 with timeline.span("backward"):
-                    (loss / len(micro)).backward()
+                    (loss / len(micro) if weights is None else loss * weights[i]).backward()
             losses.append(loss.detach())
         result = self.strategy.step(self.cfg.optim.grad_clip)
         return sum(torch.stack(losses).float().tolist()) / len(micro), result
+
+    def live_step(self, step: int, log: RunLogger) -> tuple[int, float, StepResult]:
+        """A live job's next step, taken by the quorum of replicas alive at its start: each takes
+        its block of the step's global batch (:meth:`ShardedBatches.reshard`), so a missing
+        replica's share goes to the others, never dropped or doubled. A step a replica died in
+        is not committed anywhere and is taken again by the next quorum, on the same data.
+        Returns (the step taken, this rank's loss, the strategy's result)."""
+        assert self.replicas is not None
+        while True:
+            q = self.replicas.begin()
+            if q.step > step:
+                log.say(f"gradsync: joined the live job at step {q.step}: model and optimizer state copied from a peer")
+            if q.size != self.quorum_size:
+                log.say(f"gradsync: step {q.step + 1}: {q.size} replica(s) take it")
+                self.quorum_size = q.size
+            self.batches.step = step = q.step
+            w = self.env.world_size
+            self.batches.reshard(q.index * w + self.env.rank, q.size * w)
+            local_loss, result = self.train_step(step)
+            if result.committed:
+                return step, local_loss, result
+            log.say(f"gradsync: step {step + 1} was not committed (a replica failed during it); taking it again")
+
+    def _live_state(self) -> dict[str, Any]:
+        """What a returning replica copies from this rank of a live peer (the data position is the step)."""
+        return {"model": self.model.state_dict(), "optimizer": self.strategy.optimizer.state_dict()}
+
+    def _load_live_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.strategy.optimizer.load_state_dict(state["optimizer"])
 
     def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
         log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)
@@ -142,6 +182,8 @@ class Trainer:
             return self._fit(log, peak_flops_per_worker)
         finally:
             log.close()  # the trackers keep what was logged, however the run ends
+            if self.replicas is not None:
+                self.replicas.shutdown()
 
     def _fit(self, log: RunLogger, peak_flops_per_worker: float) -> TrainResult:
         t = self.cfg.train
@@ -167,22 +209,29 @@ class Trainer:
         # all-gathers), which the next collective waits for. Evaluation and checkpoints restart it.
         t_mark = time.perf_counter()
         with StopOnSignal() as stop:  # a scheduler's signal: finish the step, save, stop (all ranks)
-            for step in range(self.start_step, end):
+            step, first = self.start_step, True
+            while step < end:
                 self.profiler.begin(step)
-                local_loss, result = self.train_step(step)
+                if self.replicas is None:
+                    local_loss, result = self.train_step(step)
+                else:
+                    step, local_loss, result = self.live_step(step, log)
                 self.profiler.end(step)
                 now = time.perf_counter()
                 dt, t_mark = now - t_mark, now
                 stats = self.comm.take_stats()
                 done = step + 1
                 bad_streak = self._check_finite(log, done, result, bad_streak)
-                if step == self.start_step:  # optimizer state exists from the first step on
+                if first:  # optimizer state exists from the first step on
                     log.memory(done, self.strategy.memory.report())
+                    first = False
                 # one all-reduce a step: the logged loss (when due) and whether any rank got a stop signal
                 if done % t.log_interval == 0 or done == end or bad_streak:
                     loss_sum, votes = self.comm.sum_scalars([local_loss, stop.flag()])
                     loss = loss_sum / self.env.world_size
                     history.append(self._record(done, loss, result, dt, stats, peak_flops_per_worker))
+                    if self.replicas is not None:
+                        history[-1]["replicas"] = self.quorum_size
                     log.train(history[-1])
                 else:
                     votes = self.comm.sum_scalars([stop.flag()])[0]
@@ -197,6 +246,7 @@ class Trainer:
                     t_mark = time.perf_counter()
                 self._stop_if_signalled(stop.named(votes), done, log)
                 log.tick()
+                step = done
         self.checkpointer.flush()  # a checkpoint still being written in the background
         log.close_progress()
         if metrics is None:  # resumed at the end: nothing trained, still report where the model stands

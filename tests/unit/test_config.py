@@ -121,3 +121,29 @@ def test_warm_up_is_never_longer_than_a_quarter_of_a_short_run() -> None:
     assert build_config(None, {"train.max_steps": 1000}).optim.warmup_steps == 50
     assert build_config(None, {"train.max_steps": 30, "optim.warmup_steps": 20}).optim.warmup_steps == 20
     assert build_config(None, {"task.name": "speech"}).optim.warmup_steps == 50  # 200 steps: a quarter is 50
+
+
+LIVE = {"parallel.fault_tolerance": "live", "parallel.lighthouse": "host:29510", "parallel.replica_id": "0"}
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"parallel.fault_tolerance": "elastic"}, "parallel.fault_tolerance 'elastic' is unknown"),
+        ({**LIVE, "parallel.lighthouse": ""}, "needs parallel.lighthouse=HOST:PORT"),
+        ({**LIVE, "parallel.replica_id": "-1"}, "needs parallel.replica_id"),
+        ({**LIVE, "parallel.strategy": "zero2"}, "'zero2' with live recovery is not implemented"),
+        ({**LIVE, "parallel.strategy": "diloco:8"}, "'diloco' with live recovery is not implemented"),
+        ({**LIVE, "parallel.find_unused": "true"}, "find_unused with parallel.fault_tolerance=live"),
+        (
+            {**LIVE, "parallel.nnodes": "2", "parallel.rdzv_endpoint": "h:1"},
+            "a replica is one node's workers",
+        ),
+        ({**LIVE, "parallel.min_replicas": "0"}, "parallel.min_replicas must be >= 1"),
+    ],
+)
+def test_live_fault_tolerance_refuses_what_it_cannot_do(change: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_config(None, change)
+    if change.get("parallel.fault_tolerance") == "live":
+        build_config(None, LIVE)  # and the job as it should be is accepted

@@ -117,3 +117,49 @@ def test_sharding_over_a_multi_part_stream_matches_one_array_per_sequence() -> N
 def _contains(part: np.ndarray, row: np.ndarray) -> bool:
     starts = np.flatnonzero(part[: len(part) - len(row) + 1] == row[0])
     return any(np.array_equal(part[s : s + len(row)], row) for s in starts)
+
+
+def test_a_live_jobs_changing_membership_draws_each_example_once_per_epoch() -> None:
+    """A live job (--fault-tolerance live): replicas leave and return between steps, a step can be
+    taken again after one died in it; each committed step still trains its whole global batch,
+    shared by whoever took it, so an epoch draws every sequence exactly once."""
+    per_epoch = len(TokenSequences(TOKENS, T)) // G  # whole steps in an epoch
+    # the replicas (2 workers each) that take each attempt of each step; a retried step takes the
+    # same data
+    members = {s: [3, 2, 2, 3] if s == 5 else [3 if s % 4 else 2] for s in range(per_epoch)}
+    drawn: list[int] = []
+    for step, attempts in members.items():
+        for replicas in attempts:
+            world = 2 * replicas
+            shards = []
+            for r in range(world):
+                b = _batches(0, 1, micro=2)
+                b.reshard(r, world)
+                shards.append(b.local_chunks(step))
+            assert sorted(np.concatenate(shards).tolist()) == sorted(_batches(0, 1).global_chunks(step).tolist())
+        drawn += np.concatenate(shards).tolist()  # only the committed (last) attempt counts
+    assert len(drawn) == len(set(drawn)) == per_epoch * G
+
+
+@pytest.mark.parametrize("world", [3, 5, 6, 16])
+def test_uneven_shares_weigh_their_losses_to_the_global_mean(world: int) -> None:
+    """G = 16 over 3, 5, 6 or 16 workers: blocks differ by one example, micro-batches of 2 too;
+    each micro-batch's mean loss times its weight, averaged over the workers as the all-reduce
+    does, is the mean over the whole global batch (exactly the gradient of one big batch)."""
+    per_example = torch.arange(G, dtype=torch.float64) ** 2  # any per-example loss
+    total = 0.0
+    for r in range(world):
+        b = _batches(0, 1, micro=2)
+        b.reshard(r, world)
+        block = per_example[b._local_slice()]
+        micro = [block[i : i + 2] for i in range(0, len(block), 2)]
+        weights = b.loss_weights() or [1 / len(micro)] * len(micro)
+        assert len(weights) == len(micro) == len(b.micro_batches(0))
+        total += sum(w * m.mean().item() for w, m in zip(weights, micro))
+    assert total / world == pytest.approx(per_example.mean().item(), rel=1e-12)
+
+
+def test_more_workers_than_a_global_batch_is_an_error() -> None:
+    b = _batches(0, 1)
+    with pytest.raises(DataError, match="cannot be shared by 17 workers"):
+        b.reshard(0, G + 1)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from gradsync.runtime.dist import Comm
 # A run's consecutive uncommitted attempts of one step before it gives up: each failed attempt
 # has already waited up to a collective's timeout, and a step that keeps failing is not transient.
 MAX_FAILED_COMMITS = 20
+QUORUM_POLL_S = 0.5  # how often a quorum smaller than parallel.min_replicas is asked again
 
 
 @dataclass(frozen=True)
@@ -135,18 +138,27 @@ class LiveReplica:
         """Wait for the quorum of the next step (a returning replica copies the live state from a
         peer here) and say who takes it. A quorum of fewer than ``parallel.min_replicas`` that
         lasts ``parallel.quorum_timeout_s`` is an error."""
-        try:
-            self.manager.start_quorum()
-        except Exception as e:  # torchft raises what its Rust client raised: timeouts, lost connections
-            raise DistributedError(
-                f"no quorum of at least {self.p.min_replicas} replica(s) formed at the Lighthouse "
-                f"{self.p.lighthouse} within {self.p.quorum_timeout_s:g}s (parallel.quorum_timeout_s): "
-                f"{_first_line(e)}"
-            ) from None
-        index = self.manager.participating_rank()
-        if index is None:  # sync quorum with healing: every member of the quorum participates
-            raise DistributedError("this replica was left out of the quorum it joined; restart it")
-        return Quorum(self.manager.current_step(), index, self.manager.num_participants())
+        deadline = time.monotonic() + self.p.quorum_timeout_s
+        while True:
+            try:
+                self.manager.start_quorum()
+            except Exception as e:  # torchft raises what its Rust client raised: timeouts, lost connections
+                raise DistributedError(
+                    f"no quorum formed at the Lighthouse {self.p.lighthouse} within {self.p.quorum_timeout_s:g}s "
+                    f"(parallel.quorum_timeout_s): fewer replicas are alive than its --min-replicas, or it is "
+                    f"gone ({_first_line(e)})"
+                ) from None
+            index, size = self.manager.participating_rank(), self.manager.num_participants()
+            if index is None:  # a sync quorum with healing: every member of it participates
+                raise DistributedError("this replica was left out of the quorum it joined; restart it")
+            if size >= self.p.min_replicas:
+                return Quorum(self.manager.current_step(), index, size)
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"only {size} replica(s) alive for {self.p.quorum_timeout_s:g}s (parallel.quorum_timeout_s), "
+                    f"fewer than parallel.min_replicas={self.p.min_replicas}; restart the missing replicas"
+                )
+            time.sleep(QUORUM_POLL_S)  # the quorum grows when a replica (re)joins
 
     def average_(self, tensors: list[torch.Tensor]) -> None:
         """Average ``tensors`` in place over the quorum's replicas (one all-reduce per dtype). A
@@ -175,8 +187,12 @@ class LiveReplica:
 
 
 def _first_line(e: BaseException) -> str:
+    """What went wrong, in a few words: torchft's messages go on with advice and nested causes."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    grpc = re.search(r'message: "([^"]*)"', text)  # a gRPC status: its message is the news
+    if grpc:
+        return grpc.group(1)
+    return text.splitlines()[0].split(";")[0] if text else type(e).__name__
 
 
 def serve_lighthouse(

@@ -21,8 +21,9 @@ of the time, and each failure costs every replica the step in flight and a new q
 
     G = (1 − (R + J) / M_node) · (1 − (t_step + Q) / M).
 
-While a replica is out the step's global batch is smaller by its share (the survivors' gradients
-are averaged): the tokens it would have trained are what the first factor counts as lost.
+While a replica is out, the survivors take its share of each step's global batch (gradsync keeps
+the batch whole; :mod:`gradsync.runtime.replicas`), so steps take longer by ``N/(N−1)`` on
+compute-bound replicas: the work it would have done is what the first factor counts as lost.
 Checkpoints are still written (a whole-job failure still needs one), at an interval the user
 chooses; their cost is left out of this comparison.
 """

@@ -139,14 +139,20 @@ def _multinode_setup(p: ParallelConfig) -> dict[str, object]:
     if not p.local_addr:
         return {} if p.node_rank < 0 else {"is_host": p.node_rank == 0}
     host = p.rdzv_endpoint.rsplit(":", 1)[0]
-    iface = interface_with_address(p.local_addr)
+    bind_gloo_to(p.local_addr)
+    return {"is_host": host == p.local_addr}
+
+
+def bind_gloo_to(local_addr: str) -> None:
+    """Make gloo groups created from now on bind to the interface that holds ``local_addr`` (the
+    address the other nodes reach this one at), unless ``GLOO_SOCKET_IFNAME`` says otherwise."""
+    iface = interface_with_address(local_addr)
     if iface is None:
         raise ConfigError(
-            f"parallel.local_addr '{p.local_addr}' is not an address of any network interface "
+            f"parallel.local_addr '{local_addr}' is not an address of any network interface "
             "of this machine; give this node's own IP address"
         )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
-    return {"is_host": host == p.local_addr}
 
 
 def check_port_free(endpoint: str) -> None:

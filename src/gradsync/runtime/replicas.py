@@ -38,6 +38,7 @@ import torch.distributed as dist
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError, DistributedError
 from gradsync.runtime.dist import Comm
+from gradsync.runtime.launch import bind_gloo_to
 
 # A run's consecutive uncommitted attempts of one step before it gives up: each failed attempt
 # has already waited up to a collective's timeout, and a step that keeps failing is not transient.
@@ -96,6 +97,8 @@ class LiveReplica:
         self.comm = comm
         timeout = timedelta(seconds=p.timeout_s)
         host = p.local_addr or socket.gethostname()
+        if p.local_addr:  # the replicas' gloo group binds where the other replicas reach this node
+            bind_gloo_to(p.local_addr)
         # The replica's store, which torchft uses to find its rank 0's manager and the quorum's
         # process groups: rank 0 holds it, the other workers learn its port.
         port = torch.zeros(1, dtype=torch.int64)

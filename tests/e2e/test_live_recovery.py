@@ -218,3 +218,23 @@ def test_no_lighthouse_and_too_few_replicas_are_one_line_errors(tmp_path: Path) 
         errors = [line for line in (tmp_path / log).read_text().splitlines() if line.startswith("gradsync: error:")]
         assert len(errors) == 1 and needle in errors[0], (tmp_path / log).read_text()[-1500:]
         assert "Traceback" not in (tmp_path / log).read_text()
+
+
+def test_a_late_zero2_replica_copies_its_optimizer_shards_from_the_same_ranks(tmp_path: Path) -> None:
+    """ZeRO-2 inside replicas of two workers: each rank holds its shard of the optimizer state, so
+    a replica that joins late copies, rank by rank, the shard of the same rank of a live peer.
+    Replica 0 trains 10 steps alone first; then both start, replica 1 from nothing. Both end with
+    the same parameters and optimizer state (the checkpoint gathers the shards)."""
+    run = ["--max-steps", "30", "--eval-interval", "30", "--strategy", "zero2", "--nproc", "2", "--micro-batch", "2"]
+    lighthouse = Lighthouse(tmp_path, min_replicas=1)
+    assert _replica(tmp_path, lighthouse, 0, *run, "--stop-after", "10").wait(timeout=300) == 0
+    lighthouse.stop()
+    lighthouse = Lighthouse(tmp_path, min_replicas=2)
+    procs = [_replica(tmp_path, lighthouse, 0, *run, "--resume"), _replica(tmp_path, lighthouse, 1, *run)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], (tmp_path / "r1.txt").read_text()[-1500:]
+    lighthouse.stop()
+    assert "joined the live job at step 10" in (tmp_path / "r1.txt").read_text()
+    a, b = (ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / f"r{i}")[-1])["strategy"] for i in range(2))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])

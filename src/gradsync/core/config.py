@@ -41,9 +41,10 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
 FAULT_TOLERANCE = ("restart", "live")
-# the strategies a live (torchft) replica runs inside: each rank holds the whole model and optimizer
-# state, which is what a returning replica copies from a peer
-LIVE_STRATEGIES = ("allreduce", "bucketed")
+# the strategies a live (torchft) replica runs inside: each rank holds the whole model (ZeRO-1/2 gather
+# it after every update) and its shard of the optimizer state, which the same rank of a returning
+# replica copies from a peer
+LIVE_STRATEGIES = ("allreduce", "bucketed", "zero1", "zero2")
 LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.training.trackers)
 CHECKPOINTING = ("none", "selective", "full")  # activation checkpointing (gradsync.model.activation_checkpointing)
 
@@ -383,8 +384,13 @@ class ParallelConfig:
             name = self.strategy_spec.name
             _check(
                 name in LIVE_STRATEGIES,
-                f"parallel.fault_tolerance=live runs {' or '.join(LIVE_STRATEGIES)} inside a replica; "
+                f"parallel.fault_tolerance=live runs {', '.join(LIVE_STRATEGIES)} inside a replica; "
                 f"'{name}' with live recovery is not implemented",
+            )
+            _check(
+                not self.strategy_spec.options.get("hybrid"),
+                "parallel.fault_tolerance=live: hybrid sharding is across nodes, and a live replica is one "
+                f"node; use {name} without hybrid=true (the replicas are the cross-node level)",
             )
 
     @property

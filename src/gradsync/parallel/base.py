@@ -241,6 +241,19 @@ class Strategy(ABC):
         """The tensors the optimizer holds for ``params`` (sharded strategies: this rank's pieces)."""
         return params
 
+    def settle(self) -> None:  # noqa: B027 (replicated strategies leave nothing in flight)
+        """Finish the communication an update leaves in flight (ZeRO's parameter gathers), so that
+        the state can be read between steps (a live job's peer copies it then)."""
+
+    def live_state(self) -> dict[str, Any]:
+        """What a returning replica's rank copies from the rank of the same number in a live peer
+        (:mod:`gradsync.runtime.replicas`): this rank's model and optimizer state, as it holds them."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_live_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def grad_tensors(self) -> list[torch.Tensor]:
         """The gradients the optimizer steps on (this rank's chunks, for sharded strategies)."""
         return [p.grad for p in self.model.parameters() if p.grad is not None]

@@ -94,7 +94,7 @@ class Trainer:
         self.quorum_size = 0  # replicas that took the last step (live)
         if cfg.parallel.fault_tolerance == "live":
             self.replicas = LiveReplica(
-                cfg.parallel, self.comm, self._live_state, self._load_live_state, self.start_step
+                cfg.parallel, self.comm, self.strategy.live_state, self.strategy.load_live_state, self.start_step
             )
             self.strategy.live_replicas = self.replicas
         self.tokens_per_step = t.global_batch * self.task.tokens_per_sample
@@ -154,6 +154,7 @@ class Trainer:
         Returns (the step taken, this rank's loss, the strategy's result)."""
         assert self.replicas is not None
         while True:
+            self.strategy.settle()  # a peer may read this rank's state while the quorum forms
             q = self.replicas.begin()
             if q.step > step:
                 log.say(f"gradsync: joined the live job at step {q.step}: model and optimizer state copied from a peer")
@@ -167,14 +168,6 @@ class Trainer:
             if result.committed:
                 return step, local_loss, result
             log.say(f"gradsync: step {step + 1} was not committed (a replica failed during it); taking it again")
-
-    def _live_state(self) -> dict[str, Any]:
-        """What a returning replica copies from this rank of a live peer (the data position is the step)."""
-        return {"model": self.model.state_dict(), "optimizer": self.strategy.optimizer.state_dict()}
-
-    def _load_live_state(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.strategy.optimizer.load_state_dict(state["optimizer"])
 
     def fit(self, peak_flops_per_worker: float = 0.0) -> TrainResult:
         log = RunLogger(self.cfg, self.env.is_main, self.start_step if self.resumed_from else None)

@@ -145,6 +145,19 @@ class ShardedStrategy(Strategy):
         if self.gathers is not None:
             self.gathers.launch()
 
+    def settle(self) -> None:
+        self.wait_params()
+
+    def live_state(self) -> dict[str, Any]:
+        """The whole parameters (ZeRO-1/2 gather them after each update) and this rank's shard of
+        the optimizer state: the same rank of a replica with as many workers owns the same shard."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.local_state_dict()}
+
+    def load_live_state(self, state: dict[str, Any]) -> None:
+        self.wait_params()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_local_state_dict(state["optimizer"])
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.full_model_state(), "optimizer": self.optimizer.full_state_dict(self.shard_comm)}
 

@@ -142,6 +142,17 @@ class ShardedOptimizer(torch.optim.Optimizer):
             g.update({k: v for k, v in live.items() if k != "params"})
         return groups
 
+    def local_state_dict(self) -> dict[str, Any]:
+        """The state of this rank's pieces only (the inner optimizer's): what the rank of the same
+        number holds in another replica of as many workers (a live job's returning replica)."""
+        return self.optimizer.state_dict()
+
+    def load_local_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+        # torch's load_state_dict builds new param_groups and state: this wrapper shows the new ones,
+        # or the trainer would set the learning rate on groups the inner optimizer no longer reads
+        self.param_groups, self.state = self.optimizer.param_groups, self.optimizer.state
+
     def load_full_state_dict(self, full: dict[str, Any]) -> None:
         """Take this rank's pieces of a full-model optimizer state (any world size wrote it)."""
         for g, saved in zip(self.optimizer.param_groups, full["param_groups"]):

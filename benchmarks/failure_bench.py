@@ -15,7 +15,8 @@ needs root) train the same job, one worker each, twice over:
 Every ``--kill-every`` steps of progress the last node "loses power" (SIGKILL to every process in
 its namespace) and is started again ``--down`` seconds later (with ``--resume``). Each mode also
 runs once unbroken. The benchmark watches the metrics of a node that never fails (the shared run
-of the restart job; replica 0's) and notes the wall time at which each new step first appears:
+of the restart job; the live replicas that are never killed) and notes the wall time at which each
+new step first appears:
 
 * time to step ``--steps`` from the first step: the time to the target loss, which both modes reach
   at that step (restart is bitwise the unbroken run; live differs by rounding: the table shows the
@@ -51,20 +52,22 @@ JOB = ["--sample-tokens", "0", "--no-progress", "--threads", "1", "--peak-tflops
 
 
 class Progress:
-    """The wall time at which each new step (beyond every step seen so far) appears in a metrics
-    file: steps redone after a restart are not progress."""
+    """The wall time at which each new step (beyond every step seen so far) first appears in the
+    metrics of the healthy replicas: steps redone after a restart are not progress, and a live
+    replica that copied a step from a peer (whose commit failed only on it) does not log it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
         self.first: dict[int, float] = {}
 
     def poll(self) -> int:
-        if self.path.exists():
-            now, top = time.time(), self.top
-            for r in read_metrics(self.path):
-                if r.get("kind") == "train" and r["step"] > top:
-                    self.first[r["step"]] = now
-                    top = r["step"]
+        now, top = time.time(), self.top
+        steps = sorted(
+            {r["step"] for p in self.paths if p.exists() for r in read_metrics(p) if r.get("kind") == "train"}
+        )
+        for s in steps:
+            if s > top:
+                self.first[s] = now
         return self.top
 
     @property
@@ -92,7 +95,8 @@ class Run:
                 "lighthouse",
             )
             time.sleep(1.0)
-        self.watch = Progress(work / ("run" if mode == "restart" else "r0") / "metrics.jsonl")
+        healthy = ["run"] if mode == "restart" else [f"r{i}" for i in range(ns.replicas - 1)]
+        self.watch = Progress([work / name / "metrics.jsonl" for name in healthy])
         self.launched = time.time()
         for i in range(ns.replicas):
             self.start(i, resume=False)

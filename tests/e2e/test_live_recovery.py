@@ -144,13 +144,19 @@ def test_a_killed_replica_rejoins_from_a_peer_while_the_others_never_stop(tmp_pa
     logs = {n: (tmp_path / f"{n}.txt").read_text() for n in ("r0", "r1", "r2-back")}
     assert codes == [0, 0, 0], {n: t[-1500:] for n, t in logs.items()}
 
-    for name in ("r0", "r1"):  # the survivors: every step once, none held up beyond the quorum timeout
+    taken: set[int] = set()
+    for name in ("r0", "r1"):  # the survivors: no step twice, none held up beyond the quorum timeout
         records = _train_records(tmp_path / name)
-        first = records[0]["step"]
-        assert first <= 2  # the first quorum may form before a replica has started
-        assert [r["step"] for r in records] == list(range(first, steps + 1))
+        trained = [r["step"] for r in records]
+        assert trained[0] <= 2  # the first quorum may form before a replica has started
+        assert trained == sorted(set(trained))
+        # a step whose collective failed on one survivor only is committed by the other, and the
+        # first copies its state ("caught up"): between them the survivors took every step
+        assert len(trained) >= steps - 1 - logs[name].count("caught up with the live job")
+        taken |= set(trained)
         assert max(r["step_time_s"] for r in records) < QUORUM_TIMEOUT_S
         assert {r["replicas"] for r in records} == {2, 3}  # steps were taken by two while one was away
+    assert taken == set(range(1, steps + 1))
     rejoined = re.search(r"joined the live job at step (\d+)", logs["r2-back"])
     assert rejoined and killed_at <= int(rejoined.group(1)) < steps, logs["r2-back"][-1500:]
     assert _train_records(tmp_path / "r2")[0]["step"] == int(rejoined.group(1)) + 1

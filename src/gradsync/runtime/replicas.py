@@ -13,8 +13,10 @@ cross-replica process group joins the workers of the same rank in every replica.
     replica.average_(grads)         # over the quorum's replicas, after the strategy's own sync
     if replica.commit(): update     # every replica of the quorum agrees the step went through
 
-A step whose collective failed (a replica died inside it) is not committed anywhere: its update is
-skipped and the same step is taken again by the next quorum, on the same data.
+A replica whose collective failed (a peer died inside it) does not commit the step: it skips the
+update, and the next quorum takes the same step again, on the same data. torchft decides per
+replica, so where a peer's all-reduce completed (it summed every share) that peer commits, and
+the next quorum has the replica that did not copy its state.
 """
 
 from __future__ import annotations

@@ -156,8 +156,10 @@ class Trainer:
         while True:
             self.strategy.settle()  # a peer may read this rank's state while the quorum forms
             q = self.replicas.begin()
-            if q.step > step:
+            if q.step > step and step == self.start_step:
                 log.say(f"gradsync: joined the live job at step {q.step}: model and optimizer state copied from a peer")
+            elif q.step > step:  # the others committed a step whose collective failed only here
+                log.say(f"gradsync: caught up with the live job at step {q.step}: state copied from a peer")
             if q.size != self.quorum_size:
                 log.say(f"gradsync: step {q.step + 1}: {q.size} replica(s) take it")
                 self.quorum_size = q.size

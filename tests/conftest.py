@@ -52,6 +52,8 @@ SLOW = {
     "tests/e2e/test_faults.py::test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal",
     "tests/e2e/test_faults.py::test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over",
     "tests/e2e/test_live_recovery.py::test_a_killed_replica_rejoins_from_a_peer_while_the_others_never_stop",
+    "tests/e2e/test_live_recovery.py::test_a_late_zero2_replica_copies_its_optimizer_shards_from_the_same_ranks",
+    "tests/e2e/test_live_recovery.py::test_diloco_across_replicas_goes_on_without_a_dead_one_and_takes_it_back",
     "tests/e2e/test_models.py::test_export_to_transformers_gives_the_same_logits",
     "tests/e2e/test_multinode_faults.py::test_node_dies_and_comes_back_resumes_to_the_uninterrupted_result",
 }

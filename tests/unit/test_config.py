@@ -133,7 +133,11 @@ LIVE = {"parallel.fault_tolerance": "live", "parallel.lighthouse": "host:29510",
         ({**LIVE, "parallel.lighthouse": ""}, "needs parallel.lighthouse=HOST:PORT"),
         ({**LIVE, "parallel.replica_id": "-1"}, "needs parallel.replica_id"),
         ({**LIVE, "parallel.strategy": "zero3"}, "'zero3' with live recovery is not implemented"),
-        ({**LIVE, "parallel.strategy": "diloco:8"}, "'diloco' with live recovery is not implemented"),
+        ({**LIVE, "parallel.strategy": "diloco:8"}, "runs diloco across replicas of one worker each"),
+        (
+            {**LIVE, "parallel.strategy": "diloco:8,overlap=1", "parallel.nproc": "1"},
+            "streaming DiLoCo .* is not implemented",
+        ),
         ({**LIVE, "parallel.strategy": "zero2:hybrid=true"}, "hybrid sharding is across nodes"),
         ({**LIVE, "parallel.find_unused": "true"}, "find_unused with parallel.fault_tolerance=live"),
         (

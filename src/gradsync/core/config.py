@@ -41,10 +41,11 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
 FAULT_TOLERANCE = ("restart", "live")
-# the strategies a live (torchft) replica runs inside: each rank holds the whole model (ZeRO-1/2 gather
-# it after every update) and its shard of the optimizer state, which the same rank of a returning
-# replica copies from a peer
-LIVE_STRATEGIES = ("allreduce", "bucketed", "zero1", "zero2")
+# the strategies a live (torchft) job runs: synchronous ones inside a replica, each rank holding the
+# whole model (ZeRO-1/2 gather it after every update) and its shard of the optimizer state, which
+# the same rank of a returning replica copies from a peer; and the local methods across replicas
+# of one worker each (their average every H steps is across replicas)
+LIVE_STRATEGIES = ("allreduce", "bucketed", "zero1", "zero2", "localsgd", "diloco")
 LOGGERS = ("tensorboard", "wandb", "trackio")  # experiment trackers (gradsync.training.trackers)
 CHECKPOINTING = ("none", "selective", "full")  # activation checkpointing (gradsync.model.activation_checkpointing)
 
@@ -387,8 +388,19 @@ class ParallelConfig:
                 f"parallel.fault_tolerance=live runs {', '.join(LIVE_STRATEGIES)} inside a replica; "
                 f"'{name}' with live recovery is not implemented",
             )
+            spec = self.strategy_spec
             _check(
-                not self.strategy_spec.options.get("hybrid"),
+                name not in ("localsgd", "diloco") or self.nproc == 1,
+                f"parallel.fault_tolerance=live runs {name} across replicas of one worker each "
+                "(parallel.nproc=1); inside a replica use bucketed, zero1 or zero2",
+            )
+            _check(
+                name != "diloco" or (spec.options.get("overlap") == 0 and spec.options.get("quant") == "fp32"),
+                "parallel.fault_tolerance=live with streaming DiLoCo (overlap > 0) or quantised fragments "
+                "is not implemented; use diloco with overlap=0 and quant=fp32",
+            )
+            _check(
+                not spec.options.get("hybrid"),
                 "parallel.fault_tolerance=live: hybrid sharding is across nodes, and a live replica is one "
                 f"node; use {name} without hybrid=true (the replicas are the cross-node level)",
             )

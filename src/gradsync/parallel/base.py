@@ -86,6 +86,8 @@ class ReplicaAverage(Protocol):
 
     def commit(self) -> bool: ...
 
+    def failed(self) -> bool: ...
+
 
 class Strategy(ABC):
     """A data-parallel strategy: owns the replicated model, the optimizer and gradient sync.
@@ -194,7 +196,8 @@ class Strategy(ABC):
         self.finish_grad_sync()
         if self.live_replicas is not None:
             with timeline.span("replicas"):
-                self.live_replicas.average_(self.grad_tensors())
+                if not self.local_gradients:  # local methods average across replicas every H steps
+                    self.live_replicas.average_(self.grad_tensors())
                 if not self.live_replicas.commit():
                     self.zero_grad()
                     return StepResult(math.nan, True, committed=False)

@@ -138,6 +138,10 @@ class DiLoCoStrategy(LocalSGDStrategy):
     def _land(self, f: int) -> None:
         _, job = self.in_flight.pop(f)
         mean = self.reducer.finish(job)
+        if self.live_replicas is not None:  # a live job: the mean is over its replicas too (fp32)
+            self.live_replicas.average_([mean])
+            if self.live_replicas.failed():
+                return  # a replica died in it: no outer step; the local parameters go on
         outer = self.outer[f]
         outer.grad = outer.detach() - mean if self.quant == "fp32" else mean  # the pseudo-gradient
         self.outer_optimizer.step()
@@ -166,6 +170,20 @@ class DiLoCoStrategy(LocalSGDStrategy):
         super().load_local_state(state)
         self.reducer.load_state_dict(state.get("residuals", {}))
         self.sent = {int(f): t.clone() for f, t in state.get("sent", {}).items()}
+
+    def live_state(self) -> dict[str, Any]:
+        return {
+            **super().live_state(),
+            "outer": [o.detach().clone() for o in self.outer],
+            "outer_optimizer": self.outer_optimizer.state_dict(),
+        }
+
+    def load_live_state(self, state: dict[str, Any]) -> None:
+        super().load_live_state(state)
+        with torch.no_grad():
+            for o, t in zip(self.outer, state["outer"]):
+                o.copy_(t)
+        self.outer_optimizer.load_state_dict(state["outer_optimizer"])
 
     def state_dict(self) -> dict[str, Any]:
         # collect what is in flight now (every rank saves at the same step); it is applied at the

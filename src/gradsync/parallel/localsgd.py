@@ -64,10 +64,16 @@ class LocalSGDStrategy(Strategy):
         flat = parameters_to_vector(self._params)
         with self.comm.labelled("parameter average"):
             self.comm.all_reduce(flat)
-        return flat.div_(self.comm.world_size)
+        flat.div_(self.comm.world_size)
+        if self.live_replicas is not None:  # a live job: the average is over its replicas too
+            self.live_replicas.average_([flat])
+        return flat
 
     def synchronize(self) -> None:
-        self.set_parameters(self.averaged_parameters())
+        flat = self.averaged_parameters()
+        if self.live_replicas is not None and self.live_replicas.failed():
+            return  # a replica died in the average: keep this one's parameters; the next average mixes them
+        self.set_parameters(flat)
 
     def set_parameters(self, flat: torch.Tensor) -> None:
         copy_into(self._params, flat)
@@ -79,6 +85,14 @@ class LocalSGDStrategy(Strategy):
     def load_local_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def live_state(self) -> dict[str, Any]:
+        """A live peer's state, and where it is in the period: a returning replica averages when they do."""
+        return {**self.local_state(), "local_steps": self.local_steps}
+
+    def load_live_state(self, state: dict[str, Any]) -> None:
+        self.load_local_state(state)
+        self.local_steps = int(state["local_steps"])
 
     def state_dict(self) -> dict[str, Any]:
         ranks = self.comm.gather_object(self.local_state())

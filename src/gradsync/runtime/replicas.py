@@ -73,6 +73,8 @@ def _torchft() -> Any:
     logging.getLogger("torchft").setLevel(logging.CRITICAL)
     # its checkpoint transport wraps a pickled bytes object in a tensor it only reads
     warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+    # and unpickles a tree spec that torch's pytree now calls deprecated
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*deprecated", category=FutureWarning)
     return torchft, PGTransport
 
 
@@ -186,6 +188,11 @@ class LiveReplica:
         except RuntimeError as e:
             step = self.manager.current_step() + 1
             raise DistributedError(f"step {step} failed on every try: {_first_line(e)}") from None
+
+    def failed(self) -> bool:
+        """Whether a collective across replicas failed since this step's quorum (its result is
+        not to be used: a local method skips that average and keeps its own parameters)."""
+        return self.manager.errored() is not None
 
     def shutdown(self) -> None:
         self.manager.shutdown(wait=False)

@@ -129,21 +129,28 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen[str], timeout: f
     raise AssertionError(f"{run} did not reach step {step}")
 
 
-def test_a_killed_replica_rejoins_from_a_peer_while_the_others_never_stop(tmp_path: Path) -> None:
-    steps, killed_at = 150, 20
-    lighthouse = Lighthouse(tmp_path, min_replicas=2)
-    run = ["--max-steps", str(steps), "--eval-interval", "50", "--ckpt-interval", "50", "--min-replicas", "2"]
+def _kill_the_third_and_bring_it_back(
+    tmp_path: Path, lighthouse: Lighthouse, run: list[str], killed_at: int, *again: str
+) -> list[int]:
+    """Three replicas; the third SIGKILLed once it logged step ``killed_at`` and started again (with
+    ``again``) once the others have gone on as two. The exit codes of the two and the returned one."""
     procs = [_replica(tmp_path, lighthouse, i, *run) for i in range(3)]
     _wait_for_step(tmp_path / "r2", killed_at, procs[2])
     procs[2].kill()
     procs[2].wait()
-    # the others go on without it: wait until they have taken steps as two, then bring it back
     deadline = time.time() + 60
     while not any(r.get("replicas") == 2 and r["step"] > killed_at for r in _train_records(tmp_path / "r0")):
         assert time.time() < deadline, "the survivors did not go on as two replicas"
         time.sleep(0.05)
-    back = _replica(tmp_path, lighthouse, 2, *run, "--resume", log="r2-back.txt")
-    codes = [p.wait(timeout=600) for p in (procs[0], procs[1], back)]
+    back = _replica(tmp_path, lighthouse, 2, *run, *again, log="r2-back.txt")
+    return [p.wait(timeout=600) for p in (procs[0], procs[1], back)]
+
+
+def test_a_killed_replica_rejoins_from_a_peer_while_the_others_never_stop(tmp_path: Path) -> None:
+    steps, killed_at = 150, 20
+    lighthouse = Lighthouse(tmp_path, min_replicas=2)
+    run = ["--max-steps", str(steps), "--eval-interval", "50", "--ckpt-interval", "50", "--min-replicas", "2"]
+    codes = _kill_the_third_and_bring_it_back(tmp_path, lighthouse, run, killed_at, "--resume")
     lighthouse.stop()
     logs = {n: (tmp_path / f"{n}.txt").read_text() for n in ("r0", "r1", "r2-back")}
     assert codes == [0, 0, 0], {n: t[-1500:] for n, t in logs.items()}
@@ -260,16 +267,7 @@ def test_diloco_across_replicas_goes_on_without_a_dead_one_and_takes_it_back(tmp
     steps, killed_at = 400, 20  # long enough for the killed one to come back before the others end
     lighthouse = Lighthouse(tmp_path, min_replicas=2)
     run = ["--max-steps", str(steps), "--eval-interval", str(steps), "--strategy", "diloco:4", "--min-replicas", "2"]
-    procs = [_replica(tmp_path, lighthouse, i, *run) for i in range(3)]
-    _wait_for_step(tmp_path / "r2", killed_at, procs[2])
-    procs[2].kill()
-    procs[2].wait()
-    deadline = time.time() + 60
-    while not any(r.get("replicas") == 2 and r["step"] > killed_at for r in _train_records(tmp_path / "r0")):
-        assert time.time() < deadline, "the survivors did not go on as two replicas"
-        time.sleep(0.05)
-    back = _replica(tmp_path, lighthouse, 2, *run, log="r2-back.txt")
-    codes = [p.wait(timeout=300) for p in (procs[0], procs[1], back)]
+    codes = _kill_the_third_and_bring_it_back(tmp_path, lighthouse, run, killed_at)
     lighthouse.stop()
     assert codes == [0, 0, 0], (tmp_path / "r2-back.txt").read_text()[-1500:]
     assert "joined the live job at step" in (tmp_path / "r2-back.txt").read_text()

@@ -382,13 +382,13 @@ class ParallelConfig:
                 "parallel.find_unused with parallel.fault_tolerance=live is not implemented (replicas "
                 "that used different parameters would average gradients of different shapes)",
             )
-            name = self.strategy_spec.name
+            spec = self.strategy_spec
+            name = spec.name
             _check(
                 name in LIVE_STRATEGIES,
                 f"parallel.fault_tolerance=live runs {', '.join(LIVE_STRATEGIES)} inside a replica; "
                 f"'{name}' with live recovery is not implemented",
             )
-            spec = self.strategy_spec
             _check(
                 name not in ("localsgd", "diloco") or self.nproc == 1,
                 f"parallel.fault_tolerance=live runs {name} across replicas of one worker each "

@@ -43,7 +43,7 @@ from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
 from gradsync.parallel.sync_batchnorm import convert_sync_batchnorm
 from gradsync.parallel.unused import UsageTracker
 from gradsync.runtime import timeline
-from gradsync.runtime.dist import Comm, replicate
+from gradsync.runtime.dist import Comm, per_dtype_flat, replicate
 
 
 @dataclass(frozen=True)
@@ -165,17 +165,7 @@ class Strategy(ABC):
         """Broadcast rank 0's buffers, one collective per dtype (nothing without buffers)."""
         if self.comm.world_size == 1:
             return
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for b in self.model.buffers():
-            by_dtype.setdefault(b.dtype, []).append(b)
-        with torch.no_grad():
-            for tensors in by_dtype.values():
-                flat = torch.cat([t.reshape(-1) for t in tensors])
-                self.comm.broadcast(flat, src=0)
-                at = 0
-                for t in tensors:
-                    t.copy_(flat[at : at + t.numel()].view_as(t))
-                    at += t.numel()
+        per_dtype_flat(list(self.model.buffers()), lambda flat: self.comm.broadcast(flat, src=0))
 
     def finish_grad_sync(self) -> None:
         """Block until the gradients :meth:`grad_tensors` returns hold the ranks' average (or, for

@@ -331,6 +331,22 @@ class Comm:
         return t.tolist()
 
 
+def per_dtype_flat(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], Any]) -> None:
+    """Run ``collective`` in place on one flat copy of ``tensors`` per dtype, then copy the result
+    back into them: one collective per dtype instead of one per tensor."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    with torch.no_grad():
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            collective(flat)
+            at = 0
+            for t in group:
+                t.copy_(flat[at : at + t.numel()].view_as(t))
+                at += t.numel()
+
+
 def state_checksum(module: torch.nn.Module) -> str:
     """SHA-256 over every parameter and buffer, in order: equal iff the replicas are bitwise equal."""
     h = hashlib.sha256()

@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError, DistributedError
-from gradsync.runtime.dist import Comm
+from gradsync.runtime.dist import Comm, per_dtype_flat
 from gradsync.runtime.launch import bind_gloo_to
 
 # A run's consecutive uncommitted attempts of one step before it gives up: each failed attempt
@@ -169,17 +169,8 @@ class LiveReplica:
 
     def average_(self, tensors: list[torch.Tensor]) -> None:
         """Average ``tensors`` in place over the quorum's replicas (one all-reduce per dtype). A
-        failure is not raised here: it makes :meth:`commit` say no."""
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            self.manager.allreduce(flat).wait()
-            at = 0
-            for t in group:
-                t.copy_(flat[at : at + t.numel()].view_as(t))
-                at += t.numel()
+        failure is not raised here: it makes :meth:`commit` say no and :meth:`failed` yes."""
+        per_dtype_flat(tensors, lambda flat: self.manager.allreduce(flat).wait())
 
     def commit(self) -> bool:
         """Whether every replica of the quorum finished this step's collectives: update only if so."""

@@ -149,8 +149,9 @@ class Trainer:
     def live_step(self, step: int, log: RunLogger) -> tuple[int, float, StepResult]:
         """A live job's next step, taken by the quorum of replicas alive at its start: each takes
         its block of the step's global batch (:meth:`ShardedBatches.reshard`), so a missing
-        replica's share goes to the others, never dropped or doubled. A step a replica died in
-        is not committed anywhere and is taken again by the next quorum, on the same data.
+        replica's share goes to the others. A replica that could not commit a step (a peer died
+        in its collective) takes it again with the next quorum, on the same data, unless the
+        others committed it: then that quorum copies their state to it ("caught up").
         Returns (the step taken, this rank's loss, the strategy's result)."""
         assert self.replicas is not None
         while True:

@@ -72,6 +72,16 @@ def test_site_builds_strictly_in_both_languages(tmp_path: Path) -> None:
         html = rel.parent / "index.html" if rel.stem == "index" else rel.with_suffix("") / "index.html"
         assert (tmp_path / "site" / html).is_file(), html
         assert (tmp_path / "site" / "zh" / html).is_file(), f"zh/{html}"
+    # renders anywhere: every formula is MathML already, and nothing is fetched from another host
+    loads = re.compile(
+        r"<(?:script|img|iframe|source)\b[^>]*\bsrc=\"(?:https?:)?//|<link\b[^>]*\bhref=\"(?:https?:)?//"
+    )
+    for built in (tmp_path / "site").rglob("*.html"):
+        text = built.read_text(encoding="utf-8")
+        assert not loads.search(text), f"{built.relative_to(tmp_path)} loads from another host"
+        assert 'class="arithmatex"' not in text, f"{built.relative_to(tmp_path)} still holds TeX for a script"
+    math = (tmp_path / "site" / "guide" / "math" / "index.html").read_text(encoding="utf-8")
+    assert math.count("<math") > 100, "the math chapter's formulas were not rendered"
 
 
 @pytest.mark.parametrize("page", english_pages(), ids=page_id)
@@ -247,3 +257,17 @@ def test_the_readme_own_loop_is_the_script_the_suite_runs() -> None:
     script = (ROOT / "examples" / "own_loop.py").read_text(encoding="utf-8")
     assert block.strip() in script
     assert "DataLoader(" in block and "lr_scheduler" in block and "torch.optim.AdamW(" in block
+
+
+def test_formulas_become_mathml_and_bad_tex_names_itself() -> None:
+    spec = importlib.util.spec_from_file_location("mathml", ROOT / "tools" / "mathml.py")
+    mathml = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mathml)
+    page = '<p>cost <span class="arithmatex">\\(a &lt; b\\)</span></p><div class="arithmatex">\\[\\frac{1}{N}\\]</div>'
+    out = mathml.render(page)
+    assert "arithmatex" not in out and out.count("<math") == 2
+    assert "<mo>&#x0003C;</mo>" in out and 'display="block"' in out and "<mfrac>" in out  # &lt; read as <
+    with pytest.raises(mathml.FormulaError, match="cannot render"):
+        mathml.render('<span class="arithmatex">\\(\\left( a\\)</span>')
+    with pytest.raises(mathml.FormulaError, match="unknown command .nosuchmacro"):
+        mathml.render('<span class="arithmatex">\\(\\nosuchmacro x\\)</span>')

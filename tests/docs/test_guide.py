@@ -271,3 +271,22 @@ def test_formulas_become_mathml_and_bad_tex_names_itself() -> None:
         mathml.render('<span class="arithmatex">\\(\\left( a\\)</span>')
     with pytest.raises(mathml.FormulaError, match="unknown command .nosuchmacro"):
         mathml.render('<span class="arithmatex">\\(\\nosuchmacro x\\)</span>')
+
+
+def test_every_figure_is_drawn_by_the_script_the_guide_names(tmp_path: Path) -> None:
+    """The conceptual figures come from gradsync's functions (tools/guide_figures.py): the script
+    runs, draws every committed figure, and each one appears in both languages of the guide."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "guide_figures.py"), "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert drawn == sorted(p.name for p in (DOCS / "figures").glob("*.png")), "docs/figures is what the script draws"
+    pages = [p.read_text(encoding="utf-8") for p in (DOCS / "guide").glob("*.md")]
+    for name in drawn:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+        used = [t for t in pages if f"../figures/{name}" in t]
+        assert len(used) >= 2, f"{name} is not shown in both languages"

@@ -41,6 +41,9 @@ def test_overlap_limits() -> None:
     assert cm.exposed_after([1.0], [0.3], compute_end=1.0) == pytest.approx(0.3)
     # The link is serial: three 0.4 s collectives ready at 0.1 finish at 1.3.
     assert cm.exposed_after([0.1, 0.1, 0.1], [0.4, 0.4, 0.4], compute_end=1.0) == pytest.approx(0.3)
+    # Each collective starts when its bucket is ready and the link is free.
+    spans = cm.link_schedule([0.1, 0.1, 0.9], [0.4, 0.4, 0.1])
+    assert [t for span in spans for t in span] == pytest.approx([0.1, 0.5, 0.5, 0.9, 0.9, 1.0])
     # Gathers before compute: the first always waits; later ones hide behind earlier compute.
     assert cm.exposed_before([0.2, 0.1, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2)
     assert cm.exposed_before([0.2, 0.9, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2 + 0.4)

@@ -49,6 +49,12 @@ from gradsync.parallel.memory import Holdings, optimizer_tensors
 from gradsync.runtime.dist import Comm
 
 
+def sends_at(fragment: int, step: int, period: int, fragments: int) -> bool:
+    """Whether ``fragment`` (of ``fragments``) starts its outer communication after local step
+    ``step`` when every fragment is synchronised each ``period`` steps: at (f+1)·H/P + k·H."""
+    return step % period == (fragment + 1) * period // fragments % period
+
+
 def fragment_params(model: nn.Module, params: list[nn.Parameter], count: int) -> list[list[nn.Parameter]]:
     """``params`` cut into ``count`` fragments: block i to fragment i mod count, the parameters
     outside the blocks one by one to the fragment with the fewest elements; each fragment in the
@@ -109,7 +115,7 @@ class DiLoCoStrategy(LocalSGDStrategy):
 
     def sends_at(self, fragment: int, step: int) -> bool:
         """Whether ``fragment`` starts its outer communication after local step ``step``."""
-        return step % self.period == (fragment + 1) * self.period // len(self.fragments) % self.period
+        return sends_at(fragment, step, self.period, len(self.fragments))
 
     def _count_step(self) -> None:
         self.local_steps += 1

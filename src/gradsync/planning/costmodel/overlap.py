@@ -7,13 +7,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def exposed_after(ready: Sequence[float], durations: Sequence[float], compute_end: float) -> float:
-    """Collectives issued in order on one link, each when ``ready`` (seconds) and the previous one
-    is done: the time the last one finishes after ``compute_end`` (0 if all are hidden)."""
-    t = 0.0
+def link_schedule(ready: Sequence[float], durations: Sequence[float]) -> list[tuple[float, float]]:
+    """(start, end) of collectives issued in order on one link, each when ``ready`` (seconds) and
+    the previous one is done: t_i = max(t_{i-1}, r_i) + d_i."""
+    out, t = [], 0.0
     for r, d in zip(ready, durations, strict=True):
-        t = max(t, r) + d
-    return max(0.0, t - compute_end)
+        start = max(t, r)
+        t = start + d
+        out.append((start, t))
+    return out
+
+
+def exposed_after(ready: Sequence[float], durations: Sequence[float], compute_end: float) -> float:
+    """Collectives issued as :func:`link_schedule` runs them: the time the last one finishes after
+    ``compute_end`` (0 if all are hidden)."""
+    spans = link_schedule(ready, durations)
+    return max(0.0, (spans[-1][1] if spans else 0.0) - compute_end)
 
 
 def exposed_before(durations: Sequence[float], compute: Sequence[float]) -> float:

@@ -170,9 +170,22 @@ def plot_scaling(curves: dict[str, list[float]], devices: Sequence[int], title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one colour, marker and line style per curve: a dozen strategies outrun any colour cycle, and
+    # curves that coincide (zero3 under torch-fsdp) stay visible by their markers
+    colours = plt.get_cmap("tab20").colors
+    markers, styles = "osD^vP*Xh<>p", ("-", "--", "-.", ":")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, ys in curves.items():
-        ax.plot(devices, [100 * y for y in ys], marker="o", ms=3, label=name)
+    for i, (name, ys) in enumerate(curves.items()):
+        ax.plot(
+            devices,
+            [100 * y for y in ys],
+            color=colours[i % len(colours)],
+            marker=markers[i % len(markers)],
+            ls=styles[i % len(styles)],
+            ms=4,
+            mfc="none" if i % 2 else None,
+            label=name,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("devices")
     ax.set_ylabel("predicted scaling efficiency (%)")

@@ -17,7 +17,9 @@ redraws it (the guide's rule "no hand-typed numbers" extends to pictures):
 - ``diloco-schedule.png``: streaming DiLoCo's fragments, when each is sent and when it lands,
   from ``parallel.diloco.sends_at``;
 - ``critical-batch.png``: steps and examples to a loss against the batch, from McCandlish et
-  al.'s model (2018), S = S_min (1 + B_noise / B) and E = E_min (1 + B / B_noise).
+  al.'s model (2018), S = S_min (1 + B_noise / B) and E = E_min (1 + B / B_noise);
+- ``layers.png``: gradsync's layers as its source has them — every folder of ``src/gradsync``
+  against the folders it imports, read from the import statements, lowest layer first.
 
 The docs tests run this script and check the committed pictures are the ones it lists.
 """
@@ -25,7 +27,9 @@ The docs tests run this script and check the committed pictures are the ones it 
 from __future__ import annotations
 
 import argparse
+import ast
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import gradsync  # noqa: E402
 from gradsync.core import ring  # noqa: E402
 from gradsync.core.files import save_figure  # noqa: E402
 from gradsync.parallel.diloco import sends_at  # noqa: E402
@@ -240,6 +245,54 @@ def critical_batch(out: Path) -> Path:
     return _save(fig, out / "critical-batch.png")
 
 
+def package_imports() -> dict[str, set[str]]:
+    """Each folder (or top-level module) of the package -> the others its modules import."""
+    src = Path(gradsync.__file__).parent
+    deps: dict[str, set[str]] = {}
+    for path in src.rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        unit = parts[0]
+        if unit in ("__init__", "__main__"):
+            continue
+        found = deps.setdefault(unit, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if name.startswith("gradsync.") and name.split(".")[1] != unit:
+                    found.add(name.split(".")[1])
+    return deps
+
+
+def layers(out: Path) -> Path:
+    """Who imports whom, folders ordered by how far above the bottom they stand: a layered
+    design shows as marks only below the diagonal."""
+    deps = package_imports()
+
+    @cache
+    def height(unit: str) -> int:
+        return 1 + max((height(d) for d in deps.get(unit, ())), default=-1)
+
+    order = sorted(deps, key=lambda u: (height(u), u))
+    fig, ax = plt.subplots(figsize=(6.8, 6.2))
+    for i, u in enumerate(order):
+        for j, d in enumerate(order):
+            if d in deps[u]:
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, color=COLOURS[0] if j < i else "red"))
+    ax.set_xlim(0, len(order))
+    ax.set_ylim(len(order), 0)
+    ticks = [k + 0.5 for k in range(len(order))]
+    ax.set_xticks(ticks, order, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [f"{u} (layer {height(u)})" for u in order], fontsize=8)
+    ax.grid(False)
+    for k in range(len(order) + 1):
+        ax.axhline(k, color="0.9", lw=0.5)
+        ax.axvline(k, color="0.9", lw=0.5)
+    ax.set_title("src/gradsync: each row's folder imports the columns marked (read from the source)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "layers.png")
+
+
 FIGURES: dict[str, Callable[[Path], Path]] = {
     "collectives.png": collectives,
     "ring-allreduce.png": ring_allreduce,
@@ -247,6 +300,7 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "zero-memory.png": zero_memory,
     "diloco-schedule.png": diloco_schedule,
     "critical-batch.png": critical_batch,
+    "layers.png": layers,
 }
 
 

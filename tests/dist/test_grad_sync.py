@@ -41,7 +41,7 @@ def _synced_grads(rank: int, strategy: str, accum: int) -> dict[str, torch.Tenso
     env = init_distributed(cfg.backend, cfg.timeout_s)
     torch.manual_seed(rank)  # different init on each rank: replication must fix it
     model = build_gpt("tiny", V, T)
-    s = strategy_class(strategy)(model, _sgd, Comm(env), cfg)
+    s = strategy_class(cfg.strategy_spec.name)(model, _sgd, Comm(env), cfg)
     x, y = _batch()
     mine = slice(rank * B // 2, (rank + 1) * B // 2)
     xs, ys = x[mine].chunk(accum), y[mine].chunk(accum)
@@ -65,7 +65,10 @@ def _synced_grads(rank: int, strategy: str, accum: int) -> dict[str, torch.Tenso
     return out
 
 
-SYNCHRONOUS = ["allreduce", "bucketed", "torch-ddp", "zero1", "zero2", "zero3", "torch-zero1", "torch-fsdp"]
+SYNCHRONOUS = [
+    *("allreduce", "bucketed", "torch-ddp", "zero1", "zero2", "zero3"),
+    *("torch-zero1", "torch-fsdp", "torch-fsdp:reshard=false"),
+]
 
 
 def _all_synced_grads(rank: int) -> dict[tuple[str, int], dict[str, torch.Tensor]]:

@@ -29,7 +29,8 @@ def test_every_strategy_has_a_class_a_price_and_a_memory_formula(name: str) -> N
     assert pred.step_s > pred.compute_s > 0 and pred.memory["total"] > 0
     assert set(e.compressors) <= set(catalog.COMPRESSORS)
     if e.reference is not None:
-        assert e.reference in catalog.STRATEGIES and catalog.STRATEGIES[e.reference].reference is None
+        ref = parse_spec(e.reference, catalog.STRATEGY_SCHEMA, "strategy")  # a valid spec, options too
+        assert ref.name in catalog.STRATEGIES and catalog.STRATEGIES[ref.name].reference is None
 
 
 @pytest.mark.parametrize("name", list(catalog.COMPRESSORS))
@@ -44,11 +45,15 @@ def test_every_compressor_has_a_reducer_and_a_price(name: str) -> None:
 
 def test_lists_are_read_from_the_catalog() -> None:
     entries = catalog.all_entries()
-    assert entries[: len(catalog.STRATEGIES)] == [e.spec for e in catalog.STRATEGIES.values()]
+    strategies = [e.spec for e in catalog.STRATEGIES.values()]
+    # every strategy, in order, each followed by the references that use it with options
+    assert [e for e in entries if e in strategies] == strategies
+    assert entries.index("torch-fsdp:reshard=false") == entries.index("torch-fsdp") + 1
+    assert all(catalog.reference_of(e) in entries for e in entries if catalog.reference_of(e))
     assert "bucketed+powersgd:rank=4" in entries and "torch-ddp+powersgd:rank=4" in entries
     assert catalog.reference_of("bucketed+fp16") == "torch-ddp+fp16"
     assert catalog.reference_of("bucketed+topk:ratio=0.01") == "torch-ddp"  # torch has no top-k hook
-    assert catalog.reference_of("zero2") == "torch-fsdp" and catalog.reference_of("torch-ddp") is None
+    assert catalog.reference_of("zero2") == "torch-fsdp:reshard=false" and catalog.reference_of("torch-ddp") is None
     assert catalog.exact_strategies() == ["bucketed", "zero1", "zero2", "zero3"]
     assert "torch-ddp" not in catalog.plan_entries() and "zero3" in catalog.plan_entries()
     assert catalog.changes_optimization("diloco:8") and catalog.changes_optimization("bucketed+fp16")

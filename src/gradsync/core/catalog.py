@@ -132,7 +132,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
             f"{_CM}.memory:memory_zero2",
             options={"hybrid": Param(bool, False)},
             exact=True,
-            reference="torch-fsdp",
+            reference="torch-fsdp:reshard=false",  # FSDP2 keeping the weights whole from forward on: ZeRO-2
         ),
         StrategyEntry(
             "zero3",
@@ -152,6 +152,7 @@ STRATEGIES: dict[str, StrategyEntry] = {
             f"{_P}.reference.torch_fsdp:TorchFSDPStrategy",
             f"{_CM}.price:price_torch_fsdp",
             f"{_CM}.memory:memory_zero3",
+            options={"reshard": Param(bool, True)},  # fully_shard's reshard_after_forward
             reference=None,
         ),
         StrategyEntry(
@@ -297,8 +298,16 @@ def compressed_entries(strategy_name: str) -> list[str]:
 
 
 def all_entries() -> list[str]:
-    """``bench --strategies all``: every strategy, then every composition with a compressor."""
-    return [e.spec for e in STRATEGIES.values()] + [c for n in STRATEGIES for c in compressed_entries(n)]
+    """``bench --strategies all``: every strategy (each followed by the references that use it with
+    options, such as FSDP2 without resharding for ``zero2``), then every composition with a
+    compressor."""
+    refs = list(
+        dict.fromkeys(e.reference for e in STRATEGIES.values() if e.reference and e.reference not in STRATEGIES)
+    )
+    out = []
+    for e in STRATEGIES.values():
+        out += [e.spec, *(r for r in refs if r.partition(":")[0] == e.name)]
+    return out + [c for n in STRATEGIES for c in compressed_entries(n)]
 
 
 def _strategy_of(entry: str) -> StrategyEntry:
@@ -313,7 +322,7 @@ def reference_of(entry: str) -> str | None:
     if ref is None:
         return None
     c = compress_spec.partition(":")[0]
-    return entry_name(ref, compress_spec) if c in STRATEGIES[ref].compressors else ref
+    return entry_name(ref, compress_spec) if c in STRATEGIES[ref.partition(":")[0]].compressors else ref
 
 
 def plan_entries() -> list[str]:

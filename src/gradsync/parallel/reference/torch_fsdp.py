@@ -1,6 +1,9 @@
 """torch's FSDP2 (``torch.distributed.fsdp.fully_shard``, ZeRO-3 semantics): the reference for
-``zero3``. Every element of a ``nn.ModuleList`` is sharded as its own unit, then the root, the same
-units ``zero3`` uses. Gradients are reduce-scattered on every micro-step, as in ``zero3``.
+``zero3``; with ``reshard=false`` (``reshard_after_forward=False``: each unit stays gathered from
+its forward to its backward, so backward gathers nothing — ZeRO-2's bytes, one all-gather and one
+reduce-scatter a step, and its memory while the step runs) the reference for ``zero2``. Every
+element of a ``nn.ModuleList`` is sharded as its own unit, then the root, the same units ``zero3``
+uses. Gradients are reduce-scattered on every micro-step, as in ``zero3``.
 
 Parameters are DTensors; checkpoints go through ``torch.distributed.checkpoint.state_dict`` with
 full (unsharded) state dicts on rank 0. The collectives are torch's own, so bytes are reported as
@@ -49,10 +52,11 @@ class TorchFSDPStrategy(Strategy):
                 f"torch-fsdp: torch's FSDP2 does not shard 0-dim parameters ({', '.join(scalars)}); "
                 "use zero3, which does, or make them 1-element tensors"
             )
+        reshard = bool(self.spec["reshard"])
         for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
             for layer in lst:
-                fully_shard(layer)
-        fully_shard(model)
+                fully_shard(layer, reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
         # fully_shard replaced the parameters by DTensors: the optimizer must be built over those
         self.optimizer = optimizer_factory(model)
 

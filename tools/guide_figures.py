@@ -49,6 +49,7 @@ COLOURS = plt.get_cmap("tab10").colors
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
     return path
@@ -108,7 +109,6 @@ def collectives(out: Path) -> Path:
         _cells(axes[i][0], starts[name], f"{name}: before")
         _cells(axes[i][1], after, f"after (each rank sends {factor:g} n over {hops:g} ring hops)")
     fig.suptitle("Collectives on 4 ranks: a colour is one rank's data; stripes are a sum", fontsize=10)
-    fig.tight_layout()
     return _save(fig, out / "collectives.png")
 
 
@@ -152,7 +152,6 @@ def ring_allreduce(out: Path) -> Path:
         f"{ring.wire_bytes('all_reduce', 1, RANKS):g} of the vector",
         fontsize=10,
     )
-    fig.tight_layout()
     return _save(fig, out / "ring-allreduce.png")
 
 
@@ -176,7 +175,6 @@ def overlap(out: Path) -> Path:
         ax.set_yticks([0, 1], ["link", "compute"])
         ax.set_title(f"{d * 1e3:.0f} ms per bucket: exposed {exposed * 1e3:.0f} ms after backward", fontsize=9)
     axes[-1].set_xlabel("ms since backward began (ticks: bucket ready)")
-    fig.tight_layout()
     return _save(fig, out / "overlap.png")
 
 
@@ -199,7 +197,6 @@ def zero_memory(out: Path) -> Path:
     ax.set_ylabel("GB per rank (model state)")
     ax.set_title(f"{w.n_params / 1e9:.1f}B-parameter GPT, fp32 AdamW, 8 ranks (costmodel.memory)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, out / "zero-memory.png")
 
 
@@ -223,7 +220,6 @@ def diloco_schedule(out: Path, period: int = 8, fragments: int = 4, overlap_step
         f"1/{fragments} of the model every {period // fragments} steps",
         fontsize=9,
     )
-    fig.tight_layout()
     return _save(fig, out / "diloco-schedule.png")
 
 
@@ -241,7 +237,6 @@ def critical_batch(out: Path) -> Path:
     ax.set_ylabel("relative to its floor")
     ax.set_title("Past the critical batch, more workers buy few steps and cost compute", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, out / "critical-batch.png")
 
 
@@ -289,7 +284,6 @@ def layers(out: Path) -> Path:
         ax.axhline(k, color="0.9", lw=0.5)
         ax.axvline(k, color="0.9", lw=0.5)
     ax.set_title("src/gradsync: each row's folder imports the columns marked (read from the source)", fontsize=9)
-    fig.tight_layout()
     return _save(fig, out / "layers.png")
 
 

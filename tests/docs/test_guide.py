@@ -80,6 +80,12 @@ def test_site_builds_strictly_in_both_languages(tmp_path: Path) -> None:
         text = built.read_text(encoding="utf-8")
         assert not loads.search(text), f"{built.relative_to(tmp_path)} loads from another host"
         assert 'class="arithmatex"' not in text, f"{built.relative_to(tmp_path)} still holds TeX for a script"
+    # a wrapped Chinese sentence reads without a gap where its source line broke
+    cjk_break = re.compile(r"[\u4e00-\u9fff，。：；、（）]\n+[\u4e00-\u9fff，。：；、（）]")
+    for built in (tmp_path / "site" / "zh").rglob("*.html"):
+        for _, para in re.findall(r"<(p|li|td)>(.*?)</\1>", built.read_text(encoding="utf-8"), flags=re.S):
+            gaps = cjk_break.findall(re.sub(r"<[^>]+>", "", para))
+            assert not gaps, f"{built.relative_to(tmp_path)}: a line break inside Chinese text: {gaps}"
     math = (tmp_path / "site" / "guide" / "math" / "index.html").read_text(encoding="utf-8")
     assert math.count("<math") > 100, "the math chapter's formulas were not rendered"
 
@@ -290,3 +296,14 @@ def test_every_figure_is_drawn_by_the_script_the_guide_names(tmp_path: Path) -> 
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
         used = [t for t in pages if f"../figures/{name}" in t]
         assert len(used) >= 2, f"{name} is not shown in both languages"
+
+
+def test_wrapped_chinese_lines_join_without_a_space() -> None:
+    spec = importlib.util.spec_from_file_location("cjk_lines", ROOT / "tools" / "cjk_lines.py")
+    cjk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cjk)
+    text = "每种\n策略需要多少显存，\n吞吐量\nscales with N\n\n新段落\n```python\n# 代码\n# 不动\n```\n"
+    joined = "每种策略需要多少显存，吞吐量\nscales with N\n\n新段落\n```python\n# 代码\n# 不动\n```\n"
+    assert cjk.join_lines(text) == joined
+    marked = "见\n[附录](faq.md)，**显存**\n不足，\n**注意**"
+    assert cjk.join_lines(marked) == "见[附录](faq.md)，**显存**不足，**注意**"

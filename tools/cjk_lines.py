@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
+CJK = "\u2014\u2026\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # with — and … as Chinese uses them
 # a break between two CJK characters, also where emphasis or a link's text opens, or emphasis closes
 BREAK = re.compile(rf"(?:(?<=[{CJK}])|(?<=[{CJK}]\*)|(?<=[{CJK}]\*\*))[ \t]*\n[ \t]*(?=(?:\*{{1,2}}|\[)?[{CJK}])")
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)

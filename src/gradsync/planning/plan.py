@@ -172,7 +172,8 @@ def plot_scaling(curves: dict[str, list[float]], devices: Sequence[int], title: 
 
     # one colour, marker and line style per curve: a dozen strategies outrun any colour cycle, and
     # curves that coincide (zero3 under torch-fsdp) stay visible by their markers
-    colours = plt.get_cmap("tab20").colors
+    cmap = plt.get_cmap("tab20")
+    colours = [cmap(i) for i in range(cmap.N)]
     markers, styles = "osD^vP*Xh<>p", ("-", "--", "-.", ":")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, ys) in enumerate(curves.items()):

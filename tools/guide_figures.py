@@ -16,6 +16,8 @@ redraws it (the guide's rule "no hand-typed numbers" extends to pictures):
   ``costmodel.memory``, against an 80 GB device;
 - ``diloco-schedule.png``: streaming DiLoCo's fragments, when each is sent and when it lands,
   from ``parallel.diloco.sends_at``;
+- ``batch-split.png``: one global batch of 16 examples split over 1, 2 and 4 workers with
+  micro-batches of 4, each cell an example id as ``data.batches.ShardedBatches`` hands it out;
 - ``critical-batch.png``: steps and examples to a loss against the batch, from McCandlish et
   al.'s model (2018), S = S_min (1 + B_noise / B) and E = E_min (1 + B / B_noise);
 - ``layers.png``: gradsync's layers as its source has them — every folder of ``src/gradsync``
@@ -41,6 +43,7 @@ import numpy as np  # noqa: E402
 import gradsync  # noqa: E402
 from gradsync.core import ring  # noqa: E402
 from gradsync.core.files import save_figure  # noqa: E402
+from gradsync.data.batches import ShardedBatches  # noqa: E402
 from gradsync.parallel.diloco import sends_at  # noqa: E402
 from gradsync.planning import costmodel as cm  # noqa: E402
 
@@ -223,6 +226,64 @@ def diloco_schedule(out: Path, period: int = 8, fragments: int = 4, overlap_step
     return _save(fig, out / "diloco-schedule.png")
 
 
+class _Ids:
+    """Examples that are only their ids: enough for ``ShardedBatches`` to say who gets which."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, ids: np.ndarray, draws: np.ndarray, train: bool) -> tuple[np.ndarray]:
+        return (ids,)
+
+
+def batch_split(out: Path, global_batch: int = 16, micro_batch: int = 4, step: int = 0) -> Path:
+    """One step's global batch as each world size splits it: the same example ids in the same
+    order, cut into per-rank blocks, each block into micro-batches (accumulated, then synced)."""
+    worlds = (1, 2, 4)
+    fig, axes = plt.subplots(len(worlds), 1, figsize=(8, 1.05 * len(worlds) + 0.6), sharex=True)
+    reference = None
+    for ax, world in zip(axes, worlds, strict=True):
+        col, taken = 0, []
+        for rank in range(world):
+            shard = ShardedBatches(_Ids(64), global_batch, micro_batch, rank, world, seed=0)
+            micro = [b[0] for b in shard.micro_batches(step)]
+            start = col
+            for m, ids in enumerate(micro):
+                for i in ids:
+                    ax.add_patch(plt.Rectangle((col, 0), 1, 1, color=COLOURS[rank], alpha=0.35 + 0.3 * (m % 2)))
+                    ax.text(col + 0.5, 0.5, str(int(i)), ha="center", va="center", fontsize=8)
+                    col += 1
+                ax.plot([col, col], [0, 1], color="0.3", lw=0.6)
+                taken.append(ids)
+            ax.plot([col, col], [0, 1.4], color="k", lw=2)
+            n = len(micro)
+            label = f"rank {rank}: {n} micro-batch{'es' if n > 1 else ''}"
+            ax.text((start + col) / 2, 1.12, label, ha="center", fontsize=7)
+        ids = np.concatenate(taken)
+        reference = ids if reference is None else reference
+        if not np.array_equal(ids, reference):
+            raise AssertionError(f"world size {world} trains other examples than world size 1")
+        ax.set_xlim(0, global_batch)
+        ax.set_ylim(0, 1.45)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel(f"{world} worker{'s' if world > 1 else ''}", rotation=0, ha="right", va="center")
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    axes[-1].set_xlabel(
+        "colour: the rank that trains it; shade: its micro-batch (gradients accumulate, then one sync)", fontsize=8
+    )
+    axes[0].set_title(
+        f"One step's global batch of {global_batch} example ids, micro-batches of {micro_batch}: "
+        "the same examples at every world size",
+        fontsize=9,
+    )
+    return _save(fig, out / "batch-split.png")
+
+
 def critical_batch(out: Path) -> Path:
     """McCandlish et al. (2018): to reach a given loss, S = S_min (1 + B_noise/B) steps and
     E = E_min (1 + B/B_noise) examples; at B = B_noise both are twice their floor."""
@@ -293,6 +354,7 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "overlap.png": overlap,
     "zero-memory.png": zero_memory,
     "diloco-schedule.png": diloco_schedule,
+    "batch-split.png": batch_split,
     "critical-batch.png": critical_batch,
     "layers.png": layers,
 }

@@ -12,6 +12,8 @@ redraws it (the guide's rule "no hand-typed numbers" extends to pictures):
   against ``core.ring.wire_bytes``;
 - ``overlap.png``: bucketed backward on a timeline, the two cases of chapter 4 — each bucket's
   all-reduce placed by ``costmodel.link_schedule``, the exposed tail by ``costmodel.exposed_after``;
+- ``zero3-prefetch.png``: ZeRO-3's forward, each block's all-gather and compute on a timeline
+  without prefetch and with one block of prefetch, from ``costmodel.gather_schedule``;
 - ``zero-memory.png``: bytes per rank for a 7B GPT on 8 ranks under each ZeRO stage, from
   ``costmodel.memory``, against an 80 GB device;
 - ``diloco-schedule.png``: streaming DiLoCo's fragments, when each is sent and when it lands,
@@ -179,6 +181,32 @@ def overlap(out: Path) -> Path:
         ax.set_title(f"{d * 1e3:.0f} ms per bucket: exposed {exposed * 1e3:.0f} ms after backward", fontsize=9)
     axes[-1].set_xlabel("ms since backward began (ticks: bucket ready)")
     return _save(fig, out / "overlap.png")
+
+
+def zero3_prefetch(out: Path, blocks: int = 6, gather_ms: float = 30.0, compute_ms: float = 40.0) -> Path:
+    """ZeRO-3's forward, block by block: without prefetch each gather waits for the block before it
+    to finish; with ``prefetch=1`` the next block's gather runs behind this block's compute. A
+    block's full weights are held from its gather's start to its compute's end (then released)."""
+    fig, axes = plt.subplots(2, 1, figsize=(8, 3.8), sharex=True)
+    for ax, k in zip(axes, (0, 1), strict=True):
+        gathers, computes = cm.gather_schedule([gather_ms] * blocks, [compute_ms] * blocks, prefetch=k)
+        for i, ((ga, gb), (ca, cb)) in enumerate(zip(gathers, computes, strict=True)):
+            ax.barh(0, gb - ga, left=ga, height=0.6, color=COLOURS[i], edgecolor="white")
+            ax.text((ga + gb) / 2, 0, f"AG {i}", ha="center", va="center", fontsize=7, color="white")
+            ax.barh(1, cb - ca, left=ca, height=0.6, color=COLOURS[i], alpha=0.6, edgecolor="white")
+            ax.text((ca + cb) / 2, 1, f"block {i}", ha="center", va="center", fontsize=7)
+        waited = computes[-1][1] - blocks * compute_ms
+        held = max(sum(g[0] <= t < c[1] for g, c in zip(gathers, computes, strict=True)) for t, _ in gathers)
+        ax.set_yticks([0, 1], ["link", "compute"])
+        ax.set_title(
+            f"prefetch={k}: compute waits {waited:.0f} ms for gathers; "
+            f"at most {held} block{'s' if held > 1 else ''} of full weights held at once",
+            fontsize=9,
+        )
+    axes[-1].set_xlabel(
+        f"ms into the forward ({blocks} blocks; each {compute_ms:.0f} ms of compute, a {gather_ms:.0f} ms all-gather)"
+    )
+    return _save(fig, out / "zero3-prefetch.png")
 
 
 def zero_memory(out: Path) -> Path:
@@ -352,6 +380,7 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "collectives.png": collectives,
     "ring-allreduce.png": ring_allreduce,
     "overlap.png": overlap,
+    "zero3-prefetch.png": zero3_prefetch,
     "zero-memory.png": zero_memory,
     "diloco-schedule.png": diloco_schedule,
     "batch-split.png": batch_split,

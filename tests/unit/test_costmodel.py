@@ -47,6 +47,14 @@ def test_overlap_limits() -> None:
     # Gathers before compute: the first always waits; later ones hide behind earlier compute.
     assert cm.exposed_before([0.2, 0.1, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2)
     assert cm.exposed_before([0.2, 0.9, 0.1], [0.5, 0.5, 0.5]) == pytest.approx(0.2 + 0.4)
+    # ZeRO-3's forward: without prefetch every gather waits for the previous unit's compute; with
+    # one unit of prefetch only the first gather shows, and at most two units are held at once.
+    gathers, computes = cm.gather_schedule([0.2] * 3, [0.5] * 3, prefetch=0)
+    assert [t for span in gathers for t in span] == pytest.approx([0, 0.2, 0.7, 0.9, 1.4, 1.6])
+    assert computes[-1][1] == pytest.approx(1.5 + 3 * 0.2)
+    gathers, computes = cm.gather_schedule([0.2] * 3, [0.5] * 3, prefetch=1)
+    assert [t for span in gathers for t in span] == pytest.approx([0, 0.2, 0.2, 0.4, 0.7, 0.9])
+    assert computes[-1][1] == pytest.approx(1.5 + 0.2) == 1.5 + cm.exposed_before([0.2] * 3, [0.5] * 3)
 
 
 def test_gpt_workload_matches_the_real_model() -> None:

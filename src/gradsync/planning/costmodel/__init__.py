@@ -19,7 +19,7 @@ from gradsync.core.ring import OPS
 from gradsync.planning.costmodel.hardware import DEVICES, Hardware, device_preset
 from gradsync.planning.costmodel.memory import ACTIVATIONS, activation_bytes, memory
 from gradsync.planning.costmodel.network import NETWORKS, CostModelError, Link, Network, network_preset
-from gradsync.planning.costmodel.overlap import exposed_after, exposed_before, link_schedule
+from gradsync.planning.costmodel.overlap import exposed_after, exposed_before, gather_schedule, link_schedule
 from gradsync.planning.costmodel.price import Prediction, predict, scaling_efficiency
 from gradsync.planning.costmodel.workload import (
     TensorInfo,
@@ -50,6 +50,7 @@ __all__ = [
     "exposed_after",
     "link_schedule",
     "exposed_before",
+    "gather_schedule",
     "frozen",
     "gpt_tensors",
     "gpt_workload",

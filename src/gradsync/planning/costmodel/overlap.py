@@ -25,11 +25,35 @@ def exposed_after(ready: Sequence[float], durations: Sequence[float], compute_en
     return max(0.0, (spans[-1][1] if spans else 0.0) - compute_end)
 
 
+def gather_schedule(
+    durations: Sequence[float], compute: Sequence[float], prefetch: int | None = None
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(start, end) of each unit's parameter gather and of its compute, ZeRO-3 style: compute i
+    starts when compute i-1 is done and gather i has landed; gathers run one at a time on the link.
+    Gather i is issued when unit i - ``prefetch`` is about to run, i.e. when the compute before it
+    ends (``prefetch=0``: gather, then compute, one unit after another; the first ``prefetch`` + 1
+    are issued at time 0); ``None`` issues all of them at time 0, the
+    cost model's view of a prefetching FSDP. A unit's gathered weights are held from its gather's
+    start to its compute's end, so ``prefetch`` bounds how many are held at once."""
+    gathers: list[tuple[float, float]] = []
+    computes: list[tuple[float, float]] = []
+    link = done = 0.0
+    for i, (d, c) in enumerate(zip(durations, compute, strict=True)):
+        if prefetch is None or i <= prefetch:
+            issued = 0.0
+        else:
+            issued = computes[i - prefetch - 1][1]
+        start = max(link, issued)
+        link = start + d
+        gathers.append((start, link))
+        begin = max(done, link)
+        done = begin + c
+        computes.append((begin, done))
+    return gathers, computes
+
+
 def exposed_before(durations: Sequence[float], compute: Sequence[float]) -> float:
     """Collectives issued back to back at time 0; compute piece i may start only when collective i
     is done (parameters gathered before the layer runs). The delay this adds to the compute."""
-    comm = t = 0.0
-    for d, c in zip(durations, compute, strict=True):
-        comm += d
-        t = max(t, comm) + c
-    return t - sum(compute)
+    _, computes = gather_schedule(durations, compute)
+    return (computes[-1][1] if computes else 0.0) - sum(compute)

@@ -15,7 +15,7 @@ import time
 import torch
 
 from gradsync.core.config import build_config
-from gradsync.data import load_tokens
+from gradsync.tasks import build_task
 from gradsync.training.trainer import Trainer
 
 
@@ -39,8 +39,8 @@ def main() -> None:
             "train.global_batch": args.global_batch,
         },
     )
-    data = load_tokens(base.data)
-    trainers = {s: Trainer(base.replace(**{"parallel.strategy": s}), data=data) for s in args.strategies.split(",")}
+    task = build_task(base)  # one corpus, read once; each trainer builds its own model from it
+    trainers = {s: Trainer(base.replace(**{"parallel.strategy": s}), task=task) for s in args.strategies.split(",")}
     times: dict[str, list[float]] = {s: [] for s in trainers}
     for step in range(args.steps):
         for name, trainer in trainers.items():

@@ -5,7 +5,11 @@ both alike. Each run's median step time (its first ``--skip`` steps left out); t
 plain loop's median over gradsync's (> 1: gradsync is faster).
 
     python benchmarks/vs_plain_ddp.py [--rounds 3] [--steps 40] [--strategy bucketed] \\
-        [--gradsync-args "--bucket-mb 0"] [--calibrate]
+        [--gradsync-args "--bucket-mb 0"] [--calibrate] [--floor]
+
+``--floor`` adds, each round, one worker alone training half the global batch: the same work
+per worker (micro-batch and accumulation) with no communication and an uncontended core, the
+floor under both loops; ``plain / floor`` is the most that any loop could gain over the plain one.
 
 ``--calibrate`` first runs ``gradsync calibrate`` with 2 workers and hands the profile to every
 gradsync run (what ``--bucket-mb 0`` and ``--strategy auto`` read). ``--out FILE.md`` writes the
@@ -24,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gradsync.core.config import build_config
 from gradsync.training.metrics import read_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -43,12 +48,16 @@ def main() -> int:
     ap.add_argument("--strategy", default="bucketed")
     ap.add_argument("--gradsync-args", default="", help="more flags for gradsync train only")
     ap.add_argument("--calibrate", action="store_true", help="calibrate first; gradsync runs read the profile")
+    ap.add_argument("--floor", action="store_true", help="also time one worker alone on half the global batch")
     ap.add_argument("--out", type=Path, help="write the table here (markdown)")
     ns = ap.parse_args()
     job = [f"--train.max_steps={ns.steps}", f"--train.eval_interval={10 * ns.steps}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     ours_name = f"gradsync train --strategy {ns.strategy} {ns.gradsync_args}".strip()
     medians: dict[str, list[float]] = {"plain DDP loop (torchrun)": [], ours_name: []}
+    floor_name = "floor: 1 worker, half the global batch, no communication"
+    floor: list[float] = []
+    half = build_config(None, {}).train.global_batch // 2
     with tempfile.TemporaryDirectory(prefix="gradsync-vs-ddp-") as tmp:
         work = Path(tmp)
         gs = [sys.executable, "-m", "gradsync.cli"]
@@ -69,7 +78,17 @@ def main() -> int:
             ours = [x["step_time_s"] for x in read_metrics(run_dir / "metrics.jsonl") if x["kind"] == "train"]
             for name, ts in zip(medians, (plain, ours[ns.skip :]), strict=True):
                 medians[name].append(statistics.median(ts))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {1e3 * v[-1]:.1f} ms" for k, v in medians.items()), flush=True)
+            if ns.floor:
+                one = [*gs, "train", "--nproc", "1", *quiet, *job, "--global-batch", str(half), *extra]
+                _run([*one, "--strategy", ns.strategy, "--run-dir", str(work / f"floor-{r}")], env)
+                ts = [
+                    x["step_time_s"]
+                    for x in read_metrics(work / f"floor-{r}" / "metrics.jsonl")
+                    if x["kind"] == "train"
+                ]
+                floor.append(statistics.median(ts[ns.skip :]))
+            shown = {**medians, **({floor_name: floor} if floor else {})}
+            print(f"round {r + 1}: " + ", ".join(f"{k} {1e3 * v[-1]:.1f} ms" for k, v in shown.items()), flush=True)
     plain_runs, ours_runs = medians.values()
     ratio = statistics.median(plain_runs) / statistics.median(ours_runs)
     command = "python benchmarks/vs_plain_ddp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -81,10 +100,18 @@ def main() -> int:
         "|---|---|---|",
         *(
             f"| {name} | {1e3 * statistics.median(v):.1f} | {', '.join(f'{1e3 * x:.1f}' for x in v)} |"
-            for name, v in medians.items()
+            for name, v in {**medians, **({floor_name: floor} if floor else {})}.items()
         ),
         "",
         f"speed of gradsync / plain DDP loop: {ratio:.3f}x",
+        *(
+            [
+                f"plain DDP loop / floor: {statistics.median(plain_runs) / statistics.median(floor):.3f}x "
+                "(the most any loop could gain)"
+            ]
+            if floor
+            else []
+        ),
         "",
         f"command: `{command}`",
     ]

@@ -22,6 +22,9 @@ redraws it (the guide's rule "no hand-typed numbers" extends to pictures):
   micro-batches of 4, each cell an example id as ``data.batches.ShardedBatches`` hands it out;
 - ``critical-batch.png``: steps and examples to a loss against the batch, from McCandlish et
   al.'s model (2018), S = S_min (1 + B_noise / B) and E = E_min (1 + B / B_noise);
+- ``concept-chain.png``: chapter 2's chain from "faster" to the four remedies, each remedy with
+  the gradsync strategies that apply it, sorted by the catalog and the cost model (which ones
+  shard the optimizer state, which step on their own between averages, which overlap backward);
 - ``layers.png``: gradsync's layers as its source has them — every folder of ``src/gradsync``
   against the folders it imports, read from the import statements, lowest layer first.
 
@@ -43,7 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gradsync  # noqa: E402
-from gradsync.core import ring  # noqa: E402
+from gradsync.core import catalog, ring  # noqa: E402
 from gradsync.core.files import save_figure  # noqa: E402
 from gradsync.data.batches import ShardedBatches  # noqa: E402
 from gradsync.parallel.diloco import sends_at  # noqa: E402
@@ -329,6 +332,88 @@ def critical_batch(out: Path) -> Path:
     return _save(fig, out / "critical-batch.png")
 
 
+def remedies() -> dict[str, list[str]]:
+    """gradsync's own strategies and compressors by the remedy they apply, decided by what they
+    do rather than by their names: sharding holds less optimizer state per rank than replication
+    (cost model, 8 ranks); syncing less is the catalog's ``synchronous=False``; overlap is the rest
+    of the synchronous ones whose communication the cost model hides behind backward on a fast
+    link; compression is the catalog's compressors."""
+    w = cm.gpt_workload(n_layer=12, n_head=12, n_embd=768, vocab=50304, seq_len=1024, micro_batch=8)
+    hw, net = cm.device_preset("a100-80gb"), cm.network_preset("ib-ndr")
+    replicated = cm.memory("bucketed", w, 8)["optimizer"]
+    out: dict[str, list[str]] = {"overlap": [], "sharding": [], "compression": [], "syncing less": []}
+    for name in catalog.STRATEGIES:
+        if name.startswith("torch-"):
+            continue  # torch's references, not gradsync's remedies
+        entry = catalog.strategy(name)
+        if not entry.synchronous:
+            out["syncing less"].append(name)
+        elif cm.memory(name, w, 8)["optimizer"] < replicated:
+            out["sharding"].append(name)
+        else:
+            pred = cm.predict(name, w, 8, hw, net)
+            if pred.exposed_comm_s < pred.comm_s:
+                out["overlap"].append(name)
+    out["compression"] = [c for c in catalog.COMPRESSORS if c != "none"]
+    return out
+
+
+def concept_chain(out: Path) -> Path:
+    """Chapter 2's chain: why the batch is split, why averaging is exact, what the averaging
+    costs, and the four remedies with the strategies gradsync has for each."""
+    fig, ax = plt.subplots(figsize=(9, 3.9))
+    ax.set_axis_off()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0.9, 5.6)
+    box = {"boxstyle": "round,pad=0.35", "fc": "0.93", "ec": "0.4"}
+    steps = [
+        "train faster:\nmore workers",
+        "split the batch:\neach worker a share",
+        "average the gradients:\nexact (a sum splits)",
+        "a collective each step:\ncost ~ bytes / link speed",
+    ]
+    chain = [
+        ax.text(x, 4.9, s, ha="center", va="center", fontsize=8.5, bbox=box)
+        for x, s in zip(np.linspace(1.0, 8.6, len(steps)), steps, strict=True)
+    ]
+    arrow = {"arrowstyle": "->", "color": "0.3", "shrinkA": 3, "shrinkB": 6}
+    for a, b in zip(chain, chain[1:]):
+        ax.annotate("", xy=(0, 0.5), xycoords=b, xytext=(1, 0.5), textcoords=a, arrowprops=arrow)
+    found = remedies()
+    what = {
+        "overlap": "send while backward runs",
+        "sharding": "each rank keeps a slice",
+        "compression": "send fewer bits",
+        "syncing less": "average every H steps",
+    }
+    for i, (x, (remedy, names)) in enumerate(zip(np.linspace(1.2, 8.8, len(found)), found.items(), strict=True)):
+        r = ax.text(
+            x,
+            3.0,
+            f"{remedy}\n({what[remedy]})",
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            bbox={**box, "fc": "white", "ec": COLOURS[i]},
+        )
+        ax.annotate(
+            "",
+            xy=(0.5, 1),
+            xycoords=r,
+            xytext=(0.5, 0),
+            textcoords=chain[-1],
+            arrowprops={**arrow, "color": COLOURS[i]},
+        )
+        flag = "--compress" if remedy == "compression" else "--strategy"
+        ax.text(
+            x, 2.45, "\n".join(f"{flag} {n}" for n in names), ha="center", va="top", fontsize=7.5, family="monospace"
+        )
+    ax.set_title(
+        "How the concepts connect: from more workers to the four remedies, each with gradsync's strategies", fontsize=9
+    )
+    return _save(fig, out / "concept-chain.png")
+
+
 def package_imports() -> dict[str, set[str]]:
     """Each folder (or top-level module) of the package -> the others its modules import."""
     src = Path(gradsync.__file__).parent
@@ -385,6 +470,7 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "diloco-schedule.png": diloco_schedule,
     "batch-split.png": batch_split,
     "critical-batch.png": critical_batch,
+    "concept-chain.png": concept_chain,
     "layers.png": layers,
 }
 

@@ -39,10 +39,7 @@ def gather_schedule(
     computes: list[tuple[float, float]] = []
     link = done = 0.0
     for i, (d, c) in enumerate(zip(durations, compute, strict=True)):
-        if prefetch is None or i <= prefetch:
-            issued = 0.0
-        else:
-            issued = computes[i - prefetch - 1][1]
+        issued = 0.0 if prefetch is None or i <= prefetch else computes[i - prefetch - 1][1]
         start = max(link, issued)
         link = start + d
         gathers.append((start, link))

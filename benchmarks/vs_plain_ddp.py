@@ -40,6 +40,11 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
         raise SystemExit(f"vs_plain_ddp: {' '.join(argv[:6])} ... failed:\n{r.stderr[-3000:]}")
 
 
+def _step_times(run_dir: Path) -> list[float]:
+    """Each training step's time, from a gradsync run's metrics file."""
+    return [x["step_time_s"] for x in read_metrics(run_dir / "metrics.jsonl") if x["kind"] == "train"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -75,18 +80,13 @@ def main() -> int:
             run_dir = work / f"gradsync-{r}"
             train = [*gs, "train", "--nproc", "2", *quiet, *job, "--strategy", ns.strategy, *extra]
             _run([*train, "--run-dir", str(run_dir)], env)
-            ours = [x["step_time_s"] for x in read_metrics(run_dir / "metrics.jsonl") if x["kind"] == "train"]
+            ours = _step_times(run_dir)
             for name, ts in zip(medians, (plain, ours[ns.skip :]), strict=True):
                 medians[name].append(statistics.median(ts))
             if ns.floor:
                 one = [*gs, "train", "--nproc", "1", *quiet, *job, "--global-batch", str(half), *extra]
                 _run([*one, "--strategy", ns.strategy, "--run-dir", str(work / f"floor-{r}")], env)
-                ts = [
-                    x["step_time_s"]
-                    for x in read_metrics(work / f"floor-{r}" / "metrics.jsonl")
-                    if x["kind"] == "train"
-                ]
-                floor.append(statistics.median(ts[ns.skip :]))
+                floor.append(statistics.median(_step_times(work / f"floor-{r}")[ns.skip :]))
             shown = {**medians, **({floor_name: floor} if floor else {})}
             print(f"round {r + 1}: " + ", ".join(f"{k} {1e3 * v[-1]:.1f} ms" for k, v in shown.items()), flush=True)
     plain_runs, ours_runs = medians.values()
@@ -100,7 +100,7 @@ def main() -> int:
         "|---|---|---|",
         *(
             f"| {name} | {1e3 * statistics.median(v):.1f} | {', '.join(f'{1e3 * x:.1f}' for x in v)} |"
-            for name, v in {**medians, **({floor_name: floor} if floor else {})}.items()
+            for name, v in shown.items()
         ),
         "",
         f"speed of gradsync / plain DDP loop: {ratio:.3f}x",

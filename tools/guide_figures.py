@@ -341,11 +341,11 @@ def remedies() -> dict[str, list[str]]:
     w = cm.gpt_workload(n_layer=12, n_head=12, n_embd=768, vocab=50304, seq_len=1024, micro_batch=8)
     hw, net = cm.device_preset("a100-80gb"), cm.network_preset("ib-ndr")
     replicated = cm.memory("bucketed", w, 8)["optimizer"]
-    out: dict[str, list[str]] = {"overlap": [], "sharding": [], "compression": [], "syncing less": []}
-    for name in catalog.STRATEGIES:
+    compression = [c for c in catalog.COMPRESSORS if c != "none"]
+    out: dict[str, list[str]] = {"overlap": [], "sharding": [], "compression": compression, "syncing less": []}
+    for name, entry in catalog.STRATEGIES.items():
         if name.startswith("torch-"):
             continue  # torch's references, not gradsync's remedies
-        entry = catalog.strategy(name)
         if not entry.synchronous:
             out["syncing less"].append(name)
         elif cm.memory(name, w, 8)["optimizer"] < replicated:
@@ -354,7 +354,6 @@ def remedies() -> dict[str, list[str]]:
             pred = cm.predict(name, w, 8, hw, net)
             if pred.exposed_comm_s < pred.comm_s:
                 out["overlap"].append(name)
-    out["compression"] = [c for c in catalog.COMPRESSORS if c != "none"]
     return out
 
 

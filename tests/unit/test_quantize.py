@@ -11,6 +11,7 @@ from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
 from gradsync.parallel.diloco import fragment_params
 from gradsync.parallel.grad_paths.quantize import BLOCK, LEVELS, dequantize, padded_length, payload_bytes, quantize
+from gradsync.parallel.grad_paths.quantized_mean import pack, unpack
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -45,6 +46,22 @@ def test_error_feedback_sends_the_sum_not_just_the_rounding() -> None:
     assert (sent - 20 * x).abs().max() <= 1.0
     plain = dequantize(*quantize(x, 4), 4)
     assert (20 * plain - 20 * x).abs().max() == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("bits,chunks", [(8, 3), (4, 2), (8, 1)])
+def test_codes_and_scales_share_one_buffer_split_evenly_by_chunk(bits: int, chunks: int) -> None:
+    x = torch.randn(padded_length(5 * BLOCK, chunks))
+    codes, scales = quantize(x, bits)
+    buf = pack(codes, scales, chunks)
+    assert buf.dtype == torch.uint8 and buf.numel() == payload_bytes(x.numel(), bits)
+    row = buf.numel() // chunks  # what an all-to-all sends to each rank: one chunk, codes with their scales
+    for r in range(chunks):
+        c, s = unpack(buf[r * row : (r + 1) * row], 1, codes.numel() // chunks)
+        assert torch.equal(c.view(-1), codes.view(chunks, -1)[r]) and torch.equal(
+            s.view(-1), scales.view(chunks, -1)[r]
+        )
+    c, s = unpack(buf, chunks, codes.numel() // chunks)
+    assert torch.equal(dequantize(c.view(-1), s.view(-1), bits), dequantize(codes, scales, bits))
 
 
 def test_padded_length_whole_blocks_per_rank() -> None:

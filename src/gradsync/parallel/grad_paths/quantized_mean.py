@@ -14,6 +14,8 @@ the ``int8`` / ``int4`` gradient compressors of the bucketed path (one mean per 
   the same bytes on every rank, so replicas stay identical. Both encodings keep their error: the
   first on each rank for its whole vector, the second on the chunk's owner for its chunk.
   Bytes per rank: 2 (p-1)/p of the codes, 1/4 (8 bits) or 1/8 (4 bits) of the fp32 all-reduce.
+  Each chunk's codes and block scales travel in one byte buffer (:func:`pack`), so each stage is
+  one collective: on a CPU every gloo call costs its own thread hand-offs and wake-ups.
 
 A :class:`InFlight` is advanced by the caller at deterministic steps (the same on every rank):
 collectives must be issued in the same order everywhere.
@@ -44,6 +46,20 @@ class InFlight:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     stage: int = 1
     mean: torch.Tensor | None = None
+    codes_per_chunk: int = 0  # bytes of codes in each rank's chunk of a quantised vector
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, chunks: int) -> torch.Tensor:
+    """``chunks`` equal chunks of codes (uint8) and of their fp32 block scales as one uint8 vector,
+    chunk by chunk (each chunk's codes, then its scales' bytes): what an all-to-all splits evenly."""
+    return torch.cat([codes.view(chunks, -1), scales.view(chunks, -1).view(torch.uint8)], dim=1).view(-1)
+
+
+def unpack(buf: torch.Tensor, chunks: int, codes_per_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`pack`: codes ``(chunks, codes_per_chunk)`` and scales ``(chunks, -1)``."""
+    rows = buf.view(chunks, -1)
+    scales = rows[:, codes_per_chunk:].contiguous().view(torch.float32)
+    return rows[:, :codes_per_chunk].contiguous(), scales
 
 
 class QuantizedMean:
@@ -83,12 +99,11 @@ class QuantizedMean:
             v.add_(self._residual(f"send/{key}", v))
             codes, scales = quantize(v, bits)
             torch.sub(v, dequantize(codes, scales, bits), out=self.residuals[f"send/{key}"])
-            job.buffers["codes"], job.buffers["scales"] = torch.empty_like(codes), torch.empty_like(scales)
-            job.works += [
-                self.comm.all_to_all(job.buffers["codes"], codes, async_op=True),
-                self.comm.all_to_all(job.buffers["scales"], scales, async_op=True),
-            ]
-            job.buffers["sent"] = codes  # kept alive until the exchange is done
+            sent = pack(codes, scales, p)
+            job.buffers["recv"] = torch.empty_like(sent)
+            job.works.append(self.comm.all_to_all(job.buffers["recv"], sent, async_op=True))
+            job.buffers["sent"] = sent  # kept alive until the exchange is done
+            job.codes_per_chunk = codes.numel() // p
         return job
 
     def advance(self, job: InFlight) -> None:
@@ -99,18 +114,15 @@ class QuantizedMean:
         for w in job.works:
             self.comm.wait(w)
         bits, p = _BITS[self.quant], self.comm.world_size
-        codes, scales = job.buffers["codes"].view(p, -1), job.buffers["scales"].view(p, -1)
+        codes, scales = unpack(job.buffers["recv"], p, job.codes_per_chunk)
         chunk = torch.stack([dequantize(codes[r], scales[r], bits) for r in range(p)]).sum(0).div_(p)
         chunk.add_(self._residual(f"owner/{job.key}", chunk))
         c_codes, c_scales = quantize(chunk, bits)
         torch.sub(chunk, dequantize(c_codes, c_scales, bits), out=self.residuals[f"owner/{job.key}"])
-        all_codes = torch.empty(codes.numel(), dtype=torch.uint8, device=chunk.device)
-        all_scales = torch.empty(scales.numel(), dtype=torch.float32, device=chunk.device)
-        job.works = [
-            self.comm.all_gather(all_codes, c_codes, async_op=True),
-            self.comm.all_gather(all_scales, c_scales, async_op=True),
-        ]
-        job.buffers = {"codes": all_codes, "scales": all_scales, "sent": c_codes, "sent_scales": c_scales}
+        sent = pack(c_codes, c_scales, 1)
+        gathered = torch.empty(p * sent.numel(), dtype=torch.uint8, device=chunk.device)
+        job.works = [self.comm.all_gather(gathered, sent, async_op=True)]
+        job.buffers = {"gathered": gathered, "sent": sent}
         job.stage = 2
 
     def finish(self, job: InFlight) -> torch.Tensor:
@@ -121,7 +133,8 @@ class QuantizedMean:
         for w in job.works:
             self.comm.wait(w)
         if self.quant in _BITS:
-            mean = dequantize(job.buffers["codes"], job.buffers["scales"], _BITS[self.quant])[: job.n]
+            codes, scales = unpack(job.buffers["gathered"], self.comm.world_size, job.codes_per_chunk)
+            mean = dequantize(codes.view(-1), scales.view(-1), _BITS[self.quant])[: job.n]
         else:
             mean = job.buffers["sum"].float().div_(self.comm.world_size)
         job.mean, job.works, job.buffers = mean, [], {}

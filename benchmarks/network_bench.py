@@ -3,8 +3,11 @@
 Two parts, each run for real in network namespaces (one namespace per "node", veth links shaped
 with ``tc ... tbf``; :mod:`gradsync.testing.netns`), needs root:
 
-``--part time-to-loss``: the default job with a constant learning rate after warm-up
-(``--optim.min_lr_ratio 1``) and validation every ``--eval-every`` steps. The reference is
+``--part time-to-loss``: the default job with a constant learning rate after a warm-up of
+``--lr-warmup`` steps (``--optim.min_lr_ratio 1``), the same schedule in every run whatever its
+``--max-steps`` (a run's default warm-up is capped at a quarter of its length, so the reference,
+stopped at the target step, would otherwise warm up faster than the runs it is compared with),
+and validation every ``--eval-every`` steps. The reference is
 ``bucketed`` with 2 workers on loopback: the validation loss it reaches at ``--target-step`` is the
 target, its training time to that step the reference time. Every strategy then runs on 2 nodes
 joined at each ``--rates`` link, up to ``--max-steps``, and its time to the target is the training
@@ -133,7 +136,7 @@ def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int,
 
 
 def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
-    common = ["--eval-interval", str(ns.eval_every), *shlex.split(ns.extra)]
+    common = ["--eval-interval", str(ns.eval_every), "--optim.warmup_steps", str(ns.lr_warmup), *shlex.split(ns.extra)]
     refs = []
     for r in range(ns.repeats):
         pts = curve(
@@ -289,6 +292,7 @@ def main() -> int:
     ap.add_argument("--target-step", type=int, default=160)
     ap.add_argument("--max-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--lr-warmup", type=int, default=50, help="time-to-loss: learning-rate warm-up steps, every run")
     ap.add_argument("--rate", default="100mbit", help="hierarchy: the link between the nodes")
     ap.add_argument("--steps", type=int, default=30, help="hierarchy: measured steps after the warm-up")
     ap.add_argument("--warmup", type=int, default=5)

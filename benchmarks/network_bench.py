@@ -12,7 +12,12 @@ and validation every ``--eval-every`` steps. The reference is
 target, its training time to that step the reference time. Every strategy then runs on 2 nodes
 joined at each ``--rates`` link, up to ``--max-steps``, and its time to the target is the training
 time (the sum of step times; evaluation excluded) up to the first validation at or below it. The
-ratio is reference time / time to target: 1.0 = as fast as on loopback. Median of ``--repeats``.
+ratio is reference time / time to target: 1.0 = as fast as on loopback. Median of ``--repeats``,
+each repeat paired with the reference's repeat of the same seed. Runs with one seed are
+deterministic (a repeat moves only the times), so whether a method that is not exact reaches the
+target at the first validation after it or the next one is decided by one trajectory's ups and
+downs; ``--seeds`` gives each repeat its own seed (data order, initialisation, dropout), and the
+median is then over trajectories too.
 The entry ``auto`` is ``--strategy auto --auto-allows ALLOWS --bucket-mb 0`` fed a calibration of
 that very link (``gradsync calibrate`` on the two nodes, once per link); the table says what it ran.
 
@@ -136,14 +141,23 @@ def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int,
 
 
 def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
+    """Repeat r of every entry is paired with repeat r of the reference: the same seed, its target
+    and its time. A run's ratio is its reference's time over its own time to that target (a miss:
+    0); an entry's ratio is the median over repeats."""
+    seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [None] * ns.repeats
+    if len(seeds) != ns.repeats:
+        raise SystemExit(
+            f"network_bench: --seeds gives {len(seeds)} seeds for --repeats {ns.repeats}; give one a repeat"
+        )
     common = ["--eval-interval", str(ns.eval_every), "--optim.warmup_steps", str(ns.lr_warmup), *shlex.split(ns.extra)]
+    seeded = [[*common, *([] if s is None else ["--seed", str(s)])] for s in seeds]
     refs = []
     for r in range(ns.repeats):
         pts = curve(
             jobs.train(
                 "loopback",
                 2,
-                [*common, "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
+                [*seeded[r], "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
                 jobs.work / f"ref-{r}",
             )
         )
@@ -152,16 +166,17 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
             f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]} in {pts[-1][1]:.1f}s",
             flush=True,
         )
-    target = statistics.median(p[-1][2] for p in refs)
-    ref_time = statistics.median(p[-1][1] for p in refs)
+    targets = [p[-1][2] for p in refs]
+    ref_times = [p[-1][1] for p in refs]
     rows: list[dict[str, Any]] = [
         {
             "link": "loopback",
             "entry": "bucketed",
+            "seeds": seeds,
             "curves": refs,
             "reached": [(p[-1][0], p[-1][1]) for p in refs],
-            "target": target,
-            "ref_time": ref_time,
+            "target": targets,
+            "ref_time": ref_times,
         }
     ]
     for rate in ns.rates.split(","):
@@ -178,10 +193,10 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
             curves, reached, chosen = [], [], []
             for r in range(ns.repeats):
                 folder = jobs.work / f"{rate}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
-                pts = curve(jobs.train(rate, 1, [*common, *args, "--max-steps", str(ns.max_steps)], folder))
+                pts = curve(jobs.train(rate, 1, [*seeded[r], *args, "--max-steps", str(ns.max_steps)], folder))
                 chosen.append(ran(folder))
                 curves.append(pts)
-                reached.append(time_to(pts, target))
+                reached.append(time_to(pts, targets[r]))
                 hit = reached[-1]
                 print(
                     f"[{rate}] {entry} ({chosen[-1]}) repeat {r + 1}: "
@@ -192,27 +207,36 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
                     ),
                     flush=True,
                 )
-            rows.append({"link": rate, "entry": entry, "ran": chosen, "curves": curves, "reached": reached})
+            ratios = [ref_times[r] / h[1] if h else 0.0 for r, h in enumerate(reached)]
+            rows.append(
+                {"link": rate, "entry": entry, "ran": chosen, "curves": curves, "reached": reached, "ratios": ratios}
+            )
+    if len(set(seeds)) == 1:
+        where = f"seed {seeds[0] or 'default'} in every repeat: the same losses, only the times move"
+    else:
+        where = "one seed a repeat, each run measured against the reference of its seed: " + ", ".join(
+            f"seed {s}: {t:.4f} in {rt:.1f} s" for s, t, rt in zip(seeds, targets, ref_times)
+        )
     lines = [
-        f"Target: validation loss {target:.4f}, reached by `bucketed` on loopback (2 workers) at step "
-        f"{ns.target_step} in {ref_time:.1f} s of training (median of {ns.repeats}).",
+        f"Target: the validation loss `bucketed` reaches on loopback (2 workers) at step {ns.target_step} "
+        f"({where}). Median of {ns.repeats} repeats.",
         "",
-        "| link | strategy | ran | step at target | time to target s | ratio (loopback time / time) |",
-        "|---|---|---|---|---|---|",
+        "| link | strategy | ran | step at target | time to target s | ratio (loopback time / time) | each repeat |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows[1:]:
         row["entry_ran"] = f"{row['entry']} | {' / '.join(sorted(set(row['ran'])))}"
+        row["ratio"] = statistics.median(row["ratios"])
+        each = ", ".join(f"{x:.2f}" if x else "miss" for x in row["ratios"])
         t = statistics.median([h[1] if h else float("inf") for h in row["reached"]])  # a miss counts as never
         if t < float("inf"):
-            step = statistics.median(h[0] for h in row["reached"] if h)
-            row["ratio"] = ref_time / t
-            lines.append(f"| {row['link']} | {row['entry_ran']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} |")
+            step = statistics.median(h[0] if h else float("inf") for h in row["reached"])
+            lines.append(f"| {row['link']} | {row['entry_ran']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} | {each} |")
         else:
             longest = max(c[-1][1] for c in row["curves"])
-            row["ratio"] = None
             lines.append(
                 f"| {row['link']} | {row['entry_ran']} | not by {ns.max_steps} | > {longest:.1f} | "
-                f"< {ref_time / longest:.2f} |"
+                f"< {statistics.median(ref_times) / longest:.2f} | {each} |"
             )
     return rows, "\n".join(lines)
 
@@ -228,7 +252,7 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> None:
         c = row["curves"][0]
         style = "-" if row["link"] in ("loopback", "100mbit") else "--"
         ax.plot([t for _, t, _ in c], [v for _, _, v in c], style, marker=".", label=f"{row['entry']} ({row['link']})")
-    ax.axhline(rows[0]["target"], color="grey", lw=0.8, ls=":", label="target")
+    ax.axhline(rows[0]["target"][0], color="grey", lw=0.8, ls=":", label="target (first repeat)")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss against training time, 2 workers")
@@ -292,6 +316,9 @@ def main() -> int:
     ap.add_argument("--target-step", type=int, default=160)
     ap.add_argument("--max-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument(
+        "--seeds", default="", help="time-to-loss: one --seed a repeat, comma-separated (default: the same seed)"
+    )
     ap.add_argument("--lr-warmup", type=int, default=50, help="time-to-loss: learning-rate warm-up steps, every run")
     ap.add_argument("--rate", default="100mbit", help="hierarchy: the link between the nodes")
     ap.add_argument("--steps", type=int, default=30, help="hierarchy: measured steps after the warm-up")

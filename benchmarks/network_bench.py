@@ -141,44 +141,19 @@ def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int,
 
 
 def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any]], str]:
-    """Repeat r of every entry is paired with repeat r of the reference: the same seed, its target
-    and its time. A run's ratio is its reference's time over its own time to that target (a miss:
-    0); an entry's ratio is the median over repeats."""
+    """Train the reference and every entry, each repeat with its seed; :func:`ttl_table` scores them."""
     seeds = [int(s) for s in ns.seeds.split(",")] if ns.seeds else [None] * ns.repeats
     if len(seeds) != ns.repeats:
-        raise SystemExit(
-            f"network_bench: --seeds gives {len(seeds)} seeds for --repeats {ns.repeats}; give one a repeat"
-        )
+        raise SystemExit(f"network_bench: --seeds gives {len(seeds)} seeds for --repeats {ns.repeats}; one each")
     common = ["--eval-interval", str(ns.eval_every), "--optim.warmup_steps", str(ns.lr_warmup), *shlex.split(ns.extra)]
     seeded = [[*common, *([] if s is None else ["--seed", str(s)])] for s in seeds]
     refs = []
     for r in range(ns.repeats):
-        pts = curve(
-            jobs.train(
-                "loopback",
-                2,
-                [*seeded[r], "--strategy", "bucketed", "--max-steps", str(ns.target_step)],
-                jobs.work / f"ref-{r}",
-            )
-        )
+        args = [*seeded[r], "--strategy", "bucketed", "--max-steps", str(ns.target_step)]
+        pts = curve(jobs.train("loopback", 2, args, jobs.work / f"ref-{r}"))
         refs.append(pts)
-        print(
-            f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]} in {pts[-1][1]:.1f}s",
-            flush=True,
-        )
-    targets = [p[-1][2] for p in refs]
-    ref_times = [p[-1][1] for p in refs]
-    rows: list[dict[str, Any]] = [
-        {
-            "link": "loopback",
-            "entry": "bucketed",
-            "seeds": seeds,
-            "curves": refs,
-            "reached": [(p[-1][0], p[-1][1]) for p in refs],
-            "target": targets,
-            "ref_time": ref_times,
-        }
-    ]
+        print(f"[loopback] bucketed repeat {r + 1}: val {pts[-1][2]:.4f} at step {pts[-1][0]}", flush=True)
+    rows: list[dict[str, Any]] = [{"link": "loopback", "entry": "bucketed", "seeds": seeds, "curves": refs}]
     for rate in ns.rates.split(","):
         for item in ns.strategies.split(";"):
             entry, _, only = item.partition("@")
@@ -190,55 +165,65 @@ def time_to_loss(ns: argparse.Namespace, jobs: Jobs) -> tuple[list[dict[str, Any
             else:
                 strategy, _, compress = entry.partition("+")
                 args = ["--strategy", strategy, "--compress", compress or "none"]
-            curves, reached, chosen = [], [], []
+            curves, chosen = [], []
             for r in range(ns.repeats):
                 folder = jobs.work / f"{rate}-{entry.replace(':', '_').replace('=', '').replace(',', '_')}-{r}"
                 pts = curve(jobs.train(rate, 1, [*seeded[r], *args, "--max-steps", str(ns.max_steps)], folder))
                 chosen.append(ran(folder))
                 curves.append(pts)
-                reached.append(time_to(pts, targets[r]))
-                hit = reached[-1]
+                hit = time_to(pts, refs[r][-1][2])
                 print(
                     f"[{rate}] {entry} ({chosen[-1]}) repeat {r + 1}: "
-                    + (
-                        f"target at step {hit[0]} in {hit[1]:.1f}s"
-                        if hit
-                        else f"not at the target by step {ns.max_steps} (val {pts[-1][2]:.4f})"
-                    ),
+                    + (f"target at step {hit[0]} in {hit[1]:.1f}s" if hit else f"no target by step {pts[-1][0]}"),
                     flush=True,
                 )
-            ratios = [ref_times[r] / h[1] if h else 0.0 for r, h in enumerate(reached)]
-            rows.append(
-                {"link": rate, "entry": entry, "ran": chosen, "curves": curves, "reached": reached, "ratios": ratios}
-            )
+            rows.append({"link": rate, "entry": entry, "ran": chosen, "curves": curves})
+    return rows, ttl_table(rows)
+
+
+def ttl_table(rows: list[dict[str, Any]]) -> str:
+    """Score every run against the reference repeat of its seed (``rows[0]``), filling in each row's
+    ``reached`` and ``ratio``, and return the table. The target is the reference's validation loss
+    at its last step; the reference's time is its own time to that loss (the first validation at
+    or below it, which may come before the last), measured exactly as every other run's is. A run's
+    ratio is that time over its own time to the target (a miss: 0); an entry's, the median."""
+    ref = rows[0]
+    seeds = ref.get("seeds") or [None] * len(ref["curves"])
+    targets = [c[-1][2] for c in ref["curves"]]
+    ref["reached"] = [time_to(c, t) for c, t in zip(ref["curves"], targets)]
+    ref["target"] = targets
+    ref_times = [h[1] for h in ref["reached"]]
     if len(set(seeds)) == 1:
         where = f"seed {seeds[0] or 'default'} in every repeat: the same losses, only the times move"
     else:
-        where = "one seed a repeat, each run measured against the reference of its seed: " + ", ".join(
-            f"seed {s}: {t:.4f} in {rt:.1f} s" for s, t, rt in zip(seeds, targets, ref_times)
+        where = "one seed a repeat, each run scored against the reference of its seed: " + ", ".join(
+            f"seed {s}: {t:.4f}, reached at step {h[0]} in {h[1]:.1f} s"
+            for s, t, h in zip(seeds, targets, ref["reached"])
         )
     lines = [
-        f"Target: the validation loss `bucketed` reaches on loopback (2 workers) at step {ns.target_step} "
-        f"({where}). Median of {ns.repeats} repeats.",
+        f"Target: the validation loss `bucketed` has on loopback (2 workers) at step {ref['curves'][0][-1][0]} "
+        f"({where}). Median of {len(targets)} repeats.",
         "",
         "| link | strategy | ran | step at target | time to target s | ratio (loopback time / time) | each repeat |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows[1:]:
+        row["reached"] = [time_to(c, t) for c, t in zip(row["curves"], targets)]
+        ratios = [ref_times[r] / h[1] if h else 0.0 for r, h in enumerate(row["reached"])]
         row["entry_ran"] = f"{row['entry']} | {' / '.join(sorted(set(row['ran'])))}"
-        row["ratio"] = statistics.median(row["ratios"])
-        each = ", ".join(f"{x:.2f}" if x else "miss" for x in row["ratios"])
+        row["ratio"] = statistics.median(ratios)
+        each = ", ".join(f"{x:.2f}" if x else "miss" for x in ratios)
         t = statistics.median([h[1] if h else float("inf") for h in row["reached"]])  # a miss counts as never
         if t < float("inf"):
             step = statistics.median(h[0] if h else float("inf") for h in row["reached"])
-            lines.append(f"| {row['link']} | {row['entry_ran']} | {step:.0f} | {t:.1f} | {row['ratio']:.2f} | {each} |")
+            cells = f"{step:.0f} | {t:.1f} | {row['ratio']:.2f}"
         else:
             longest = max(c[-1][1] for c in row["curves"])
-            lines.append(
-                f"| {row['link']} | {row['entry_ran']} | not by {ns.max_steps} | > {longest:.1f} | "
-                f"< {statistics.median(ref_times) / longest:.2f} | {each} |"
+            cells = (
+                f"not by {row['curves'][0][-1][0]} | > {longest:.1f} | < {statistics.median(ref_times) / longest:.2f}"
             )
-    return rows, "\n".join(lines)
+        lines.append(f"| {row['link']} | {row['entry_ran']} | {cells} | {each} |")
+    return "\n".join(lines)
 
 
 def plot_curves(rows: list[dict[str, Any]], out: Path) -> None:
@@ -319,11 +304,21 @@ def main() -> int:
     ap.add_argument(
         "--seeds", default="", help="time-to-loss: one --seed a repeat, comma-separated (default: the same seed)"
     )
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        help="time-to-loss: score the runs of a time-to-loss.json this benchmark wrote again, without training",
+    )
     ap.add_argument("--lr-warmup", type=int, default=50, help="time-to-loss: learning-rate warm-up steps, every run")
     ap.add_argument("--rate", default="100mbit", help="hierarchy: the link between the nodes")
     ap.add_argument("--steps", type=int, default=30, help="hierarchy: measured steps after the warm-up")
     ap.add_argument("--warmup", type=int, default=5)
     ns = ap.parse_args()
+    if ns.from_json:
+        saved = json.loads(ns.from_json.read_text())
+        rows, table = saved["rows"], ttl_table(saved["rows"])
+        write_results(ns.out_dir, "time-to-loss", saved["command"], rows, table)
+        return 0
     why = netns.unavailable_reason()
     if why:
         print(f"network_bench: {why}", file=sys.stderr)
@@ -336,13 +331,18 @@ def main() -> int:
         finally:
             jobs.close()
     command = "python benchmarks/network_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    (ns.out_dir / f"{ns.part}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    (ns.out_dir / f"{ns.part}.md").write_text(f"{table}\n\ncommand: `{command}`\n")
-    if ns.part == "time-to-loss":
-        plot_curves(rows, ns.out_dir / "time-to-loss.png")
+    write_results(ns.out_dir, ns.part, command, rows, table)
+    return 0
+
+
+def write_results(out_dir: Path, part: str, command: str, rows: list[dict[str, Any]], table: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{part}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    (out_dir / f"{part}.md").write_text(f"{table}\n\ncommand: `{command}`\n")
+    if part == "time-to-loss":
+        plot_curves(rows, out_dir / "time-to-loss.png")
     print(table)
     print(f"command: {command}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def ttl_table(rows: list[dict[str, Any]]) -> str:
     if len(set(seeds)) == 1:
         where = f"seed {seeds[0] or 'default'} in every repeat: the same losses, only the times move"
     else:
-        where = "one seed a repeat, each run scored against the reference of its seed: " + ", ".join(
+        where = "one seed a repeat, each run scored against the reference of its seed: " + "; ".join(
             f"seed {s}: {t:.4f}, reached at step {h[0]} in {h[1]:.1f} s"
             for s, t, h in zip(seeds, targets, ref["reached"])
         )

@@ -72,6 +72,21 @@ def test_the_prediction_is_the_overlap_recursion_on_the_measured_compute() -> No
     assert rows[-1].waited == pytest.approx(exposed)  # the cost model's own exposed time
 
 
+def test_a_compressed_run_is_predicted_with_what_its_compressor_sends() -> None:
+    """int8 buckets: an all-to-all and an all-gather of a byte a value plus a 4-byte scale a block."""
+    w = cm.gpt_workload(2, 2, 32, 16, 16, 2, bucket_mb=0.02, first_bucket_mb=0.005)
+    net = cm.Network.uniform("test", cm.Link(alpha_s=1e-4, beta_s_per_byte=1e-9))
+    hw = cm.device_preset("a100-80gb")
+    durations = cm.bucket_times(w, 2, hw, net, "bucketed", "int8")
+    for d, (nbytes, _) in zip(durations, cm.buckets(w), strict=True):
+        wire = nbytes / 4 + 4 * nbytes / 4 / 128  # codes + scales
+        assert d == pytest.approx(net.time("all_to_all", wire, 2) + net.time("all_gather", wire, 2))
+    rows = tv.predicted(w, net, 2, 10.0, 20.0, durations, "int8 mean")
+    assert [r.done - r.launched for r in rows] == pytest.approx([1e3 * d for d in durations])
+    assert {r.op for r in rows} == {"int8 mean"}
+    assert sum(durations) < sum(cm.bucket_times(w, 2, hw, net))  # fp32: the plain all-reduces
+
+
 def test_ranks_share_one_axis_and_the_picture_is_drawn(tmp_path: Path) -> None:
     ranks = [_rank(0, 0.0), _rank(1, 0.004)]  # rank 1 starts the step 4 ms later
     assert tv.step_start(ranks, 7) == 0.0

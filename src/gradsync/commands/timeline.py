@@ -15,8 +15,9 @@ from pathlib import Path
 
 from gradsync.core.config import build_config, load_toml
 from gradsync.core.errors import ConfigError
+from gradsync.planning import costmodel as cm
 from gradsync.planning import timeline_view as tv
-from gradsync.planning.calibration_profile import default_profile_path, load_profile, profile_network
+from gradsync.planning.calibration_profile import default_profile_path, load_profile, profile_hardware, profile_network
 from gradsync.planning.plan import workload_of
 
 PREDICTED = ("bucketed", "zero1")  # strategies whose buckets the prediction models
@@ -58,8 +59,9 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
 def _prediction(run_dir: Path, tl: dict, step: int, profile: str | None) -> list[tv.Collective] | None:
     """The cost model's buckets for ``step`` of rank 0, or None (with the reason printed)."""
     strategy = str(tl.get("strategy", "")).split(":")[0]
-    if strategy not in PREDICTED or tl.get("compress", "none") != "none":
-        print(f"prediction: drawn for {', '.join(PREDICTED)} without compression; this run is {strategy}")
+    compress = str(tl.get("compress", "none"))
+    if strategy not in PREDICTED or (compress != "none" and strategy != "bucketed"):
+        print(f"prediction: drawn for {', '.join(PREDICTED)} (compressed: bucketed only); this run is {strategy}")
         return None
     path = Path(profile) if profile else default_profile_path()
     if not path.exists():
@@ -70,9 +72,14 @@ def _prediction(run_dir: Path, tl: dict, step: int, profile: str | None) -> list
         print(f"prediction: the cost model's workload is a GPT; this run is {cfg.task.name}")
         return None
     vocab = _vocab(run_dir)
-    net = profile_network(load_profile(path))
+    prof = load_profile(path)
+    net, w, world = profile_network(prof), workload_of(cfg, vocab), int(tl.get("world_size", 1))
     fwd, bwd = tv.compute_ms(tl, step, "forward"), tv.compute_ms(tl, step, "backward")
-    rows = tv.predicted(workload_of(cfg, vocab), net, int(tl.get("world_size", 1)), fwd, bwd)
+    if compress == "none":
+        rows = tv.predicted(w, net, world, fwd, bwd)
+    else:
+        durations = cm.bucket_times(w, world, profile_hardware(prof), net, str(tl["strategy"]), compress)
+        rows = tv.predicted(w, net, world, fwd, bwd, durations, f"{compress} mean")
     print(f"\npredicted by the cost model ({path.name}), given the measured forward and backward:")
     print(tv.format_table(rows))
     return rows

@@ -119,17 +119,26 @@ def format_table(rows: Sequence[Collective]) -> str:
     return "\n".join(lines)
 
 
-def predicted(w: cm.Workload, net: cm.Network, p: int, forward_ms: float, backward_ms: float) -> list[Collective]:
+def predicted(
+    w: cm.Workload,
+    net: cm.Network,
+    p: int,
+    forward_ms: float,
+    backward_ms: float,
+    durations_s: Sequence[float] | None = None,
+    op: str = "all_reduce",
+) -> list[Collective]:
     """The cost model's buckets for one step given its measured forward and backward: ready at
     ``forward + fraction × backward``, launched when ready and the link is free, done after the
-    ring all-reduce's modelled time (the recursion of :func:`cm.exposed_after`)."""
+    ring all-reduce's modelled time (the recursion of :func:`cm.exposed_after`), or after
+    ``durations_s`` (per bucket, :func:`cm.bucket_times`) where a compressor changes what is sent."""
     out = []
     free = 0.0
     for i, (nbytes, frac) in enumerate(cm.buckets(w)):
         ready = forward_ms + frac * backward_ms
         start = max(free, ready)
-        free = start + 1e3 * net.time("all_reduce", nbytes, p)
-        out.append(Collective(f"bucket {i}", "all_reduce", nbytes / 2**20, ready, start, free, 0.0))
+        free = start + 1e3 * (net.time("all_reduce", nbytes, p) if durations_s is None else durations_s[i])
+        out.append(Collective(f"bucket {i}", op, nbytes / 2**20, ready, start, free, 0.0))
     end = forward_ms + backward_ms
     if out:  # what runs past the end of backward is exposed
         last = out[-1]

@@ -20,7 +20,7 @@ from gradsync.planning.costmodel.hardware import DEVICES, Hardware, device_prese
 from gradsync.planning.costmodel.memory import ACTIVATIONS, activation_bytes, memory
 from gradsync.planning.costmodel.network import NETWORKS, CostModelError, Link, Network, network_preset
 from gradsync.planning.costmodel.overlap import exposed_after, exposed_before, gather_schedule, link_schedule
-from gradsync.planning.costmodel.price import Prediction, predict, scaling_efficiency
+from gradsync.planning.costmodel.price import Prediction, bucket_times, predict, scaling_efficiency
 from gradsync.planning.costmodel.workload import (
     TensorInfo,
     Workload,
@@ -45,6 +45,7 @@ __all__ = [
     "TensorInfo",
     "Workload",
     "activation_bytes",
+    "bucket_times",
     "buckets",
     "device_preset",
     "exposed_after",

@@ -278,6 +278,16 @@ def _forward_split(sizes: Sequence[float], fwd: float) -> list[float]:
 # -- compressors on the bucketed path: per-bucket communication time and compression compute ---
 
 
+def bucket_times(
+    w: Workload, world: int, hw: Hardware, net: Network, strategy: str = "bucketed", compress: str = "none"
+) -> list[float]:
+    """Each bucket's communication time (:func:`buckets` order) as :func:`price_bucketed` overlaps
+    it with backward, for the run's compressor: what ``gradsync timeline`` draws as predicted."""
+    s = parse_spec(strategy, STRATEGY_SCHEMA, "strategy")
+    c = parse_spec(compress, COMPRESSOR_SCHEMA, "compress")
+    return bucket_comm(StepContext(w, world, hw, net, 0.0, 0.0, 0.0, s, c), [b for b, _ in buckets(w)])[0]
+
+
 def bucket_comm(x: StepContext, sizes: Sequence[int]) -> tuple[list[float], float]:
     """Per-bucket communication time and the compression compute, for the run's compressor."""
     return catalog.resolve(catalog.compressor(x.compress.name).price)(x, sizes)

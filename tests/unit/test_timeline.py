@@ -59,7 +59,7 @@ def test_the_prediction_is_the_overlap_recursion_on_the_measured_compute() -> No
     free: by hand for two buckets of a tiny GPT on a 1 GB/s link."""
     w = cm.gpt_workload(2, 2, 32, 16, 16, 2, bucket_mb=0.02, first_bucket_mb=0.005)
     net = cm.Network.uniform("test", cm.Link(alpha_s=1e-4, beta_s_per_byte=1e-9))
-    rows = tv.predicted(w, net, 2, 10.0, 20.0)
+    rows = tv.predicted(w, cm.bucket_times(w, 2, cm.device_preset("a100-80gb"), net), 10.0, 20.0)
     free = 0.0
     for row, (nbytes, frac) in zip(rows, cm.buckets(w)):
         ready = 10.0 + frac * 20.0
@@ -81,7 +81,7 @@ def test_a_compressed_run_is_predicted_with_what_its_compressor_sends() -> None:
     for d, (nbytes, _) in zip(durations, cm.buckets(w), strict=True):
         wire = nbytes / 4 + 4 * nbytes / 4 / 128  # codes + scales
         assert d == pytest.approx(net.time("all_to_all", wire, 2) + net.time("all_gather", wire, 2))
-    rows = tv.predicted(w, net, 2, 10.0, 20.0, durations, "int8 mean")
+    rows = tv.predicted(w, durations, 10.0, 20.0, "int8 mean")
     assert [r.done - r.launched for r in rows] == pytest.approx([1e3 * d for d in durations])
     assert {r.op for r in rows} == {"int8 mean"}
     assert sum(durations) < sum(cm.bucket_times(w, 2, hw, net))  # fp32: the plain all-reduces

@@ -75,11 +75,8 @@ def _prediction(run_dir: Path, tl: dict, step: int, profile: str | None) -> list
     prof = load_profile(path)
     net, w, world = profile_network(prof), workload_of(cfg, vocab), int(tl.get("world_size", 1))
     fwd, bwd = tv.compute_ms(tl, step, "forward"), tv.compute_ms(tl, step, "backward")
-    if compress == "none":
-        rows = tv.predicted(w, net, world, fwd, bwd)
-    else:
-        durations = cm.bucket_times(w, world, profile_hardware(prof), net, str(tl["strategy"]), compress)
-        rows = tv.predicted(w, net, world, fwd, bwd, durations, f"{compress} mean")
+    durations = cm.bucket_times(w, world, profile_hardware(prof), net, str(tl["strategy"]), compress)
+    rows = tv.predicted(w, durations, fwd, bwd, "all_reduce" if compress == "none" else f"{compress} mean")
     print(f"\npredicted by the cost model ({path.name}), given the measured forward and backward:")
     print(tv.format_table(rows))
     return rows

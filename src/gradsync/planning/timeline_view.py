@@ -120,24 +120,18 @@ def format_table(rows: Sequence[Collective]) -> str:
 
 
 def predicted(
-    w: cm.Workload,
-    net: cm.Network,
-    p: int,
-    forward_ms: float,
-    backward_ms: float,
-    durations_s: Sequence[float] | None = None,
-    op: str = "all_reduce",
+    w: cm.Workload, durations_s: Sequence[float], forward_ms: float, backward_ms: float, op: str = "all_reduce"
 ) -> list[Collective]:
     """The cost model's buckets for one step given its measured forward and backward: ready at
-    ``forward + fraction × backward``, launched when ready and the link is free, done after the
-    ring all-reduce's modelled time (the recursion of :func:`cm.exposed_after`), or after
-    ``durations_s`` (per bucket, :func:`cm.bucket_times`) where a compressor changes what is sent."""
+    ``forward + fraction × backward``, launched when ready and the link is free, done after its
+    modelled time ``durations_s`` (per bucket, :func:`cm.bucket_times`: the run's all-reduce or what
+    its compressor sends) — the recursion of :func:`cm.exposed_after`."""
     out = []
     free = 0.0
-    for i, (nbytes, frac) in enumerate(cm.buckets(w)):
+    for i, ((nbytes, frac), d) in enumerate(zip(cm.buckets(w), durations_s, strict=True)):
         ready = forward_ms + frac * backward_ms
         start = max(free, ready)
-        free = start + 1e3 * (net.time("all_reduce", nbytes, p) if durations_s is None else durations_s[i])
+        free = start + 1e3 * d
         out.append(Collective(f"bucket {i}", op, nbytes / 2**20, ready, start, free, 0.0))
     end = forward_ms + backward_ms
     if out:  # what runs past the end of backward is exposed

@@ -6,18 +6,25 @@
     the ``torch-ddp`` reference;
 (c) ``gradsync calibrate`` on the device: the fraction of the peak the model reached, next to the
     45% the presets assume, and the cost model's predicted step time (fed that profile) next to
-    the step time measured in (b).
+    the step time measured in (b);
+(d) with ``--out-dir DIR``: the same run profiled (``--train.profile``) for two steps, drawn by
+    ``gradsync timeline`` with the cost model's prediction from (c)'s profile beside it
+    (``DIR/timeline-gpu.png``, its table in ``DIR/timeline-gpu.txt``), torch's Chrome trace of
+    those steps (``DIR/trace-gpu.json.gz``, CUDA kernels included) and (b)-(c)'s table
+    (``DIR/gpu_check.md``).
 
 The data are random tokens in an llm.c shard (throughput does not depend on them). On CPU
 (``--cpu``, with ``--model tiny`` and a few steps) the same code runs end to end in the test
 suite (``tests/e2e/test_gpu_check.py``).
 
     .venv/bin/python benchmarks/gpu_check.py [--model gpt2] [--seq-len 1024] [--steps 40] [--no-compile] [--cpu]
+        [--out-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
@@ -86,15 +93,18 @@ def _job_flags(data: Path, mb: int, a: argparse.Namespace) -> list[str]:
     ]
 
 
-def train(root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace) -> dict[str, float] | None:
+def train(
+    root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace, profile: str = ""
+) -> dict[str, float] | None:
     """Median tokens/s, step time and MFU of one run (the first quarter of the steps left out), or
-    None if it ran out of memory."""
-    run = root / f"run-{strategy}-{mb}"
+    None if it ran out of memory. ``profile``: the steps to profile (FIRST:LAST), run to LAST."""
+    run = root / f"run-{strategy}-{mb}{'-profiled' if profile else ''}"
     r = gradsync(
         "train",
         *_job_flags(data, mb, a),
         "--max-steps",
-        str(a.steps),
+        profile.split(":")[1] if profile else str(a.steps),
+        *(["--train.profile", profile] if profile else []),
         "--strategy",
         strategy,
         *(
@@ -131,6 +141,8 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="run on CPU (the suite's check of this script)")
     ap.add_argument("--micro-batch", type=int, default=0, help="0: the largest the cost model says fits")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out-dir", help="also profile two steps and write the table, timeline and trace here")
+    ap.add_argument("--profile-first", type=int, default=10, help="the first profiled step (after compiling)")
     a = ap.parse_args()
     import torch  # after argument parsing: --help costs nothing
 
@@ -145,7 +157,14 @@ def main() -> None:
         mb = a.micro_batch or largest_micro_batch(shape, a.seq_len, memory)
         ours = None
         while ours is None and mb >= 1:
-            ours = train(root, data, "bucketed", mb, a)
+            try:
+                ours = train(root, data, "bucketed", mb, a)
+            except SystemExit as e:  # the rest of the check still says something without inductor
+                if a.no_compile:
+                    raise
+                print(f"{e}\ngpu_check: --compile failed; the check goes on without it", flush=True)
+                a.no_compile = True
+                continue
             mb = mb if ours is not None else mb // 2
         if ours is None:
             raise SystemExit("gpu_check: out of memory even at micro-batch 1")
@@ -169,28 +188,48 @@ def main() -> None:
         hw = profile_hardware(json.loads(profile.read_text()))
         w = cm.gpt_workload(shape.n_layer, shape.n_head, shape.n_embd, VOCAB, a.seq_len, mb, precision="bf16")
         predicted = cm.predict("bucketed", w, 1, hw, cm.network_preset("nvlink4")).step_s
-    compiled = "" if a.no_compile else ", --compile"
-    print(
-        f"## gpu_check on {device}: GPT {a.model} ({shape.num_params() / 1e6:.1f}M parameters), seq "
-        f"{a.seq_len}, bf16{compiled}, micro-batch {mb}, 1 device\n"
-    )
-    print("| measure | gradsync bucketed | torch-ddp reference | ratio |")
-    print("|---|---|---|---|")
-    ref_tps = ref["tokens_per_sec"] if ref else float("nan")
-    print(
-        f"| tokens/s (median) | {ours['tokens_per_sec']:,.0f} | {ref_tps:,.0f} "
-        f"| {ours['tokens_per_sec'] / ref_tps:.3f} |"
-    )
-    print(f"| MFU vs measured matmul peak | {ours['mfu']:.1%} | {ref['mfu'] if ref else float('nan'):.1%} | |")
-    print(
-        f"| MFU vs datasheet bf16 peak | {ours['mfu_datasheet']:.1%} | "
-        f"{ref['mfu_datasheet'] if ref else float('nan'):.1%} | |"
-    )
-    print(f"| calibrated fraction of peak (presets assume 45%) | {hw.efficiency:.1%} | | |")
-    print(
-        f"| step time: cost model (calibrated) vs measured | {1e3 * predicted:.1f} ms | "
-        f"{1e3 * ours['step_s']:.1f} ms measured | {predicted / ours['step_s']:.3f} |"
-    )
+        compiled = "" if a.no_compile else ", --compile"
+        ref_tps = ref["tokens_per_sec"] if ref else float("nan")
+        table = "\n".join(
+            [
+                f"## gpu_check on {device}: GPT {a.model} ({shape.num_params() / 1e6:.1f}M parameters), seq "
+                f"{a.seq_len}, bf16{compiled}, micro-batch {mb}, 1 device\n",
+                "| measure | gradsync bucketed | torch-ddp reference | ratio |",
+                "|---|---|---|---|",
+                f"| tokens/s (median) | {ours['tokens_per_sec']:,.0f} | {ref_tps:,.0f} "
+                f"| {ours['tokens_per_sec'] / ref_tps:.3f} |",
+                f"| MFU vs measured matmul peak | {ours['mfu']:.1%} | {ref['mfu'] if ref else float('nan'):.1%} | |",
+                f"| MFU vs datasheet bf16 peak | {ours['mfu_datasheet']:.1%} | "
+                f"{ref['mfu_datasheet'] if ref else float('nan'):.1%} | |",
+                f"| calibrated fraction of peak (presets assume 45%) | {hw.efficiency:.1%} | | |",
+                f"| step time: cost model (calibrated) vs measured | {1e3 * predicted:.1f} ms | "
+                f"{1e3 * ours['step_s']:.1f} ms measured | {predicted / ours['step_s']:.3f} |",
+            ]
+        )
+        print(table, flush=True)
+        if a.out_dir:
+            out = Path(a.out_dir).resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "gpu_check.md").write_text(table + "\n")
+            profiled_timeline(root, data, mb, a, profile, out)
+
+
+def profiled_timeline(root: Path, data: Path, mb: int, a: argparse.Namespace, calibration: Path, out: Path) -> None:
+    """(d): two steps of the bucketed run profiled, drawn with the prediction beside them."""
+    window = f"{a.profile_first}:{a.profile_first + 2}"
+    if train(root, data, "bucketed", mb, a, profile=window) is None:
+        raise SystemExit("gpu_check: the profiled run ran out of memory")
+    run = root / f"run-bucketed-{mb}-profiled"
+    r = gradsync(
+        "timeline", str(run), "--profile", str(calibration), "--out", str(out / "timeline-gpu.png"),
+        cwd=root, timeout=a.timeout,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise SystemExit(f"gpu_check: timeline failed:\n{r.stderr[-3000:]}")
+    (out / "timeline-gpu.txt").write_text(r.stdout)
+    print(r.stdout)
+    trace = (run / "profile" / "rank0.trace.json").read_bytes()
+    (out / "trace-gpu.json.gz").write_bytes(gzip.compress(trace))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,39 @@ def test_spans_and_marks_record_only_inside_a_window() -> None:
     assert timeline.current() is None
     assert [(e.name, e.lane, e.step) for e in rec.events] == [("forward", "compute", 2), ("bucket 0 ready", "mark", 2)]
     assert rec.events[0].end >= rec.events[0].start and rec.events[1].detail == {"bytes": 4}
+
+
+class _DeviceClock:
+    """A stand-in for CUDA events: each stamp is the next device time on a list, in seconds."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = iter(times)
+
+    def __call__(self) -> Any:
+        clock_t = next(self.times)
+
+        class Stamp:
+            t = clock_t
+
+            def elapsed_time(self, later: Any) -> float:
+                return (later.t - self.t) * 1e3
+
+        return Stamp()
+
+
+def test_on_a_device_events_take_the_device_times_and_keep_the_host_ones() -> None:
+    # stamps: window origin 5.0, forward 5.0-5.3, mark 5.25, backward 5.3-5.9
+    with timeline.recording(0, _DeviceClock([5.0, 5.0, 5.3, 5.25, 5.3, 5.9])) as rec:
+        with timeline.span("forward"):
+            pass
+        timeline.mark("bucket 0 ready")
+        with timeline.span("backward"):
+            pass
+    host = [(e.start, e.end) for e in rec.events]
+    out = rec.to_dict()["events"]
+    assert [(e["name"], round(e["start"], 9), round(e["end"], 9)) for e in out] == [
+        ("forward", 0.0, 0.3),
+        ("bucket 0 ready", 0.25, 0.25),
+        ("backward", 0.3, 0.9),
+    ]
+    assert [(e["detail"]["host_start"], e["detail"]["host_end"]) for e in out] == host

@@ -73,7 +73,10 @@ def _prediction(run_dir: Path, tl: dict, step: int, profile: str | None) -> list
         return None
     vocab = _vocab(run_dir)
     prof = load_profile(path)
-    net, w, world = profile_network(prof), workload_of(cfg, vocab), int(tl.get("world_size", 1))
+    w, world = workload_of(cfg, vocab), int(tl.get("world_size", 1))
+    # one rank's collectives cost nothing to the cost model, whatever the link: a profile measured
+    # on one device (no collectives) still predicts its buckets
+    net = profile_network(prof) if world > 1 else cm.network_preset("nvlink4")
     fwd, bwd = tv.compute_ms(tl, step, "forward"), tv.compute_ms(tl, step, "backward")
     durations = cm.bucket_times(w, world, profile_hardware(prof), net, str(tl["strategy"]), compress)
     rows = tv.predicted(w, durations, fwd, bwd, "all_reduce" if compress == "none" else f"{compress} mean")

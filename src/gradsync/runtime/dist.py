@@ -232,10 +232,10 @@ class Comm:
     def _run(self, op: str, launch: Callable[[], Any], async_op: bool) -> dist.Work | None:
         rec = timeline.current()
         if async_op:
-            start = rec.now() if rec else 0.0
+            start, stamp = (rec.now(), rec.stamp()) if rec else (0.0, None)
             with self._guard(op):
                 work = launch()
-            ev = self._record_async(rec, work, self._label or op, op, start) if rec is not None else None
+            ev = self._record_async(rec, work, self._label or op, op, start, stamp) if rec is not None else None
             self._in_flight[id(work)] = (op, ev)
             return work
         with self._blocked(), self._guard(op):
@@ -247,15 +247,18 @@ class Comm:
         return None
 
     def _record_async(
-        self, rec: timeline.Recorder, work: dist.Work, name: str, op: str, start: float
+        self, rec: timeline.Recorder, work: dist.Work, name: str, op: str, start: float, stamp: Any
     ) -> timeline.Event:
         """A collective in flight from ``start`` until its future completes (on the communication
-        thread; where a backend gives no future, until the wait returns)."""
+        thread; where a backend gives no future, until the wait returns). On a GPU the callback's
+        stream waits for the collective, so a stamp taken there is when it finished on the device."""
         ev = rec.add(name, "comm", start, start, op=op, bytes=self._bytes, done=False)
+        rec.on_device(ev, start=stamp)
 
         def done(_: Any) -> None:
             if not ev.detail["done"]:
                 ev.end, ev.detail["done"] = rec.now(), True
+                rec.on_device(ev, end=rec.stamp())
 
         with contextlib.suppress(RuntimeError):  # no future for this backend or op: the wait ends it
             work.get_future().add_done_callback(done)
@@ -303,6 +306,7 @@ class Comm:
                 rec = timeline.current()
                 if rec is not None and not ev.detail["done"]:  # no future told us sooner
                     ev.end, ev.detail["done"] = rec.now(), True
+                    rec.on_device(ev, end=rec.stamp())
 
     def barrier(self) -> None:
         """Every rank of the group has reached this point (bookkeeping: not counted)."""

@@ -47,11 +47,14 @@ class StepProfiler:
         if step == self.first:
             self.comm.barrier()  # every rank's window starts together: one clock on one machine
             activities = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available() and self.comm.env.device.type == "cuda":
+            cuda = self.comm.env.device.type == "cuda"
+            if cuda:
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self._torch = torch.profiler.profile(activities=activities)
             self._torch.__enter__()
-            self._window = timeline.recording(self.comm.env.rank)
+            if cuda:
+                torch.cuda.synchronize()  # the window's first CUDA event is then its time 0
+            self._window = timeline.recording(self.comm.env.rank, timeline.cuda_stamp if cuda else None)
             self._rec = self._window.__enter__()
         if self._rec is not None:
             self._rec.step = step

@@ -179,6 +179,7 @@ def main() -> None:
             str(profile),
             "--max-mb",
             "1",
+            *([] if a.no_compile else ["--compile"]),  # its compute timed as (b) runs it
             *(["--backend", "gloo"] if a.cpu else []),
             cwd=root,
             timeout=a.timeout,

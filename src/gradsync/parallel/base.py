@@ -38,6 +38,7 @@ import torch.nn as nn
 from gradsync.checkpoint.slices import ReplicatedSlices, SliceLayout
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
+from gradsync.model.compilation import compile_per_block
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.memory import Holdings, MemoryMeter, optimizer_tensors
 from gradsync.parallel.sync_batchnorm import convert_sync_batchnorm
@@ -61,10 +62,14 @@ class StepResult:
 def clip_(grads: list[torch.Tensor], max_norm: float, norm: float) -> None:
     """Scale ``grads`` in place so that their global norm ``norm`` becomes at most ``max_norm``:
     ``torch.nn.utils.clip_grad_norm_``'s arithmetic (fp32 coefficient, clamped at 1), so that
-    every strategy clips exactly as torch does."""
+    every strategy clips exactly as torch does. One multiply per device and dtype (``_foreach``):
+    a copy of the coefficient per gradient stalled a GPU for 7 ms a step on GPT-2 124M."""
     coef = torch.clamp(max_norm / (torch.tensor(norm, dtype=torch.float32) + 1e-6), max=1.0)
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for g in grads:
-        g.mul_(coef.to(g.device))
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), same in groups.items():
+        torch._foreach_mul_(same, coef.to(device, non_blocking=True))
 
 
 class GradientPath(Protocol):
@@ -294,11 +299,12 @@ class Strategy(ABC):
         return self.model.state_dict()
 
     def compile(self) -> None:
-        """``torch.compile`` the module the trainer calls (in place: hooks, names and state dicts
-        stay those of the module); one line where this strategy does not compose with it."""
+        """``torch.compile`` the module the trainer calls, one graph per block so that buckets
+        still leave during backward (:mod:`gradsync.model.compilation`; in place: hooks, names and
+        state dicts stay those of the module); one line where this strategy does not compose with it."""
         if self.compile_blocker:
             raise ConfigError(f"--compile does not compose with --strategy {self.name}: {self.compile_blocker}")
-        self.module.compile()
+        compile_per_block(self.module)
 
     # -- memory ----------------------------------------------------------------------------------
     def holdings(self) -> Holdings:

@@ -39,6 +39,7 @@ from gradsync.core.args import ArgParser
 from gradsync.core.config import Config
 from gradsync.core.files import atomic_write_bytes
 from gradsync.core.ring import OPS, ring_factors
+from gradsync.model.compilation import compile_per_block
 from gradsync.optim.factory import optimizer_factory
 from gradsync.parallel.grad_paths.quantize import codec_work
 from gradsync.planning.costmodel import CostModelError
@@ -191,6 +192,8 @@ def measure_compute(cfg: Config, task: Task, device: Any, sync: Callable[[], Non
 
     torch.manual_seed(0)
     model = task.build_model().to(device)
+    if cfg.train.compile:  # timed as training runs it; the first repetitions, dropped, compile
+        compile_per_block(model)
     flops_per_token = task.flops_per_sample(model) / task.tokens_per_sample
     opt = optimizer_factory(cfg.optim)(model)
     b = cfg.train.micro_batch

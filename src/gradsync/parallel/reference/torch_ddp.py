@@ -35,6 +35,11 @@ class TorchDDPStrategy(Strategy):
     name = "torch-ddp"
     measures_blocked_time = False
 
+    def compile(self) -> None:
+        """The DDP wrapper compiled whole, as its users write it (``torch.compile(ddp_model)``):
+        torch's DDPOptimizer then splits the graph at bucket boundaries."""
+        self.module.compile()
+
     def __init__(self, model: nn.Module, optimizer_factory: OptimizerFactory, comm: Comm, cfg: ParallelConfig) -> None:
         super().__init__(model, optimizer_factory, comm, cfg)
         device_ids = [self.comm.env.device.index] if self.comm.env.device.type == "cuda" else None

@@ -27,6 +27,7 @@ import argparse
 import gzip
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -211,7 +212,8 @@ def main() -> None:
         if a.out_dir:
             out = Path(a.out_dir).resolve()
             out.mkdir(parents=True, exist_ok=True)
-            (out / "gpu_check.md").write_text(table + "\n")
+            argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
+            (out / "gpu_check.md").write_text(f"{table}\n\ncommand: `python benchmarks/gpu_check.py {argv}`\n")
             profiled_timeline(root, data, mb, a, profile, out)
 
 

@@ -149,3 +149,25 @@ def test_on_a_device_events_take_the_device_times_and_keep_the_host_ones() -> No
         ("backward", 0.3, 0.9),
     ]
     assert [(e["detail"]["host_start"], e["detail"]["host_end"]) for e in out] == host
+
+
+def test_device_busy_is_the_union_of_device_work_within_the_step_on_the_timelines_clock() -> None:
+    tl = _rank(0, 5.0)  # step 7: 5.000-5.041 s, forward from 5.000 s
+    t0 = 1_000_000.0  # the trace's clock (us) when forward began
+
+    def x(cat: str, a_ms: float, b_ms: float, name: str = "k") -> dict[str, Any]:
+        return {"ph": "X", "cat": cat, "name": name, "ts": t0 + 1e3 * a_ms, "dur": 1e3 * (b_ms - a_ms)}
+
+    trace = {
+        "traceEvents": [
+            x("user_annotation", 0, 10, "gradsync/forward"),
+            x("kernel", 1, 9),
+            x("gpu_memcpy", 5, 12),  # overlaps the kernel before: counted once
+            x("cpu_op", 12, 30, "aten::item"),  # host work: not device time
+            x("kernel", 30, 45),  # runs past the step's end at 41 ms: clipped
+        ]
+    }
+    busy, length = tv.device_busy_ms(trace, tl, 7)
+    assert (round(busy, 6), round(length, 6)) == (22.0, 41.0)
+    cpu_only = {"traceEvents": [x("user_annotation", 0, 10, "gradsync/forward"), x("cpu_op", 1, 9)]}
+    assert tv.device_busy_ms(cpu_only, tl, 7) is None

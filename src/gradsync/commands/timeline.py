@@ -45,9 +45,12 @@ def run(ns: argparse.Namespace, extra: Sequence[str]) -> int:
         blocked = sum(c.waited for c in tv.collectives(tl, step))
         fwd, bwd = tv.compute_ms(tl, step, "forward"), tv.compute_ms(tl, step, "backward")
         opt = tv.compute_ms(tl, step, "optimizer")
+        trace = tv.load_trace(run_dir, int(tl["rank"]))
+        busy = tv.device_busy_ms(trace, tl, step) if trace is not None else None
+        device = f"; device busy {busy[0]:.1f} of {busy[1]:.1f} ms ({busy[0] / busy[1]:.0%})" if busy else ""
         print(
             f"rank {tl['rank']}: forward {fwd:.1f} ms, backward {bwd:.1f} ms, optimizer {opt:.1f} ms, "
-            f"blocked on communication {blocked:.1f} ms"
+            f"blocked on communication {blocked:.1f} ms{device}"
         )
     prediction = _prediction(run_dir, timelines[0], step, ns.profile)
     out = Path(ns.out) if ns.out else run_dir / "profile" / f"timeline-step{step}.png"

@@ -106,6 +106,57 @@ def compute_ms(tl: dict[str, Any], step: int, name: str) -> float:
     return 1e3 * sum(e["end"] - e["start"] for e in evs if e["lane"] == "compute" and e["name"] == name)
 
 
+DEVICE_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # torch's trace categories of device work
+
+
+def load_trace(run: Path, rank: int) -> dict[str, Any] | None:
+    """torch's Chrome trace of ``rank`` (``RUN/profile/rank{r}.trace.json``), or None."""
+    path = run / "profile" / f"rank{rank}.trace.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def device_busy_ms(trace: dict[str, Any], tl: dict[str, Any], step: int) -> tuple[float, float] | None:
+    """``(busy, length)``: how many ms of ``step`` the device spent running kernels and copies,
+    and how long the step lasted, or None where the trace holds no device work (a CPU run).
+
+    The step lasts from its start to the next profiled step's (or its last event's end). Kernel
+    times come from torch's trace; its clock is put on the timeline's by gradsync's first span,
+    which both record (a ``record_function`` range there, the span's host start here). A GPU that
+    waits on its host shows here as busy well below the length: on GPT-2 124M, a clip coefficient
+    copied once per gradient showed as 65.8 ms busy of 81.4."""
+    work = sorted(
+        (e["ts"], e["ts"] + e.get("dur", 0))
+        for e in trace.get("traceEvents", [])
+        if e.get("cat") in DEVICE_WORK and e.get("ph") == "X"
+    )
+    spans = [e for e in tl["events"] if e["lane"] == "compute"]
+    if not work or not spans:
+        return None
+    first = min(spans, key=lambda e: e["detail"].get("host_start", e["start"]))
+    ranges = [
+        e["ts"]
+        for e in trace.get("traceEvents", [])
+        if e.get("cat") == "user_annotation" and e.get("name") == f"gradsync/{first['name']}"
+    ]
+    if not ranges:
+        return None
+    offset_us = min(ranges) - 1e6 * first["detail"].get("host_start", first["start"])
+    start, evs = step_events(tl, step)
+    later = [s for s in steps(tl) if s > step]
+    end = step_events(tl, later[0])[0] if later else max(e["end"] for e in evs)
+    lo, hi = offset_us + 1e6 * start, offset_us + 1e6 * end
+    busy, reach = 0.0, lo
+    for a, b in work:  # the union of the intervals, clipped to the step
+        a, b = max(a, reach), min(b, hi)
+        if b > a:
+            busy += b - a
+            reach = b
+    return busy / 1e3, (hi - lo) / 1e3
+
+
 def format_table(rows: Sequence[Collective]) -> str:
     lines = [
         "| collective | op | MiB | ready ms | launched ms | done ms | waited ms |",

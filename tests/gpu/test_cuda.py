@@ -77,3 +77,36 @@ def test_zero3_releases_cuda_storage_between_uses() -> None:
         assert held < full / 2, (held, full)  # every unit released: only the chunks (world 1: whole) stay
     finally:
         dist.destroy_process_group()
+
+
+def _profiled(tmp: Any, backend: str) -> dict[str, Any]:
+    from conftest import TINY, merge
+
+    return merge(
+        TINY,
+        {
+            "parallel.strategy": "bucketed",
+            "parallel.backend": backend,
+            "train.max_steps": 5,
+            "train.profile": "3:5",
+            "train.run_dir": str(tmp / f"profiled-{backend}"),
+        },
+    )
+
+
+def test_a_profiled_cuda_step_is_timed_on_the_device(tmp_path: Any) -> None:
+    """On a GPU the timeline's spans take CUDA events' times (the host's kept beside them), and
+    torch's trace holds the kernels that `gradsync timeline` counts as device-busy time."""
+    import json
+
+    from gradsync.planning import timeline_view as tv
+
+    run_world(1, train_each, [_profiled(tmp_path, "nccl")])
+    run = tmp_path / "profiled-nccl"
+    tl = tv.load(run)[0]
+    spans = [e for e in tl["events"] if e["lane"] == "compute"]
+    assert spans and all("host_start" in e["detail"] and e["end"] >= e["start"] for e in spans)
+    assert tv.compute_ms(tl, 4, "backward") > 0
+    trace = json.loads((run / "profile" / "rank0.trace.json").read_text())
+    busy = tv.device_busy_ms(trace, tl, 4)
+    assert busy is not None and 0 < busy[0] <= busy[1], busy

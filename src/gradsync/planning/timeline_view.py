@@ -233,12 +233,15 @@ def draw(
                 )
     ax.set_yticks(range(len(lanes)))
     ax.set_yticklabels([name for name, _ in reversed(lanes)])
-    ax.set_xlabel("ms from the start of the step (on the first rank to start it)")
+    on_device = any("host_start" in e["detail"] for tl in timelines for e in tl["events"])
+    clock = "; device time, from CUDA events" if on_device else ""
+    ax.set_xlabel(f"ms from the start of the step (on the first rank to start it{clock})")
     about = timelines[0]
     label = about.get("strategy", "")
     if about.get("compress", "none") != "none":
         label += f" + {about['compress']}"
-    ax.set_title(f"step {step}, {label}, {about.get('world_size', len(timelines))} ranks")
+    world = int(about.get("world_size", len(timelines)))
+    ax.set_title(f"step {step}, {label}, {world} rank{'s' if world != 1 else ''}")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in [*COLORS.values(), "#937860", "#C44E52"]]
     ax.legend(
         handles,

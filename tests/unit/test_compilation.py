@@ -26,3 +26,15 @@ def test_a_model_without_blocks_is_compiled_whole() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     assert compile_per_block(model) == 1
     assert _compiled(model)
+
+
+def test_blocks_inside_a_block_compile_with_it() -> None:
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+    model = nn.Sequential(nn.Embedding(8, 4), nn.ModuleList([Layer(), Layer()]))
+    assert compile_per_block(model) == 2
+    layers = model[1]
+    assert all(_compiled(layer) and not any(_compiled(e) for e in layer.experts) for layer in layers)

@@ -10,7 +10,7 @@ torchtitan compiles per transformer block for the same reason. (torch DDP solves
 its DDPOptimizer splits a whole-model graph at bucket boundaries, which only DDP can use.)
 
 A *block* is an element of an ``nn.ModuleList`` (:func:`gradsync.model.activation_checkpointing.blocks`,
-the same rule as ZeRO-3's units); a model with none is compiled whole.
+the same rule as ZeRO-3's units) that no other block contains; a model with none is compiled whole.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def compile_per_block(model: nn.Module) -> int:
     """Compile each block of ``model`` in place (``nn.Module.compile``: names, hooks and state dicts
     stay the module's), or the whole model if it has no blocks; return how many graphs."""
     parts = blocks(model)
+    inside = {id(m) for b in parts for m in b.modules() if m is not b}
+    parts = [b for b in parts if id(b) not in inside]  # a block's own blocks (experts) compile with it
     if not parts:
         model.compile()
         return 1

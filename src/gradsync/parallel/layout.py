@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from gradsync.core.buckets import plan_buckets
+from gradsync.model.activation_checkpointing import blocks
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Bucket:
 def layer_units(model: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
     """The modules that become units (elements of every ``nn.ModuleList``) and the parameters left
     for the root unit."""
-    layers = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+    layers = blocks(model)
     inner = {id(p) for m in layers for p in m.parameters()}
     root = [p for p in model.parameters() if p.requires_grad and id(p) not in inner]
     return layers, root

@@ -27,6 +27,7 @@ from torch.distributed.fsdp import fully_shard
 
 from gradsync.core.config import ParallelConfig
 from gradsync.core.errors import ConfigError
+from gradsync.model.activation_checkpointing import blocks
 from gradsync.optim.factory import OptimizerFactory
 from gradsync.parallel.base import Strategy
 from gradsync.runtime.dist import Comm
@@ -53,9 +54,8 @@ class TorchFSDPStrategy(Strategy):
                 "use zero3, which does, or make them 1-element tensors"
             )
         reshard = bool(self.spec["reshard"])
-        for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
-            for layer in lst:
-                fully_shard(layer, reshard_after_forward=reshard)
+        for layer in blocks(model):  # the same units as zero3's
+            fully_shard(layer, reshard_after_forward=reshard)
         fully_shard(model, reshard_after_forward=reshard)
         # fully_shard replaced the parameters by DTensors: the optimizer must be built over those
         self.optimizer = optimizer_factory(model)

@@ -94,12 +94,17 @@ def _job_flags(data: Path, mb: int, a: argparse.Namespace) -> list[str]:
     ]
 
 
+def run_dir(root: Path, strategy: str, mb: int, profile: str = "") -> Path:
+    """Where :func:`train` keeps a run."""
+    return root / f"run-{strategy}-{mb}{'-profiled' if profile else ''}"
+
+
 def train(
     root: Path, data: Path, strategy: str, mb: int, a: argparse.Namespace, profile: str = ""
 ) -> dict[str, float] | None:
     """Median tokens/s, step time and MFU of one run (the first quarter of the steps left out), or
     None if it ran out of memory. ``profile``: the steps to profile (FIRST:LAST), run to LAST."""
-    run = root / f"run-{strategy}-{mb}{'-profiled' if profile else ''}"
+    run = run_dir(root, strategy, mb, profile)
     r = gradsync(
         "train",
         *_job_flags(data, mb, a),
@@ -222,7 +227,7 @@ def profiled_timeline(root: Path, data: Path, mb: int, a: argparse.Namespace, ca
     window = f"{a.profile_first}:{a.profile_first + 2}"
     if train(root, data, "bucketed", mb, a, profile=window) is None:
         raise SystemExit("gpu_check: the profiled run ran out of memory")
-    run = root / f"run-bucketed-{mb}-profiled"
+    run = run_dir(root, "bucketed", mb, window)
     r = gradsync(
         "timeline", str(run), "--profile", str(calibration), "--out", str(out / "timeline-gpu.png"),
         cwd=root, timeout=a.timeout,

@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 
 from gradsync.checkpoint import format as ckpt
 from gradsync.checkpoint.slices import SliceLayout, StateSlices
@@ -91,6 +90,8 @@ class ShardedCheckpoints:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.comm.all_gather_object(None)  # the folder exists before anyone writes into it
+        import torch.distributed.checkpoint as dcp  # here: it costs every process 0.6 s to import
+
         writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=True, sync_files=True)
         if self.background:
             state = {k: v.clone() for k, v in state.items()}  # training goes on changing the originals
@@ -147,6 +148,8 @@ def load_sharded(path: Path, manifest: dict[str, Any], strategy: HoldsSlices, co
     (:func:`gradsync.checkpoint.format.read_manifest`) is given (collective; any world size wrote it):
     each rank reads the saved slices that overlap what it holds."""
     slices = strategy.slices.load({k: (tuple(shape), dtype) for k, (shape, dtype) in manifest["shapes"].items()})
+    import torch.distributed.checkpoint as dcp
+
     reader = dcp.FileSystemReader(str(path))
     saved = ckpt.saved_slices(reader)
     wanted = {

@@ -4,6 +4,7 @@ every test by its folder (``multiproc``, ``docs``, ``gpu``) and by name (``slow`
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = f"{path.as_posix()}::{item.originalname}"
         if path.as_posix() in SLOW or name in SLOW:
             item.add_marker("slow")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One gradsync cache folder (GRADSYNC_CACHE) for the whole session, as a user's machine has
+    one: the matmul peak and trained tokenizers are measured once, not in every test, and nothing
+    is written into the home folder. Tests of the cache itself, and of what a calibration profile
+    in it changes, give their runs a folder of their own."""
+    before = os.environ.get("GRADSYNC_CACHE")
+    os.environ["GRADSYNC_CACHE"] = str(tmp_path_factory.mktemp("gradsync-cache"))
+    yield os.environ["GRADSYNC_CACHE"]
+    if before is None:
+        os.environ.pop("GRADSYNC_CACHE", None)
+    else:
+        os.environ["GRADSYNC_CACHE"] = before
 
 
 def merge(base: dict[str, dict[str, Any]], over: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,7 @@ TINY_FLAGS = (
 
 
 def gradsync(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -28,7 +28,7 @@ ARGS = (
 
 
 def _start(cwd: Path, run: str, *extra: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", run, *extra],
         cwd=cwd,
@@ -70,11 +70,20 @@ def _final_params(run: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_checkpoint(ckpt.list_checkpoints(run)[-1])["strategy"]["model"]
 
 
-def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_path: Path) -> None:
-    straight = _start(tmp_path, "straight")
-    out, err = straight.communicate(timeout=300)
-    assert straight.returncode == 0, err[-3000:]
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The final parameters of the run (``ARGS``) that nothing interrupts: what every stopped,
+    killed and resumed run here must end with."""
+    cwd = tmp_path_factory.mktemp("straight")
+    run = _start(cwd, "straight")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-3000:]
+    return _final_params(cwd / "straight")
 
+
+def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(
+    tmp_path: Path, straight: dict[str, torch.Tensor]
+) -> None:
     faulty = _start(tmp_path, "faulty", "--max-restarts", "1")
     victims = _workers_after(faulty, tmp_path / "faulty" / "checkpoints" / "ckpt_0000100.pt")
     os.kill(victims[1], signal.SIGKILL)
@@ -83,8 +92,8 @@ def test_killed_worker_restarts_from_the_checkpoint_and_ends_bitwise_equal(tmp_p
     assert "gradsync: restart 1: resuming from the newest checkpoint" in out
     assert "resumed from" in out
 
-    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "faulty")
-    assert all(torch.equal(a[k], b[k]) for k in a), "the restarted run ended with different parameters"
+    b = _final_params(tmp_path / "faulty")
+    assert all(torch.equal(straight[k], b[k]) for k in straight), "the restarted run ended with different parameters"
     steps = [
         json.loads(line)["step"]
         for line in (tmp_path / "faulty" / "metrics.jsonl").read_text().splitlines()
@@ -180,12 +189,12 @@ def test_the_rank_that_died_is_the_rank_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(tmp_path: Path, sig: int) -> None:
+def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(
+    tmp_path: Path, sig: int, straight: dict[str, torch.Tensor]
+) -> None:
     """How Slurm and Kubernetes preempt a job (SIGTERM), and Ctrl-C (SIGINT): every rank finishes
     its step, the checkpoint of that step is written, one line, exit status 3; --resume then ends
     with the parameters of a run that was never stopped."""
-    straight = _start(tmp_path, "straight")
-    assert straight.wait(timeout=300) == 0
     run = _start(tmp_path, "run")
     _workers_after(run, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
     time.sleep(random.uniform(0.0, 1.0))  # somewhere in the middle of a step
@@ -203,8 +212,8 @@ def test_a_signal_to_the_launcher_saves_at_that_step_and_resumes_bitwise(tmp_pat
     resumed = _start(tmp_path, "run", "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
-    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "run")
-    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended with different parameters"
+    b = _final_params(tmp_path / "run")
+    assert all(torch.equal(straight[k], b[k]) for k in straight), "the resumed run ended with different parameters"
 
 
 def test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -> None:
@@ -212,7 +221,7 @@ def test_one_run_per_folder_and_a_dead_runs_lock_is_taken_over(tmp_path: Path) -
     holder; after the holder is killed (SIGKILL: its lock stays behind), --resume takes over."""
     first = _start(tmp_path, "run", "--max-steps", "100000")
     _workers_after(first, tmp_path / "run" / "checkpoints" / "ckpt_0000050.pt")
-    env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ)
     for extra in (["--resume"], ["--resume", "--nproc", "1"]):
         r = subprocess.run(
             [sys.executable, "-m", "gradsync.cli", "train", *ARGS, "--run-dir", "run", *extra],
@@ -267,7 +276,7 @@ def test_a_silent_listener_on_the_rendezvous_port_is_one_line_within_the_timeout
                 f"127.0.0.1:{port}",
             ],
             cwd=tmp_path,
-            env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
+            env=dict(os.environ),
             capture_output=True,
             text=True,
             timeout=120,

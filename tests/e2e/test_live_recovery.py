@@ -34,7 +34,7 @@ HEARTBEAT_S = 2.0  # the Lighthouse drops a replica silent this long
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def _gradsync(tmp_path: Path, *args: str, log: str) -> subprocess.Popen[str]:

@@ -23,7 +23,7 @@ LM_FLAGS = (
 
 
 def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
-    full = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1", **env)
+    full = dict(os.environ, PYTHONUNBUFFERED="1", **env)
     return subprocess.run(
         [sys.executable, "-m", "gradsync.cli", *args],
         cwd=cwd,
@@ -345,7 +345,7 @@ def test_gradsync_run_hands_its_timeout_to_parallelize(tmp_path: Path) -> None:
 def test_a_task_factory_in_the_current_folder_is_found_and_its_error_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "my_tasks.py").write_text("def make(cfg):\n    raise RuntimeError('no data for this task')\n")
     exe = Path(sys.executable).with_name("gradsync")  # the console script: no folder on sys.path by itself
-    full = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"))
+    full = dict(os.environ)
     args = [str(exe), "train", "--task", "my_tasks:make", "--nproc", "1"]
     r = subprocess.run(args, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=120)
     one_line_error(r, "task factory 'my_tasks:make' failed: RuntimeError: no data for this task")

@@ -17,7 +17,7 @@ from gradsync.testing import free_port
 
 def test_two_agents_rendezvous_and_train_together(tmp_path: Path) -> None:
     port = free_port()
-    env = dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
         sys.executable,
         "-m",

@@ -44,7 +44,7 @@ class Node:
 
     def __init__(self, cluster: netns.Cluster, i: int, cwd: Path, *extra: str, timeout: int) -> None:
         self.out, self.err = cwd / f"node{i}-{time.monotonic_ns()}.out", cwd / f"node{i}-{time.monotonic_ns()}.err"
-        env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         argv = [
             sys.executable,
             "-m",
@@ -129,7 +129,7 @@ def test_node_dies_and_comes_back_resumes_to_the_uninterrupted_result(cluster: n
     ref = subprocess.run(
         [sys.executable, "-m", "gradsync.cli", "train", *ARGS[:-1], "ref", "--nproc", "2"],
         cwd=tmp_path,
-        env=dict(os.environ, GRADSYNC_CACHE=str(tmp_path / "cache")),
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=180,

@@ -14,7 +14,7 @@ FLAGS = "--model tiny --seq-len 32 --micro-batch 4 --global-batch 8 --max-steps 
 
 
 def gradsync(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, GRADSYNC_CACHE=str(cwd / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "gradsync.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
     )

@@ -51,7 +51,6 @@ def _job(tmp_path: Path) -> tuple[dict[str, str], Path]:
         SLURM_JOB_ID="4242",
         SLURM_JOB_NUM_NODES="1",
         SLURM_JOB_NODELIST=socket.gethostname(),
-        GRADSYNC_CACHE=str(tmp_path / "cache"),
         PYTHONUNBUFFERED="1",
     )
     return env, log

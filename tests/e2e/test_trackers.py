@@ -39,7 +39,6 @@ ARGS = (
 def _env(tmp_path: Path) -> dict[str, str]:
     return dict(
         os.environ,
-        GRADSYNC_CACHE=str(tmp_path / "cache"),
         WANDB_MODE="offline",
         WANDB_SILENT="true",
         TRACKIO_DIR=str(tmp_path / "trackio"),

@@ -87,7 +87,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, threads: int, fresh: bo
         and (device.type == "cuda" or threads == 1 or cached >= 0.5 * _with_threads(1, device, dtype, 0.1))
     ):
         return float(cached)
-    one = _with_threads(1, device, dtype, 0.2) if device.type != "cuda" else 0.0
+    # the one-thread rate a many-thread peak must reach half of (one thread is its own yardstick)
+    one = _with_threads(1, device, dtype, 0.2) if device.type != "cuda" and threads > 1 else 0.0
     value = 0.0
     for _ in range(2):
         value = max(value, _with_threads(threads, device, dtype, 0.5))

@@ -119,13 +119,17 @@ def test_resume_with_fragments_in_flight_is_bitwise(runs: dict[str, Any]) -> Non
 def test_keep_adds_the_outer_correction_to_the_progress_made_in_flight(tmp_path: Any) -> None:
     """One worker, outer lr 1 without momentum: the outer step returns what was sent, so keeping the
     progress made while it travelled is training with no outer step at all (localsgd on one
-    worker), to rounding; replacing the fragment (mix=0) drops that progress and trains differently.
+    worker), to rounding, also when each send lands just before the next (overlap = H = 1);
+    replacing the fragment (mix=0) drops that progress and trains differently.
     The inner optimizer is SGD with momentum, which carries the rounding of θ_outer + (θ_local -
     θ_sent) forward linearly (~ 12 steps x 2^-24 of the scale), where AdamW would magnify it on
     near-zero gradients by a machine-dependent factor."""
     from conftest import TINY, merge
 
-    specs = ["localsgd:4", *(f"diloco:4,fragments=2,overlap=1,outer_lr=1.0,momentum=0{k}" for k in (",keep=true", ""))]
+    keep_and_mix = (f"diloco:4,fragments=2,overlap=1,outer_lr=1.0,momentum=0{k}" for k in (",keep=true", ""))
+    # overlap = H: every step's send lands at the next step, just before that step's send
+    every_step = "diloco:1,overlap=1,outer_lr=1.0,momentum=0,keep=true"
+    specs = ["localsgd:4", *keep_and_mix, every_step]
     configs = [
         merge(
             TINY,
@@ -143,9 +147,10 @@ def test_keep_adds_the_outer_correction_to_the_progress_made_in_flight(tmp_path:
         )
         for i, s in enumerate(specs)
     ]
-    plain, kept, replaced = (r["params"] for r in run_world(1, train_each, configs)[0])
+    plain, kept, replaced, each_step = (r["params"] for r in run_world(1, train_each, configs)[0])
     scale = max(t.abs().max().item() for t in plain.values())
-    kept_d = max((plain[k] - kept[k]).abs().max().item() for k in plain) / scale
-    assert kept_d < 1e-5, f"{kept_d:.3g}"
+    for run in (kept, each_step):
+        kept_d = max((plain[k] - run[k]).abs().max().item() for k in plain) / scale
+        assert kept_d < 1e-5, f"{kept_d:.3g}"
     replaced_d = max((plain[k] - replaced[k]).abs().max().item() for k in plain) / scale
     assert replaced_d > 1e-3, f"{replaced_d:.3g}"

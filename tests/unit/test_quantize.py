@@ -94,7 +94,7 @@ def test_fragments_are_strided_blocks_with_the_rest_balanced() -> None:
     "spec, needle",
     [
         ("diloco:8,fragments=3", "fragments=3 must divide H=8"),
-        ("diloco:8,overlap=8", "overlap=8 must be < H=8"),
+        ("diloco:8,overlap=9", "overlap=9 must be <= H=8"),
         ("diloco:8,quant=int3", "quant must be one of fp32, bf16, int8, int4"),
         ("diloco:8,mix=1", "mix must be in [0, 1)"),
         ("diloco:8,fragments=0", "fragments must be a positive integer"),

@@ -69,8 +69,8 @@ def _diloco_rules(o: Mapping[str, Any]) -> str:
         return (
             f"fragments={o['fragments']} must divide H={o['H']} (fragment f is synchronised at (f+1)H/fragments + kH)"
         )
-    if o["overlap"] >= o["H"]:
-        return f"overlap={o['overlap']} must be < H={o['H']}: a fragment lands before it is sent again"
+    if o["overlap"] > o["H"]:
+        return f"overlap={o['overlap']} must be <= H={o['H']}: a fragment lands, at the latest, as it is sent again"
     if o["keep"] and o["mix"] > 0:
         return f"keep=true and mix={o['mix']} both say what a landing fragment becomes; choose one"
     return ""

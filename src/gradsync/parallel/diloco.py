@@ -16,7 +16,9 @@ Streaming DiLoCo changes what moves and when, not the outer step:
   fragment f is synchronised at steps (f+1)·H/P + k·H. Each outer step moves 1/P of the model,
   so the peak bandwidth falls by P while every parameter is still synchronised every H steps.
 - ``overlap=τ``: a fragment's outer communication starts at its step and the result is applied τ
-  inner steps later; the inner steps in between run while it travels. When it lands, the fragment
+  inner steps later; the inner steps in between run while it travels. τ ≤ H: with τ = H a fragment
+  lands at the step it is sent again, just before (``diloco:1,overlap=1`` averages every step, one
+  step late). When it lands, the fragment
   becomes ``mix · θ_local + (1 − mix) · θ_outer``: ``mix=0`` (default) takes the outer parameters,
   dropping the τ local steps' progress on that fragment; the paper merges with mix = 0.5.
   ``keep=true`` keeps that progress instead: θ ← θ_outer + (θ_local − θ_sent), the outer

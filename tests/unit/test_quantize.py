@@ -25,6 +25,20 @@ def test_quantisation_error_is_at_most_half_a_step_per_block(bits: int) -> None:
     assert torch.allclose(scales, x.view(-1, BLOCK).abs().amax(dim=1) / LEVELS[bits])
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_the_error_quantize_keeps_is_what_decoding_loses_to_the_bit(bits: int) -> None:
+    """Error feedback takes the error from the encoder's own rounded values instead of decoding the
+    codes again: the residual must be x - dequantize(codes) exactly, or replicas would drift
+    apart in their sent history (a zero block included: its scale is 0)."""
+    x = torch.randn(5 * BLOCK) * torch.logspace(-4, 3, 5).repeat_interleave(BLOCK)
+    x[2 * BLOCK : 3 * BLOCK] = 0
+    error = torch.full_like(x, float("nan"))
+    codes, scales = quantize(x, bits, error_out=error)
+    assert torch.equal(error, x - dequantize(codes, scales, bits))
+    plain_codes, plain_scales = quantize(x, bits)
+    assert torch.equal(codes, plain_codes) and torch.equal(scales, plain_scales)
+
+
 def test_integers_within_the_levels_survive_4_bit_packing_exactly() -> None:
     x = torch.arange(-7, 9).float().clamp(max=7).repeat(BLOCK // 16 * 2)
     codes, scales = quantize(x, 4)

@@ -30,8 +30,10 @@ def payload_bytes(n: int, bits: int) -> int:
     return n * bits // 8 + 4 * (n // BLOCK)
 
 
-def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (fp32, a whole number of blocks) -> (uint8 codes, fp32 scales per block)."""
+def quantize(x: torch.Tensor, bits: int, error_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (fp32, a whole number of blocks) -> (uint8 codes, fp32 scales per block). With
+    ``error_out`` (shaped like ``x``), also what the encoding lost, ``x - dequantize(codes, scales)``
+    to the bit, from the rounded values at hand: error feedback without decoding the codes again."""
     if bits not in LEVELS:
         raise ValueError(f"quantisation to {bits} bits is not implemented; use 8 or 4")
     if x.numel() % BLOCK:
@@ -40,8 +42,10 @@ def quantize(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     blocks = x.view(-1, BLOCK)
     scales = torch.maximum(blocks.amax(dim=1), blocks.amin(dim=1).neg_()).div_(levels)  # 4x abs().amax() on CPU
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(blocks / safe[:, None]).clamp_(-levels, levels).to(torch.int16) + levels
-    codes = q.to(torch.uint8).view(-1)
+    q = torch.div(blocks, safe[:, None]).round_().clamp_(-levels, levels)
+    if error_out is not None:  # dequantize's product: q is exactly its (code - levels)
+        torch.sub(blocks, q * scales[:, None], out=error_out.view(-1, BLOCK))
+    codes = q.to(torch.int16).add_(levels).to(torch.uint8).view(-1)
     if bits == 4:
         codes = (codes[0::2] << 4) | codes[1::2]
     return codes, scales
@@ -53,11 +57,10 @@ def codec_work(x: torch.Tensor, bits: int) -> torch.Tensor:
     and keep that residual, decode the gathered mean. ``gradsync calibrate`` times it, so the cost
     model prices quantisation with what it costs here (allocation-heavy: far more than a few
     element-wise passes on a CPU)."""
-    codes, scales = quantize(x, bits)
-    residual = x - dequantize(codes, scales, bits)
+    residual = torch.empty_like(x)
+    codes, scales = quantize(x, bits, residual)
     chunk = dequantize(codes, scales, bits).add_(residual).div_(2)
-    c2, s2 = quantize(chunk, bits)
-    residual.copy_(chunk - dequantize(c2, s2, bits))
+    c2, s2 = quantize(chunk, bits, residual)
     return dequantize(c2, s2, bits)
 
 

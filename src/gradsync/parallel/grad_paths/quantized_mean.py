@@ -97,8 +97,7 @@ class QuantizedMean:
             v = torch.zeros(padded_length(x.numel(), p), dtype=torch.float32, device=x.device)
             v[: x.numel()] = x
             v.add_(self._residual(f"send/{key}", v))
-            codes, scales = quantize(v, bits)
-            torch.sub(v, dequantize(codes, scales, bits), out=self.residuals[f"send/{key}"])
+            codes, scales = quantize(v, bits, error_out=self.residuals[f"send/{key}"])
             sent = pack(codes, scales, p)
             job.buffers["recv"] = torch.empty_like(sent)
             job.works.append(self.comm.all_to_all(job.buffers["recv"], sent, async_op=True))
@@ -117,8 +116,7 @@ class QuantizedMean:
         codes, scales = unpack(job.buffers["recv"], p, job.codes_per_chunk)
         chunk = torch.stack([dequantize(codes[r], scales[r], bits) for r in range(p)]).sum(0).div_(p)
         chunk.add_(self._residual(f"owner/{job.key}", chunk))
-        c_codes, c_scales = quantize(chunk, bits)
-        torch.sub(chunk, dequantize(c_codes, c_scales, bits), out=self.residuals[f"owner/{job.key}"])
+        c_codes, c_scales = quantize(chunk, bits, error_out=self.residuals[f"owner/{job.key}"])
         sent = pack(c_codes, c_scales, 1)
         gathered = torch.empty(p * sent.numel(), dtype=torch.uint8, device=chunk.device)
         job.works = [self.comm.all_gather(gathered, sent, async_op=True)]

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,8 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
             else:
                 errors.append(f"rank {rank} failed:\n{value}")
                 break
+        if errors:  # a peer's "connection closed" often follows the first failure: collect the rest
+            errors += _other_failures(queue, procs, reported={*results, rank})
     finally:
         for p in procs:
             p.join(timeout=5 if not errors else 0.5)
@@ -113,6 +116,30 @@ def run_world(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
     if errors:
         raise RuntimeError("\n".join(errors))
     return [results[r] for r in range(world_size)]
+
+
+def _other_failures(queue: Any, procs: list[Any], reported: set[int], wait_s: float = 3.0) -> list[str]:
+    """After one rank failed: the other ranks' reports that arrive within ``wait_s``, and every rank
+    that died without one (a crash: its exit code or signal), so the cause is not hidden behind
+    the first rank to notice it."""
+    out = []
+    deadline = time.monotonic() + wait_s
+    while len(reported) < len(procs):
+        try:
+            rank, ok, value = queue.get(timeout=0.1)
+        except queue_mod.Empty:
+            alive = any(p.is_alive() for r, p in enumerate(procs) if r not in reported)
+            if not alive or time.monotonic() > deadline:
+                break
+            continue
+        reported.add(rank)
+        if not ok:
+            out.append(f"rank {rank} failed too:\n{value}")
+    for r, p in enumerate(procs):
+        if r not in reported and not p.is_alive() and p.exitcode not in (None, 0):
+            how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+            out.append(f"rank {r} died without a report ({how})")
+    return out
 
 
 def train_and_collect(rank: int, config: dict[str, dict[str, Any]], out: str | None = None) -> dict[str, Any]:

@@ -18,9 +18,9 @@ Streaming DiLoCo changes what moves and when, not the outer step:
 - ``overlap=τ``: a fragment's outer communication starts at its step and the result is applied τ
   inner steps later; the inner steps in between run while it travels. τ ≤ H: with τ = H a fragment
   lands at the step it is sent again, just before (``diloco:1,overlap=1`` averages every step, one
-  step late). When it lands, the fragment
-  becomes ``mix · θ_local + (1 − mix) · θ_outer``: ``mix=0`` (default) takes the outer parameters,
-  dropping the τ local steps' progress on that fragment; the paper merges with mix = 0.5.
+  step late). When it lands, the fragment becomes ``mix · θ_local + (1 − mix) · θ_outer``:
+  ``mix=0`` (default) takes the outer parameters, dropping the τ local steps' progress on that
+  fragment; the paper merges with mix = 0.5.
   ``keep=true`` keeps that progress instead: θ ← θ_outer + (θ_local − θ_sent), the outer
   correction applied on top of the steps taken while it travelled (with small H, where dropping
   τ of every H steps costs most; it holds the sent fragment, Ψ/P, until it lands).

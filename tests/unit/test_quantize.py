@@ -28,8 +28,8 @@ def test_quantisation_error_is_at_most_half_a_step_per_block(bits: int) -> None:
 @pytest.mark.parametrize("bits", [8, 4])
 def test_the_error_quantize_keeps_is_what_decoding_loses_to_the_bit(bits: int) -> None:
     """Error feedback takes the error from the encoder's own rounded values instead of decoding the
-    codes again: the residual must be x - dequantize(codes) exactly, or replicas would drift
-    apart in their sent history (a zero block included: its scale is 0)."""
+    codes again: the residual must be x - dequantize(codes) exactly, or error feedback would carry
+    an error other than the one the codes lost (a zero block included: its scale is 0)."""
     x = torch.randn(5 * BLOCK) * torch.logspace(-4, 3, 5).repeat_interleave(BLOCK)
     x[2 * BLOCK : 3 * BLOCK] = 0
     error = torch.full_like(x, float("nan"))

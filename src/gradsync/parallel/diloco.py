@@ -122,7 +122,7 @@ class DiLoCoStrategy(LocalSGDStrategy):
     def _count_step(self) -> None:
         self.local_steps += 1
         t = self.local_steps
-        with torch.no_grad():
+        with torch.no_grad():  # landings before sends: with overlap = H one lands as it is sent again
             for f, (lands, job) in sorted(self.in_flight.items()):
                 if lands == t:
                     self._land(f)
